@@ -1,0 +1,106 @@
+//! Configuration of the memory backend.
+
+use larder_cache_api::{Error, ErrorKind, Result};
+
+/// Limits of a [`MemoryBackend`](crate::MemoryBackend).
+///
+/// ```
+/// use larder_backend_memory::MemoryConfig;
+///
+/// let c = MemoryConfig::from_url("memory://?capacity=10000&max_bytes=1048576")?;
+/// assert_eq!(c.max_entries, 10_000);
+/// assert_eq!(c.max_bytes, 1 << 20);
+/// # Ok::<(), larder_cache_api::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MemoryConfig {
+    /// Most entries kept; beyond it the least recently used of a random sample is evicted.
+    pub max_entries: usize,
+    /// Most bytes kept (keys, values and a fixed per-entry overhead).
+    pub max_bytes: usize,
+    /// Largest value accepted by `put`.
+    pub max_value_size: usize,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        MemoryConfig {
+            max_entries: 100_000,
+            max_bytes: 256 * 1024 * 1024,
+            max_value_size: 1024 * 1024,
+        }
+    }
+}
+
+impl MemoryConfig {
+    /// Sets [`max_entries`](Self::max_entries).
+    pub fn with_max_entries(mut self, n: usize) -> Self {
+        self.max_entries = n;
+        self
+    }
+
+    /// Sets [`max_bytes`](Self::max_bytes).
+    pub fn with_max_bytes(mut self, n: usize) -> Self {
+        self.max_bytes = n;
+        self
+    }
+
+    /// Sets [`max_value_size`](Self::max_value_size).
+    pub fn with_max_value_size(mut self, n: usize) -> Self {
+        self.max_value_size = n;
+        self
+    }
+
+    /// Parses `memory://?capacity=N&max_bytes=N&max_value_size=N` (every parameter optional).
+    pub fn from_url(url: &str) -> Result<Self> {
+        let parsed = url::Url::parse(url).map_err(|e| {
+            Error::new(ErrorKind::Config, format!("invalid memory URL {url:?}")).with_source(e)
+        })?;
+        if parsed.scheme() != "memory" {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!("expected a memory:// URL, got scheme {:?}", parsed.scheme()),
+            ));
+        }
+        let mut c = MemoryConfig::default();
+        for (k, v) in parsed.query_pairs() {
+            let n: usize = v.parse().map_err(|e| {
+                Error::new(
+                    ErrorKind::Config,
+                    format!("memory URL parameter {k}={v:?} is not a number"),
+                )
+                .with_source(e)
+            })?;
+            match &*k {
+                "capacity" | "max_entries" => c.max_entries = n,
+                "max_bytes" => c.max_bytes = n,
+                "max_value_size" => c.max_value_size = n,
+                other => {
+                    return Err(Error::new(
+                        ErrorKind::Config,
+                        format!("unknown memory URL parameter {other:?} (known: capacity, max_bytes, max_value_size)"),
+                    ))
+                }
+            }
+        }
+        c.validate()?;
+        Ok(c)
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        if self.max_entries == 0 || self.max_bytes == 0 || self.max_value_size == 0 {
+            return Err(Error::new(
+                ErrorKind::Config,
+                "memory backend limits must be positive",
+            ));
+        }
+        if self.max_value_size > self.max_bytes {
+            return Err(Error::new(
+                ErrorKind::Config,
+                "max_value_size cannot exceed max_bytes",
+            ));
+        }
+        Ok(())
+    }
+}

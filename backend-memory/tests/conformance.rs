@@ -1,0 +1,14 @@
+//! The whole conformance suite against the memory backend.
+
+use std::sync::Arc;
+
+use larder_backend_memory::MemoryBackend;
+use larder_cache_api::DynBackend;
+
+async fn backend() -> DynBackend {
+    Arc::new(MemoryBackend::default())
+}
+
+mod memory {
+    larder_cache_api::conformance_suite!(super::backend);
+}

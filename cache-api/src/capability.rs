@@ -1,0 +1,92 @@
+//! What a backend declares it can do.
+
+use std::time::Duration;
+
+use crate::{Error, PutMode, Result};
+
+/// What a backend offers and how it behaves, declared once by the backend.
+///
+/// The conformance suite tests every declared capability and checks that every undeclared
+/// one is refused with [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported).
+/// Coordination uses [`linearizable_cas`](Capabilities::linearizable_cas) and
+/// [`may_evict`](Capabilities::may_evict) to refuse backends that cannot fence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// Short backend name, used in errors and metrics (`"memory"`, `"redis"`, ...).
+    pub name: &'static str,
+    /// Conditional writes: [`PutMode::Create`], [`PutMode::Update`] and
+    /// [`DeleteMode::IfVersion`](crate::DeleteMode::IfVersion).
+    pub cas: bool,
+    /// A successful CAS is visible to every later operation from any client, and versions
+    /// never repeat for a key (not even across restarts, within [`shared`](Self::shared)).
+    pub linearizable_cas: bool,
+    /// [`CacheBackend::touch`](crate::CacheBackend::touch) changes the TTL in place.
+    pub touch: bool,
+    /// The backend may drop entries before their TTL (memory pressure, LRU).
+    pub may_evict: bool,
+    /// Entries survive a restart of the process (and of the server, where there is one).
+    pub persistent: bool,
+    /// Several processes see the same data.
+    pub shared: bool,
+    /// TTLs are rounded up to this granularity (1 ms, 1 s, ...).
+    pub ttl_precision: Duration,
+    /// Largest value in bytes that `put` accepts.
+    pub max_value_size: usize,
+}
+
+impl Capabilities {
+    /// Capabilities of a backend that can do everything, for `name`; backends adjust fields.
+    pub fn full(name: &'static str) -> Self {
+        Capabilities {
+            name,
+            cas: true,
+            linearizable_cas: true,
+            touch: true,
+            may_evict: false,
+            persistent: false,
+            shared: false,
+            ttl_precision: Duration::from_millis(1),
+            max_value_size: 1024 * 1024,
+        }
+    }
+
+    /// `Err(Unsupported)` unless `mode` is offered.
+    pub fn check_put_mode(&self, mode: PutMode) -> Result<()> {
+        if !self.cas && mode != PutMode::Overwrite {
+            return Err(Error::unsupported("conditional writes (cas)").with_backend(self.name));
+        }
+        Ok(())
+    }
+
+    /// `Err(Unsupported)` unless conditional deletes are offered.
+    pub fn check_conditional_delete(&self) -> Result<()> {
+        if !self.cas {
+            return Err(Error::unsupported("conditional deletes (cas)").with_backend(self.name));
+        }
+        Ok(())
+    }
+
+    /// `Err(Unsupported)` unless touch is offered.
+    pub fn check_touch(&self) -> Result<()> {
+        if !self.touch {
+            return Err(Error::unsupported("touch").with_backend(self.name));
+        }
+        Ok(())
+    }
+
+    /// `Err(ValueTooLarge)` if `len` exceeds [`max_value_size`](Self::max_value_size).
+    pub fn check_value_size(&self, len: usize) -> Result<()> {
+        if len > self.max_value_size {
+            return Err(Error::new(
+                crate::ErrorKind::ValueTooLarge,
+                format!(
+                    "value is {len} bytes; {} accepts at most {}",
+                    self.name, self.max_value_size
+                ),
+            )
+            .with_backend(self.name));
+        }
+        Ok(())
+    }
+}

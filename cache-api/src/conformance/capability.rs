@@ -1,0 +1,79 @@
+//! Declared capabilities hold; undeclared ones are refused, never silently skipped.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{key, put};
+use crate::layer::Restrict;
+use crate::{Bytes, DeleteMode, DynBackend, ErrorKind, PutMode, Ttl, Version};
+
+pub async fn capabilities_are_sane(b: DynBackend) {
+    let c = b.capabilities();
+    assert!(!c.name.is_empty());
+    assert!(c.ttl_precision > Duration::ZERO && c.ttl_precision <= Duration::from_secs(1));
+    assert!(
+        (1024..=64 * 1024 * 1024).contains(&c.max_value_size),
+        "declared value limit {} is within 1 KiB..64 MiB",
+        c.max_value_size
+    );
+    assert!(!c.linearizable_cas || c.cas, "linearizable CAS implies CAS");
+}
+
+pub(crate) async fn assert_cas_refused(b: &DynBackend) {
+    let k = key("refuse-cas");
+    let v = put(b, &k, b"x").await;
+    for mode in [PutMode::Create, PutMode::Update(v)] {
+        let e = b
+            .put(&k, Bytes::from_static(b"y"), None, mode)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Unsupported, "{mode:?} refused: {e}");
+    }
+    let e = b.delete(&k, DeleteMode::IfVersion(v)).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unsupported);
+    assert_eq!(super::value(b, &k).await.as_deref(), Some(&b"x"[..]), "nothing changed");
+}
+
+pub(crate) async fn assert_touch_refused(b: &DynBackend) {
+    let k = key("refuse-touch");
+    put(b, &k, b"x").await;
+    let e = b.touch(&k, Some(Ttl::from_secs(1).unwrap())).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unsupported);
+}
+
+/// Every capability the backend lacks is refused; and the same backend restricted by the
+/// [`Restrict`] layer refuses what it no longer declares, so this case always checks
+/// refusals, even on a backend that declares everything.
+pub async fn undeclared_capabilities_are_refused(b: DynBackend) {
+    let caps = b.capabilities().clone();
+    if !caps.cas {
+        assert_cas_refused(&b).await;
+    }
+    if !caps.touch {
+        assert_touch_refused(&b).await;
+    }
+    let mut less = caps.clone();
+    less.cas = false;
+    less.linearizable_cas = false;
+    less.touch = false;
+    less.max_value_size = 1024;
+    let r: DynBackend = Arc::new(Restrict::new(b.clone(), less).unwrap());
+    assert_cas_refused(&r).await;
+    assert_touch_refused(&r).await;
+    let e = r
+        .put(&key("restricted-big"), Bytes::from(vec![0u8; 1025]), None, PutMode::Overwrite)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ValueTooLarge);
+    // Overwrite is always offered.
+    let k = key("restricted-ok");
+    let v: Version = put(&r, &k, b"ok").await;
+    assert_eq!(b.get(&k).await.unwrap().map(|e| e.version), Some(v));
+    let mut more = caps;
+    more.max_value_size += 1;
+    assert_eq!(
+        Restrict::new(b, more).unwrap_err().kind(),
+        ErrorKind::Config,
+        "Restrict cannot widen"
+    );
+}

@@ -1,0 +1,78 @@
+//! Key rules: the same everywhere, checked before anything is sent.
+
+use super::{key, value};
+use crate::random::random_u64;
+use crate::{Bytes, DynBackend, ErrorKind, Key, PutMode};
+
+fn rejected(k: &str) {
+    let e = Key::new(k).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidKey, "{k:?}");
+    assert!(!e.message().is_empty());
+}
+
+pub async fn empty_key_rejected(_b: DynBackend) {
+    rejected("");
+}
+
+pub async fn key_of_251_bytes_rejected(_b: DynBackend) {
+    rejected(&"k".repeat(251));
+}
+
+pub async fn key_of_250_bytes_roundtrips(b: DynBackend) {
+    let prefix = format!("lc-{:016x}-", random_u64());
+    let s = format!("{prefix}{}", "k".repeat(250 - prefix.len()));
+    let k = Key::new(&s).unwrap();
+    assert_eq!(k.len(), 250);
+    b.put(&k, Bytes::from_static(b"long"), None, PutMode::Overwrite)
+        .await
+        .unwrap();
+    assert_eq!(value(&b, &k).await.as_deref(), Some(&b"long"[..]));
+}
+
+pub async fn key_with_space_rejected(_b: DynBackend) {
+    rejected("a b");
+}
+
+pub async fn key_with_newline_rejected(_b: DynBackend) {
+    rejected("a\nb");
+    rejected("a\r\nset x 0 0 1");
+}
+
+pub async fn key_with_control_byte_rejected(_b: DynBackend) {
+    rejected("a\u{0}b");
+    rejected("a\u{1}b");
+    rejected("a\u{7f}b");
+    rejected("a\tb");
+}
+
+pub async fn hashed_long_key_roundtrips(b: DynBackend) {
+    let raw = format!("report:{:016x}:{}", random_u64(), "x y ".repeat(200));
+    let k = Key::hashed(&raw);
+    assert!(k.as_str().starts_with("report:"), "readable prefix kept: {k}");
+    assert!(k.len() <= Key::MAX_LEN);
+    b.put(&k, Bytes::from_static(b"h"), None, PutMode::Overwrite)
+        .await
+        .unwrap();
+    assert_eq!(value(&b, &Key::hashed(&raw)).await.as_deref(), Some(&b"h"[..]));
+    let other = Key::hashed(&format!("{raw}!"));
+    assert!(value(&b, &other).await.is_none(), "a different long key is a different key");
+}
+
+pub async fn utf8_key_roundtrips(b: DynBackend) {
+    let k = key("clé-ключ-鍵");
+    b.put(&k, Bytes::from_static(b"u"), None, PutMode::Overwrite)
+        .await
+        .unwrap();
+    assert_eq!(value(&b, &k).await.as_deref(), Some(&b"u"[..]));
+}
+
+pub async fn similar_keys_are_distinct(b: DynBackend) {
+    let base = key("sim");
+    let upper = Key::new(base.as_str().to_uppercase()).unwrap();
+    let longer = Key::new(format!("{base}x")).unwrap();
+    b.put(&base, Bytes::from_static(b"1"), None, PutMode::Overwrite)
+        .await
+        .unwrap();
+    assert!(value(&b, &upper).await.is_none(), "keys are case-sensitive");
+    assert!(value(&b, &longer).await.is_none());
+}

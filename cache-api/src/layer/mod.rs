@@ -1,0 +1,17 @@
+//! Wrappers that implement [`CacheBackend`](crate::CacheBackend) over another backend, so
+//! they stack in any order and work for every backend.
+//!
+//! * [`Namespace`]: key prefix with O(1) invalidation of the whole namespace.
+//! * [`Timeout`]: a deadline per operation and, if chosen, fail-open reads.
+//! * [`Instrumented`]: `tracing` spans and `metrics` counters, plus an in-process snapshot.
+//! * [`Restrict`]: declares fewer capabilities than the backend has, and enforces them.
+
+mod instrument;
+mod namespace;
+mod restrict;
+mod timeout;
+
+pub use instrument::{CacheStats, Instrumented, StatsSnapshot};
+pub use namespace::Namespace;
+pub use restrict::Restrict;
+pub use timeout::{Timeout, TimeoutStats};

@@ -1,0 +1,219 @@
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use parking_lot::Mutex;
+
+use crate::random::random_u64;
+use crate::{
+    Capabilities, CacheBackend, DeleteMode, DynBackend, Entry, Error, ErrorKind, Key, PutMode,
+    Result, Ttl, Version,
+};
+
+/// Puts every key under `name:<generation>:` and invalidates the whole namespace in O(1)
+/// by changing the generation.
+///
+/// The generation is a random 64-bit number stored in the backend under `name:gen`, so
+/// every process sharing the backend shares it. Invalidation writes a new random number:
+/// entries under the old prefix become unreachable and expire or are evicted in their own
+/// time. If the generation entry itself is evicted, a new random one is created, which only
+/// ever invalidates (old entries never come back).
+///
+/// Each handle caches the generation for `refresh` (default 1 s): another process's
+/// invalidation is seen within that time; this handle's own is seen at once. Use
+/// `Duration::ZERO` to read it on every operation.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> larder_cache_api::Result<()> {
+/// use std::sync::Arc;
+/// use larder_cache_api::{layer::Namespace, Cache, Key};
+/// # let backend: larder_cache_api::DynBackend = Arc::new(larder_backend_memory::MemoryBackend::default());
+///
+/// let users = Arc::new(Namespace::new(backend.clone(), "users")?);
+/// let cache = Cache::new(users.clone());
+/// let k = Key::new("42")?;
+/// cache.set(&k, "alice", None).await?;
+/// users.invalidate().await?;
+/// assert_eq!(cache.get::<String>(&k).await?, None);
+/// # Ok(()) }
+/// ```
+pub struct Namespace {
+    inner: DynBackend,
+    name: String,
+    gen_key: Key,
+    refresh: Duration,
+    current: Mutex<Option<(String, Instant)>>,
+}
+
+impl fmt::Debug for Namespace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Namespace")
+            .field("name", &self.name)
+            .field("refresh", &self.refresh)
+            .field("inner", &self.inner)
+            .finish()
+    }
+}
+
+impl Namespace {
+    /// Longest namespace name, so that keys keep room under the 250-byte limit.
+    pub const MAX_NAME_LEN: usize = 64;
+
+    /// A namespace `name` (a valid key of at most 64 bytes, without `:`) over `inner`.
+    pub fn new(inner: DynBackend, name: &str) -> Result<Self> {
+        if name.len() > Self::MAX_NAME_LEN || name.contains(':') {
+            return Err(Error::new(
+                ErrorKind::InvalidKey,
+                format!(
+                    "namespace name must be at most {} bytes without ':', got {name:?}",
+                    Self::MAX_NAME_LEN
+                ),
+            ));
+        }
+        Key::new(name)?;
+        Ok(Namespace {
+            gen_key: Key::new(format!("{name}:gen"))?,
+            inner,
+            name: name.to_owned(),
+            refresh: Duration::from_secs(1),
+            current: Mutex::new(None),
+        })
+    }
+
+    /// How long a handle trusts its cached generation.
+    pub fn refresh(mut self, refresh: Duration) -> Self {
+        self.refresh = refresh;
+        self
+    }
+
+    /// The namespace name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Makes every entry of this namespace unreachable, for every process, in one write.
+    pub async fn invalidate(&self) -> Result<()> {
+        let gen = random_u64();
+        self.inner
+            .put(
+                &self.gen_key,
+                Bytes::copy_from_slice(&gen.to_be_bytes()),
+                None,
+                PutMode::Overwrite,
+            )
+            .await?;
+        *self.current.lock() = Some((self.prefix_for(gen), Instant::now()));
+        Ok(())
+    }
+
+    fn prefix_for(&self, gen: u64) -> String {
+        format!("{}:{gen:x}:", self.name)
+    }
+
+    async fn prefix(&self) -> Result<String> {
+        if let Some((p, at)) = &*self.current.lock() {
+            if at.elapsed() < self.refresh {
+                return Ok(p.clone());
+            }
+        }
+        let gen = self.load_generation().await?;
+        let p = self.prefix_for(gen);
+        *self.current.lock() = Some((p.clone(), Instant::now()));
+        Ok(p)
+    }
+
+    async fn load_generation(&self) -> Result<u64> {
+        if let Some(e) = self.inner.get(&self.gen_key).await? {
+            if let Ok(b) = <[u8; 8]>::try_from(&e.value[..]) {
+                return Ok(u64::from_be_bytes(b));
+            }
+            // Foreign bytes under our generation key: replace them (this only invalidates).
+        }
+        let gen = random_u64();
+        let bytes = Bytes::copy_from_slice(&gen.to_be_bytes());
+        let mode = if self.inner.capabilities().cas {
+            PutMode::Create
+        } else {
+            PutMode::Overwrite
+        };
+        match self.inner.put(&self.gen_key, bytes.clone(), None, mode).await {
+            Ok(_) => Ok(gen),
+            Err(e) if e.kind() == ErrorKind::Conflict => match e.current() {
+                Some(cur) => match <[u8; 8]>::try_from(&cur.value[..]) {
+                    Ok(b) => Ok(u64::from_be_bytes(b)),
+                    Err(_) => {
+                        self.inner
+                            .put(&self.gen_key, bytes, None, PutMode::Overwrite)
+                            .await?;
+                        Ok(gen)
+                    }
+                },
+                None => {
+                    self.inner
+                        .put(&self.gen_key, bytes, None, PutMode::Overwrite)
+                        .await?;
+                    Ok(gen)
+                }
+            },
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn key(&self, key: &Key) -> Result<Key> {
+        key.prefixed(&self.prefix().await?)
+    }
+}
+
+#[async_trait]
+#[deny(clippy::missing_trait_methods)]
+impl CacheBackend for Namespace {
+    fn capabilities(&self) -> &Capabilities {
+        self.inner.capabilities()
+    }
+
+    async fn get(&self, key: &Key) -> Result<Option<Entry>> {
+        let k = self.key(key).await?;
+        self.inner.get(&k).await
+    }
+
+    async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Entry>>> {
+        let prefix = self.prefix().await?;
+        let keys = keys
+            .iter()
+            .map(|k| k.prefixed(&prefix))
+            .collect::<Result<Vec<_>>>()?;
+        self.inner.get_many(&keys).await
+    }
+
+    async fn put(
+        &self,
+        key: &Key,
+        value: Bytes,
+        ttl: Option<Ttl>,
+        mode: PutMode,
+    ) -> Result<Version> {
+        let k = self.key(key).await?;
+        self.inner.put(&k, value, ttl, mode).await
+    }
+
+    async fn put_many(&self, items: &[(Key, Bytes)], ttl: Option<Ttl>) -> Result<Vec<Version>> {
+        let prefix = self.prefix().await?;
+        let items = items
+            .iter()
+            .map(|(k, v)| Ok((k.prefixed(&prefix)?, v.clone())))
+            .collect::<Result<Vec<_>>>()?;
+        self.inner.put_many(&items, ttl).await
+    }
+
+    async fn delete(&self, key: &Key, mode: DeleteMode) -> Result<bool> {
+        let k = self.key(key).await?;
+        self.inner.delete(&k, mode).await
+    }
+
+    async fn touch(&self, key: &Key, ttl: Option<Ttl>) -> Result<bool> {
+        let k = self.key(key).await?;
+        self.inner.touch(&k, ttl).await
+    }
+}
