@@ -50,7 +50,7 @@ impl MemoryBackend {
         caps.may_evict = true;
         caps.max_value_size = config.max_value_size;
         MemoryBackend {
-            store: Store::new(config.max_entries, config.max_bytes),
+            store: Store::new(config.max_entries, config.max_bytes, config.max_value_size),
             caps,
             config,
         }

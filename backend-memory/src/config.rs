@@ -95,10 +95,11 @@ impl MemoryConfig {
                 "memory backend limits must be positive",
             ));
         }
-        if self.max_value_size > self.max_bytes {
+        // The largest entry (value, longest key, bookkeeping) must fit in the budget.
+        if self.max_value_size + 512 > self.max_bytes {
             return Err(Error::new(
                 ErrorKind::Config,
-                "max_value_size cannot exceed max_bytes",
+                "max_bytes must exceed max_value_size by at least 512 bytes",
             ));
         }
         Ok(())

@@ -118,6 +118,10 @@ impl Shard {
     }
 }
 
+fn prev_power_of_two(n: usize) -> usize {
+    1 << (usize::BITS - 1 - n.max(1).leading_zeros())
+}
+
 /// The store: shards, limits, the version counter and the clock.
 pub(crate) struct Store {
     shards: Box<[Mutex<Shard>]>,
@@ -130,9 +134,14 @@ pub(crate) struct Store {
 }
 
 impl Store {
-    pub(crate) fn new(max_entries: usize, max_bytes: usize) -> Self {
-        // Few shards for small caches so the per-shard bound stays meaningful.
-        let shards = (max_entries / 64).next_power_of_two().clamp(1, 64);
+    pub(crate) fn new(max_entries: usize, max_bytes: usize, max_value_size: usize) -> Self {
+        // Few shards for small caches so the per-shard bounds stay meaningful: at least 64
+        // entries per shard, and room for four of the largest entries, so that one large
+        // value never exceeds its shard's byte budget on its own.
+        let largest = max_value_size + Key::MAX_LEN + ENTRY_OVERHEAD;
+        let by_entries = (max_entries / 64).max(1);
+        let by_bytes = (max_bytes / (4 * largest)).max(1);
+        let shards = prev_power_of_two(by_entries.min(by_bytes)).min(64);
         let seed = std::collections::hash_map::RandomState::new().hash_one(0x9E37_79B9_7F4A_7C15u64);
         Store {
             shards: (0..shards)

@@ -1,0 +1,86 @@
+//! A backend wrapper that injects one fault at one point: the call into the real backend.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use larder_cache_api::{
+    async_trait, Bytes, CacheBackend, Capabilities, DeleteMode, DynBackend, Entry, Error,
+    ErrorKind, Key, PutMode, Result, Ttl, Version,
+};
+use parking_lot::Mutex;
+
+/// The fault to inject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Calls go through.
+    None,
+    /// Calls fail with this kind (`Unavailable`, `Backend`, ...).
+    Fail(ErrorKind),
+    /// Calls hang for this long before going through.
+    Stall(Duration),
+}
+
+/// Wraps a real backend and injects [`Fault`]s into every call.
+#[derive(Debug)]
+pub struct Faulty {
+    inner: DynBackend,
+    fault: Mutex<Fault>,
+}
+
+impl Faulty {
+    /// Wraps `inner`, passing calls through until [`set`](Self::set) says otherwise.
+    pub fn new(inner: DynBackend) -> Arc<Self> {
+        Arc::new(Faulty {
+            inner,
+            fault: Mutex::new(Fault::None),
+        })
+    }
+
+    /// Injects `fault` from now on.
+    pub fn set(&self, fault: Fault) {
+        *self.fault.lock() = fault;
+    }
+
+    async fn gate(&self) -> Result<()> {
+        let f = *self.fault.lock();
+        match f {
+            Fault::None => Ok(()),
+            Fault::Fail(kind) => Err(Error::new(kind, "injected fault").with_backend("faulty")),
+            Fault::Stall(d) => {
+                tokio::time::sleep(d).await;
+                Ok(())
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl CacheBackend for Faulty {
+    fn capabilities(&self) -> &Capabilities {
+        self.inner.capabilities()
+    }
+    async fn get(&self, key: &Key) -> Result<Option<Entry>> {
+        self.gate().await?;
+        self.inner.get(key).await
+    }
+    async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Entry>>> {
+        self.gate().await?;
+        self.inner.get_many(keys).await
+    }
+    async fn put(&self, key: &Key, value: Bytes, ttl: Option<Ttl>, mode: PutMode) -> Result<Version> {
+        self.gate().await?;
+        self.inner.put(key, value, ttl, mode).await
+    }
+    async fn put_many(&self, items: &[(Key, Bytes)], ttl: Option<Ttl>) -> Result<Vec<Version>> {
+        self.gate().await?;
+        self.inner.put_many(items, ttl).await
+    }
+    async fn delete(&self, key: &Key, mode: DeleteMode) -> Result<bool> {
+        self.gate().await?;
+        self.inner.delete(key, mode).await
+    }
+    async fn touch(&self, key: &Key, ttl: Option<Ttl>) -> Result<bool> {
+        self.gate().await?;
+        self.inner.touch(key, ttl).await
+    }
+}

@@ -1,0 +1,113 @@
+//! Memory-backend behaviour beyond the shared contract: bounds, eviction, expiry cleanup.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use larder::{Bytes, CacheBackend, Key, PutMode, Ttl};
+use larder_backend_memory::{MemoryBackend, MemoryConfig};
+
+fn k(i: usize) -> Key {
+    Key::new(format!("key-{i}")).unwrap()
+}
+
+#[tokio::test]
+async fn entry_count_stays_within_capacity() {
+    let b = MemoryBackend::new(MemoryConfig::default().with_max_entries(1000)).unwrap();
+    for i in 0..20_000 {
+        b.put(&k(i), Bytes::from_static(b"v"), None, PutMode::Overwrite)
+            .await
+            .unwrap();
+        assert!(b.len() <= 1000, "{} entries after {i} writes", b.len());
+    }
+    assert!(b.evictions() >= 19_000);
+    // The most recent writes survive (sampled LRU keeps recent entries).
+    assert!(b.get(&k(19_999)).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn byte_budget_is_enforced() {
+    let cfg = MemoryConfig::default()
+        .with_max_bytes(256 * 1024)
+        .with_max_value_size(8 * 1024);
+    let b = MemoryBackend::new(cfg).unwrap();
+    for i in 0..1000 {
+        b.put(&k(i), Bytes::from(vec![0u8; 4096]), None, PutMode::Overwrite)
+            .await
+            .unwrap();
+        assert!(b.bytes() <= 256 * 1024, "{} bytes after {i} writes", b.bytes());
+    }
+}
+
+#[tokio::test]
+async fn recently_read_entries_outlive_cold_ones() {
+    let b = MemoryBackend::new(MemoryConfig::default().with_max_entries(64)).unwrap();
+    let hot = Key::new("hot").unwrap();
+    b.put(&hot, Bytes::from_static(b"h"), None, PutMode::Overwrite)
+        .await
+        .unwrap();
+    for i in 0..5000 {
+        b.put(&k(i), Bytes::from_static(b"c"), None, PutMode::Overwrite)
+            .await
+            .unwrap();
+        // Reading keeps it recently used.
+        assert!(b.get(&hot).await.unwrap().is_some(), "hot key evicted after {i} writes");
+    }
+}
+
+#[tokio::test]
+async fn expired_entries_do_not_pile_up() {
+    let b = MemoryBackend::new(MemoryConfig::default().with_max_entries(1_000_000)).unwrap();
+    let ttl = Ttl::from_millis(50).unwrap();
+    for i in 0..5000 {
+        b.put(&k(i), Bytes::from_static(b"v"), Some(ttl), PutMode::Overwrite)
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    // Writes of other keys sample and drop expired entries as they go.
+    for i in 5000..15000 {
+        b.put(&k(i), Bytes::from_static(b"v"), Some(ttl), PutMode::Overwrite)
+            .await
+            .unwrap();
+    }
+    assert!(b.len() < 15000, "sampling removed some expired entries ({} left)", b.len());
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    let removed = b.purge_expired();
+    assert!(removed > 0);
+    assert_eq!(b.len(), 0);
+    assert_eq!(b.bytes(), 0, "byte accounting returns to zero");
+}
+
+#[tokio::test]
+async fn background_sweeper_removes_expired_and_stops_with_the_backend() {
+    let b = Arc::new(MemoryBackend::default());
+    let sweeper = b.spawn_sweeper(Duration::from_millis(50));
+    for i in 0..100 {
+        b.put(&k(i), Bytes::from_static(b"v"), Some(Ttl::from_millis(20).unwrap()), PutMode::Overwrite)
+            .await
+            .unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while b.len() > 0 {
+        assert!(std::time::Instant::now() < deadline, "sweeper never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(b);
+    tokio::time::timeout(Duration::from_secs(5), sweeper)
+        .await
+        .expect("sweeper ends once the backend is dropped")
+        .unwrap();
+}
+
+#[test]
+fn invalid_configuration_is_a_typed_error() {
+    for cfg in [
+        MemoryConfig::default().with_max_entries(0),
+        MemoryConfig::default().with_max_bytes(10).with_max_value_size(100),
+    ] {
+        assert_eq!(
+            MemoryBackend::new(cfg).unwrap_err().kind(),
+            larder::ErrorKind::Config
+        );
+    }
+}
