@@ -1,0 +1,1 @@
+//! memcached backend (in progress).
