@@ -7,9 +7,9 @@ use larder_cache_api::{Error, ErrorKind, Result};
 /// ```
 /// use larder_backend_memory::MemoryConfig;
 ///
-/// let c = MemoryConfig::from_url("memory://?capacity=10000&max_bytes=1048576")?;
+/// let c = MemoryConfig::from_url("memory://?capacity=10000&max_bytes=16777216")?;
 /// assert_eq!(c.max_entries, 10_000);
-/// assert_eq!(c.max_bytes, 1 << 20);
+/// assert_eq!(c.max_bytes, 16 << 20);
 /// # Ok::<(), larder_cache_api::Error>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -104,7 +104,11 @@ impl Shard {
                     continue;
                 }
                 // An expired entry is the best victim; otherwise the least recently used.
-                let score = if s.expires_at <= now { 0 } else { s.last_access };
+                let score = if s.expires_at <= now {
+                    0
+                } else {
+                    s.last_access
+                };
                 if victim.is_none_or(|(_, best)| score < best) {
                     victim = Some((i, score));
                 }
@@ -142,7 +146,8 @@ impl Store {
         let by_entries = (max_entries / 64).max(1);
         let by_bytes = (max_bytes / (4 * largest)).max(1);
         let shards = prev_power_of_two(by_entries.min(by_bytes)).min(64);
-        let seed = std::collections::hash_map::RandomState::new().hash_one(0x9E37_79B9_7F4A_7C15u64);
+        let seed =
+            std::collections::hash_map::RandomState::new().hash_one(0x9E37_79B9_7F4A_7C15u64);
         Store {
             shards: (0..shards)
                 .map(|i| {

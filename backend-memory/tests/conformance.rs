@@ -1,4 +1,5 @@
 //! The whole conformance suite against the memory backend.
+#![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
 

@@ -54,8 +54,13 @@ pub trait CacheBackend: Send + Sync + Debug {
     }
 
     /// Stores `value` under `key` according to `mode`, and returns the new version.
-    async fn put(&self, key: &Key, value: Bytes, ttl: Option<Ttl>, mode: PutMode)
-        -> Result<Version>;
+    async fn put(
+        &self,
+        key: &Key,
+        value: Bytes,
+        ttl: Option<Ttl>,
+        mode: PutMode,
+    ) -> Result<Version>;
 
     /// Overwrites several entries with one TTL; returns their versions in order.
     /// Not atomic: on error, some entries may have been written.

@@ -10,7 +10,7 @@
 //! ```
 //!
 //! Bytes from another program, another codec or a newer format are reported as
-//! [`ErrorKind::Decode`](crate::ErrorKind::Decode) and never decoded as something else.
+//! [`ErrorKind::Decode`](crate::ErrorKind) and never decoded as something else.
 //!
 //! ```
 //! use larder_cache_api::{envelope, codec::Postcard, ErrorKind};
@@ -114,25 +114,33 @@ mod tests {
     fn rejects_every_kind_of_foreign_bytes() {
         let good = seal(&Postcard, &7u32).unwrap();
         assert_eq!(open::<_, u32>(&Postcard, &good).unwrap(), 7);
-        for bad in [
-            &b""[..],
-            &b"\xF7L\x01\x01"[..],
-            &b"{\"a\":1}"[..],
-        ] {
-            assert_eq!(open::<_, u32>(&Postcard, bad).unwrap_err().kind(), ErrorKind::Decode);
+        for bad in [&b""[..], &b"\xF7L\x01\x01"[..], &b"{\"a\":1}"[..]] {
+            assert_eq!(
+                open::<_, u32>(&Postcard, bad).unwrap_err().kind(),
+                ErrorKind::Decode
+            );
         }
         let mut newer = good.to_vec();
         newer[2] = 2;
-        assert!(open::<_, u32>(&Postcard, &newer).unwrap_err().message().contains("format 2"));
+        assert!(open::<_, u32>(&Postcard, &newer)
+            .unwrap_err()
+            .message()
+            .contains("format 2"));
         let mut flagged = good.to_vec();
         flagged[4] = 1;
-        assert_eq!(open::<_, u32>(&Postcard, &flagged).unwrap_err().kind(), ErrorKind::Decode);
+        assert_eq!(
+            open::<_, u32>(&Postcard, &flagged).unwrap_err().kind(),
+            ErrorKind::Decode
+        );
         // Same payload bytes, other codec id: refused although postcard could decode them.
         let other = seal(&Other, &7u32).unwrap();
         let e = open::<_, u32>(&Postcard, &other).unwrap_err();
         assert!(e.message().contains("user codec"), "{e}");
         let mut trailing = good.to_vec();
         trailing.push(0);
-        assert_eq!(open::<_, u32>(&Postcard, &trailing).unwrap_err().kind(), ErrorKind::Decode);
+        assert_eq!(
+            open::<_, u32>(&Postcard, &trailing).unwrap_err().kind(),
+            ErrorKind::Decode
+        );
     }
 }

@@ -196,7 +196,11 @@ mod tests {
         assert!(Key::new("é:ü").is_ok());
         assert!(Key::new("x".repeat(250)).is_ok());
         for bad in ["", "a b", "a\nb", "a\tb", "a\u{1}b", "a\u{7f}b", "a\u{85}b"] {
-            assert_eq!(Key::new(bad).unwrap_err().kind(), ErrorKind::InvalidKey, "{bad:?}");
+            assert_eq!(
+                Key::new(bad).unwrap_err().kind(),
+                ErrorKind::InvalidKey,
+                "{bad:?}"
+            );
         }
         assert_eq!(
             Key::new("x".repeat(251)).unwrap_err().kind(),
@@ -227,9 +231,6 @@ mod tests {
             k.prefixed("ns:1234:").unwrap_err().kind(),
             ErrorKind::InvalidKey
         );
-        assert_eq!(
-            k.prefixed("ns:").unwrap().strip_prefix("ns:").unwrap(),
-            k
-        );
+        assert_eq!(k.prefixed("ns:").unwrap().strip_prefix("ns:").unwrap(), k);
     }
 }

@@ -34,7 +34,10 @@ impl Ttl {
     /// A TTL from a duration, rounded up to whole milliseconds.
     pub fn new(d: Duration) -> Result<Self> {
         if d.is_zero() {
-            return Err(Error::new(ErrorKind::InvalidTtl, "TTL is zero; use no TTL for entries that do not expire"));
+            return Err(Error::new(
+                ErrorKind::InvalidTtl,
+                "TTL is zero; use no TTL for entries that do not expire",
+            ));
         }
         let mut ms = d.as_millis();
         if d.subsec_nanos() % 1_000_000 != 0 {
@@ -110,6 +113,9 @@ mod tests {
             Ttl::new(Duration::MAX).unwrap_err().kind(),
             ErrorKind::InvalidTtl
         );
-        assert_eq!(Ttl::new(Duration::ZERO).unwrap_err().kind(), ErrorKind::InvalidTtl);
+        assert_eq!(
+            Ttl::new(Duration::ZERO).unwrap_err().kind(),
+            ErrorKind::InvalidTtl
+        );
     }
 }

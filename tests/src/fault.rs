@@ -67,7 +67,13 @@ impl CacheBackend for Faulty {
         self.gate().await?;
         self.inner.get_many(keys).await
     }
-    async fn put(&self, key: &Key, value: Bytes, ttl: Option<Ttl>, mode: PutMode) -> Result<Version> {
+    async fn put(
+        &self,
+        key: &Key,
+        value: Bytes,
+        ttl: Option<Ttl>,
+        mode: PutMode,
+    ) -> Result<Version> {
         self.gate().await?;
         self.inner.put(key, value, ttl, mode).await
     }

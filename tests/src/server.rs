@@ -39,7 +39,11 @@ fn binary(name: &str) -> PathBuf {
     panic!(
         "`{name}` is not installed; the tests need the real server (scripts/test installs it: \
          apt-get install -y {})",
-        if name == "redis-server" { "redis-server" } else { "memcached" }
+        if name == "redis-server" {
+            "redis-server"
+        } else {
+            "memcached"
+        }
     );
 }
 
@@ -96,10 +100,19 @@ impl ServerProcess {
         let mut cmd = match &self.kind {
             Kind::Redis { extra } => {
                 let mut c = Command::new(binary("redis-server"));
-                c.args(["--port", &port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-                    .arg("--dir")
-                    .arg(self.dir.path())
-                    .args(extra);
+                c.args([
+                    "--port",
+                    &port,
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .arg("--dir")
+                .arg(self.dir.path())
+                .args(extra);
                 c
             }
             Kind::Memcached { extra } => {

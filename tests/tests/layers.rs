@@ -1,4 +1,5 @@
 //! Layers over a real memory backend, with faults injected at the call into it.
+#![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,7 +32,11 @@ async fn timeout_bounds_a_stalled_backend() {
     assert!(started.elapsed() < Duration::from_secs(10));
     assert_eq!(stats.timeouts(), 2);
     faulty.set(Fault::None);
-    assert_eq!(cache.get::<u8>(&k).await.unwrap(), Some(1), "same object works again");
+    assert_eq!(
+        cache.get::<u8>(&k).await.unwrap(),
+        Some(1),
+        "same object works again"
+    );
 }
 
 #[tokio::test]
@@ -45,7 +50,13 @@ async fn fail_open_reads_become_counted_misses_writes_still_fail() {
 
     faulty.set(Fault::Fail(ErrorKind::Unavailable));
     assert_eq!(cache.get::<String>(&k).await.unwrap(), None);
-    assert_eq!(cache.get_many::<String>(&[k.clone(), k.clone()]).await.unwrap(), vec![None, None]);
+    assert_eq!(
+        cache
+            .get_many::<String>(&[k.clone(), k.clone()])
+            .await
+            .unwrap(),
+        vec![None, None]
+    );
     faulty.set(Fault::Stall(Duration::from_secs(30)));
     assert_eq!(cache.get::<String>(&k).await.unwrap(), None);
     assert_eq!(stats.failed_open(), 3);
@@ -53,11 +64,16 @@ async fn fail_open_reads_become_counted_misses_writes_still_fail() {
 
     // Writes are never failed open: a write that did not happen is reported.
     faulty.set(Fault::Fail(ErrorKind::Unavailable));
-    assert_eq!(cache.set(&k, &"w", None).await.unwrap_err().kind(), ErrorKind::Unavailable);
+    assert_eq!(
+        cache.set(&k, &"w", None).await.unwrap_err().kind(),
+        ErrorKind::Unavailable
+    );
 
     // get-or-compute still answers from the loader while the cache is down.
     let v: u32 = cache
-        .get_or_insert_with(&Key::new("computed").unwrap(), None, || async { Ok::<_, std::io::Error>(7) })
+        .get_or_insert_with(&Key::new("computed").unwrap(), None, || async {
+            Ok::<_, std::io::Error>(7)
+        })
         .await
         .unwrap();
     assert_eq!(v, 7);
@@ -72,11 +88,19 @@ async fn fail_open_does_not_hide_caller_errors() {
         Arc::new(Timeout::new(faulty.clone(), Duration::from_secs(1)).fail_open_reads(true));
     let k = Key::new("x").unwrap();
     guarded
-        .put(&k, larder::Bytes::from_static(b"junk"), None, PutMode::Overwrite)
+        .put(
+            &k,
+            larder::Bytes::from_static(b"junk"),
+            None,
+            PutMode::Overwrite,
+        )
         .await
         .unwrap();
     // A decode error is about the data, not the backend: it is not failed open.
-    let err = Cache::new(guarded.clone()).get::<u32>(&k).await.unwrap_err();
+    let err = Cache::new(guarded.clone())
+        .get::<u32>(&k)
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Decode);
     faulty.set(Fault::Fail(ErrorKind::Conflict));
     let err = guarded.get(&k).await.unwrap_err();
@@ -93,7 +117,10 @@ async fn instrumented_counts_hits_misses_writes_errors() {
     cache.set(&a, &1u8, None).await.unwrap();
     cache.get::<u8>(&a).await.unwrap();
     cache.get::<u8>(&b).await.unwrap();
-    cache.get_many::<u8>(&[a.clone(), b.clone(), a.clone()]).await.unwrap();
+    cache
+        .get_many::<u8>(&[a.clone(), b.clone(), a.clone()])
+        .await
+        .unwrap();
     faulty.set(Fault::Fail(ErrorKind::Unavailable));
     cache.get::<u8>(&a).await.unwrap_err();
     let s = stats.snapshot();
@@ -123,8 +150,12 @@ fn instrumented_reports_through_the_metrics_facade() {
     let mut latency_samples = 0;
     for (key, _, _, value) in snapshotter.snapshot().into_vec() {
         match (key.key().name(), value) {
-            ("larder_cache_hits_total", metrics_util::debugging::DebugValue::Counter(n)) => hits = Some(n),
-            ("larder_cache_misses_total", metrics_util::debugging::DebugValue::Counter(n)) => misses = Some(n),
+            ("larder_cache_hits_total", metrics_util::debugging::DebugValue::Counter(n)) => {
+                hits = Some(n)
+            }
+            ("larder_cache_misses_total", metrics_util::debugging::DebugValue::Counter(n)) => {
+                misses = Some(n)
+            }
             ("larder_cache_op_seconds", metrics_util::debugging::DebugValue::Histogram(v)) => {
                 latency_samples += v.len()
             }
@@ -140,12 +171,21 @@ fn instrumented_reports_through_the_metrics_facade() {
 async fn layers_stack_in_any_order() {
     let base = memory();
     let ns: DynBackend = Arc::new(Namespace::new(base.clone(), "app").unwrap());
-    let stack: DynBackend = Arc::new(Instrumented::new(Arc::new(Timeout::new(ns, Duration::from_secs(1)))));
+    let stack: DynBackend = Arc::new(Instrumented::new(Arc::new(Timeout::new(
+        ns,
+        Duration::from_secs(1),
+    ))));
     let cache = Cache::new(stack);
     let k = Key::new("k").unwrap();
     cache.set(&k, &"layered", None).await.unwrap();
-    assert_eq!(cache.get::<String>(&k).await.unwrap().as_deref(), Some("layered"));
-    assert!(base.get(&k).await.unwrap().is_none(), "stored under the namespace prefix");
+    assert_eq!(
+        cache.get::<String>(&k).await.unwrap().as_deref(),
+        Some("layered")
+    );
+    assert!(
+        base.get(&k).await.unwrap().is_none(),
+        "stored under the namespace prefix"
+    );
 }
 
 #[tokio::test]
@@ -153,7 +193,11 @@ async fn namespace_survives_eviction_of_its_generation() {
     // A generation entry that vanishes (evicted) yields a fresh generation: old entries
     // never come back.
     let base = memory();
-    let ns = Arc::new(Namespace::new(base.clone(), "evict").unwrap().refresh(Duration::ZERO));
+    let ns = Arc::new(
+        Namespace::new(base.clone(), "evict")
+            .unwrap()
+            .refresh(Duration::ZERO),
+    );
     let cache = Cache::new(ns.clone());
     let k = Key::new("k").unwrap();
     cache.set(&k, &1u8, None).await.unwrap();

@@ -1,4 +1,5 @@
 //! Memory-backend behaviour beyond the shared contract: bounds, eviction, expiry cleanup.
+#![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,10 +32,19 @@ async fn byte_budget_is_enforced() {
         .with_max_value_size(8 * 1024);
     let b = MemoryBackend::new(cfg).unwrap();
     for i in 0..1000 {
-        b.put(&k(i), Bytes::from(vec![0u8; 4096]), None, PutMode::Overwrite)
-            .await
-            .unwrap();
-        assert!(b.bytes() <= 256 * 1024, "{} bytes after {i} writes", b.bytes());
+        b.put(
+            &k(i),
+            Bytes::from(vec![0u8; 4096]),
+            None,
+            PutMode::Overwrite,
+        )
+        .await
+        .unwrap();
+        assert!(
+            b.bytes() <= 256 * 1024,
+            "{} bytes after {i} writes",
+            b.bytes()
+        );
     }
 }
 
@@ -50,7 +60,10 @@ async fn recently_read_entries_outlive_cold_ones() {
             .await
             .unwrap();
         // Reading keeps it recently used.
-        assert!(b.get(&hot).await.unwrap().is_some(), "hot key evicted after {i} writes");
+        assert!(
+            b.get(&hot).await.unwrap().is_some(),
+            "hot key evicted after {i} writes"
+        );
     }
 }
 
@@ -59,18 +72,32 @@ async fn expired_entries_do_not_pile_up() {
     let b = MemoryBackend::new(MemoryConfig::default().with_max_entries(1_000_000)).unwrap();
     let ttl = Ttl::from_millis(50).unwrap();
     for i in 0..5000 {
-        b.put(&k(i), Bytes::from_static(b"v"), Some(ttl), PutMode::Overwrite)
-            .await
-            .unwrap();
+        b.put(
+            &k(i),
+            Bytes::from_static(b"v"),
+            Some(ttl),
+            PutMode::Overwrite,
+        )
+        .await
+        .unwrap();
     }
     tokio::time::sleep(Duration::from_millis(120)).await;
     // Writes of other keys sample and drop expired entries as they go.
     for i in 5000..15000 {
-        b.put(&k(i), Bytes::from_static(b"v"), Some(ttl), PutMode::Overwrite)
-            .await
-            .unwrap();
+        b.put(
+            &k(i),
+            Bytes::from_static(b"v"),
+            Some(ttl),
+            PutMode::Overwrite,
+        )
+        .await
+        .unwrap();
     }
-    assert!(b.len() < 15000, "sampling removed some expired entries ({} left)", b.len());
+    assert!(
+        b.len() < 15000,
+        "sampling removed some expired entries ({} left)",
+        b.len()
+    );
     tokio::time::sleep(Duration::from_millis(120)).await;
     let removed = b.purge_expired();
     assert!(removed > 0);
@@ -83,12 +110,17 @@ async fn background_sweeper_removes_expired_and_stops_with_the_backend() {
     let b = Arc::new(MemoryBackend::default());
     let sweeper = b.spawn_sweeper(Duration::from_millis(50));
     for i in 0..100 {
-        b.put(&k(i), Bytes::from_static(b"v"), Some(Ttl::from_millis(20).unwrap()), PutMode::Overwrite)
-            .await
-            .unwrap();
+        b.put(
+            &k(i),
+            Bytes::from_static(b"v"),
+            Some(Ttl::from_millis(20).unwrap()),
+            PutMode::Overwrite,
+        )
+        .await
+        .unwrap();
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while b.len() > 0 {
+    while !b.is_empty() {
         assert!(std::time::Instant::now() < deadline, "sweeper never ran");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -103,7 +135,9 @@ async fn background_sweeper_removes_expired_and_stops_with_the_backend() {
 fn invalid_configuration_is_a_typed_error() {
     for cfg in [
         MemoryConfig::default().with_max_entries(0),
-        MemoryConfig::default().with_max_bytes(10).with_max_value_size(100),
+        MemoryConfig::default()
+            .with_max_bytes(10)
+            .with_max_value_size(100),
     ] {
         assert_eq!(
             MemoryBackend::new(cfg).unwrap_err().kind(),

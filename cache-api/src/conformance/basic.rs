@@ -28,7 +28,11 @@ pub async fn overwrite_replaces_value_and_version(b: DynBackend) {
 pub async fn empty_value_roundtrips(b: DynBackend) {
     let k = key("empty");
     put(&b, &k, b"").await;
-    assert_eq!(value(&b, &k).await.as_deref(), Some(&b""[..]), "empty is not absent");
+    assert_eq!(
+        value(&b, &k).await.as_deref(),
+        Some(&b""[..]),
+        "empty is not absent"
+    );
 }
 
 pub async fn binary_value_roundtrips(b: DynBackend) {
@@ -45,7 +49,10 @@ pub async fn delete_present_returns_true(b: DynBackend) {
     put(&b, &k, b"x").await;
     assert!(b.delete(&k, DeleteMode::Any).await.unwrap());
     assert!(b.get(&k).await.unwrap().is_none());
-    assert!(!b.delete(&k, DeleteMode::Any).await.unwrap(), "second delete finds nothing");
+    assert!(
+        !b.delete(&k, DeleteMode::Any).await.unwrap(),
+        "second delete finds nothing"
+    );
 }
 
 pub async fn delete_absent_returns_false(b: DynBackend) {
@@ -82,16 +89,26 @@ pub async fn touch_present_extends_life(b: DynBackend) {
     b.put(&k, Bytes::from_static(b"x"), Some(ttl), PutMode::Overwrite)
         .await
         .unwrap();
-    assert!(b.touch(&k, Some(Ttl::from_secs(3600).unwrap())).await.unwrap());
+    assert!(b
+        .touch(&k, Some(Ttl::from_secs(3600).unwrap()))
+        .await
+        .unwrap());
     tokio::time::sleep(wait).await;
-    assert_eq!(value(&b, &k).await.as_deref(), Some(&b"x"[..]), "touch extended the TTL");
+    assert_eq!(
+        value(&b, &k).await.as_deref(),
+        Some(&b"x"[..]),
+        "touch extended the TTL"
+    );
 }
 
 pub async fn touch_absent_returns_false(b: DynBackend) {
     if !b.capabilities().touch {
         return super::capability::assert_touch_refused(&b).await;
     }
-    assert!(!b.touch(&key("touch-absent"), Some(Ttl::from_secs(10).unwrap())).await.unwrap());
+    assert!(!b
+        .touch(&key("touch-absent"), Some(Ttl::from_secs(10).unwrap()))
+        .await
+        .unwrap());
     assert!(!b.touch(&key("touch-absent2"), None).await.unwrap());
 }
 
@@ -105,8 +122,14 @@ pub async fn touch_expired_returns_false(b: DynBackend) {
         .await
         .unwrap();
     tokio::time::sleep(wait).await;
-    assert!(!b.touch(&k, Some(Ttl::from_secs(10).unwrap())).await.unwrap());
-    assert!(b.get(&k).await.unwrap().is_none(), "touch did not revive it");
+    assert!(!b
+        .touch(&k, Some(Ttl::from_secs(10).unwrap()))
+        .await
+        .unwrap());
+    assert!(
+        b.get(&k).await.unwrap().is_none(),
+        "touch did not revive it"
+    );
 }
 
 pub async fn touch_none_removes_expiry(b: DynBackend) {
@@ -120,7 +143,10 @@ pub async fn touch_none_removes_expiry(b: DynBackend) {
         .unwrap();
     assert!(b.touch(&k, None).await.unwrap());
     tokio::time::sleep(wait).await;
-    assert!(b.get(&k).await.unwrap().is_some(), "no expiry after touch(None)");
+    assert!(
+        b.get(&k).await.unwrap().is_some(),
+        "no expiry after touch(None)"
+    );
 }
 
 pub async fn touch_keeps_version_and_value(b: DynBackend) {
@@ -129,10 +155,18 @@ pub async fn touch_keeps_version_and_value(b: DynBackend) {
     }
     let k = key("touch-ver");
     let v = b
-        .put(&k, Bytes::from_static(b"keep"), Some(Ttl::from_secs(60).unwrap()), PutMode::Overwrite)
+        .put(
+            &k,
+            Bytes::from_static(b"keep"),
+            Some(Ttl::from_secs(60).unwrap()),
+            PutMode::Overwrite,
+        )
         .await
         .unwrap();
-    assert!(b.touch(&k, Some(Ttl::from_secs(120).unwrap())).await.unwrap());
+    assert!(b
+        .touch(&k, Some(Ttl::from_secs(120).unwrap()))
+        .await
+        .unwrap());
     let e = b.get(&k).await.unwrap().unwrap();
     assert_eq!(&e.value[..], b"keep");
     assert_eq!(e.version, v, "touch does not change the version");

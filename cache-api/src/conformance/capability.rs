@@ -31,13 +31,20 @@ pub(crate) async fn assert_cas_refused(b: &DynBackend) {
     }
     let e = b.delete(&k, DeleteMode::IfVersion(v)).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Unsupported);
-    assert_eq!(super::value(b, &k).await.as_deref(), Some(&b"x"[..]), "nothing changed");
+    assert_eq!(
+        super::value(b, &k).await.as_deref(),
+        Some(&b"x"[..]),
+        "nothing changed"
+    );
 }
 
 pub(crate) async fn assert_touch_refused(b: &DynBackend) {
     let k = key("refuse-touch");
     put(b, &k, b"x").await;
-    let e = b.touch(&k, Some(Ttl::from_secs(1).unwrap())).await.unwrap_err();
+    let e = b
+        .touch(&k, Some(Ttl::from_secs(1).unwrap()))
+        .await
+        .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Unsupported);
 }
 
@@ -61,7 +68,12 @@ pub async fn undeclared_capabilities_are_refused(b: DynBackend) {
     assert_cas_refused(&r).await;
     assert_touch_refused(&r).await;
     let e = r
-        .put(&key("restricted-big"), Bytes::from(vec![0u8; 1025]), None, PutMode::Overwrite)
+        .put(
+            &key("restricted-big"),
+            Bytes::from(vec![0u8; 1025]),
+            None,
+            PutMode::Overwrite,
+        )
         .await
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::ValueTooLarge);

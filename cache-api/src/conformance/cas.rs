@@ -37,16 +37,25 @@ pub async fn create_on_present_conflicts_with_current(b: DynBackend) {
     assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
     let cur = err.current().expect("conflict carries the current entry");
     assert_eq!((&cur.value[..], cur.version), (&b"there"[..], v));
-    assert_eq!(value(&b, &k).await.as_deref(), Some(&b"there"[..]), "not overwritten");
+    assert_eq!(
+        value(&b, &k).await.as_deref(),
+        Some(&b"there"[..]),
+        "not overwritten"
+    );
 }
 
 pub async fn create_on_expired_succeeds(b: DynBackend) {
     require_cas!(b);
     let k = key("create-exp");
     let (ttl, wait) = short_ttl(b.capabilities());
-    b.put(&k, Bytes::from_static(b"old"), Some(ttl), PutMode::Overwrite)
-        .await
-        .unwrap();
+    b.put(
+        &k,
+        Bytes::from_static(b"old"),
+        Some(ttl),
+        PutMode::Overwrite,
+    )
+    .await
+    .unwrap();
     tokio::time::sleep(wait).await;
     b.put(&k, Bytes::from_static(b"new"), None, PutMode::Create)
         .await
@@ -100,7 +109,12 @@ pub async fn update_on_expired_conflicts(b: DynBackend) {
     let k = key("upd-exp");
     let (ttl, wait) = short_ttl(b.capabilities());
     let v = b
-        .put(&k, Bytes::from_static(b"old"), Some(ttl), PutMode::Overwrite)
+        .put(
+            &k,
+            Bytes::from_static(b"old"),
+            Some(ttl),
+            PutMode::Overwrite,
+        )
         .await
         .unwrap();
     tokio::time::sleep(wait).await;
@@ -109,7 +123,10 @@ pub async fn update_on_expired_conflicts(b: DynBackend) {
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Conflict);
-    assert!(b.get(&k).await.unwrap().is_none(), "an expired entry is not revived by CAS");
+    assert!(
+        b.get(&k).await.unwrap().is_none(),
+        "an expired entry is not revived by CAS"
+    );
 }
 
 pub async fn delete_if_version_matches(b: DynBackend) {
@@ -128,7 +145,11 @@ pub async fn delete_if_version_stale_conflicts(b: DynBackend) {
     let err = b.delete(&k, DeleteMode::IfVersion(v1)).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Conflict);
     assert_eq!(err.current().map(|e| e.version), Some(v2));
-    assert_eq!(value(&b, &k).await.as_deref(), Some(&b"2"[..]), "not deleted");
+    assert_eq!(
+        value(&b, &k).await.as_deref(),
+        Some(&b"2"[..]),
+        "not deleted"
+    );
 }
 
 pub async fn delete_if_version_absent_conflicts(b: DynBackend) {

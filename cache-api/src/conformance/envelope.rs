@@ -25,9 +25,14 @@ impl Codec for OtherCodec {
 
 pub async fn foreign_bytes_give_decode_error(b: DynBackend) {
     let k = key("foreign");
-    b.put(&k, Bytes::from_static(b"{\"user\":42}"), None, PutMode::Overwrite)
-        .await
-        .unwrap();
+    b.put(
+        &k,
+        Bytes::from_static(b"{\"user\":42}"),
+        None,
+        PutMode::Overwrite,
+    )
+    .await
+    .unwrap();
     let err = Cache::new(b.clone()).get::<u64>(&k).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Decode, "{err}");
 }
@@ -85,12 +90,26 @@ pub async fn decode_error_as_miss_when_asked(b: DynBackend) {
 /// A decode error does not delete or change what is stored.
 pub async fn decode_error_loses_nothing(b: DynBackend) {
     let k = key("no-loss");
-    b.put(&k, Bytes::from_static(b"\xF7Lnot-ours"), None, PutMode::Overwrite)
-        .await
-        .unwrap();
+    b.put(
+        &k,
+        Bytes::from_static(b"\xF7Lnot-ours"),
+        None,
+        PutMode::Overwrite,
+    )
+    .await
+    .unwrap();
     let cache = Cache::new(b.clone());
-    assert_eq!(cache.get::<String>(&k).await.unwrap_err().kind(), ErrorKind::Decode);
-    let err = cache.update(&k, None, |s: Option<String>| s.unwrap_or_default()).await;
-    assert_eq!(err.unwrap_err().kind(), ErrorKind::Decode, "update refuses to overwrite");
+    assert_eq!(
+        cache.get::<String>(&k).await.unwrap_err().kind(),
+        ErrorKind::Decode
+    );
+    let err = cache
+        .update(&k, None, |s: Option<String>| s.unwrap_or_default())
+        .await;
+    assert_eq!(
+        err.unwrap_err().kind(),
+        ErrorKind::Decode,
+        "update refuses to overwrite"
+    );
     assert_eq!(value(&b, &k).await.as_deref(), Some(&b"\xF7Lnot-ours"[..]));
 }

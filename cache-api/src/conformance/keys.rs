@@ -48,14 +48,23 @@ pub async fn key_with_control_byte_rejected(_b: DynBackend) {
 pub async fn hashed_long_key_roundtrips(b: DynBackend) {
     let raw = format!("report:{:016x}:{}", random_u64(), "x y ".repeat(200));
     let k = Key::hashed(&raw);
-    assert!(k.as_str().starts_with("report:"), "readable prefix kept: {k}");
+    assert!(
+        k.as_str().starts_with("report:"),
+        "readable prefix kept: {k}"
+    );
     assert!(k.len() <= Key::MAX_LEN);
     b.put(&k, Bytes::from_static(b"h"), None, PutMode::Overwrite)
         .await
         .unwrap();
-    assert_eq!(value(&b, &Key::hashed(&raw)).await.as_deref(), Some(&b"h"[..]));
+    assert_eq!(
+        value(&b, &Key::hashed(&raw)).await.as_deref(),
+        Some(&b"h"[..])
+    );
     let other = Key::hashed(&format!("{raw}!"));
-    assert!(value(&b, &other).await.is_none(), "a different long key is a different key");
+    assert!(
+        value(&b, &other).await.is_none(),
+        "a different long key is a different key"
+    );
 }
 
 pub async fn utf8_key_roundtrips(b: DynBackend) {

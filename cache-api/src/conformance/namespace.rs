@@ -21,7 +21,11 @@ pub async fn namespaces_are_isolated(b: DynBackend) {
     c.set(&k, &2u32, None).await.unwrap();
     assert_eq!(a.get::<u32>(&k).await.unwrap(), Some(1));
     assert_eq!(c.get::<u32>(&k).await.unwrap(), Some(2));
-    assert_eq!(Cache::new(b.clone()).get::<u32>(&k).await.unwrap(), None, "raw key untouched");
+    assert_eq!(
+        Cache::new(b.clone()).get::<u32>(&k).await.unwrap(),
+        None,
+        "raw key untouched"
+    );
 }
 
 pub async fn invalidate_hides_old_entries(b: DynBackend) {
@@ -37,22 +41,45 @@ pub async fn invalidate_hides_old_entries(b: DynBackend) {
     ns.invalidate().await.unwrap();
     for k in &keys {
         assert_eq!(cache.get::<String>(k).await.unwrap(), None, "invalidated");
-        assert_eq!(other.get::<String>(k).await.unwrap().as_deref(), Some("o"), "other namespace kept");
+        assert_eq!(
+            other.get::<String>(k).await.unwrap().as_deref(),
+            Some("o"),
+            "other namespace kept"
+        );
     }
     cache.set(&keys[0], &"new", None).await.unwrap();
-    assert_eq!(cache.get::<String>(&keys[0]).await.unwrap().as_deref(), Some("new"));
+    assert_eq!(
+        cache.get::<String>(&keys[0]).await.unwrap().as_deref(),
+        Some("new")
+    );
 }
 
 pub async fn invalidation_seen_by_other_handle(b: DynBackend) {
     let name = ns_name();
-    let h1 = Arc::new(Namespace::new(b.clone(), &name).unwrap().refresh(Duration::ZERO));
-    let h2 = Arc::new(Namespace::new(b.clone(), &name).unwrap().refresh(Duration::ZERO));
+    let h1 = Arc::new(
+        Namespace::new(b.clone(), &name)
+            .unwrap()
+            .refresh(Duration::ZERO),
+    );
+    let h2 = Arc::new(
+        Namespace::new(b.clone(), &name)
+            .unwrap()
+            .refresh(Duration::ZERO),
+    );
     let (c1, c2) = (Cache::new(h1.clone()), Cache::new(h2.clone()));
     let k = key("two-handles");
     c1.set(&k, &5u8, None).await.unwrap();
-    assert_eq!(c2.get::<u8>(&k).await.unwrap(), Some(5), "same namespace, same data");
+    assert_eq!(
+        c2.get::<u8>(&k).await.unwrap(),
+        Some(5),
+        "same namespace, same data"
+    );
     h1.invalidate().await.unwrap();
-    assert_eq!(c2.get::<u8>(&k).await.unwrap(), None, "other handle sees the invalidation");
+    assert_eq!(
+        c2.get::<u8>(&k).await.unwrap(),
+        None,
+        "other handle sees the invalidation"
+    );
 }
 
 pub async fn key_too_long_after_prefix_rejected(b: DynBackend) {

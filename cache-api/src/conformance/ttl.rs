@@ -48,11 +48,20 @@ pub async fn ttl_over_30_days_is_kept(b: DynBackend) {
     .await
     .unwrap();
     tokio::time::sleep(unit(b.capabilities()) + Duration::from_millis(100)).await;
-    assert!(value(&b, &k).await.is_some(), "a 31-day TTL did not expire at once");
+    assert!(
+        value(&b, &k).await.is_some(),
+        "a 31-day TTL did not expire at once"
+    );
     if b.capabilities().touch {
-        assert!(b.touch(&k, Some(Ttl::from_secs(400 * 24 * 3600).unwrap())).await.unwrap());
+        assert!(b
+            .touch(&k, Some(Ttl::from_secs(400 * 24 * 3600).unwrap()))
+            .await
+            .unwrap());
         tokio::time::sleep(unit(b.capabilities())).await;
-        assert!(value(&b, &k).await.is_some(), "a 400-day touch did not expire at once");
+        assert!(
+            value(&b, &k).await.is_some(),
+            "a 400-day touch did not expire at once"
+        );
     }
 }
 
@@ -75,8 +84,15 @@ pub async fn overwrite_restates_ttl(b: DynBackend) {
         .await
         .unwrap();
     tokio::time::sleep(wait).await;
-    assert_eq!(value(&b, &a).await.as_deref(), Some(&b"2"[..]), "no TTL after overwrite");
-    assert!(value(&b, &c).await.is_none(), "TTL of the overwrite applies");
+    assert_eq!(
+        value(&b, &a).await.as_deref(),
+        Some(&b"2"[..]),
+        "no TTL after overwrite"
+    );
+    assert!(
+        value(&b, &c).await.is_none(),
+        "TTL of the overwrite applies"
+    );
 }
 
 pub async fn conditional_write_states_ttl(b: DynBackend) {
@@ -101,20 +117,35 @@ pub async fn conditional_write_states_ttl(b: DynBackend) {
         .await
         .unwrap();
     tokio::time::sleep(wait).await;
-    assert!(value(&b, &k).await.is_none(), "CAS write with a TTL expires");
-    assert!(value(&b, &keep).await.is_some(), "CAS write without a TTL does not");
+    assert!(
+        value(&b, &k).await.is_none(),
+        "CAS write with a TTL expires"
+    );
+    assert!(
+        value(&b, &keep).await.is_some(),
+        "CAS write without a TTL does not"
+    );
 }
 
 pub async fn zero_ttl_rejected(_b: DynBackend) {
-    assert_eq!(Ttl::from_millis(0).unwrap_err().kind(), ErrorKind::InvalidTtl);
-    assert_eq!(Ttl::new(Duration::ZERO).unwrap_err().kind(), ErrorKind::InvalidTtl);
+    assert_eq!(
+        Ttl::from_millis(0).unwrap_err().kind(),
+        ErrorKind::InvalidTtl
+    );
+    assert_eq!(
+        Ttl::new(Duration::ZERO).unwrap_err().kind(),
+        ErrorKind::InvalidTtl
+    );
 }
 
 pub async fn absurd_ttl_rejected(_b: DynBackend) {
     let e = Ttl::from_secs(11 * 365 * 24 * 3600).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidTtl);
     assert!(e.to_string().contains("10 years"), "{e}");
-    assert_eq!(Ttl::new(Duration::MAX).unwrap_err().kind(), ErrorKind::InvalidTtl);
+    assert_eq!(
+        Ttl::new(Duration::MAX).unwrap_err().kind(),
+        ErrorKind::InvalidTtl
+    );
 }
 
 pub async fn put_many_applies_ttl(b: DynBackend) {

@@ -60,7 +60,11 @@ pub async fn single_flight_100_callers_one_load(b: DynBackend) {
         assert_eq!(t.await.unwrap(), 4242);
     }
     assert_eq!(loads.load(Ordering::SeqCst), 1, "the loader ran once");
-    assert_eq!(cache.get::<u64>(&k).await.unwrap(), Some(4242), "and its value was stored");
+    assert_eq!(
+        cache.get::<u64>(&k).await.unwrap(),
+        Some(4242),
+        "and its value was stored"
+    );
 }
 
 pub async fn get_or_insert_with_hit_skips_loader(b: DynBackend) {
@@ -98,7 +102,10 @@ pub async fn loader_error_reaches_all_callers_and_caches_nothing(b: DynBackend) 
         assert_eq!(err.kind(), ErrorKind::Loader);
     }
     assert!(loads.load(Ordering::SeqCst) >= 1);
-    assert!(b.get(&k).await.unwrap().is_none(), "a failed load stores nothing");
+    assert!(
+        b.get(&k).await.unwrap().is_none(),
+        "a failed load stores nothing"
+    );
 }
 
 pub async fn update_creates_when_absent(b: DynBackend) {
@@ -119,7 +126,10 @@ pub async fn update_creates_when_absent(b: DynBackend) {
         .unwrap();
     assert_eq!(v, ["a"]);
     assert_eq!(seen.load(Ordering::SeqCst), 1);
-    assert_eq!(cache.get::<Vec<String>>(&k).await.unwrap(), Some(vec!["a".to_string()]));
+    assert_eq!(
+        cache.get::<Vec<String>>(&k).await.unwrap(),
+        Some(vec!["a".to_string()])
+    );
 }
 
 /// When every attempt loses, `update` returns the conflict after the configured attempts.
@@ -148,8 +158,19 @@ pub async fn update_exhausted_returns_conflict(b: DynBackend) {
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
-    assert_eq!(calls.load(Ordering::SeqCst), 3, "exactly the configured attempts");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        3,
+        "exactly the configured attempts"
+    );
     let cur = err.current().expect("conflict carries the winner's entry");
-    assert_eq!(envelope::open::<_, u64>(&Postcard, &cur.value).unwrap(), 1000);
-    assert_eq!(cache.get::<u64>(&k).await.unwrap(), Some(1000), "the winner's write stands");
+    assert_eq!(
+        envelope::open::<_, u64>(&Postcard, &cur.value).unwrap(),
+        1000
+    );
+    assert_eq!(
+        cache.get::<u64>(&k).await.unwrap(),
+        Some(1000),
+        "the winner's write stands"
+    );
 }

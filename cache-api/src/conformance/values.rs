@@ -17,7 +17,12 @@ pub async fn value_over_limit_rejected(b: DynBackend) {
     let max = b.capabilities().max_value_size;
     let k = key("over-limit");
     let err = b
-        .put(&k, Bytes::from(vec![7u8; max + 1]), None, PutMode::Overwrite)
+        .put(
+            &k,
+            Bytes::from(vec![7u8; max + 1]),
+            None,
+            PutMode::Overwrite,
+        )
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::ValueTooLarge, "{err}");
@@ -35,7 +40,12 @@ pub async fn oversized_write_keeps_old_value(b: DynBackend) {
     let k = key("keep-old");
     put(&b, &k, b"precious").await;
     let err = b
-        .put(&k, Bytes::from(vec![0u8; max + 1]), None, PutMode::Overwrite)
+        .put(
+            &k,
+            Bytes::from(vec![0u8; max + 1]),
+            None,
+            PutMode::Overwrite,
+        )
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::ValueTooLarge);

@@ -8,8 +8,7 @@ use bytes::Bytes;
 use tracing::Instrument;
 
 use crate::{
-    Capabilities, CacheBackend, DeleteMode, DynBackend, Entry, Key, PutMode, Result, Ttl,
-    Version,
+    CacheBackend, Capabilities, DeleteMode, DynBackend, Entry, Key, PutMode, Result, Ttl, Version,
 };
 
 /// In-process counters of an [`Instrumented`] layer, for a status page.
@@ -147,12 +146,16 @@ impl CacheBackend for Instrumented {
         ttl: Option<Ttl>,
         mode: PutMode,
     ) -> Result<Version> {
-        let r = self.observe("put", self.inner.put(key, value, ttl, mode)).await;
+        let r = self
+            .observe("put", self.inner.put(key, value, ttl, mode))
+            .await;
         self.count_write(r)
     }
 
     async fn put_many(&self, items: &[(Key, Bytes)], ttl: Option<Ttl>) -> Result<Vec<Version>> {
-        let r = self.observe("put_many", self.inner.put_many(items, ttl)).await;
+        let r = self
+            .observe("put_many", self.inner.put_many(items, ttl))
+            .await;
         self.count_write(r)
     }
 

@@ -7,7 +7,7 @@ use parking_lot::Mutex;
 
 use crate::random::random_u64;
 use crate::{
-    Capabilities, CacheBackend, DeleteMode, DynBackend, Entry, Error, ErrorKind, Key, PutMode,
+    CacheBackend, Capabilities, DeleteMode, DynBackend, Entry, Error, ErrorKind, Key, PutMode,
     Result, Ttl, Version,
 };
 
@@ -138,7 +138,11 @@ impl Namespace {
         } else {
             PutMode::Overwrite
         };
-        match self.inner.put(&self.gen_key, bytes.clone(), None, mode).await {
+        match self
+            .inner
+            .put(&self.gen_key, bytes.clone(), None, mode)
+            .await
+        {
             Ok(_) => Ok(gen),
             Err(e) if e.kind() == ErrorKind::Conflict => match e.current() {
                 Some(cur) => match <[u8; 8]>::try_from(&cur.value[..]) {

@@ -2,7 +2,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::{
-    Capabilities, CacheBackend, DeleteMode, DynBackend, Entry, Error, ErrorKind, Key, PutMode,
+    CacheBackend, Capabilities, DeleteMode, DynBackend, Entry, Error, ErrorKind, Key, PutMode,
     Result, Ttl, Version,
 };
 

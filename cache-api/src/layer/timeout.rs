@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::{
-    Capabilities, CacheBackend, DeleteMode, DynBackend, Entry, Error, ErrorKind, Key, PutMode,
+    CacheBackend, Capabilities, DeleteMode, DynBackend, Entry, Error, ErrorKind, Key, PutMode,
     Result, Ttl, Version,
 };
 
@@ -103,7 +103,12 @@ impl Timeout {
         res
     }
 
-    fn fail_open<T>(&self, op: &'static str, res: Result<T>, miss: impl FnOnce() -> T) -> Result<T> {
+    fn fail_open<T>(
+        &self,
+        op: &'static str,
+        res: Result<T>,
+        miss: impl FnOnce() -> T,
+    ) -> Result<T> {
         match res {
             Err(e) if self.fail_open_reads && is_infrastructure(&e) => {
                 self.stats.failed_open.fetch_add(1, Ordering::Relaxed);
