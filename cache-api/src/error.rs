@@ -40,6 +40,11 @@ pub enum ErrorKind {
     Config,
     /// The loader passed to [`Cache::get_or_insert_with`](crate::Cache::get_or_insert_with) failed.
     Loader,
+    /// The thing written to was deleted; a late write must not bring it back (a session
+    /// saved after logout).
+    Gone,
+    /// A malformed identifier (a session id of the wrong length or alphabet).
+    InvalidId,
     /// Any other failure reported by the backend.
     Backend,
 }
@@ -59,6 +64,8 @@ impl ErrorKind {
             ErrorKind::Unsupported => "unsupported",
             ErrorKind::Config => "config",
             ErrorKind::Loader => "loader",
+            ErrorKind::Gone => "gone",
+            ErrorKind::InvalidId => "invalid_id",
             ErrorKind::Backend => "backend",
         }
     }

@@ -1,0 +1,428 @@
+//! The session handle request code uses: typed values, dirty tracking, and key-level merge
+//! of concurrent requests.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use larder_cache_api::codec::{Codec, Postcard};
+use larder_cache_api::{Error, ErrorKind, Result};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::id::SessionId;
+use crate::record::{Record, SessionData, Timestamp};
+use crate::store::SessionStore;
+
+/// What happens when another request changed the same key in between.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ConflictPolicy {
+    /// This request's value wins (keys changed only by the other request keep its values).
+    #[default]
+    LastWriterWins,
+    /// Return [`ErrorKind::Conflict`] and write nothing.
+    Error,
+}
+
+type UpdateFn = Arc<dyn Fn(Option<&[u8]>) -> Result<Vec<u8>> + Send + Sync>;
+
+#[derive(Clone)]
+enum Change {
+    Set(String, Vec<u8>),
+    Remove(String),
+    Update(String, UpdateFn),
+    Principal(Option<String>),
+}
+
+impl Change {
+    fn key(&self) -> Option<&str> {
+        match self {
+            Change::Set(k, _) | Change::Remove(k) | Change::Update(k, _) => Some(k),
+            Change::Principal(_) => None,
+        }
+    }
+
+    fn apply(&self, rec: &mut Record) -> Result<()> {
+        match self {
+            Change::Set(k, v) => rec.data.insert_raw(k, v.clone()),
+            Change::Remove(k) => {
+                rec.data.remove(k);
+            }
+            Change::Update(k, f) => {
+                let next = f(rec.data.get_raw(k))?;
+                rec.data.insert_raw(k, next);
+            }
+            Change::Principal(p) => rec.principal.clone_from(p),
+        }
+        Ok(())
+    }
+}
+
+/// Settings of a [`SessionManager`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct SessionConfig {
+    /// Life of a session after its last write or touch (default 24 h).
+    pub ttl: Duration,
+    /// A session is touched (expiry extended) only once this fraction of its TTL has
+    /// passed since its last extension (default 0.25): at most one write per quarter TTL
+    /// for a session that is only read.
+    pub touch_after: f64,
+    /// Attempts of a save that keeps losing races (default 50).
+    pub max_save_attempts: u32,
+    /// Same-key conflicts: last writer wins (default) or an error.
+    pub conflict_policy: ConflictPolicy,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            ttl: Duration::from_secs(24 * 3600),
+            touch_after: 0.25,
+            max_save_attempts: 50,
+            conflict_policy: ConflictPolicy::LastWriterWins,
+        }
+    }
+}
+
+impl SessionConfig {
+    /// Sets the TTL.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+    /// Sets the touch fraction (clamped to 0..=1).
+    pub fn touch_after(mut self, f: f64) -> Self {
+        self.touch_after = f.clamp(0.0, 1.0);
+        self
+    }
+    /// Sets the save attempts.
+    pub fn max_save_attempts(mut self, n: u32) -> Self {
+        self.max_save_attempts = n.max(1);
+        self
+    }
+    /// Sets the conflict policy.
+    pub fn conflict_policy(mut self, p: ConflictPolicy) -> Self {
+        self.conflict_policy = p;
+        self
+    }
+}
+
+/// Creates and loads [`Session`]s over a store (usually a
+/// [`CachedStore`](crate::CachedStore) over an SQL store).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> larder_cache_api::Result<()> {
+/// # let dir = std::env::temp_dir().join(format!("larder-doc-mgr-{}", std::process::id()));
+/// # std::fs::create_dir_all(&dir).unwrap();
+/// use std::sync::Arc;
+/// use larder_session_persist::{CachedStore, SessionManager, SqliteStore};
+///
+/// let sql = SqliteStore::open(&dir.join("s.db")).await?;
+/// let cache = Arc::new(larder_backend_memory::MemoryBackend::default());
+/// let sessions = SessionManager::new(Arc::new(CachedStore::new(sql, cache)));
+///
+/// let mut s = sessions.create().await?;
+/// s.insert("user", "ada")?;
+/// s.update("visits", |n: Option<u32>| n.unwrap_or(0) + 1)?;
+/// s.save().await?;
+///
+/// let again = sessions.load(s.id().as_str()).await?.expect("stored");
+/// assert_eq!(again.get::<String>("user")?.as_deref(), Some("ada"));
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct SessionManager {
+    store: Arc<dyn SessionStore>,
+    config: SessionConfig,
+}
+
+impl fmt::Debug for SessionManager {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionManager")
+            .field("store", &self.store)
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl SessionManager {
+    /// Sessions in `store`, default settings.
+    pub fn new(store: Arc<dyn SessionStore>) -> Self {
+        Self::with_config(store, SessionConfig::default())
+    }
+
+    /// Sessions in `store` with `config`.
+    pub fn with_config(store: Arc<dyn SessionStore>, config: SessionConfig) -> Self {
+        SessionManager { store, config }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn SessionStore> {
+        &self.store
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &SessionConfig {
+        &self.config
+    }
+
+    fn expiry(&self) -> Timestamp {
+        Timestamp::now().plus(self.config.ttl)
+    }
+
+    /// A new, stored, empty session.
+    pub async fn create(&self) -> Result<Session> {
+        let record = self
+            .store
+            .create(SessionData::new(), None, self.expiry())
+            .await?;
+        Ok(self.wrap(record))
+    }
+
+    /// The session whose id is `id` (the cookie's text), or `None` if it does not exist or
+    /// has expired. A malformed id is [`ErrorKind::InvalidId`], checked before any query.
+    pub async fn load(&self, id: &str) -> Result<Option<Session>> {
+        let id = SessionId::parse(id)?;
+        Ok(self.store.load(&id).await?.map(|r| self.wrap(r)))
+    }
+
+    /// Deletes every session of `principal` ("log out everywhere"); returns how many.
+    pub async fn delete_principal(&self, principal: &str) -> Result<u64> {
+        Ok(self.store.delete_principal(principal).await?.len() as u64)
+    }
+
+    fn wrap(&self, record: Record) -> Session {
+        Session {
+            manager: self.clone(),
+            record,
+            changes: Vec::new(),
+            base: BTreeMap::new(),
+        }
+    }
+}
+
+/// One session, as a request sees it. Changes are kept in memory and written by
+/// [`save`](Session::save); an unchanged session is not written (only touched when due).
+pub struct Session {
+    manager: SessionManager,
+    record: Record,
+    changes: Vec<Change>,
+    /// The value of each changed key when this request first changed it.
+    base: BTreeMap<String, Option<Vec<u8>>>,
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session")
+            .field("id", &self.record.id)
+            .field("version", &self.record.version)
+            .field("keys", &self.record.data.len())
+            .field("changes", &self.changes.len())
+            .finish()
+    }
+}
+
+impl Session {
+    /// The id (for the cookie).
+    pub fn id(&self) -> &SessionId {
+        &self.record.id
+    }
+
+    /// The stored version this session is based on.
+    pub fn version(&self) -> i64 {
+        self.record.version
+    }
+
+    /// When it expires.
+    pub fn expires_at(&self) -> Timestamp {
+        self.record.expires_at
+    }
+
+    /// The principal (user) it belongs to.
+    pub fn principal(&self) -> Option<&str> {
+        self.record.principal.as_deref()
+    }
+
+    /// The data as stored (read-only).
+    pub fn data(&self) -> &SessionData {
+        &self.record.data
+    }
+
+    /// The value under `key`.
+    pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
+        self.record.data.get(key)
+    }
+
+    /// True if there are changes not yet saved.
+    pub fn is_modified(&self) -> bool {
+        !self.changes.is_empty()
+    }
+
+    fn record_change(&mut self, change: Change) -> Result<()> {
+        if let Some(k) = change.key() {
+            if !self.base.contains_key(k) {
+                let before = self.record.data.get_raw(k).map(<[u8]>::to_vec);
+                self.base.insert(k.to_owned(), before);
+            }
+        }
+        change.apply(&mut self.record)?;
+        self.changes.push(change);
+        Ok(())
+    }
+
+    /// Sets `key` to `value`.
+    pub fn insert<T: Serialize + ?Sized>(&mut self, key: &str, value: &T) -> Result<()> {
+        let mut buf = Vec::new();
+        Postcard.encode(value, &mut buf)?;
+        self.record_change(Change::Set(key.to_owned(), buf))
+    }
+
+    /// Removes `key`; true if it was there.
+    pub fn remove(&mut self, key: &str) -> Result<bool> {
+        let had = self.record.data.get_raw(key).is_some();
+        self.record_change(Change::Remove(key.to_owned()))?;
+        Ok(had)
+    }
+
+    /// Sets `key` to `f(current value)`. If another request saved in between, `f` runs
+    /// again on its value: counters and lists never lose an update.
+    pub fn update<T, F>(&mut self, key: &str, f: F) -> Result<()>
+    where
+        T: Serialize + DeserializeOwned,
+        F: Fn(Option<T>) -> T + Send + Sync + 'static,
+    {
+        let f: UpdateFn = Arc::new(move |cur: Option<&[u8]>| {
+            let cur = cur.map(|b| Postcard.decode::<T>(b)).transpose()?;
+            let mut out = Vec::new();
+            Postcard.encode(&f(cur), &mut out)?;
+            Ok(out)
+        });
+        self.record_change(Change::Update(key.to_owned(), f))
+    }
+
+    /// Sets the principal (e.g. the user id at login).
+    pub fn set_principal(&mut self, principal: Option<String>) -> Result<()> {
+        self.record_change(Change::Principal(principal))
+    }
+
+    /// Writes the changes (optimistically, with the version this session was loaded at).
+    /// If another request saved in between, reloads and re-applies this request's changes
+    /// key by key. With no changes, only extends the expiry when due.
+    ///
+    /// Errors: [`ErrorKind::Gone`] if the session was deleted meanwhile (it is not
+    /// recreated); [`ErrorKind::Conflict`] if the policy is
+    /// [`ConflictPolicy::Error`] and a changed key was changed by another request, or the
+    /// attempts ran out.
+    pub async fn save(&mut self) -> Result<()> {
+        if self.changes.is_empty() {
+            return self.touch_if_due().await;
+        }
+        let store = Arc::clone(&self.manager.store);
+        let cfg = self.manager.config.clone();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut rec = self.record.clone();
+            rec.expires_at = self.manager.expiry();
+            match store.save(&rec).await {
+                Ok(saved) => {
+                    self.record = saved;
+                    self.changes.clear();
+                    self.base.clear();
+                    return Ok(());
+                }
+                Err(e) if e.kind() == ErrorKind::Conflict && attempt < cfg.max_save_attempts => {
+                    // Pause first, then reload: the reloaded version is then as fresh as
+                    // possible when the retry is written.
+                    tokio::time::sleep(backoff(attempt)).await;
+                    let fresh = store.load_authoritative(&rec.id).await?.ok_or_else(|| {
+                        Error::new(ErrorKind::Gone, "session was deleted by another request")
+                    })?;
+                    self.rebase(fresh, cfg.conflict_policy)?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Re-applies this request's changes on top of `fresh`.
+    fn rebase(&mut self, fresh: Record, policy: ConflictPolicy) -> Result<()> {
+        if policy == ConflictPolicy::Error {
+            for (k, before) in &self.base {
+                if fresh.data.get_raw(k) != before.as_deref() {
+                    return Err(Error::new(
+                        ErrorKind::Conflict,
+                        format!("session key {k:?} was changed by another request"),
+                    ));
+                }
+            }
+        }
+        let mut rec = fresh;
+        for c in &self.changes {
+            c.apply(&mut rec)?;
+        }
+        // The other request's values are the new base for conflict detection.
+        for (k, before) in self.base.iter_mut() {
+            *before = self.record.data.get_raw(k).map(<[u8]>::to_vec);
+        }
+        self.record = rec;
+        Ok(())
+    }
+
+    /// Extends the expiry if at least `touch_after` of the TTL has passed since the last
+    /// extension.
+    pub async fn touch_if_due(&mut self) -> Result<()> {
+        let cfg = &self.manager.config;
+        let remaining = self.record.expires_at.remaining_from(Timestamp::now());
+        if remaining.as_secs_f64() > cfg.ttl.as_secs_f64() * (1.0 - cfg.touch_after) {
+            return Ok(());
+        }
+        match self
+            .manager
+            .store
+            .touch(&self.record.id, self.manager.expiry())
+            .await?
+        {
+            Some(r) => {
+                self.record = r;
+                Ok(())
+            }
+            None => Err(Error::new(
+                ErrorKind::Gone,
+                "session was deleted or has expired",
+            )),
+        }
+    }
+
+    /// Gives the session a new id, keeping its data (call at login, against session
+    /// fixation). Unsaved changes are saved first.
+    pub async fn rotate(&mut self) -> Result<()> {
+        self.save().await?;
+        match self.manager.store.rotate(&self.record.id).await? {
+            Some(r) => {
+                self.record = r;
+                Ok(())
+            }
+            None => Err(Error::new(
+                ErrorKind::Gone,
+                "session was deleted or has expired",
+            )),
+        }
+    }
+
+    /// Deletes the session (logout); true if it was live.
+    pub async fn delete(self) -> Result<bool> {
+        self.manager.store.delete(&self.record.id).await
+    }
+}
+
+/// Full-jitter exponential back-off (1 ms doubling, capped at 64 ms), so that many writers
+/// of one session spread out instead of colliding again in lockstep.
+fn backoff(attempt: u32) -> Duration {
+    let cap_us = 1000u64 << attempt.min(6);
+    let r = u64::from(getrandom::u32().unwrap_or(attempt));
+    Duration::from_micros(r % (cap_us + 1))
+}

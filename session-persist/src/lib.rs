@@ -1,0 +1,20 @@
+#![doc = include_str!("../README.md")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod handle;
+mod id;
+mod record;
+mod sql;
+mod store;
+mod write_through;
+
+pub use handle::{ConflictPolicy, Session, SessionConfig, SessionManager};
+pub use id::{IdHash, IdSource, OsRandom, SessionId};
+pub use record::{Record, SessionData, Timestamp};
+#[cfg(feature = "postgres")]
+pub use sql::PgStore;
+pub use sql::SqlOptions;
+#[cfg(feature = "sqlite")]
+pub use sql::SqliteStore;
+pub use store::{SessionStore, DEFAULT_TOMBSTONE_TTL};
+pub use write_through::{CachedStore, WriteThroughSnapshot, WriteThroughStats};

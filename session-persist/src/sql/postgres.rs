@@ -1,0 +1,75 @@
+//! The PostgreSQL store.
+
+use std::str::FromStr;
+
+use larder_cache_api::{Error, ErrorKind, Result};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+
+use super::{db_error, sql_store, SqlOptions};
+
+/// Sessions in PostgreSQL.
+///
+/// ```no_run
+/// # async fn demo() -> larder_cache_api::Result<()> {
+/// use larder_session_persist::PgStore;
+///
+/// // Connects and runs the embedded migrations.
+/// let store = PgStore::connect("postgres://postgres@127.0.0.1/app").await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pub(crate) pool: PgPool,
+    pub(crate) options: SqlOptions,
+}
+
+impl PgStore {
+    /// Connects to `url` and runs the migrations.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let opts = PgConnectOptions::from_str(url)
+            .map_err(|e| Error::new(ErrorKind::Config, "invalid PostgreSQL URL").with_source(e))?;
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(std::time::Duration::from_secs(5))
+            .connect_with(opts)
+            .await
+            .map_err(|e| db_error("postgres", "connect", e))?;
+        let store = Self::from_pool(pool);
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Uses an existing pool; run [`migrate`](Self::migrate) once before use.
+    pub fn from_pool(pool: PgPool) -> Self {
+        PgStore {
+            pool,
+            options: SqlOptions::default(),
+        }
+    }
+
+    /// Replaces the options.
+    pub fn with_options(mut self, options: SqlOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Applies the embedded migrations (idempotent; concurrent runs are serialised by
+    /// sqlx's migration lock).
+    pub async fn migrate(&self) -> Result<()> {
+        sqlx::migrate!("./migrations/postgres")
+            .run(&self.pool)
+            .await
+            .map_err(|e| {
+                Error::new(ErrorKind::Backend, "running session migrations failed")
+                    .with_backend("postgres")
+                    .with_source(e)
+            })
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+sql_store!(PgStore, sqlx::Postgres, "postgres");

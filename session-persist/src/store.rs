@@ -1,0 +1,70 @@
+//! The session store contract.
+
+use std::fmt::Debug;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use larder_cache_api::Result;
+
+use crate::id::{IdHash, SessionId};
+use crate::record::{Record, SessionData, Timestamp};
+
+/// Where sessions live. The SQL stores are the authority; [`CachedStore`](crate::CachedStore)
+/// wraps any store with write-through caching and is a store itself.
+///
+/// # Contract
+///
+/// * An expired session is absent for every operation.
+/// * [`save`](SessionStore::save) only ever updates: it never creates a row. A stale
+///   version is [`Conflict`](larder_cache_api::ErrorKind::Conflict); a session that was
+///   deleted, expired or never existed is [`Gone`](larder_cache_api::ErrorKind::Gone), so a
+///   late save cannot resurrect a logged-out session.
+/// * [`delete`](SessionStore::delete) leaves a short tombstone.
+/// * Every write moves the version forward by one.
+#[async_trait]
+pub trait SessionStore: Send + Sync + Debug {
+    /// Creates a session with a fresh id (insert-if-absent; a colliding id is regenerated).
+    async fn create(
+        &self,
+        data: SessionData,
+        principal: Option<String>,
+        expires_at: Timestamp,
+    ) -> Result<Record>;
+
+    /// The live session with this id, if any.
+    async fn load(&self, id: &SessionId) -> Result<Option<Record>>;
+
+    /// Like [`load`](SessionStore::load), but from the authority, skipping any cache: used
+    /// after a conflict.
+    async fn load_authoritative(&self, id: &SessionId) -> Result<Option<Record>> {
+        self.load(id).await
+    }
+
+    /// Writes `record` if the stored version is still `record.version`; returns the stored
+    /// record with its new version.
+    async fn save(&self, record: &Record) -> Result<Record>;
+
+    /// Moves the expiry to `expires_at` without rewriting the data; `None` if the session is
+    /// gone.
+    async fn touch(&self, id: &SessionId, expires_at: Timestamp) -> Result<Option<Record>>;
+
+    /// Deletes the session, leaving a tombstone; true if a live session was deleted.
+    async fn delete(&self, id: &SessionId) -> Result<bool>;
+
+    /// Gives the session a new id atomically (data kept, old id dead); `None` if gone.
+    async fn rotate(&self, id: &SessionId) -> Result<Option<Record>>;
+
+    /// Deletes every live session of `principal` ("log out everywhere"); returns the hashes
+    /// of the sessions deleted.
+    async fn delete_principal(&self, principal: &str) -> Result<Vec<IdHash>>;
+
+    /// Removes expired sessions and tombstones in batches of at most `batch` rows; returns
+    /// how many rows were removed.
+    async fn sweep(&self, batch: u32) -> Result<u64>;
+
+    /// Live sessions now.
+    async fn count(&self) -> Result<u64>;
+}
+
+/// How long a deleted session's tombstone is kept by default.
+pub const DEFAULT_TOMBSTONE_TTL: Duration = Duration::from_secs(600);
