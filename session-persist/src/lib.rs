@@ -6,6 +6,8 @@ mod id;
 mod record;
 mod sql;
 mod store;
+#[cfg(feature = "tower-sessions")]
+mod tower;
 mod write_through;
 
 pub use handle::{ConflictPolicy, Session, SessionConfig, SessionManager};
@@ -17,4 +19,6 @@ pub use sql::SqlOptions;
 #[cfg(feature = "sqlite")]
 pub use sql::SqliteStore;
 pub use store::{SessionStore, DEFAULT_TOMBSTONE_TTL};
+#[cfg(feature = "tower-sessions")]
+pub use tower::TowerStore;
 pub use write_through::{CachedStore, WriteThroughSnapshot, WriteThroughStats};
