@@ -9,6 +9,7 @@ const SCHEMES: &[(&str, &str)] = &[
     ("rediss", "redis-tls"),
     ("redis+cluster", "cluster"),
     ("memcache", "memcached"),
+    ("memcached", "memcached"),
     ("sled", "sled"),
 ];
 
@@ -48,6 +49,18 @@ pub async fn connect(url: &str) -> Result<DynBackend> {
         #[cfg(feature = "memory")]
         "memory" => Ok(std::sync::Arc::new(
             larder_backend_memory::MemoryBackend::from_url(url)?,
+        )),
+        #[cfg(feature = "redis")]
+        "redis" | "rediss" | "redis+cluster" => {
+            Ok(std::sync::Arc::new(larder_backend_redis::RedisBackend::connect(url).await?))
+        }
+        #[cfg(feature = "memcached")]
+        "memcache" | "memcached" => Ok(std::sync::Arc::new(
+            larder_backend_memcached::MemcachedBackend::connect(url).await?,
+        )),
+        #[cfg(feature = "sled")]
+        "sled" => Ok(std::sync::Arc::new(
+            larder_backend_sled::SledBackend::connect(url).await?,
         )),
         other => Err(match SCHEMES.iter().find(|(s, _)| *s == other) {
             Some((_, feature)) => Error::new(

@@ -8,7 +8,21 @@ pub mod backends {
     /// The in-process backend (feature `memory`, on by default).
     #[cfg(feature = "memory")]
     pub use larder_backend_memory as memory;
+    /// Redis, single node or cluster (feature `redis`; `redis-tls`, `cluster`).
+    #[cfg(feature = "redis")]
+    pub use larder_backend_redis as redis;
+    /// memcached, one or many servers (feature `memcached`).
+    #[cfg(feature = "memcached")]
+    pub use larder_backend_memcached as memcached;
+    /// sled, embedded and persistent (feature `sled`).
+    #[cfg(feature = "sled")]
+    pub use larder_backend_sled as sled;
 }
+
+/// Sessions whose authority is SQL, with write-through caching (features `postgres`,
+/// `sqlite`, `tower-sessions`).
+#[cfg(any(feature = "postgres", feature = "sqlite", feature = "tower-sessions"))]
+pub use larder_session_persist as sessions;
 
 mod connect;
 pub use connect::connect;

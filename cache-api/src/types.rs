@@ -8,8 +8,11 @@ use bytes::Bytes;
 ///
 /// Every write gives the entry a new version; a version is never handed out twice for the
 /// same key, not even after the key is deleted and created again (so compare-and-swap cannot
-/// be fooled by an A-B-A sequence). Compare versions for equality only: their order carries
-/// no meaning across backends.
+/// be fooled by an A-B-A sequence). Backends that declare
+/// [`linearizable_cas`](crate::Capabilities::linearizable_cas) keep this across restarts;
+/// the others only for the life of the server's data (memcached restarts its CAS counter
+/// when it restarts, which is one reason coordination refuses it). Compare versions for
+/// equality only: their order carries no meaning across backends.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Version(u64);
 

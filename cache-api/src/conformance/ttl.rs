@@ -32,7 +32,9 @@ pub async fn ttl_rounds_up_never_early(b: DynBackend) {
         "{}: expired before its TTL of {ttl:?}",
         caps.name
     );
-    tokio::time::sleep(u + caps.ttl_precision + Duration::from_millis(300)).await;
+    // Backends may add up to one precision step to stay never-early, and their clock may
+    // tick on step boundaries: allow two steps of slack.
+    tokio::time::sleep(u + 2 * caps.ttl_precision + Duration::from_millis(500)).await;
     assert!(value(&b, &k).await.is_none(), "expired in the end");
 }
 
