@@ -13,11 +13,11 @@ mod write_through;
 pub use handle::{ConflictPolicy, Session, SessionConfig, SessionManager};
 pub use id::{IdHash, IdSource, OsRandom, SessionId};
 pub use record::{Record, SessionData, Timestamp};
-#[cfg(feature = "postgres")]
-pub use sql::PgStore;
 pub use sql::SqlOptions;
+#[cfg(feature = "postgres")]
+pub use sql::{PgKv, PgStore};
 #[cfg(feature = "sqlite")]
-pub use sql::SqliteStore;
+pub use sql::{SqliteKv, SqliteStore};
 pub use store::{SessionStore, DEFAULT_TOMBSTONE_TTL};
 #[cfg(feature = "tower-sessions")]
 pub use tower::TowerStore;

@@ -68,3 +68,42 @@ pub trait SessionStore: Send + Sync + Debug {
 
 /// How long a deleted session's tombstone is kept by default.
 pub const DEFAULT_TOMBSTONE_TTL: Duration = Duration::from_secs(600);
+
+#[async_trait]
+impl<S: SessionStore + ?Sized> SessionStore for std::sync::Arc<S> {
+    async fn create(
+        &self,
+        data: SessionData,
+        principal: Option<String>,
+        expires_at: Timestamp,
+    ) -> Result<Record> {
+        (**self).create(data, principal, expires_at).await
+    }
+    async fn load(&self, id: &SessionId) -> Result<Option<Record>> {
+        (**self).load(id).await
+    }
+    async fn load_authoritative(&self, id: &SessionId) -> Result<Option<Record>> {
+        (**self).load_authoritative(id).await
+    }
+    async fn save(&self, record: &Record) -> Result<Record> {
+        (**self).save(record).await
+    }
+    async fn touch(&self, id: &SessionId, expires_at: Timestamp) -> Result<Option<Record>> {
+        (**self).touch(id, expires_at).await
+    }
+    async fn delete(&self, id: &SessionId) -> Result<bool> {
+        (**self).delete(id).await
+    }
+    async fn rotate(&self, id: &SessionId) -> Result<Option<Record>> {
+        (**self).rotate(id).await
+    }
+    async fn delete_principal(&self, principal: &str) -> Result<Vec<IdHash>> {
+        (**self).delete_principal(principal).await
+    }
+    async fn sweep(&self, batch: u32) -> Result<u64> {
+        (**self).sweep(batch).await
+    }
+    async fn count(&self) -> Result<u64> {
+        (**self).count().await
+    }
+}

@@ -9,15 +9,16 @@ use larder_cache_api::{Error, ErrorKind};
 use crate::id::{IdSource, OsRandom};
 use crate::store::DEFAULT_TOMBSTONE_TTL;
 
+mod kv;
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
 #[cfg(feature = "postgres")]
-pub use postgres::PgStore;
+pub use postgres::{PgKv, PgStore};
 #[cfg(feature = "sqlite")]
-pub use sqlite::SqliteStore;
+pub use sqlite::{SqliteKv, SqliteStore};
 
 /// How many fresh ids `create` and `rotate` try before giving up.
 const MAX_ID_ATTEMPTS: u32 = 8;

@@ -73,3 +73,34 @@ impl PgStore {
 }
 
 sql_store!(PgStore, sqlx::Postgres, "postgres");
+
+/// The compare-and-swap key-value store in this database (table `larder_kv`): a larder
+/// cache backend with database-enforced versions and the database clock, on which
+/// coordination runs. Get one with [`PgStore::kv`].
+#[derive(Debug, Clone)]
+pub struct PgKv {
+    pool: PgPool,
+    caps: larder_cache_api::Capabilities,
+}
+
+impl PgStore {
+    /// The compare-and-swap key-value store sharing this store's pool.
+    pub fn kv(&self) -> PgKv {
+        let mut caps = larder_cache_api::Capabilities::full("postgres");
+        caps.persistent = true;
+        caps.shared = true;
+        caps.max_value_size = 16 * 1024 * 1024;
+        PgKv {
+            pool: self.pool.clone(),
+            caps,
+        }
+    }
+}
+
+super::kv::sql_kv!(
+    PgKv,
+    sqlx::Postgres,
+    "postgres",
+    "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT",
+    "SELECT nextval('larder_kv_version')"
+);

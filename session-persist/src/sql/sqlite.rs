@@ -95,3 +95,34 @@ impl SqliteStore {
 }
 
 sql_store!(SqliteStore, sqlx::Sqlite, "sqlite");
+
+/// The compare-and-swap key-value store in this database (table `larder_kv`): a larder
+/// cache backend with database-enforced versions and the database clock, on which
+/// coordination runs. Get one with [`SqliteStore::kv`].
+#[derive(Debug, Clone)]
+pub struct SqliteKv {
+    pool: SqlitePool,
+    caps: larder_cache_api::Capabilities,
+}
+
+impl SqliteStore {
+    /// The compare-and-swap key-value store sharing this store's pool.
+    pub fn kv(&self) -> SqliteKv {
+        let mut caps = larder_cache_api::Capabilities::full("sqlite");
+        caps.persistent = true;
+        caps.shared = true;
+        caps.max_value_size = 16 * 1024 * 1024;
+        SqliteKv {
+            pool: self.pool.clone(),
+            caps,
+        }
+    }
+}
+
+super::kv::sql_kv!(
+    SqliteKv,
+    sqlx::Sqlite,
+    "sqlite",
+    "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
+    "UPDATE larder_kv_version SET v = v + 1 WHERE id = 1 RETURNING v"
+);
