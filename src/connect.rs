@@ -8,6 +8,7 @@ const SCHEMES: &[(&str, &str)] = &[
     ("redis", "redis"),
     ("rediss", "redis-tls"),
     ("redis+cluster", "cluster"),
+    ("rediss+cluster", "cluster"),
     ("memcache", "memcached"),
     ("memcached", "memcached"),
     ("sled", "sled"),
@@ -51,7 +52,7 @@ pub async fn connect(url: &str) -> Result<DynBackend> {
             larder_backend_memory::MemoryBackend::from_url(url)?,
         )),
         #[cfg(feature = "redis")]
-        "redis" | "rediss" | "redis+cluster" => {
+        "redis" | "rediss" | "redis+cluster" | "rediss+cluster" => {
             Ok(std::sync::Arc::new(larder_backend_redis::RedisBackend::connect(url).await?))
         }
         #[cfg(feature = "memcached")]

@@ -1,1 +1,9 @@
-//! redis backend (in progress).
+#![doc = include_str!("../README.md")]
+
+mod backend;
+mod config;
+mod core;
+mod error;
+
+pub use backend::RedisBackend;
+pub use config::{RedisConfig, Topology, DEFAULT_MAX_VALUE_SIZE, MAX_VALUE_SIZE_LIMIT};

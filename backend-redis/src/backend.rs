@@ -1,0 +1,117 @@
+//! The [`CacheBackend`] implementation.
+
+use larder_cache_api::{
+    async_trait, Bytes, CacheBackend, Capabilities, DeleteMode, Entry, Key, PutMode, Result, Ttl,
+    Version,
+};
+
+use crate::config::{RedisConfig, Topology};
+use crate::core::Core;
+use crate::error::BACKEND;
+
+/// The Redis backend: one server or a Redis Cluster. See the [crate docs](crate).
+///
+/// Cheap to share behind an `Arc`: every operation goes through one multiplexed connection
+/// (one per node for a cluster) that reconnects by itself after a failure.
+pub struct RedisBackend {
+    core: Core,
+    caps: Capabilities,
+    config: RedisConfig,
+}
+
+impl std::fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBackend")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisBackend {
+    /// Connects to the server or cluster described by `url` (see [`RedisConfig::from_url`]).
+    ///
+    /// Fails with [`ErrorKind::Config`](larder_cache_api::ErrorKind::Config) for a bad URL,
+    /// a wrong password or a database the server does not have, and with
+    /// [`ErrorKind::Unavailable`](larder_cache_api::ErrorKind::Unavailable) or
+    /// [`ErrorKind::Timeout`](larder_cache_api::ErrorKind::Timeout) when the server cannot
+    /// be reached.
+    pub async fn connect(url: &str) -> Result<Self> {
+        Self::new(RedisConfig::from_url(url)?).await
+    }
+
+    /// Connects with `config`.
+    pub async fn new(config: RedisConfig) -> Result<Self> {
+        let core = Core::connect(&config).await?;
+        let mut caps = Capabilities::full(BACKEND);
+        // CAS runs as one script on the key's master, so it is linearizable on one server.
+        // A cluster replicates asynchronously: a failover can lose an acknowledged CAS, and
+        // a lease granted on it could be granted again, so CAS there is not declared
+        // linearizable (it is still atomic per key while no failover happens).
+        caps.linearizable_cas = config.topology == Topology::Single;
+        // maxmemory policies evict keys, TTL or not.
+        caps.may_evict = true;
+        // Whether the server persists (RDB/AOF) is its configuration, not ours to promise.
+        caps.persistent = false;
+        caps.shared = true;
+        caps.ttl_precision = std::time::Duration::from_millis(1);
+        caps.max_value_size = config.max_value_size;
+        Ok(RedisBackend { core, caps, config })
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &RedisConfig {
+        &self.config
+    }
+}
+
+#[async_trait]
+impl CacheBackend for RedisBackend {
+    fn capabilities(&self) -> &Capabilities {
+        &self.caps
+    }
+
+    async fn get(&self, key: &Key) -> Result<Option<Entry>> {
+        self.core.get(key).await
+    }
+
+    async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Entry>>> {
+        self.core.get_many(keys).await
+    }
+
+    async fn put(
+        &self,
+        key: &Key,
+        value: Bytes,
+        ttl: Option<Ttl>,
+        mode: PutMode,
+    ) -> Result<Version> {
+        self.caps.check_value_size(value.len())?;
+        match mode {
+            PutMode::Overwrite => self.core.overwrite(key, &value, ttl).await,
+            PutMode::Create => self.core.create(key, &value, ttl).await,
+            PutMode::Update(v) => self.core.update(key, &value, ttl, v).await,
+        }
+    }
+
+    async fn put_many(&self, items: &[(Key, Bytes)], ttl: Option<Ttl>) -> Result<Vec<Version>> {
+        // Check every size first so that an oversized value stores nothing.
+        for (_, v) in items {
+            self.caps.check_value_size(v.len())?;
+        }
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.core.overwrite_many(items, ttl).await
+    }
+
+    async fn delete(&self, key: &Key, mode: DeleteMode) -> Result<bool> {
+        match mode {
+            DeleteMode::Any => self.core.delete(key).await,
+            DeleteMode::IfVersion(v) => self.core.delete_if(key, v).await,
+        }
+    }
+
+    async fn touch(&self, key: &Key, ttl: Option<Ttl>) -> Result<bool> {
+        self.core.touch(key, ttl).await
+    }
+}

@@ -1,0 +1,511 @@
+//! Configuration of the Redis backend, parsed from a URL.
+
+use std::fmt;
+use std::time::Duration;
+
+use larder_cache_api::{Error, ErrorKind, Result};
+
+/// Default largest value: 16 MiB.
+pub const DEFAULT_MAX_VALUE_SIZE: usize = 16 * 1024 * 1024;
+/// Largest value the backend can be configured to accept: 64 MiB.
+pub const MAX_VALUE_SIZE_LIMIT: usize = 64 * 1024 * 1024;
+/// Smallest value limit the contract allows: 1 KiB.
+const MIN_VALUE_SIZE_LIMIT: usize = 1024;
+const DEFAULT_PORT: u16 = 6379;
+
+/// Whether to talk to one server or to a Redis Cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Topology {
+    /// One server (`redis://`, `rediss://`).
+    Single,
+    /// A Redis Cluster reached through one or more seed nodes (`redis+cluster://`,
+    /// `rediss+cluster://`).
+    Cluster,
+}
+
+/// How to reach Redis, and the limits of a [`RedisBackend`](crate::RedisBackend).
+///
+/// Parsed from a URL by [`RedisConfig::from_url`]:
+///
+/// ```text
+/// redis://[user][:password@]host[:port][/db][?param=value&...]
+/// rediss://...                                   (TLS, feature `tls`)
+/// redis+cluster://[user][:password@]h1:p1,h2:p2[?param=value&...]   (feature `cluster`)
+/// rediss+cluster://...                           (both)
+/// ```
+///
+/// Parameters: `response_timeout_ms`, `connect_timeout_ms` (both default 1000),
+/// `max_value_size` (bytes, default 16 MiB, at most 64 MiB) and `tls_insecure=true` (skip
+/// the host name check; for tests only). User and password are percent-decoded.
+///
+/// `Debug` never shows the password:
+///
+/// ```
+/// use larder_backend_redis::RedisConfig;
+///
+/// let c = RedisConfig::from_url("redis://app:s3cret@cache.internal:6380/3?response_timeout_ms=250")?;
+/// assert_eq!(c.nodes, vec![("cache.internal".to_string(), 6380)]);
+/// assert_eq!(c.db, 3);
+/// assert_eq!(c.username.as_deref(), Some("app"));
+/// assert!(c.has_password());
+/// assert_eq!(c.response_timeout.as_millis(), 250);
+/// assert!(!format!("{c:?}").contains("s3cret"));
+/// # Ok::<(), larder_cache_api::Error>(())
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RedisConfig {
+    /// One server, or a cluster.
+    pub topology: Topology,
+    /// `(host, port)` of the server, or of the cluster's seed nodes.
+    pub nodes: Vec<(String, u16)>,
+    /// Connect with TLS (`rediss://`).
+    pub tls: bool,
+    /// With TLS: accept a certificate whose host name does not match (tests only).
+    pub tls_insecure: bool,
+    /// ACL user name (`AUTH user password`); `None` authenticates as `default`.
+    pub username: Option<String>,
+    password: Option<String>,
+    tls_root_cert: Option<Vec<u8>>,
+    /// Database number (`SELECT`); always 0 for a cluster.
+    pub db: u32,
+    /// How long to wait for a reply before an operation fails with
+    /// [`ErrorKind::Timeout`].
+    pub response_timeout: Duration,
+    /// How long one connection attempt may take.
+    pub connect_timeout: Duration,
+    /// Largest value `put` accepts (bytes, 1 KiB to 64 MiB).
+    pub max_value_size: usize,
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("topology", &self.topology)
+            .field("nodes", &self.nodes)
+            .field("tls", &self.tls)
+            .field("tls_insecure", &self.tls_insecure)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field(
+                "tls_root_cert",
+                &self.tls_root_cert.as_ref().map(|_| "<set>"),
+            )
+            .field("db", &self.db)
+            .field("response_timeout", &self.response_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("max_value_size", &self.max_value_size)
+            .finish()
+    }
+}
+
+impl RedisConfig {
+    /// A single server at `host:port`, database 0, no authentication, default limits.
+    pub fn single(host: impl Into<String>, port: u16) -> Self {
+        RedisConfig {
+            topology: Topology::Single,
+            nodes: vec![(host.into(), port)],
+            tls: false,
+            tls_insecure: false,
+            username: None,
+            password: None,
+            tls_root_cert: None,
+            db: 0,
+            response_timeout: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(1),
+            max_value_size: DEFAULT_MAX_VALUE_SIZE,
+        }
+    }
+
+    /// A cluster reached through the seed nodes `nodes`.
+    pub fn cluster(nodes: impl IntoIterator<Item = (String, u16)>) -> Self {
+        RedisConfig {
+            topology: Topology::Cluster,
+            nodes: nodes.into_iter().collect(),
+            ..Self::single(String::new(), DEFAULT_PORT)
+        }
+    }
+
+    /// Sets the password (kept out of `Debug` and error messages).
+    pub fn with_password(mut self, password: impl Into<String>) -> Self {
+        self.password = Some(password.into());
+        self
+    }
+
+    /// Sets the ACL user name.
+    pub fn with_username(mut self, username: impl Into<String>) -> Self {
+        self.username = Some(username.into());
+        self
+    }
+
+    /// Sets the database number.
+    pub fn with_db(mut self, db: u32) -> Self {
+        self.db = db;
+        self
+    }
+
+    /// Sets [`response_timeout`](Self::response_timeout).
+    pub fn with_response_timeout(mut self, t: Duration) -> Self {
+        self.response_timeout = t;
+        self
+    }
+
+    /// Sets [`connect_timeout`](Self::connect_timeout).
+    pub fn with_connect_timeout(mut self, t: Duration) -> Self {
+        self.connect_timeout = t;
+        self
+    }
+
+    /// Sets [`max_value_size`](Self::max_value_size).
+    pub fn with_max_value_size(mut self, n: usize) -> Self {
+        self.max_value_size = n;
+        self
+    }
+
+    /// Turns TLS on or off.
+    pub fn with_tls(mut self, tls: bool) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// Trusts the CA certificate(s) in `pem` instead of the system's roots (TLS only).
+    pub fn with_tls_root_cert(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls_root_cert = Some(pem.into());
+        self
+    }
+
+    /// Whether a password is set.
+    pub fn has_password(&self) -> bool {
+        self.password.is_some()
+    }
+
+    pub(crate) fn password(&self) -> Option<&str> {
+        self.password.as_deref()
+    }
+
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    pub(crate) fn tls_root_cert(&self) -> Option<&[u8]> {
+        self.tls_root_cert.as_deref()
+    }
+
+    /// The longest a single operation may take: one connection attempt plus one reply.
+    pub(crate) fn op_deadline(&self) -> Duration {
+        self.connect_timeout + self.response_timeout
+    }
+
+    /// Parses a `redis://`, `rediss://`, `redis+cluster://` or `rediss+cluster://` URL (see
+    /// the [type docs](RedisConfig)).
+    pub fn from_url(url: &str) -> Result<Self> {
+        let (scheme, rest) = url.split_once("://").ok_or_else(|| {
+            config_err("a Redis URL starts with redis://, rediss:// or redis+cluster://")
+        })?;
+        let (topology, tls) = match scheme.to_ascii_lowercase().as_str() {
+            "redis" => (Topology::Single, false),
+            "rediss" => (Topology::Single, true),
+            "redis+cluster" => (Topology::Cluster, false),
+            "rediss+cluster" => (Topology::Cluster, true),
+            other => {
+                return Err(config_err(format!(
+                    "unsupported scheme {other:?} (expected redis, rediss, redis+cluster or rediss+cluster)"
+                )))
+            }
+        };
+        // The authority ends at the first '/', '?' or '#'; parse it by hand because a
+        // cluster URL lists several hosts, which no URL parser accepts.
+        let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let (authority, tail) = rest.split_at(end);
+        let (userinfo, hosts) = match authority.rsplit_once('@') {
+            Some((u, h)) => (Some(u), h),
+            None => (None, authority),
+        };
+        let mut c = match topology {
+            Topology::Single => RedisConfig::single(String::new(), DEFAULT_PORT),
+            Topology::Cluster => RedisConfig::cluster(Vec::new()),
+        };
+        c.tls = tls;
+        c.nodes = hosts
+            .split(',')
+            .map(parse_host_port)
+            .collect::<Result<Vec<_>>>()?;
+        if let Some(userinfo) = userinfo {
+            let (user, password) = match userinfo.split_once(':') {
+                Some((u, p)) => (u, Some(p)),
+                None => (userinfo, None),
+            };
+            if !user.is_empty() {
+                c.username = Some(decode(user, "user name")?);
+            }
+            if let Some(p) = password {
+                c.password = Some(decode(p, "password")?);
+            }
+        }
+        // Path, query and fragment: reuse the URL parser with a placeholder host.
+        let parsed = url::Url::parse(&format!("redis://placeholder{tail}"))
+            .map_err(|e| config_err("invalid path or query in the Redis URL").with_source(e))?;
+        match parsed.path().trim_matches('/') {
+            "" => {}
+            db => {
+                c.db = db.parse().map_err(|e| {
+                    config_err(format!(
+                        "database {db:?} in the Redis URL is not a number from 0 up"
+                    ))
+                    .with_source(e)
+                })?;
+            }
+        }
+        for (k, v) in parsed.query_pairs() {
+            match &*k {
+                "response_timeout_ms" | "timeout_ms" => {
+                    c.response_timeout = Duration::from_millis(number(&k, &v)?)
+                }
+                "connect_timeout_ms" => c.connect_timeout = Duration::from_millis(number(&k, &v)?),
+                "max_value_size" => {
+                    c.max_value_size = usize::try_from(number(&k, &v)?).unwrap_or(usize::MAX)
+                }
+                "tls_insecure" => c.tls_insecure = flag(&k, &v)?,
+                other => {
+                    return Err(config_err(format!(
+                        "unknown Redis URL parameter {other:?} (known: response_timeout_ms, \
+                         connect_timeout_ms, max_value_size, tls_insecure)"
+                    )))
+                }
+            }
+        }
+        match parsed.fragment() {
+            None | Some("") => {}
+            Some("insecure") => c.tls_insecure = true,
+            Some(other) => {
+                return Err(config_err(format!(
+                    "unknown URL fragment #{other} (only #insecure is known)"
+                )))
+            }
+        }
+        c.validate()?;
+        Ok(c)
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        if self.nodes.is_empty() {
+            return Err(config_err("no Redis host given"));
+        }
+        for (host, port) in &self.nodes {
+            if host.is_empty() {
+                return Err(config_err("empty Redis host name"));
+            }
+            if *port == 0 {
+                return Err(config_err(format!(
+                    "port 0 of host {host:?} is not a usable port"
+                )));
+            }
+        }
+        match self.topology {
+            Topology::Single if self.nodes.len() > 1 => return Err(config_err(
+                "several hosts given for a single Redis server; use redis+cluster:// for a cluster",
+            )),
+            Topology::Cluster if self.db != 0 => {
+                return Err(config_err("Redis Cluster has only database 0"))
+            }
+            _ => {}
+        }
+        if self.topology == Topology::Cluster && !cfg!(feature = "cluster") {
+            return Err(config_err(
+                "redis+cluster:// needs larder-backend-redis built with the `cluster` feature",
+            ));
+        }
+        if self.tls && !cfg!(feature = "tls") {
+            return Err(config_err(
+                "rediss:// needs larder-backend-redis built with the `tls` feature",
+            ));
+        }
+        // Redis keeps database numbers in a signed 32-bit range; larger never exist.
+        if self.db > i32::MAX as u32 {
+            return Err(config_err(format!("database {} is out of range", self.db)));
+        }
+        if self.response_timeout.is_zero() || self.connect_timeout.is_zero() {
+            return Err(config_err("Redis timeouts must be positive"));
+        }
+        if !(MIN_VALUE_SIZE_LIMIT..=MAX_VALUE_SIZE_LIMIT).contains(&self.max_value_size) {
+            return Err(config_err(format!(
+                "max_value_size {} is outside 1 KiB..=64 MiB",
+                self.max_value_size
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn config_err(msg: impl Into<std::borrow::Cow<'static, str>>) -> Error {
+    Error::new(ErrorKind::Config, msg).with_backend(crate::error::BACKEND)
+}
+
+fn parse_host_port(s: &str) -> Result<(String, u16)> {
+    // `[v6]:port`, `[v6]`, `host:port` or `host`.
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let (h, after) = rest
+            .split_once(']')
+            .ok_or_else(|| config_err(format!("unclosed '[' in Redis host {s:?}")))?;
+        match after {
+            "" => (h, None),
+            p => match p.strip_prefix(':') {
+                Some(p) => (h, Some(p)),
+                None => return Err(config_err(format!("invalid Redis host {s:?}"))),
+            },
+        }
+    } else {
+        match s.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (s, None),
+        }
+    };
+    if host.is_empty() {
+        return Err(config_err(format!("missing host name in {s:?}")));
+    }
+    let port = match port {
+        None => DEFAULT_PORT,
+        Some(p) => p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| {
+            config_err(format!(
+                "port {p:?} of Redis host {host:?} is not 1..=65535"
+            ))
+        })?,
+    };
+    Ok((host.to_string(), port))
+}
+
+/// Percent-decodes a user name or password; the error never repeats the text.
+fn decode(s: &str, what: &'static str) -> Result<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| config_err(format!("invalid percent-encoding in the {what}")))?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| config_err(format!("the {what} is not UTF-8")))
+}
+
+fn number(k: &str, v: &str) -> Result<u64> {
+    v.parse().map_err(|e| {
+        config_err(format!("Redis URL parameter {k}={v:?} is not a number")).with_source(e)
+    })
+}
+
+fn flag(k: &str, v: &str) -> Result<bool> {
+    match v {
+        "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" => Ok(false),
+        _ => Err(config_err(format!(
+            "Redis URL parameter {k}={v:?} is not true or false"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn single_defaults() {
+        let c = RedisConfig::from_url("redis://localhost").unwrap();
+        assert_eq!(c.nodes, vec![("localhost".into(), 6379)]);
+        assert_eq!(c.db, 0);
+        assert_eq!(c.topology, Topology::Single);
+        assert!(!c.tls && !c.has_password() && c.username.is_none());
+        assert_eq!(c.max_value_size, DEFAULT_MAX_VALUE_SIZE);
+    }
+
+    #[test]
+    fn auth_db_and_params() {
+        let c = RedisConfig::from_url(
+            "redis://u%40x:p%3Aw%25@127.0.0.1:7000/5?connect_timeout_ms=50&max_value_size=2048",
+        )
+        .unwrap();
+        assert_eq!(c.username.as_deref(), Some("u@x"));
+        assert_eq!(c.password(), Some("p:w%"));
+        assert_eq!(c.db, 5);
+        assert_eq!(c.connect_timeout, Duration::from_millis(50));
+        assert_eq!(c.max_value_size, 2048);
+        let c = RedisConfig::from_url("redis://:only@h:1/").unwrap();
+        assert!(c.username.is_none());
+        assert_eq!(c.password(), Some("only"));
+        let c = RedisConfig::from_url("redis://[::1]:7001").unwrap();
+        assert_eq!(c.nodes, vec![("::1".into(), 7001)]);
+    }
+
+    #[test]
+    fn debug_hides_password() {
+        let c = RedisConfig::from_url("redis://user:hunter2-secret@h:1").unwrap();
+        let d = format!("{c:?}");
+        assert!(!d.contains("hunter2-secret"), "{d}");
+        assert!(d.contains("<redacted>"), "{d}");
+    }
+
+    #[test]
+    fn bad_urls_are_config_errors() {
+        for bad in [
+            "http://h",
+            "redis://",
+            "redis://h:99999",
+            "redis://h:0",
+            "redis://h:port",
+            "redis://h/abc",
+            "redis://h/-1",
+            "redis://h/99999999999",
+            "redis://h?nope=1",
+            "redis://h?response_timeout_ms=0",
+            "redis://h?max_value_size=10",
+            "redis://h?max_value_size=100000000",
+            "redis://h1,h2",
+            "redis://h#other",
+            "redis://:pw%zz@h",
+        ] {
+            let e = RedisConfig::from_url(bad).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Config, "{bad}: {e}");
+        }
+        let e = RedisConfig::from_url("redis://:pw%zz-secret@h").unwrap_err();
+        assert!(!e.to_string().contains("secret"), "{e}");
+    }
+
+    #[test]
+    fn cluster_urls() {
+        let r = RedisConfig::from_url("redis+cluster://:pw@a:1,b:2,[::1]:3");
+        if cfg!(feature = "cluster") {
+            let c = r.unwrap();
+            assert_eq!(c.topology, Topology::Cluster);
+            assert_eq!(
+                c.nodes,
+                vec![("a".into(), 1), ("b".into(), 2), ("::1".into(), 3)]
+            );
+            assert_eq!(
+                RedisConfig::from_url("redis+cluster://a:1/2")
+                    .unwrap_err()
+                    .kind(),
+                ErrorKind::Config
+            );
+        } else {
+            assert_eq!(r.unwrap_err().kind(), ErrorKind::Config);
+        }
+    }
+
+    #[test]
+    fn tls_needs_feature() {
+        let r = RedisConfig::from_url("rediss://h:6380#insecure");
+        if cfg!(feature = "tls") {
+            let c = r.unwrap();
+            assert!(c.tls && c.tls_insecure);
+        } else {
+            assert_eq!(r.unwrap_err().kind(), ErrorKind::Config);
+        }
+    }
+}

@@ -1,0 +1,382 @@
+//! The Redis backend against real servers: the conformance suite on one redis-server and on
+//! a three-master Redis Cluster, plus faults (server stopped, connections stalled or cut),
+//! authentication and URL errors.
+//!
+//! The shared server and cluster live in `static`s for the whole test binary. Statics are
+//! never dropped, so each registers a watchdog (see `larder_tests::cluster`) that stops it
+//! once the test process has exited.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use larder::{Bytes, CacheBackend, DynBackend, ErrorKind, Key, PutMode};
+use larder_backend_redis::{RedisBackend, RedisConfig};
+use larder_tests::cluster::{shutdown_redis_at_exit, RedisCluster};
+use larder_tests::proxy::{FaultProxy, Mode};
+use larder_tests::server::ServerProcess;
+use larder_tests::tls::TlsRedis;
+
+static SERVER: OnceLock<ServerProcess> = OnceLock::new();
+static CLUSTER: OnceLock<RedisCluster> = OnceLock::new();
+
+fn server() -> &'static ServerProcess {
+    SERVER.get_or_init(|| {
+        let s = ServerProcess::redis();
+        shutdown_redis_at_exit(s.port());
+        s
+    })
+}
+
+fn cluster() -> &'static RedisCluster {
+    CLUSTER.get_or_init(|| {
+        let c = RedisCluster::start();
+        c.kill_at_exit();
+        c
+    })
+}
+
+async fn single_backend() -> DynBackend {
+    let url = format!("redis://{}", server().addr());
+    Arc::new(RedisBackend::connect(&url).await.unwrap())
+}
+
+async fn cluster_backend() -> DynBackend {
+    let url = format!("redis+cluster://{}", cluster().seeds());
+    Arc::new(RedisBackend::connect(&url).await.unwrap())
+}
+
+mod redis {
+    larder_cache_api::conformance_suite!(super::single_backend);
+}
+
+mod redis_cluster {
+    larder_cache_api::conformance_suite!(super::cluster_backend);
+}
+
+fn key(tag: &str) -> Key {
+    Key::new(format!("rt-{tag}-{:x}", rand_u64())).unwrap()
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos(),
+    );
+    h.finish()
+}
+
+/// Short timeouts so faults surface quickly: every operation is bounded by 400 ms.
+const FAST: &str = "response_timeout_ms=200&connect_timeout_ms=200";
+const BOUND: Duration = Duration::from_millis(5 * 400);
+
+fn assert_down(e: &larder::Error) {
+    assert!(
+        matches!(e.kind(), ErrorKind::Unavailable | ErrorKind::Timeout),
+        "expected unavailable or timeout, got {e}"
+    );
+    assert!(e.is_retryable(), "{e}");
+    assert_eq!(e.backend(), Some("redis"));
+    assert!(
+        std::error::Error::source(e).is_some(),
+        "the cause is kept: {e:?}"
+    );
+}
+
+/// Retries `get` until it succeeds (the backend reconnects by itself), within `limit`.
+async fn recovers(b: &RedisBackend, limit: Duration) {
+    let start = Instant::now();
+    loop {
+        match b.get(&key("probe")).await {
+            Ok(_) => return,
+            Err(e) => assert!(start.elapsed() < limit, "no recovery within {limit:?}: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopped_server_fails_fast_then_same_backend_recovers() {
+    let mut srv = ServerProcess::redis();
+    let b = RedisBackend::connect(&format!("redis://{}/?{FAST}", srv.addr()))
+        .await
+        .unwrap();
+    let k = key("stop");
+    b.put(&k, Bytes::from_static(b"v"), None, PutMode::Overwrite)
+        .await
+        .unwrap();
+    srv.stop();
+    for round in 0..3 {
+        let t = Instant::now();
+        let e = b.get(&k).await.unwrap_err();
+        assert!(t.elapsed() < BOUND, "get took {:?}", t.elapsed());
+        assert_down(&e);
+        let t = Instant::now();
+        let e = b
+            .put(&k, Bytes::from_static(b"w"), None, PutMode::Overwrite)
+            .await
+            .unwrap_err();
+        assert!(
+            t.elapsed() < BOUND,
+            "put took {:?} (round {round})",
+            t.elapsed()
+        );
+        assert_down(&e);
+    }
+    srv.start();
+    recovers(&b, Duration::from_secs(10)).await;
+    // The server kept nothing (no persistence: `persistent` is false), and the same
+    // backend object writes again.
+    assert!(b.get(&k).await.unwrap().is_none());
+    let v = b
+        .put(&k, Bytes::from_static(b"again"), None, PutMode::Create)
+        .await
+        .unwrap();
+    assert_eq!(b.get(&k).await.unwrap().unwrap().version, v);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_connection_times_out_then_recovers() {
+    let srv = ServerProcess::redis();
+    let proxy = FaultProxy::start(&srv.addr()).await;
+    let b = RedisBackend::connect(&format!("redis://{}/?{FAST}", proxy.addr()))
+        .await
+        .unwrap();
+    let k = key("stall");
+    b.put(&k, Bytes::from_static(b"v"), None, PutMode::Overwrite)
+        .await
+        .unwrap();
+    proxy.set(Mode::Stall);
+    for _ in 0..3 {
+        let t = Instant::now();
+        let e = b.get(&k).await.unwrap_err();
+        assert!(t.elapsed() < BOUND, "get took {:?}", t.elapsed());
+        assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+        assert!(e.is_retryable());
+    }
+    let t = Instant::now();
+    let e = b
+        .put(&k, Bytes::from_static(b"w"), None, PutMode::Create)
+        .await
+        .unwrap_err();
+    assert!(t.elapsed() < BOUND);
+    assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+    proxy.set(Mode::Pass);
+    recovers(&b, Duration::from_secs(5)).await;
+    assert_eq!(&b.get(&k).await.unwrap().unwrap().value[..], b"v");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_connection_is_unavailable_then_recovers() {
+    let srv = ServerProcess::redis();
+    let proxy = FaultProxy::start(&srv.addr()).await;
+    let b = RedisBackend::connect(&format!("redis://{}/?{FAST}", proxy.addr()))
+        .await
+        .unwrap();
+    let k = key("cut");
+    b.put(&k, Bytes::from_static(b"v"), None, PutMode::Overwrite)
+        .await
+        .unwrap();
+    proxy.set(Mode::Cut);
+    for _ in 0..3 {
+        let t = Instant::now();
+        let e = b.get(&k).await.unwrap_err();
+        assert!(t.elapsed() < BOUND, "get took {:?}", t.elapsed());
+        assert_down(&e);
+    }
+    proxy.set(Mode::Pass);
+    recovers(&b, Duration::from_secs(10)).await;
+    assert_eq!(&b.get(&k).await.unwrap().unwrap().value[..], b"v");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_server_at_connect_is_unavailable() {
+    let port = larder_tests::free_port();
+    let t = Instant::now();
+    let e = RedisBackend::connect(&format!("redis://:pw-secret-1@127.0.0.1:{port}/?{FAST}"))
+        .await
+        .unwrap_err();
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert_down(&e);
+    assert!(!e.to_string().contains("pw-secret-1"), "{e}");
+    assert!(!format!("{e:?}").contains("pw-secret-1"), "{e:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_auth_and_failures() {
+    let srv = ServerProcess::redis_with(&["--requirepass", "right-horse-battery"]);
+    let addr = srv.addr();
+    // redis-server cannot take an ACL rule with spaces on its command line; add the user
+    // once it runs.
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", &srv.port().to_string(), "--no-auth-warning"])
+        .args(["-a", "right-horse-battery", "ACL", "SETUSER", "alice", "on"])
+        .args([">alice-staple-pw", "~*", "&*", "+@all"])
+        .output()
+        .expect("redis-cli runs");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "OK", "{out:?}");
+    // The right password, as the default user and as a named ACL user, in database 3.
+    for url in [
+        format!("redis://:right-horse-battery@{addr}/3"),
+        format!("redis://alice:alice-staple-pw@{addr}/3"),
+    ] {
+        let b = RedisBackend::connect(&url).await.unwrap();
+        let k = key("auth");
+        b.put(&k, Bytes::from_static(b"ok"), None, PutMode::Overwrite)
+            .await
+            .unwrap();
+        assert_eq!(&b.get(&k).await.unwrap().unwrap().value[..], b"ok");
+        for text in [format!("{b:?}"), format!("{:?}", b.config())] {
+            assert!(!text.contains("right-horse-battery"), "{text}");
+            assert!(!text.contains("alice-staple-pw"), "{text}");
+        }
+    }
+    // A wrong password, a wrong user, and no password at all: a typed, non-retryable
+    // configuration error that names the problem and never the password.
+    for (url, secret) in [
+        (format!("redis://:wrong-zebra-pw@{addr}"), "wrong-zebra-pw"),
+        (format!("redis://bob:bob-wrong-pw@{addr}"), "bob-wrong-pw"),
+        (format!("redis://{addr}"), "right-horse-battery"),
+    ] {
+        let e = RedisBackend::connect(&url).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Config, "{url}: {e}");
+        assert!(!e.is_retryable());
+        let text = e.to_string();
+        assert!(text.contains("authentication"), "{text}");
+        assert!(!text.contains(secret), "{text}");
+        assert!(!format!("{e:?}").contains(secret));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_urls_are_config_errors() {
+    let addr = server().addr();
+    for url in [
+        format!("redis://{addr}/abc"),
+        format!("redis://{addr}/-1"),
+        "redis://127.0.0.1:99999".to_string(),
+        "redis://127.0.0.1:0".to_string(),
+        "redis://127.0.0.1:notaport".to_string(),
+        format!("redis://{addr}/?response_timeout_ms=soon"),
+        format!("redis://{addr}/?max_value_size=1"),
+        format!("redis+cluster://{addr}/1"),
+        "memcache://127.0.0.1".to_string(),
+    ] {
+        let e = RedisBackend::connect(&url).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Config, "{url}: {e}");
+    }
+    // A database the server does not have (16 by default) is refused at connect time.
+    let e = RedisBackend::connect(&format!("redis://{addr}/99"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Config, "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn databases_are_separate() {
+    let addr = server().addr();
+    let a = RedisBackend::connect(&format!("redis://{addr}/1"))
+        .await
+        .unwrap();
+    let b = RedisBackend::connect(&format!("redis://{addr}/2"))
+        .await
+        .unwrap();
+    let k = key("db");
+    a.put(&k, Bytes::from_static(b"one"), None, PutMode::Overwrite)
+        .await
+        .unwrap();
+    assert!(b.get(&k).await.unwrap().is_none());
+    assert!(a.get(&k).await.unwrap().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capabilities_single_and_cluster() {
+    let s = single_backend().await;
+    let c = s.capabilities();
+    assert_eq!(c.name, "redis");
+    assert!(c.cas && c.linearizable_cas && c.touch && c.may_evict && c.shared);
+    assert!(!c.persistent);
+    assert_eq!(c.ttl_precision, Duration::from_millis(1));
+    assert_eq!(c.max_value_size, 16 * 1024 * 1024);
+    let cl = cluster_backend().await;
+    assert!(cl.capabilities().cas);
+    assert!(
+        !cl.capabilities().linearizable_cas,
+        "a cluster failover can lose an acknowledged CAS"
+    );
+    let small = RedisBackend::connect(&format!("redis://{}/?max_value_size=4096", server().addr()))
+        .await
+        .unwrap();
+    assert_eq!(small.capabilities().max_value_size, 4096);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_get_many_and_put_many_span_nodes() {
+    let cl = cluster();
+    let b = cluster_backend().await;
+    let items: Vec<(Key, Bytes)> = (0..60)
+        .map(|i| (key(&format!("span{i}")), Bytes::from(format!("value-{i}"))))
+        .collect();
+    let owners: std::collections::HashSet<u16> =
+        items.iter().map(|(k, _)| cl.owner_of(k.as_str())).collect();
+    assert_eq!(owners.len(), 3, "the keys land on all three masters");
+    let versions = b.put_many(&items, None).await.unwrap();
+    let mut keys: Vec<Key> = items.iter().map(|(k, _)| k.clone()).collect();
+    keys.push(key("missing"));
+    keys.push(items[0].0.clone());
+    let got = b.get_many(&keys).await.unwrap();
+    assert_eq!(got.len(), keys.len());
+    for (i, (_, v)) in items.iter().enumerate() {
+        let e = got[i].as_ref().unwrap();
+        assert_eq!(&e.value, v, "order kept across slots");
+        assert_eq!(e.version, versions[i]);
+    }
+    assert!(got[60].is_none());
+    assert_eq!(got[61].as_ref().unwrap().version, versions[0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_debug_hides_password() {
+    let c = RedisConfig::from_url("redis://u:very-secret-pw@h:1/2").unwrap();
+    assert!(!format!("{c:?}").contains("very-secret-pw"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_private_ca() {
+    let srv = TlsRedis::start();
+    let url = format!("rediss://127.0.0.1:{}", srv.port());
+    let config = RedisConfig::from_url(&url)
+        .unwrap()
+        .with_tls_root_cert(srv.ca_pem().to_vec());
+    let b = RedisBackend::new(config).await.unwrap();
+    let k = key("tls");
+    let v = b
+        .put(&k, Bytes::from_static(b"over tls"), None, PutMode::Create)
+        .await
+        .unwrap();
+    let e = b.get(&k).await.unwrap().unwrap();
+    assert_eq!((&e.value[..], e.version), (&b"over tls"[..], v));
+    b.put(&k, Bytes::from_static(b"cas"), None, PutMode::Update(v))
+        .await
+        .unwrap();
+    // Without the CA the certificate is not trusted: refused, not silently accepted.
+    let e = RedisBackend::connect(&format!("{url}/?{FAST}"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Config, "{e}");
+    assert!(e.to_string().contains("TLS"), "{e}");
+    // Plain TCP to the TLS port does not get through either.
+    assert!(
+        RedisBackend::connect(&format!("redis://127.0.0.1:{}/?{FAST}", srv.port()))
+            .await
+            .is_err()
+    );
+}
