@@ -13,3 +13,7 @@ async fn backend() -> DynBackend {
 mod memory {
     larder_cache_api::conformance_suite!(super::backend);
 }
+
+mod memory_lease {
+    larder_cache_api::lease_suite!(super::backend);
+}

@@ -5,6 +5,7 @@ mod backend;
 mod cache;
 mod capability;
 pub mod codec;
+pub mod coord;
 pub mod envelope;
 mod error;
 mod key;

@@ -50,6 +50,10 @@ mod redis {
     larder_cache_api::conformance_suite!(super::single_backend);
 }
 
+mod redis_lease {
+    larder_cache_api::lease_suite!(super::single_backend);
+}
+
 mod redis_cluster {
     larder_cache_api::conformance_suite!(super::cluster_backend);
 }

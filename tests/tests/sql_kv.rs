@@ -30,6 +30,14 @@ mod sqlite_kv {
     larder_cache_api::conformance_suite!(super::sqlite_kv);
 }
 
+mod postgres_lease {
+    larder_cache_api::lease_suite!(super::postgres_kv);
+}
+
+mod sqlite_lease {
+    larder_cache_api::lease_suite!(super::sqlite_kv);
+}
+
 #[tokio::test]
 async fn expiry_follows_the_database_clock_and_purge_removes_rows() {
     let (store, _schema) = larder_tests::db::pg_store().await;

@@ -33,6 +33,7 @@ pub mod capability;
 pub mod cas;
 pub mod envelope;
 pub mod keys;
+pub mod lease;
 pub mod namespace;
 pub mod ttl;
 pub mod typed;
@@ -52,7 +53,10 @@ pub fn unit(caps: &Capabilities) -> Duration {
 pub fn short_ttl(caps: &Capabilities) -> (Ttl, Duration) {
     let u = unit(caps);
     let ttl = Ttl::new(2 * u).unwrap();
-    (ttl, 3 * u + 2 * caps.ttl_precision + Duration::from_millis(250))
+    (
+        ttl,
+        3 * u + 2 * caps.ttl_precision + Duration::from_millis(250),
+    )
 }
 
 /// Overwrites `key` with `value`, no TTL.
