@@ -5,15 +5,15 @@ pub use larder_cache_api::*;
 
 /// Backends compiled into this build, one module per Cargo feature.
 pub mod backends {
+    /// memcached, one or many servers (feature `memcached`).
+    #[cfg(feature = "memcached")]
+    pub use larder_backend_memcached as memcached;
     /// The in-process backend (feature `memory`, on by default).
     #[cfg(feature = "memory")]
     pub use larder_backend_memory as memory;
     /// Redis, single node or cluster (feature `redis`; `redis-tls`, `cluster`).
     #[cfg(feature = "redis")]
     pub use larder_backend_redis as redis;
-    /// memcached, one or many servers (feature `memcached`).
-    #[cfg(feature = "memcached")]
-    pub use larder_backend_memcached as memcached;
     /// sled, embedded and persistent (feature `sled`).
     #[cfg(feature = "sled")]
     pub use larder_backend_sled as sled;

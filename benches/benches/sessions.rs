@@ -16,24 +16,25 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use criterion::{BenchmarkId, Criterion};
+use criterion::Criterion;
 use larder_backend_memory::MemoryBackend;
 use larder_cache_api::codec::Postcard;
 use larder_cache_api::{envelope, CacheBackend, DynBackend, PutMode, Ttl};
-use larder_session_persist::{
-    CachedStore, Record, SessionData, SessionStore, Timestamp,
-};
+use larder_session_persist::{CachedStore, Record, SessionData, SessionStore, Timestamp};
 use tokio::runtime::Runtime;
 
 /// Session payloads: about 300 B (ten small keys) and about 4 KiB.
 fn payload(size: usize) -> SessionData {
     let mut d = SessionData::new();
     if size <= 512 {
-        for (i, k) in ["user", "name", "email", "csrf", "theme", "lang", "cart", "tz", "role", "last"]
-            .iter()
-            .enumerate()
+        for (i, k) in [
+            "user", "name", "email", "csrf", "theme", "lang", "cart", "tz", "role", "last",
+        ]
+        .iter()
+        .enumerate()
         {
-            d.insert(k, &format!("{k}-value-{i:02}-xxxxxxxx")).expect("encode");
+            d.insert(k, &format!("{k}-value-{i:02}-xxxxxxxx"))
+                .expect("encode");
         }
     } else {
         d.insert("blob", &vec![7u8; size]).expect("encode");
@@ -49,101 +50,92 @@ fn runtime() -> Runtime {
         .expect("runtime")
 }
 
+/// The raw anchor: the same statements written by hand on the store's own pool.
+enum RawPool {
+    Pg(sqlx::PgPool),
+    Lite(sqlx::SqlitePool),
+}
+
+impl RawPool {
+    async fn select(&self, hash: &[u8]) -> Vec<u8> {
+        const Q: &str = "SELECT data FROM larder_sessions WHERE id_hash = $1";
+        let row: (Vec<u8>,) = match self {
+            RawPool::Pg(p) => sqlx::query_as(Q).bind(hash).fetch_one(p).await,
+            RawPool::Lite(p) => sqlx::query_as(Q).bind(hash).fetch_one(p).await,
+        }
+        .expect("select");
+        row.0
+    }
+
+    async fn update(&self, hash: &[u8], data: &[u8]) {
+        const Q: &str = "UPDATE larder_sessions SET data = $1 WHERE id_hash = $2";
+        match self {
+            RawPool::Pg(p) => sqlx::query(Q)
+                .bind(data)
+                .bind(hash)
+                .execute(p)
+                .await
+                .map(|_| ()),
+            RawPool::Lite(p) => sqlx::query(Q)
+                .bind(data)
+                .bind(hash)
+                .execute(p)
+                .await
+                .map(|_| ()),
+        }
+        .expect("update");
+    }
+}
+
 struct Fixture {
     name: &'static str,
     sql: Arc<dyn SessionStore>,
     cached: Arc<CachedStore<Arc<dyn SessionStore>>>,
     cache: DynBackend,
-    raw_select: Box<dyn Fn(Vec<u8>) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<u8>> + Send>> + Send + Sync>,
-    raw_update: Box<dyn Fn(Vec<u8>, Vec<u8>) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send + Sync>,
+    raw: RawPool,
     _guard: Box<dyn std::any::Any>,
 }
 
-async fn fixtures() -> Vec<Fixture> {
-    let mut out = Vec::new();
-    let (pg, schema) = larder_tests::db::pg_store().await;
-    let pool = pg.pool().clone();
-    let pool2 = pool.clone();
-    let sql: Arc<dyn SessionStore> = Arc::new(pg);
+fn fixture(
+    name: &'static str,
+    sql: Arc<dyn SessionStore>,
+    raw: RawPool,
+    guard: Box<dyn std::any::Any>,
+) -> Fixture {
     let cache: DynBackend = Arc::new(MemoryBackend::default());
-    out.push(Fixture {
-        name: "postgres",
+    Fixture {
+        name,
         cached: Arc::new(CachedStore::new(sql.clone(), cache.clone())),
         sql,
         cache,
-        raw_select: Box::new(move |h| {
-            let pool = pool.clone();
-            Box::pin(async move {
-                let (d,): (Vec<u8>,) = sqlx::query_as(
-                    "SELECT data FROM larder_sessions WHERE id_hash = $1",
-                )
-                .bind(h)
-                .fetch_one(&pool)
-                .await
-                .expect("select");
-                d
-            })
-        }),
-        raw_update: Box::new(move |h, d| {
-            let pool = pool2.clone();
-            Box::pin(async move {
-                sqlx::query("UPDATE larder_sessions SET data = $1 WHERE id_hash = $2")
-                    .bind(d)
-                    .bind(h)
-                    .execute(&pool)
-                    .await
-                    .expect("update");
-            })
-        }),
-        _guard: Box::new(schema),
-    });
-    let (lite, dir) = larder_tests::db::sqlite_store().await;
-    let pool = lite.pool().clone();
-    let pool2 = pool.clone();
-    let sql: Arc<dyn SessionStore> = Arc::new(lite);
-    let cache: DynBackend = Arc::new(MemoryBackend::default());
-    out.push(Fixture {
-        name: "sqlite",
-        cached: Arc::new(CachedStore::new(sql.clone(), cache.clone())),
-        sql,
-        cache,
-        raw_select: Box::new(move |h| {
-            let pool = pool.clone();
-            Box::pin(async move {
-                let (d,): (Vec<u8>,) = sqlx::query_as(
-                    "SELECT data FROM larder_sessions WHERE id_hash = $1",
-                )
-                .bind(h)
-                .fetch_one(&pool)
-                .await
-                .expect("select");
-                d
-            })
-        }),
-        raw_update: Box::new(move |h, d| {
-            let pool = pool2.clone();
-            Box::pin(async move {
-                sqlx::query("UPDATE larder_sessions SET data = $1 WHERE id_hash = $2")
-                    .bind(d)
-                    .bind(h)
-                    .execute(&pool)
-                    .await
-                    .expect("update");
-            })
-        }),
-        _guard: Box::new(dir),
-    });
-    out
+        raw,
+        _guard: guard,
+    }
+}
+
+fn fixtures(rt: &Runtime) -> Vec<Fixture> {
+    let (pg, schema) = rt.block_on(larder_tests::db::pg_store());
+    let pg_raw = RawPool::Pg(pg.pool().clone());
+    let (lite, dir) = rt.block_on(larder_tests::db::sqlite_store());
+    let lite_raw = RawPool::Lite(lite.pool().clone());
+    vec![
+        fixture("postgres", Arc::new(pg), pg_raw, Box::new(schema)),
+        fixture("sqlite", Arc::new(lite), lite_raw, Box::new(dir)),
+    ]
 }
 
 fn bench(c: &mut Criterion) {
     let rt = runtime();
-    let fixtures = rt.block_on(fixtures());
+    let fixtures = fixtures(&rt);
     for f in &fixtures {
         for size in [300usize, 4096] {
             let data = payload(size);
             let rec: Record = rt
-                .block_on(f.cached.create(data.clone(), None, Timestamp::now().plus(Duration::from_secs(3600))))
+                .block_on(f.cached.create(
+                    data.clone(),
+                    None,
+                    Timestamp::now().plus(Duration::from_secs(3600)),
+                ))
                 .expect("create");
             let id = rec.id.clone();
             let hash = id.hash().as_bytes().to_vec();
@@ -151,13 +143,17 @@ fn bench(c: &mut Criterion) {
             let raw_key = larder_cache_api::Key::new(format!("raw-{}", f.name)).expect("key");
             let sealed = envelope::seal(&Postcard, &data).expect("seal");
             let ttl = Some(Ttl::from_secs(600).expect("ttl"));
-            rt.block_on(f.cache.put(&raw_key, sealed.clone(), ttl, PutMode::Overwrite))
-                .expect("raw put");
+            rt.block_on(
+                f.cache
+                    .put(&raw_key, sealed.clone(), ttl, PutMode::Overwrite),
+            )
+            .expect("raw put");
             rt.block_on(f.cached.load(&id)).expect("warm");
 
             let mut g = c.benchmark_group(format!("session_load_hit/{}/{size}", f.name));
             g.bench_function("larder_cached_load", |b| {
-                b.to_async(&rt).iter(|| async { f.cached.load(&id).await.expect("load") })
+                b.to_async(&rt)
+                    .iter(|| async { f.cached.load(&id).await.expect("load") })
             });
             g.bench_function("raw_cache_get_decode", |b| {
                 b.to_async(&rt).iter(|| async {
@@ -174,7 +170,10 @@ fn bench(c: &mut Criterion) {
                     async move {
                         let mut total = Duration::ZERO;
                         for _ in 0..iters {
-                            f.cache.delete(&key, larder_cache_api::DeleteMode::Any).await.expect("del");
+                            f.cache
+                                .delete(&key, larder_cache_api::DeleteMode::Any)
+                                .await
+                                .expect("del");
                             let t = Instant::now();
                             f.cached.load(&id).await.expect("load");
                             total += t.elapsed();
@@ -185,7 +184,7 @@ fn bench(c: &mut Criterion) {
             });
             g.bench_function("raw_select_then_cache_put", |b| {
                 b.to_async(&rt).iter(|| async {
-                    let d = (f.raw_select)(hash.clone()).await;
+                    let d = f.raw.select(&hash).await;
                     f.cache
                         .put(&raw_key, bytes::Bytes::from(d), ttl, PutMode::Overwrite)
                         .await
@@ -195,7 +194,8 @@ fn bench(c: &mut Criterion) {
             g.finish();
 
             let mut g = c.benchmark_group(format!("session_save/{}/{size}", f.name));
-            let current = std::sync::Mutex::new(rt.block_on(f.sql.load(&id)).expect("load").expect("live"));
+            let current =
+                std::sync::Mutex::new(rt.block_on(f.sql.load(&id)).expect("load").expect("live"));
             g.bench_function("larder_versioned_save", |b| {
                 b.to_async(&rt).iter(|| async {
                     let rec = current.lock().expect("lock").clone();
@@ -205,7 +205,7 @@ fn bench(c: &mut Criterion) {
             });
             g.bench_function("raw_update_then_cache_put", |b| {
                 b.to_async(&rt).iter(|| async {
-                    (f.raw_update)(hash.clone(), sealed.to_vec()).await;
+                    f.raw.update(&hash, &sealed).await;
                     f.cache
                         .put(&raw_key, sealed.clone(), ttl, PutMode::Overwrite)
                         .await
@@ -217,10 +217,12 @@ fn bench(c: &mut Criterion) {
             let mut g = c.benchmark_group(format!("session_load_cached_vs_sql/{}/{size}", f.name));
             rt.block_on(f.cached.load(&id)).expect("warm");
             g.bench_function("cached", |b| {
-                b.to_async(&rt).iter(|| async { f.cached.load(&id).await.expect("load") })
+                b.to_async(&rt)
+                    .iter(|| async { f.cached.load(&id).await.expect("load") })
             });
             g.bench_function("sql_only", |b| {
-                b.to_async(&rt).iter(|| async { f.sql.load(&id).await.expect("load") })
+                b.to_async(&rt)
+                    .iter(|| async { f.sql.load(&id).await.expect("load") })
             });
             g.finish();
         }

@@ -36,6 +36,7 @@ pub struct WriteThroughStats {
     misses: AtomicU64,
     cache_errors: AtomicU64,
     invalidations: AtomicU64,
+    skipped: AtomicU64,
 }
 
 /// A copy of [`WriteThroughStats`].
@@ -50,6 +51,8 @@ pub struct WriteThroughSnapshot {
     pub cache_errors: u64,
     /// Cache entries invalidated because writing them failed.
     pub invalidations: u64,
+    /// Cache operations not attempted because the cache had just failed (circuit open).
+    pub skipped: u64,
 }
 
 impl WriteThroughStats {
@@ -60,6 +63,7 @@ impl WriteThroughStats {
             misses: self.misses.load(Ordering::Relaxed),
             cache_errors: self.cache_errors.load(Ordering::Relaxed),
             invalidations: self.invalidations.load(Ordering::Relaxed),
+            skipped: self.skipped.load(Ordering::Relaxed),
         }
     }
 }
@@ -78,14 +82,24 @@ impl WriteThroughStats {
 ///
 /// Cache entries live at most `max_cache_ttl` (default 10 minutes), which bounds how long a
 /// cache that missed an invalidation during a network partition can serve old data.
+///
+/// A circuit breaker keeps an outage cheap: after a cache failure the cache is skipped for
+/// `breaker_cooldown` (default 1 s), so requests pay the cache timeout once per cool-down,
+/// not once per operation. Entries written meanwhile are queued for invalidation.
 pub struct CachedStore<S> {
     store: S,
     cache: DynBackend,
     cache_timeout: Duration,
     max_cache_ttl: Duration,
+    breaker_cooldown: Duration,
+    open_until: Mutex<Option<std::time::Instant>>,
     stats: Arc<WriteThroughStats>,
     pending: Mutex<HashSet<Key>>,
 }
+
+/// Most invalidations kept waiting for a cache that is down; beyond it the oldest entries
+/// are only bounded by `max_cache_ttl`.
+const MAX_PENDING: usize = 100_000;
 
 impl<S: fmt::Debug> fmt::Debug for CachedStore<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -106,6 +120,8 @@ impl<S: SessionStore> CachedStore<S> {
             cache,
             cache_timeout: Duration::from_millis(250),
             max_cache_ttl: Duration::from_secs(600),
+            breaker_cooldown: Duration::from_secs(1),
+            open_until: Mutex::new(None),
             stats: Arc::default(),
             pending: Mutex::new(HashSet::new()),
         }
@@ -120,6 +136,13 @@ impl<S: SessionStore> CachedStore<S> {
     /// Longest life of a cache entry (default 10 minutes).
     pub fn max_cache_ttl(mut self, d: Duration) -> Self {
         self.max_cache_ttl = d.max(Duration::from_millis(1));
+        self
+    }
+
+    /// How long the cache is skipped after a failure (default 1 s; zero disables the
+    /// breaker).
+    pub fn breaker_cooldown(mut self, d: Duration) -> Self {
+        self.breaker_cooldown = d;
         self
     }
 
@@ -147,6 +170,10 @@ impl<S: SessionStore> CachedStore<S> {
             Ok(v) => Some(v),
             Err(e) => {
                 self.stats.cache_errors.fetch_add(1, Ordering::Relaxed);
+                if !self.breaker_cooldown.is_zero() {
+                    *self.open_until.lock() =
+                        Some(std::time::Instant::now() + self.breaker_cooldown);
+                }
                 metrics::counter!("larder_session_cache_errors_total", "op" => op).increment(1);
                 tracing::warn!(op, error = %e, "session cache unavailable; using the database");
                 None
@@ -276,7 +303,10 @@ impl<S: SessionStore> CachedStore<S> {
             .await
             .is_none()
         {
-            self.pending.lock().insert(key.clone());
+            let mut p = self.pending.lock();
+            if p.len() < MAX_PENDING {
+                p.insert(key.clone());
+            }
         }
     }
 
@@ -287,7 +317,11 @@ impl<S: SessionStore> CachedStore<S> {
             if p.is_empty() {
                 return;
             }
-            p.drain().take(256).collect()
+            let batch: Vec<Key> = p.iter().take(256).cloned().collect();
+            for k in &batch {
+                p.remove(k);
+            }
+            batch
         };
         for key in keys {
             if self

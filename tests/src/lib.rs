@@ -6,9 +6,12 @@
 //! binary, a free port): in CI a missing server is a failure, never a skip.
 #![allow(clippy::unwrap_used)]
 
+pub mod cluster;
+pub mod db;
 pub mod fault;
 pub mod proxy;
 pub mod server;
+pub mod tls;
 
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {

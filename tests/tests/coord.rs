@@ -48,7 +48,7 @@ fn scheduler(b: &DynBackend, clock: &Arc<ManualClock>, name: &str, task: TaskSpe
     )
     .unwrap()
     .with_clock(clock.clone())
-    .add(task)
+    .with_task(task)
     .unwrap()
 }
 
@@ -148,7 +148,7 @@ async fn pinned_and_never_processes() {
     )
     .unwrap()
     .with_clock(clock.clone())
-    .add(pinned.clone())
+    .with_task(pinned.clone())
     .unwrap();
     assert!(w1.tick().await.unwrap().is_empty(), "not pinned here");
     assert!(web.tick().await.unwrap().is_empty(), "never a candidate");

@@ -44,9 +44,10 @@ pub fn key(tag: &str) -> Key {
     Key::new(format!("lc-{:016x}-{tag}", random_u64())).unwrap()
 }
 
-/// The time unit of TTL cases: the backend's precision, at least 100 ms.
+/// The time unit of TTL cases: the backend's precision, at least 200 ms (so that a slow
+/// write, an fsync say, does not eat the margins of the never-early checks).
 pub fn unit(caps: &Capabilities) -> Duration {
-    caps.ttl_precision.max(Duration::from_millis(100))
+    caps.ttl_precision.max(Duration::from_millis(200))
 }
 
 /// A short TTL (two units) and how long to wait until it has surely passed.

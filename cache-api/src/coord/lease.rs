@@ -201,7 +201,7 @@ impl Lease {
 
     /// The stored record, as anyone sees it.
     pub async fn observe(&self) -> Result<Option<LeaseRecord>> {
-        Ok(self.cache.get(&self.key).await?)
+        self.cache.get(&self.key).await
     }
 
     /// How long the current record has been seen unchanged by this process.

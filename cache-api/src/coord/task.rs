@@ -379,7 +379,7 @@ impl Scheduler {
     }
 
     /// Adds a task.
-    pub fn add(mut self, task: TaskSpec) -> Result<Self> {
+    pub fn with_task(mut self, task: TaskSpec) -> Result<Self> {
         task.schedule.check()?;
         Key::new(format!("larder:task:{}", task.name))?;
         if self.tasks.iter().any(|t| t.name == task.name) {
@@ -406,7 +406,7 @@ impl Scheduler {
             && task
                 .pinned_to
                 .as_ref()
-                .is_none_or(|names| names.iter().any(|n| *n == self.config.process_name))
+                .is_none_or(|names| names.contains(&self.config.process_name))
     }
 
     /// How long this process has seen `task`'s record unchanged.
