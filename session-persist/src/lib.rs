@@ -15,9 +15,9 @@ pub use id::{IdHash, IdSource, OsRandom, SessionId};
 pub use record::{Record, SessionData, Timestamp};
 pub use sql::SqlOptions;
 #[cfg(feature = "postgres")]
-pub use sql::{PgKv, PgStore};
+pub use sql::{PgFence, PgKv, PgStore};
 #[cfg(feature = "sqlite")]
-pub use sql::{SqliteKv, SqliteStore};
+pub use sql::{SqliteFence, SqliteKv, SqliteStore};
 pub use store::{SessionStore, DEFAULT_TOMBSTONE_TTL};
 #[cfg(feature = "tower-sessions")]
 pub use tower::TowerStore;

@@ -9,6 +9,7 @@ use larder_cache_api::{Error, ErrorKind};
 use crate::id::{IdSource, OsRandom};
 use crate::store::DEFAULT_TOMBSTONE_TTL;
 
+mod fence;
 mod kv;
 #[cfg(feature = "postgres")]
 mod postgres;
@@ -16,9 +17,9 @@ mod postgres;
 mod sqlite;
 
 #[cfg(feature = "postgres")]
-pub use postgres::{PgKv, PgStore};
+pub use postgres::{PgFence, PgKv, PgStore};
 #[cfg(feature = "sqlite")]
-pub use sqlite::{SqliteKv, SqliteStore};
+pub use sqlite::{SqliteFence, SqliteKv, SqliteStore};
 
 /// How many fresh ids `create` and `rotate` try before giving up.
 const MAX_ID_ATTEMPTS: u32 = 8;

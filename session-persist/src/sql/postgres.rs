@@ -104,3 +104,25 @@ super::kv::sql_kv!(
     "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT",
     "SELECT nextval('larder_kv_version')"
 );
+
+/// A fence for one resource in this database (table `larder_fences`): see
+/// [`PgStore::fence`].
+#[derive(Debug, Clone)]
+pub struct PgFence {
+    pool: PgPool,
+    resource: String,
+}
+
+impl PgStore {
+    /// The fence of `resource`: make a write conditional on a fencing token (from a
+    /// [`Lease`](larder_cache_api::coord::Lease) or a task run) so that a holder paused past
+    /// its lease cannot overwrite its successor's work.
+    pub fn fence(&self, resource: &str) -> PgFence {
+        PgFence {
+            pool: self.pool.clone(),
+            resource: resource.to_owned(),
+        }
+    }
+}
+
+super::fence::sql_fence!(PgFence, sqlx::Postgres, "postgres");

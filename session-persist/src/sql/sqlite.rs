@@ -126,3 +126,25 @@ super::kv::sql_kv!(
     "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
     "UPDATE larder_kv_version SET v = v + 1 WHERE id = 1 RETURNING v"
 );
+
+/// A fence for one resource in this database (table `larder_fences`): see
+/// [`SqliteStore::fence`].
+#[derive(Debug, Clone)]
+pub struct SqliteFence {
+    pool: SqlitePool,
+    resource: String,
+}
+
+impl SqliteStore {
+    /// The fence of `resource`: make a write conditional on a fencing token (from a
+    /// [`Lease`](larder_cache_api::coord::Lease) or a task run) so that a holder paused past
+    /// its lease cannot overwrite its successor's work.
+    pub fn fence(&self, resource: &str) -> SqliteFence {
+        SqliteFence {
+            pool: self.pool.clone(),
+            resource: resource.to_owned(),
+        }
+    }
+}
+
+super::fence::sql_fence!(SqliteFence, sqlx::Sqlite, "sqlite");
