@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod expiry;
 mod handle;
 mod id;
 mod record;
@@ -10,6 +11,7 @@ mod store;
 mod tower;
 mod write_through;
 
+pub use expiry::{expiry_task, EXPIRY_TASK};
 pub use handle::{ConflictPolicy, Session, SessionConfig, SessionManager};
 pub use id::{IdHash, IdSource, OsRandom, SessionId};
 pub use record::{Record, SessionData, Timestamp};

@@ -318,3 +318,66 @@ async fn concurrent_claims_of_one_period_have_one_winner() {
     }
     assert_eq!(runs.load(Ordering::SeqCst), 20);
 }
+
+/// Session expiry runs as a coordinated task: three processes, one sweep per period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_expiry_sweeps_once_per_period_across_processes() {
+    use larder_session_persist::{expiry_task, SessionData, SessionStore, Timestamp};
+    let (store, _schema) = larder_tests::db::pg_store().await;
+    let kv: DynBackend = Arc::new(store.kv());
+    for _ in 0..25 {
+        store
+            .create(
+                SessionData::new(),
+                None,
+                Timestamp::now().plus(Duration::from_millis(1)),
+            )
+            .await
+            .unwrap();
+    }
+    let live = store
+        .create(
+            SessionData::new(),
+            None,
+            Timestamp::now().plus(Duration::from_secs(600)),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let clock = Arc::new(ManualClock::new(42 * MIN));
+    let store: Arc<dyn SessionStore> = Arc::new(store);
+    let removed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let nodes: Vec<Scheduler> = (0..3)
+        .map(|i| {
+            Scheduler::new(
+                kv.clone(),
+                HolderId::named(&format!("n{i}")),
+                SchedulerConfig::default().lease(fast_lease()),
+            )
+            .unwrap()
+            .with_clock(clock.clone())
+            .with_task(expiry_task(
+                store.clone(),
+                Duration::from_secs(60),
+                10,
+                removed.clone(),
+            ))
+            .unwrap()
+        })
+        .collect();
+    let mut claims = 0;
+    for n in &nodes {
+        claims += n.tick().await.unwrap().len();
+    }
+    assert_eq!(claims, 1, "one sweep per period");
+    assert_eq!(
+        removed.load(Ordering::SeqCst),
+        25,
+        "in batches of 10, all expired rows"
+    );
+    assert!(store.load(&live.id).await.unwrap().is_some());
+    let status = nodes[2].status().await.unwrap();
+    assert_eq!(status[0].name, larder_session_persist::EXPIRY_TASK);
+    assert_eq!(status[0].last_run.as_ref().unwrap().outcome, Some(Ok(())));
+    assert!(status[0].next_due_ms.unwrap() > 42 * MIN);
+}
