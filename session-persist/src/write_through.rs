@@ -162,6 +162,12 @@ impl<S: SessionStore> CachedStore<S> {
         op: &'static str,
         fut: impl Future<Output = Result<T>>,
     ) -> Option<T> {
+        if let Some(until) = *self.open_until.lock() {
+            if std::time::Instant::now() < until {
+                self.stats.skipped.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
+        }
         let res = match tokio::time::timeout(self.cache_timeout, fut).await {
             Ok(r) => r,
             Err(_) => Err(Error::new(ErrorKind::Timeout, "cache operation timed out")),
