@@ -48,9 +48,12 @@ pub async fn connect(url: &str) -> Result<DynBackend> {
     let scheme = scheme.to_ascii_lowercase();
     match scheme.as_str() {
         #[cfg(feature = "memory")]
-        "memory" => Ok(std::sync::Arc::new(
-            larder_backend_memory::MemoryBackend::from_url(url)?,
-        )),
+        "memory" => {
+            let b = std::sync::Arc::new(larder_backend_memory::MemoryBackend::from_url(url)?);
+            // Expired entries are otherwise only dropped when read or evicted.
+            b.spawn_sweeper(std::time::Duration::from_secs(30));
+            Ok(b)
+        }
         #[cfg(feature = "redis")]
         "redis" | "rediss" | "redis+cluster" | "rediss+cluster" => {
             Ok(std::sync::Arc::new(larder_backend_redis::RedisBackend::connect(url).await?))

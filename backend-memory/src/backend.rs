@@ -29,7 +29,11 @@ impl std::fmt::Debug for MemoryBackend {
 
 impl Default for MemoryBackend {
     fn default() -> Self {
-        Self::build(MemoryConfig::default())
+        match Self::build(MemoryConfig::default()) {
+            Ok(b) => b,
+            // The default limits are valid; this arm only satisfies the type.
+            Err(e) => unreachable!("default memory configuration rejected: {e}"),
+        }
     }
 }
 
@@ -37,7 +41,7 @@ impl MemoryBackend {
     /// A backend with `config`'s limits.
     pub fn new(config: MemoryConfig) -> Result<Self> {
         config.validate()?;
-        Ok(Self::build(config))
+        Self::build(config)
     }
 
     /// A backend from a `memory://?capacity=N` URL (see [`MemoryConfig::from_url`]).
@@ -45,15 +49,15 @@ impl MemoryBackend {
         Self::new(MemoryConfig::from_url(url)?)
     }
 
-    fn build(config: MemoryConfig) -> Self {
+    fn build(config: MemoryConfig) -> Result<Self> {
         let mut caps = Capabilities::full(BACKEND);
         caps.may_evict = true;
         caps.max_value_size = config.max_value_size;
-        MemoryBackend {
-            store: Store::new(config.max_entries, config.max_bytes, config.max_value_size),
+        Ok(MemoryBackend {
+            store: Store::new(config.max_entries, config.max_bytes, config.max_value_size)?,
             caps,
             config,
-        }
+        })
     }
 
     /// The limits in force.

@@ -1,193 +1,134 @@
-//! The sharded map under the memory backend.
+//! The store under the memory backend: a `quick_cache` concurrent cache (lock-free-ish
+//! reads under a shard read lock, S3-FIFO-style eviction by weight), with every write done
+//! through its `entry` API so that compare-and-swap is atomic per key.
 //!
-//! Each shard is a mutex around an `IndexMap`, which gives O(1) random sampling: eviction
-//! picks the least recently used of a few random entries (as Redis does), and every write
-//! also samples a few entries to drop expired ones, so expired entries cannot pile up.
+//! quick_cache was measured against a hand-written sharded map (see `benches/RESULTS.md`):
+//! its `get` is about three times faster, so the backend is built on it.
 
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
-use foldhash::fast::FixedState;
-use indexmap::IndexMap;
-use larder_cache_api::{Bytes, DeleteMode, Entry, Key, PutMode, Result, Ttl, Version};
-use parking_lot::Mutex;
+use larder_cache_api::{
+    Bytes, DeleteMode, Entry, Error, ErrorKind, Key, PutMode, Result, Ttl, Version,
+};
+use quick_cache::sync::{Cache, EntryAction, EntryResult};
+use quick_cache::{Lifecycle, OptionsBuilder, Weighter};
 
-use crate::error::{exists, version_mismatch};
+use crate::error::{exists, version_mismatch, BACKEND};
 
-/// Fixed per-entry overhead counted against `max_bytes` (map slot, key `Arc`, metadata).
+/// Fixed per-entry overhead counted against `max_bytes` (slot, key `Arc`, metadata).
 const ENTRY_OVERHEAD: usize = 64;
-/// Entries sampled per eviction.
-const EVICTION_SAMPLES: usize = 5;
-/// Entries sampled for expiry on every write.
-const EXPIRY_SAMPLES: usize = 2;
 /// No expiry.
 const NEVER: u64 = u64::MAX;
 
-struct Slot {
+#[derive(Clone)]
+pub(crate) struct Slot {
     value: Bytes,
     version: u64,
     expires_at: u64,
-    last_access: u64,
 }
 
 impl Slot {
+    fn into_entry(self) -> Entry {
+        Entry::new(self.value, Version::from_raw(self.version))
+    }
     fn entry(&self) -> Entry {
         Entry::new(self.value.clone(), Version::from_raw(self.version))
     }
-    fn cost(key: &Key, value: &Bytes) -> usize {
-        key.len() + value.len() + ENTRY_OVERHEAD
+    fn live(&self, now: u64) -> bool {
+        self.expires_at > now
     }
 }
 
-struct Shard {
-    map: IndexMap<Key, Slot, FixedState>,
-    bytes: usize,
-    tick: u64,
-    rng: u64,
+/// Weight of an entry: its bytes, but at least `max_bytes / max_entries`, so that the one
+/// weight budget enforces both limits.
+#[derive(Clone)]
+struct Cost {
+    min: u64,
 }
 
-impl Shard {
-    fn next_random(&mut self) -> usize {
-        // xorshift64: sampling only needs to be cheap and spread out.
-        let mut x = self.rng;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.rng = x;
-        x as usize
+impl Weighter<Key, Slot> for Cost {
+    fn weight(&self, key: &Key, val: &Slot) -> u64 {
+        ((key.len() + val.value.len() + ENTRY_OVERHEAD) as u64).max(self.min)
     }
+}
 
-    fn remove_at(&mut self, i: usize) {
-        if let Some((k, s)) = self.map.swap_remove_index(i) {
-            self.bytes -= Slot::cost(&k, &s.value);
-        }
-    }
+/// Counts evictions.
+#[derive(Clone)]
+struct Evictions(Arc<AtomicU64>);
 
-    fn remove_key(&mut self, key: &Key) -> Option<Slot> {
-        let s = self.map.swap_remove(key)?;
-        self.bytes -= Slot::cost(key, &s.value);
-        Some(s)
+impl Lifecycle<Key, Slot> for Evictions {
+    type RequestState = ();
+    fn begin_request(&self) -> Self::RequestState {}
+    fn on_evict(&self, _: &mut Self::RequestState, _: Key, _: Slot) {
+        self.0.fetch_add(1, Ordering::Relaxed);
     }
+}
 
-    /// The live slot for `key`, removing it first if it has expired.
-    fn live(&mut self, key: &Key, now: u64) -> Option<&mut Slot> {
-        let i = self.map.get_index_of(key)?;
-        if self.map[i].expires_at <= now {
-            self.remove_at(i);
-            return None;
-        }
-        Some(&mut self.map[i])
-    }
+type Inner = Cache<Key, Slot, Cost, foldhash::fast::RandomState, Evictions>;
 
-    fn sample_expired(&mut self, now: u64) {
-        for _ in 0..EXPIRY_SAMPLES {
-            if self.map.is_empty() {
-                return;
-            }
-            let i = self.next_random() % self.map.len();
-            if self.map[i].expires_at <= now {
-                self.remove_at(i);
-            }
-        }
-    }
-
-    /// Evicts until within limits, never evicting `keep`.
-    fn enforce(&mut self, max_entries: usize, max_bytes: usize, keep: &Key, now: u64) -> u64 {
-        let mut evicted = 0;
-        while (self.map.len() > max_entries || self.bytes > max_bytes) && self.map.len() > 1 {
-            let mut victim: Option<(usize, u64)> = None;
-            for _ in 0..EVICTION_SAMPLES {
-                let i = self.next_random() % self.map.len();
-                let (k, s) = self.map.get_index(i).expect("index in range");
-                if k == keep {
-                    continue;
-                }
-                // An expired entry is the best victim; otherwise the least recently used.
-                let score = if s.expires_at <= now {
-                    0
-                } else {
-                    s.last_access
-                };
-                if victim.is_none_or(|(_, best)| score < best) {
-                    victim = Some((i, score));
-                }
-            }
-            if let Some((i, _)) = victim {
-                self.remove_at(i);
-                evicted += 1;
-            }
-        }
-        evicted
-    }
+/// The store: the cache, the version counter and the clock.
+pub(crate) struct Store {
+    cache: Inner,
+    next_version: AtomicU64,
+    evictions: Arc<AtomicU64>,
+    origin: Instant,
 }
 
 fn prev_power_of_two(n: usize) -> usize {
     1 << (usize::BITS - 1 - n.max(1).leading_zeros())
 }
 
-/// The store: shards, limits, the version counter and the clock.
-pub(crate) struct Store {
-    shards: Box<[Mutex<Shard>]>,
-    hasher: FixedState,
-    max_entries_per_shard: usize,
-    max_bytes_per_shard: usize,
-    next_version: AtomicU64,
-    evictions: AtomicU64,
-    origin: Instant,
-}
-
 impl Store {
-    pub(crate) fn new(max_entries: usize, max_bytes: usize, max_value_size: usize) -> Self {
-        // Few shards for small caches so the per-shard bounds stay meaningful: at least 64
-        // entries per shard, and room for four of the largest entries, so that one large
-        // value never exceeds its shard's byte budget on its own.
+    pub(crate) fn new(max_entries: usize, max_bytes: usize, max_value_size: usize) -> Result<Self> {
+        // Each shard must hold several of the largest entries, or quick_cache would refuse
+        // a large value silently (an Ok that did nothing).
         let largest = max_value_size + Key::MAX_LEN + ENTRY_OVERHEAD;
-        let by_entries = (max_entries / 64).max(1);
-        let by_bytes = (max_bytes / (4 * largest)).max(1);
-        let shards = prev_power_of_two(by_entries.min(by_bytes)).min(64);
-        let seed =
-            std::collections::hash_map::RandomState::new().hash_one(0x9E37_79B9_7F4A_7C15u64);
-        Store {
-            shards: (0..shards)
-                .map(|i| {
-                    Mutex::new(Shard {
-                        map: IndexMap::with_hasher(FixedState::with_seed(seed)),
-                        bytes: 0,
-                        tick: 0,
-                        rng: seed.rotate_left(i as u32) | 1,
-                    })
-                })
-                .collect(),
-            hasher: FixedState::with_seed(seed.rotate_left(17)),
-            max_entries_per_shard: (max_entries / shards).max(1),
-            max_bytes_per_shard: (max_bytes / shards).max(1),
+        let shards = prev_power_of_two(max_bytes / (4 * largest)).clamp(1, 64);
+        let options = OptionsBuilder::new()
+            .estimated_items_capacity(max_entries)
+            .weight_capacity(max_bytes as u64)
+            .shards(shards)
+            .build()
+            .map_err(|e| {
+                Error::new(ErrorKind::Config, format!("memory backend limits: {e:?}"))
+                    .with_backend(BACKEND)
+            })?;
+        let evictions = Arc::new(AtomicU64::new(0));
+        let cache = Cache::with_options(
+            options,
+            Cost {
+                min: (max_bytes / max_entries.max(1)) as u64,
+            },
+            foldhash::fast::RandomState::default(),
+            Evictions(evictions.clone()),
+        );
+        Ok(Store {
+            cache,
             next_version: AtomicU64::new(1),
-            evictions: AtomicU64::new(0),
+            evictions,
             origin: Instant::now(),
-        }
+        })
     }
 
-    fn shard(&self, key: &Key) -> &Mutex<Shard> {
-        &self.shards[(self.hasher.hash_one(key) as usize) & (self.shards.len() - 1)]
-    }
-
-    pub(crate) fn now(&self) -> u64 {
+    fn now(&self) -> u64 {
         self.origin.elapsed().as_millis() as u64
     }
 
-    fn deadline(&self, now: u64, ttl: Option<Ttl>) -> u64 {
-        ttl.map_or(NEVER, |t| now.saturating_add(t.as_millis()))
+    fn next_version(&self) -> u64 {
+        self.next_version.fetch_add(1, Ordering::Relaxed)
     }
 
     pub(crate) fn get(&self, key: &Key) -> Option<Entry> {
-        let now = self.now();
-        let mut shard = self.shard(key).lock();
-        shard.tick += 1;
-        let tick = shard.tick;
-        let slot = shard.live(key, now)?;
-        slot.last_access = tick;
-        Some(slot.entry())
+        let slot = self.cache.get(key)?;
+        // Only entries with a TTL pay for a clock read.
+        if slot.expires_at != NEVER && !slot.live(self.now()) {
+            self.cache.remove_if(key, |s| s.version == slot.version);
+            return None;
+        }
+        Some(slot.into_entry())
     }
 
     pub(crate) fn put(
@@ -198,97 +139,121 @@ impl Store {
         mode: PutMode,
     ) -> Result<Version> {
         let now = self.now();
-        let expires_at = self.deadline(now, ttl);
-        let mut shard = self.shard(key).lock();
-        shard.sample_expired(now);
-        match (mode, shard.live(key, now)) {
-            (PutMode::Overwrite, _) | (PutMode::Create, None) => {}
-            (PutMode::Create, Some(s)) => return Err(exists(s.entry())),
-            (PutMode::Update(v), Some(s)) if s.version == v.into_raw() => {}
-            (PutMode::Update(_), s) => return Err(version_mismatch(s.map(|s| s.entry()))),
+        let expires_at = ttl.map_or(NEVER, |t| now.saturating_add(t.as_millis()));
+        // The placeholder of a vacant key can vanish under a concurrent delete: try again.
+        for _ in 0..16 {
+            let mut value_slot = Some(value.clone());
+            let outcome = self.cache.entry(key, None, |_, cur: &mut Slot| {
+                let live = cur.live(now);
+                let allowed = match mode {
+                    PutMode::Overwrite => Ok(()),
+                    PutMode::Create if !live => Ok(()),
+                    PutMode::Create => Err(exists(cur.entry())),
+                    PutMode::Update(v) if live && cur.version == v.into_raw() => Ok(()),
+                    PutMode::Update(_) => Err(version_mismatch(live.then(|| cur.entry()))),
+                };
+                EntryAction::Retain(allowed.map(|()| {
+                    let version = self.next_version();
+                    *cur = Slot {
+                        value: value_slot.take().unwrap_or_default(),
+                        version,
+                        expires_at,
+                    };
+                    version
+                }))
+            });
+            match outcome {
+                EntryResult::Retained(r) => return r.map(Version::from_raw),
+                EntryResult::Vacant(guard) => {
+                    if let PutMode::Update(_) = mode {
+                        return Err(version_mismatch(None));
+                    }
+                    let version = self.next_version();
+                    let slot = Slot {
+                        value: value_slot.take().unwrap_or_default(),
+                        version,
+                        expires_at,
+                    };
+                    if guard.insert(slot).is_ok() {
+                        return Ok(Version::from_raw(version));
+                    }
+                }
+                _ => {}
+            }
         }
-        let version = self.next_version.fetch_add(1, Ordering::Relaxed);
-        shard.tick += 1;
-        let slot = Slot {
-            last_access: shard.tick,
-            value,
-            version,
-            expires_at,
-        };
-        shard.bytes += Slot::cost(key, &slot.value);
-        if let Some(old) = shard.map.insert(key.clone(), slot) {
-            shard.bytes -= Slot::cost(key, &old.value);
-        }
-        let evicted = shard.enforce(
-            self.max_entries_per_shard,
-            self.max_bytes_per_shard,
-            key,
-            now,
-        );
-        if evicted > 0 {
-            self.evictions.fetch_add(evicted, Ordering::Relaxed);
-        }
-        Ok(Version::from_raw(version))
+        Err(Error::new(ErrorKind::Backend, "write kept racing with deletes").with_backend(BACKEND))
     }
 
     pub(crate) fn delete(&self, key: &Key, mode: DeleteMode) -> Result<bool> {
         let now = self.now();
-        let mut shard = self.shard(key).lock();
-        match (mode, shard.live(key, now)) {
-            (DeleteMode::Any, None) => Ok(false),
-            (DeleteMode::Any, Some(_)) => Ok(shard.remove_key(key).is_some()),
-            (DeleteMode::IfVersion(v), Some(s)) if s.version == v.into_raw() => {
-                Ok(shard.remove_key(key).is_some())
+        let outcome = self.cache.entry(key, None, |_, cur: &mut Slot| {
+            let live = cur.live(now);
+            match mode {
+                DeleteMode::Any => EntryAction::Remove,
+                DeleteMode::IfVersion(v) if live && cur.version == v.into_raw() => {
+                    EntryAction::Remove
+                }
+                DeleteMode::IfVersion(_) if live => {
+                    EntryAction::Retain(Err(version_mismatch(Some(cur.entry()))))
+                }
+                // An expired entry is absent: drop it and report the key absent.
+                DeleteMode::IfVersion(_) => EntryAction::Remove,
             }
-            (DeleteMode::IfVersion(_), s) => Err(version_mismatch(s.map(|s| s.entry()))),
+        });
+        match (outcome, mode) {
+            (EntryResult::Retained(r), _) => r,
+            (EntryResult::Removed(_, old), DeleteMode::Any) => Ok(old.live(now)),
+            (EntryResult::Removed(_, old), DeleteMode::IfVersion(v)) => {
+                if old.live(now) && old.version == v.into_raw() {
+                    Ok(true)
+                } else {
+                    Err(version_mismatch(None))
+                }
+            }
+            (_, DeleteMode::Any) => Ok(false),
+            (_, DeleteMode::IfVersion(_)) => Err(version_mismatch(None)),
         }
     }
 
     pub(crate) fn touch(&self, key: &Key, ttl: Option<Ttl>) -> bool {
         let now = self.now();
-        let expires_at = self.deadline(now, ttl);
-        let mut shard = self.shard(key).lock();
-        match shard.live(key, now) {
-            Some(s) => {
-                s.expires_at = expires_at;
-                true
+        let expires_at = ttl.map_or(NEVER, |t| now.saturating_add(t.as_millis()));
+        let outcome = self.cache.entry(key, None, |_, cur: &mut Slot| {
+            if cur.live(now) {
+                cur.expires_at = expires_at;
+                EntryAction::Retain(true)
+            } else {
+                EntryAction::Remove
             }
-            None => false,
-        }
+        });
+        matches!(outcome, EntryResult::Retained(true))
     }
 
     /// Removes every expired entry; returns how many.
     pub(crate) fn purge_expired(&self) -> usize {
         let now = self.now();
-        let mut removed = 0;
-        for shard in self.shards.iter() {
-            let mut shard = shard.lock();
-            let before = shard.map.len();
-            let mut freed = 0;
-            shard.map.retain(|k, s| {
-                let keep = s.expires_at > now;
-                if !keep {
-                    freed += Slot::cost(k, &s.value);
-                }
-                keep
-            });
-            shard.bytes -= freed;
-            removed += before - shard.map.len();
-        }
-        removed
+        let before = self.cache.len();
+        self.cache.retain(|_, s| s.live(now));
+        before.saturating_sub(self.cache.len())
     }
 
     /// Entries held now, expired ones not yet removed included.
     pub(crate) fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().map.len()).sum()
+        self.cache.len()
     }
 
-    /// Bytes held now, as counted against `max_bytes`.
+    /// Weight held now, as counted against `max_bytes`.
     pub(crate) fn bytes(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().bytes).sum()
+        self.cache.weight() as usize
     }
 
     pub(crate) fn evictions(&self) -> u64 {
         self.evictions.load(Ordering::Relaxed)
     }
 }
+
+// `BuildHasher` is needed by quick_cache's bounds on the hasher type.
+const _: fn() = || {
+    fn is_hasher<T: BuildHasher>() {}
+    is_hasher::<foldhash::fast::RandomState>();
+};

@@ -56,7 +56,7 @@ use bytes::Bytes;
 use criterion::Criterion;
 use larder_backend_memcached::MemcachedBackend;
 use larder_benches::{keys, value};
-use larder_cache_api::{CacheBackend, DynBackend, Key, PutMode};
+use larder_cache_api::{DynBackend, Key, PutMode};
 use memcache::exp::{AsyncMetaClient, Get, Meta, Set};
 use tokio::runtime::Runtime;
 

@@ -35,7 +35,7 @@ use bytes::Bytes;
 use criterion::Criterion;
 use larder_backend_redis::RedisBackend;
 use larder_benches::{keys, value};
-use larder_cache_api::{CacheBackend, DynBackend, Key, PutMode, Ttl, Version};
+use larder_cache_api::{DynBackend, Key, PutMode, Ttl, Version};
 use redis::aio::MultiplexedConnection;
 use redis::{IntoConnectionInfo, Value};
 use tokio::runtime::Runtime;

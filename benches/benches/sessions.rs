@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use criterion::Criterion;
 use larder_backend_memory::MemoryBackend;
 use larder_cache_api::codec::Postcard;
-use larder_cache_api::{envelope, CacheBackend, DynBackend, PutMode, Ttl};
+use larder_cache_api::{envelope, DynBackend, PutMode, Ttl};
 use larder_session_persist::{CachedStore, Record, SessionData, SessionStore, Timestamp};
 use tokio::runtime::Runtime;
 

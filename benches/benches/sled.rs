@@ -30,7 +30,7 @@ use criterion::Criterion;
 use larder_backend_sled::sled::{self, IVec};
 use larder_backend_sled::{Dispatch, Flush, SledBackend, SledConfig};
 use larder_benches::{keys, value, visit_order, ENTRIES};
-use larder_cache_api::{CacheBackend, DynBackend, Key, PutMode, Version};
+use larder_cache_api::{DynBackend, Key, PutMode, Version};
 use tokio::runtime::Runtime;
 
 /// Value sizes: a typical session, and a larger cached fragment.

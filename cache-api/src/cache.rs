@@ -123,7 +123,9 @@ impl<C: Codec> Cache<C> {
 
     fn seal<T: Serialize + ?Sized>(&self, value: &T) -> Result<bytes::Bytes> {
         let bytes = envelope::seal(&self.codec, value)?;
-        self.backend.capabilities().check_value_size(bytes.len())?;
+        (*self.backend)
+            .capabilities()
+            .check_value_size(bytes.len())?;
         Ok(bytes)
     }
 
@@ -137,7 +139,7 @@ impl<C: Codec> Cache<C> {
         &self,
         key: &Key,
     ) -> Result<Option<(T, Version)>> {
-        let Some(entry) = self.backend.get(key).await? else {
+        let Some(entry) = (*self.backend).get(key).await? else {
             return Ok(None);
         };
         Ok(self.open(key, &entry.value)?.map(|v| (v, entry.version)))
@@ -145,7 +147,7 @@ impl<C: Codec> Cache<C> {
 
     /// Values for `keys`, in order; duplicates and missing keys are answered each.
     pub async fn get_many<T: DeserializeOwned>(&self, keys: &[Key]) -> Result<Vec<Option<T>>> {
-        let entries = self.backend.get_many(keys).await?;
+        let entries = (*self.backend).get_many(keys).await?;
         let mut out = Vec::with_capacity(entries.len());
         for (k, e) in keys.iter().zip(entries) {
             out.push(match e {
@@ -164,7 +166,9 @@ impl<C: Codec> Cache<C> {
         ttl: Option<Ttl>,
     ) -> Result<Version> {
         let bytes = self.seal(value)?;
-        self.backend.put(key, bytes, ttl, PutMode::Overwrite).await
+        (*self.backend)
+            .put(key, bytes, ttl, PutMode::Overwrite)
+            .await
     }
 
     /// Stores `value` only if `key` is absent; otherwise [`ErrorKind::Conflict`].
@@ -175,7 +179,7 @@ impl<C: Codec> Cache<C> {
         ttl: Option<Ttl>,
     ) -> Result<Version> {
         let bytes = self.seal(value)?;
-        self.backend.put(key, bytes, ttl, PutMode::Create).await
+        (*self.backend).put(key, bytes, ttl, PutMode::Create).await
     }
 
     /// Stores `value` only if the stored version is `version`; otherwise
@@ -195,12 +199,12 @@ impl<C: Codec> Cache<C> {
 
     /// Deletes `key`; `Ok(true)` if something was removed.
     pub async fn delete(&self, key: &Key) -> Result<bool> {
-        self.backend.delete(key, DeleteMode::Any).await
+        (*self.backend).delete(key, DeleteMode::Any).await
     }
 
     /// Gives `key` a new TTL (`None`: no expiry) without rewriting it; `Ok(false)` if absent.
     pub async fn touch(&self, key: &Key, ttl: Option<Ttl>) -> Result<bool> {
-        self.backend.touch(key, ttl).await
+        (*self.backend).touch(key, ttl).await
     }
 
     /// The value under `key`, or the loader's value, stored with `ttl`.
@@ -251,7 +255,7 @@ impl<C: Codec> Cache<C> {
                 },
                 Role::Leader(leader) => {
                     // Check again: a flight may have finished between our miss and our join.
-                    if let Some(entry) = self.backend.get(key).await? {
+                    if let Some(entry) = (*self.backend).get(key).await? {
                         if let Some(v) = self.open::<T>(key, &entry.value)? {
                             leader.finish(Ok(entry.value));
                             return Ok(v);
@@ -317,13 +321,13 @@ impl<C: Codec> Cache<C> {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            let (current, mode) = match self.backend.get(key).await? {
+            let (current, mode) = match (*self.backend).get(key).await? {
                 Some(e) => (self.open::<T>(key, &e.value)?, PutMode::Update(e.version)),
                 None => (None, PutMode::Create),
             };
             let next = f(current);
             let bytes = self.seal(&next)?;
-            match self.backend.put(key, bytes, ttl, mode).await {
+            match (*self.backend).put(key, bytes, ttl, mode).await {
                 Ok(_) => return Ok(next),
                 Err(e) if e.kind() == ErrorKind::Conflict && attempt < self.max_update_attempts => {
                     tokio::time::sleep(backoff(attempt)).await;

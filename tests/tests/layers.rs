@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use larder::layer::{Instrumented, Namespace, Timeout};
-use larder::{Cache, CacheBackend, DynBackend, ErrorKind, Key, PutMode};
+use larder::{Cache, DynBackend, ErrorKind, Key, PutMode};
 use larder_backend_memory::MemoryBackend;
 use larder_tests::fault::{Fault, Faulty};
 

@@ -68,8 +68,8 @@ async fn recently_read_entries_outlive_cold_ones() {
 }
 
 #[tokio::test]
-async fn expired_entries_do_not_pile_up() {
-    let b = MemoryBackend::new(MemoryConfig::default().with_max_entries(1_000_000)).unwrap();
+async fn expired_entries_stay_bounded_and_are_purged() {
+    let b = MemoryBackend::new(MemoryConfig::default().with_max_entries(1000)).unwrap();
     let ttl = Ttl::from_millis(50).unwrap();
     for i in 0..5000 {
         b.put(
@@ -80,11 +80,32 @@ async fn expired_entries_do_not_pile_up() {
         )
         .await
         .unwrap();
+        assert!(
+            b.len() <= 1000,
+            "expired or not, entries stay within capacity"
+        );
     }
     tokio::time::sleep(Duration::from_millis(120)).await;
-    // Writes of other keys sample and drop expired entries as they go.
-    for i in 5000..15000 {
-        b.put(
+    // New entries are admitted although the cache is full of expired ones.
+    for i in 5000..5100 {
+        b.put(&k(i), Bytes::from_static(b"live"), None, PutMode::Overwrite)
+            .await
+            .unwrap();
+        assert!(b.get(&k(i)).await.unwrap().is_some());
+    }
+    let removed = b.purge_expired();
+    assert!(removed > 0);
+    assert!(b.len() <= 1000);
+    for i in 5000..5100 {
+        assert!(
+            b.get(&k(i)).await.unwrap().is_some(),
+            "live entries survive the purge"
+        );
+    }
+    // Once everything has expired and been purged, nothing is held.
+    let c = MemoryBackend::default();
+    for i in 0..500 {
+        c.put(
             &k(i),
             Bytes::from_static(b"v"),
             Some(ttl),
@@ -93,16 +114,13 @@ async fn expired_entries_do_not_pile_up() {
         .await
         .unwrap();
     }
-    assert!(
-        b.len() < 15000,
-        "sampling removed some expired entries ({} left)",
-        b.len()
-    );
     tokio::time::sleep(Duration::from_millis(120)).await;
-    let removed = b.purge_expired();
-    assert!(removed > 0);
-    assert_eq!(b.len(), 0);
-    assert_eq!(b.bytes(), 0, "byte accounting returns to zero");
+    assert_eq!(c.purge_expired(), 500);
+    assert_eq!(
+        (c.len(), c.bytes()),
+        (0, 0),
+        "weight accounting returns to zero"
+    );
 }
 
 #[tokio::test]

@@ -79,7 +79,7 @@ impl Instrumented {
     }
 
     fn name(&self) -> &'static str {
-        self.inner.capabilities().name
+        (*self.inner).capabilities().name
     }
 
     async fn observe<T>(
@@ -122,18 +122,20 @@ impl Instrumented {
 #[deny(clippy::missing_trait_methods)]
 impl CacheBackend for Instrumented {
     fn capabilities(&self) -> &Capabilities {
-        self.inner.capabilities()
+        (*self.inner).capabilities()
     }
 
     async fn get(&self, key: &Key) -> Result<Option<Entry>> {
-        let r = self.observe("get", self.inner.get(key)).await?;
+        let r = self.observe("get", (*self.inner).get(key)).await?;
         let hit = u64::from(r.is_some());
         self.count_lookups(hit, 1 - hit);
         Ok(r)
     }
 
     async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Entry>>> {
-        let r = self.observe("get_many", self.inner.get_many(keys)).await?;
+        let r = self
+            .observe("get_many", (*self.inner).get_many(keys))
+            .await?;
         let found = r.iter().filter(|e| e.is_some()).count() as u64;
         self.count_lookups(found, r.len() as u64 - found);
         Ok(r)
@@ -147,25 +149,27 @@ impl CacheBackend for Instrumented {
         mode: PutMode,
     ) -> Result<Version> {
         let r = self
-            .observe("put", self.inner.put(key, value, ttl, mode))
+            .observe("put", (*self.inner).put(key, value, ttl, mode))
             .await;
         self.count_write(r)
     }
 
     async fn put_many(&self, items: &[(Key, Bytes)], ttl: Option<Ttl>) -> Result<Vec<Version>> {
         let r = self
-            .observe("put_many", self.inner.put_many(items, ttl))
+            .observe("put_many", (*self.inner).put_many(items, ttl))
             .await;
         self.count_write(r)
     }
 
     async fn delete(&self, key: &Key, mode: DeleteMode) -> Result<bool> {
-        let r = self.observe("delete", self.inner.delete(key, mode)).await;
+        let r = self
+            .observe("delete", (*self.inner).delete(key, mode))
+            .await;
         self.count_write(r)
     }
 
     async fn touch(&self, key: &Key, ttl: Option<Ttl>) -> Result<bool> {
-        let r = self.observe("touch", self.inner.touch(key, ttl)).await;
+        let r = self.observe("touch", (*self.inner).touch(key, ttl)).await;
         self.count_write(r)
     }
 }

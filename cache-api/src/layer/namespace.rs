@@ -125,7 +125,7 @@ impl Namespace {
     }
 
     async fn load_generation(&self) -> Result<u64> {
-        if let Some(e) = self.inner.get(&self.gen_key).await? {
+        if let Some(e) = (*self.inner).get(&self.gen_key).await? {
             if let Ok(b) = <[u8; 8]>::try_from(&e.value[..]) {
                 return Ok(u64::from_be_bytes(b));
             }
@@ -133,7 +133,7 @@ impl Namespace {
         }
         let gen = random_u64();
         let bytes = Bytes::copy_from_slice(&gen.to_be_bytes());
-        let mode = if self.inner.capabilities().cas {
+        let mode = if (*self.inner).capabilities().cas {
             PutMode::Create
         } else {
             PutMode::Overwrite
@@ -174,12 +174,12 @@ impl Namespace {
 #[deny(clippy::missing_trait_methods)]
 impl CacheBackend for Namespace {
     fn capabilities(&self) -> &Capabilities {
-        self.inner.capabilities()
+        (*self.inner).capabilities()
     }
 
     async fn get(&self, key: &Key) -> Result<Option<Entry>> {
         let k = self.key(key).await?;
-        self.inner.get(&k).await
+        (*self.inner).get(&k).await
     }
 
     async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Entry>>> {
@@ -188,7 +188,7 @@ impl CacheBackend for Namespace {
             .iter()
             .map(|k| k.prefixed(&prefix))
             .collect::<Result<Vec<_>>>()?;
-        self.inner.get_many(&keys).await
+        (*self.inner).get_many(&keys).await
     }
 
     async fn put(
@@ -199,7 +199,7 @@ impl CacheBackend for Namespace {
         mode: PutMode,
     ) -> Result<Version> {
         let k = self.key(key).await?;
-        self.inner.put(&k, value, ttl, mode).await
+        (*self.inner).put(&k, value, ttl, mode).await
     }
 
     async fn put_many(&self, items: &[(Key, Bytes)], ttl: Option<Ttl>) -> Result<Vec<Version>> {
@@ -208,16 +208,16 @@ impl CacheBackend for Namespace {
             .iter()
             .map(|(k, v)| Ok((k.prefixed(&prefix)?, v.clone())))
             .collect::<Result<Vec<_>>>()?;
-        self.inner.put_many(&items, ttl).await
+        (*self.inner).put_many(&items, ttl).await
     }
 
     async fn delete(&self, key: &Key, mode: DeleteMode) -> Result<bool> {
         let k = self.key(key).await?;
-        self.inner.delete(&k, mode).await
+        (*self.inner).delete(&k, mode).await
     }
 
     async fn touch(&self, key: &Key, ttl: Option<Ttl>) -> Result<bool> {
         let k = self.key(key).await?;
-        self.inner.touch(&k, ttl).await
+        (*self.inner).touch(&k, ttl).await
     }
 }

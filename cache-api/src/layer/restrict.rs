@@ -63,11 +63,11 @@ impl CacheBackend for Restrict {
     }
 
     async fn get(&self, key: &Key) -> Result<Option<Entry>> {
-        self.inner.get(key).await
+        (*self.inner).get(key).await
     }
 
     async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Entry>>> {
-        self.inner.get_many(keys).await
+        (*self.inner).get_many(keys).await
     }
 
     async fn put(
@@ -79,25 +79,25 @@ impl CacheBackend for Restrict {
     ) -> Result<Version> {
         self.caps.check_put_mode(mode)?;
         self.caps.check_value_size(value.len())?;
-        self.inner.put(key, value, ttl, mode).await
+        (*self.inner).put(key, value, ttl, mode).await
     }
 
     async fn put_many(&self, items: &[(Key, Bytes)], ttl: Option<Ttl>) -> Result<Vec<Version>> {
         for (_, v) in items {
             self.caps.check_value_size(v.len())?;
         }
-        self.inner.put_many(items, ttl).await
+        (*self.inner).put_many(items, ttl).await
     }
 
     async fn delete(&self, key: &Key, mode: DeleteMode) -> Result<bool> {
         if let DeleteMode::IfVersion(_) = mode {
             self.caps.check_conditional_delete()?;
         }
-        self.inner.delete(key, mode).await
+        (*self.inner).delete(key, mode).await
     }
 
     async fn touch(&self, key: &Key, ttl: Option<Ttl>) -> Result<bool> {
         self.caps.check_touch()?;
-        self.inner.touch(key, ttl).await
+        (*self.inner).touch(key, ttl).await
     }
 }

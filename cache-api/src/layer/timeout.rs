@@ -90,7 +90,7 @@ impl Timeout {
                     ErrorKind::Timeout,
                     format!("{op} did not finish within {:?}", self.timeout),
                 )
-                .with_backend(self.inner.capabilities().name))
+                .with_backend((*self.inner).capabilities().name))
             }
         };
         if let Err(e) = &res {
@@ -132,16 +132,16 @@ fn is_infrastructure(e: &Error) -> bool {
 #[deny(clippy::missing_trait_methods)]
 impl CacheBackend for Timeout {
     fn capabilities(&self) -> &Capabilities {
-        self.inner.capabilities()
+        (*self.inner).capabilities()
     }
 
     async fn get(&self, key: &Key) -> Result<Option<Entry>> {
-        let r = self.run("get", self.inner.get(key)).await;
+        let r = self.run("get", (*self.inner).get(key)).await;
         self.fail_open("get", r, || None)
     }
 
     async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Entry>>> {
-        let r = self.run("get_many", self.inner.get_many(keys)).await;
+        let r = self.run("get_many", (*self.inner).get_many(keys)).await;
         self.fail_open("get_many", r, || vec![None; keys.len()])
     }
 
@@ -152,18 +152,20 @@ impl CacheBackend for Timeout {
         ttl: Option<Ttl>,
         mode: PutMode,
     ) -> Result<Version> {
-        self.run("put", self.inner.put(key, value, ttl, mode)).await
+        self.run("put", (*self.inner).put(key, value, ttl, mode))
+            .await
     }
 
     async fn put_many(&self, items: &[(Key, Bytes)], ttl: Option<Ttl>) -> Result<Vec<Version>> {
-        self.run("put_many", self.inner.put_many(items, ttl)).await
+        self.run("put_many", (*self.inner).put_many(items, ttl))
+            .await
     }
 
     async fn delete(&self, key: &Key, mode: DeleteMode) -> Result<bool> {
-        self.run("delete", self.inner.delete(key, mode)).await
+        self.run("delete", (*self.inner).delete(key, mode)).await
     }
 
     async fn touch(&self, key: &Key, ttl: Option<Ttl>) -> Result<bool> {
-        self.run("touch", self.inner.touch(key, ttl)).await
+        self.run("touch", (*self.inner).touch(key, ttl)).await
     }
 }
