@@ -87,6 +87,22 @@ mod memcached_ring {
     larder_cache_api::conformance_suite!(super::ring);
 }
 
+/// memcached may evict and restarts its CAS counter: coordination refuses it, clearly.
+#[tokio::test]
+async fn coordination_refuses_memcached() {
+    let b = single().await;
+    let e = larder::coord::check_backend(&b).unwrap_err();
+    assert_eq!(e.kind(), larder::ErrorKind::Unsupported);
+    assert!(e.to_string().contains("memcached"), "{e}");
+    let lease = larder::coord::Lease::new(
+        b.clone(),
+        "x",
+        larder::coord::HolderId::generate(),
+        larder::coord::LeaseConfig::default(),
+    );
+    assert_eq!(lease.unwrap_err().kind(), larder::ErrorKind::Unsupported);
+}
+
 fn key(tag: &str) -> Key {
     Key::new(format!("mc-test-{tag}")).unwrap()
 }

@@ -85,6 +85,10 @@ mod sled_spawn_blocking {
     larder_cache_api::conformance_suite!(super::blocking_backend);
 }
 
+mod sled_lease {
+    larder_cache_api::lease_suite!(super::default_backend);
+}
+
 fn k(s: &str) -> Key {
     Key::new(s).unwrap()
 }
