@@ -9,6 +9,7 @@
 pub mod cluster;
 pub mod db;
 pub mod fault;
+pub mod owning;
 pub mod proxy;
 pub mod server;
 pub mod tls;

@@ -381,3 +381,55 @@ async fn session_expiry_sweeps_once_per_period_across_processes() {
     assert_eq!(status[0].last_run.as_ref().unwrap().outcome, Some(Ok(())));
     assert!(status[0].next_due_ms.unwrap() > 42 * MIN);
 }
+
+#[tokio::test]
+async fn overlapping_runs_both_finish_and_neither_is_cancelled() {
+    let b: DynBackend = Arc::new(MemoryBackend::default());
+    let clock = Arc::new(ManualClock::new(3 * MIN));
+    let runs = Arc::new(AtomicUsize::new(0));
+    let a = scheduler(
+        &b,
+        &clock,
+        "a",
+        counting_task("o", runs.clone()).allow_overlap(true),
+    );
+    let c = scheduler(
+        &b,
+        &clock,
+        "c",
+        counting_task("o", runs.clone()).allow_overlap(true),
+    );
+    let spec = counting_task("o", runs).allow_overlap(true);
+    let first = a.claim(&spec).await.unwrap().unwrap();
+    clock.advance(MIN);
+    let second = c.claim(&spec).await.unwrap().unwrap();
+    assert!(second.token > first.token);
+    assert!(
+        a.heartbeat(&first).await.unwrap(),
+        "a later period does not end the earlier run"
+    );
+    assert!(c.heartbeat(&second).await.unwrap());
+    assert!(c.finish(&second, Ok(())).await.unwrap());
+    assert!(a.finish(&first, Err("slow".into())).await.unwrap());
+    let st = a.status().await.unwrap();
+    let last = st[0].last_run.as_ref().unwrap();
+    assert_eq!(
+        (last.period, last.token),
+        (second.period, second.token),
+        "the later run stays the last one"
+    );
+    assert!(st[0].running.is_none());
+}
+
+#[tokio::test]
+async fn a_holder_that_takes_its_lease_back_starts_a_new_term() {
+    let b: DynBackend = Arc::new(MemoryBackend::default());
+    let l = Lease::new(b, "again", HolderId::generate(), fast_lease()).unwrap();
+    let first = l.try_acquire().await.unwrap().unwrap();
+    // Lost its `Held` (stepped down after an ambiguous renewal), takes it back at once.
+    let second = l.try_acquire().await.unwrap().unwrap();
+    assert!(
+        second.token > first.token,
+        "leftovers of the old term are fenced off"
+    );
+}

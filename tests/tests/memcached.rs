@@ -9,50 +9,12 @@ use std::time::{Duration, Instant};
 
 use larder::{Bytes, CacheBackend, ErrorKind, Key, PutMode, Ttl};
 use larder_backend_memcached::{MemcachedBackend, MemcachedConfig};
-use larder_cache_api::{async_trait, Capabilities, DeleteMode, DynBackend, Entry, Result, Version};
+use larder_cache_api::DynBackend;
+use larder_tests::owning::Owning;
 use larder_tests::proxy::{FaultProxy, Mode};
 use larder_tests::server::ServerProcess;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-
-/// A backend that owns the memcached processes it talks to, so every case gets its own
-/// servers and they are killed when the case drops the backend.
-#[derive(Debug)]
-struct Served {
-    backend: MemcachedBackend,
-    _servers: Vec<ServerProcess>,
-}
-
-#[async_trait]
-impl CacheBackend for Served {
-    fn capabilities(&self) -> &Capabilities {
-        self.backend.capabilities()
-    }
-    async fn get(&self, key: &Key) -> Result<Option<Entry>> {
-        self.backend.get(key).await
-    }
-    async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Entry>>> {
-        self.backend.get_many(keys).await
-    }
-    async fn put(
-        &self,
-        key: &Key,
-        value: Bytes,
-        ttl: Option<Ttl>,
-        mode: PutMode,
-    ) -> Result<Version> {
-        self.backend.put(key, value, ttl, mode).await
-    }
-    async fn put_many(&self, items: &[(Key, Bytes)], ttl: Option<Ttl>) -> Result<Vec<Version>> {
-        self.backend.put_many(items, ttl).await
-    }
-    async fn delete(&self, key: &Key, mode: DeleteMode) -> Result<bool> {
-        self.backend.delete(key, mode).await
-    }
-    async fn touch(&self, key: &Key, ttl: Option<Ttl>) -> Result<bool> {
-        self.backend.touch(key, ttl).await
-    }
-}
 
 fn url(servers: &[&ServerProcess]) -> String {
     let hosts: Vec<String> = servers.iter().map(|s| s.addr()).collect();
@@ -62,10 +24,7 @@ fn url(servers: &[&ServerProcess]) -> String {
 async fn single() -> DynBackend {
     let server = ServerProcess::memcached_with(&["-I", "2m"]);
     let backend = MemcachedBackend::connect(&url(&[&server])).await.unwrap();
-    Arc::new(Served {
-        backend,
-        _servers: vec![server],
-    })
+    Owning::wrap(Arc::new(backend), server)
 }
 
 async fn ring() -> DynBackend {
@@ -73,10 +32,7 @@ async fn ring() -> DynBackend {
     let backend = MemcachedBackend::connect(&url(&servers.iter().collect::<Vec<_>>()))
         .await
         .unwrap();
-    Arc::new(Served {
-        backend,
-        _servers: servers,
-    })
+    Owning::wrap(Arc::new(backend), servers)
 }
 
 mod memcached {

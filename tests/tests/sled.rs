@@ -12,56 +12,17 @@ use std::time::{Duration, Instant};
 
 use larder_backend_sled::{Dispatch, Flush, SledBackend, SledConfig, ENTRIES_TREE, EXPIRY_TREE};
 use larder_cache_api::{
-    async_trait, Bytes, CacheBackend, Capabilities, DeleteMode, DynBackend, Entry, ErrorKind, Key,
-    PutMode, Result, Ttl, Version,
+    Bytes, CacheBackend, DeleteMode, DynBackend, ErrorKind, Key, PutMode, Result, Ttl, Version,
 };
-use tempfile::TempDir;
+use larder_tests::owning::Owning;
 use tokio::io::{AsyncBufReadExt, BufReader};
-
-/// A backend that owns its temporary directory, removed after the database is closed.
-#[derive(Debug)]
-struct InTempDir {
-    backend: SledBackend,
-    _dir: TempDir,
-}
-
-#[async_trait]
-impl CacheBackend for InTempDir {
-    fn capabilities(&self) -> &Capabilities {
-        self.backend.capabilities()
-    }
-    async fn get(&self, key: &Key) -> Result<Option<Entry>> {
-        self.backend.get(key).await
-    }
-    async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Entry>>> {
-        self.backend.get_many(keys).await
-    }
-    async fn put(
-        &self,
-        key: &Key,
-        value: Bytes,
-        ttl: Option<Ttl>,
-        mode: PutMode,
-    ) -> Result<Version> {
-        self.backend.put(key, value, ttl, mode).await
-    }
-    async fn put_many(&self, items: &[(Key, Bytes)], ttl: Option<Ttl>) -> Result<Vec<Version>> {
-        self.backend.put_many(items, ttl).await
-    }
-    async fn delete(&self, key: &Key, mode: DeleteMode) -> Result<bool> {
-        self.backend.delete(key, mode).await
-    }
-    async fn touch(&self, key: &Key, ttl: Option<Ttl>) -> Result<bool> {
-        self.backend.touch(key, ttl).await
-    }
-}
 
 async fn in_temp_dir(configure: impl FnOnce(SledConfig) -> SledConfig) -> DynBackend {
     let dir = tempfile::tempdir().unwrap();
     let backend = SledBackend::new(configure(SledConfig::new(dir.path())))
         .await
         .unwrap();
-    Arc::new(InTempDir { backend, _dir: dir })
+    Owning::wrap(Arc::new(backend), dir)
 }
 
 /// Defaults: inline calls, background flush, sweeper on.

@@ -243,8 +243,10 @@ impl Lease {
             }
             Some((rec, version)) => {
                 if rec.holder == self.holder.as_str() && !rec.released {
-                    // Ours already (a renewal after a lost `Held`).
-                    let next = self.record(rec.token, rec.acquired_at_ms);
+                    // Ours already (this process stepped down, e.g. after an ambiguous
+                    // renewal): take it back at once, but as a new term with a new token, so
+                    // fenced writes can tell the old term's leftovers from the new one's.
+                    let next = self.record(rec.token + 1, self.clock.now_ms());
                     (
                         next.clone(),
                         self.cache.replace(&self.key, &next, None, version).await,

@@ -156,7 +156,7 @@ pub struct RunContext {
     /// The fencing token of this run: pass it to fenced writes.
     pub token: u64,
     /// Cancelled if this process loses the run (at-least-once: another process took it
-    /// over) or the scheduler stops.
+    /// over) or, for a scheduler started with [`Scheduler::spawn`], when it is stopped.
     pub cancel: CancellationToken,
 }
 
@@ -309,6 +309,8 @@ pub struct Claim {
     pub period: i64,
     /// The run's token.
     pub token: u64,
+    /// When it was claimed (this process's clock, ms).
+    pub started_at_ms: i64,
 }
 
 /// The status of a task, for operators.
@@ -513,6 +515,7 @@ impl Scheduler {
         period: i64,
     ) -> Result<Option<Claim>> {
         let token = rec.token;
+        let started_at_ms = rec.running.as_ref().map_or(0, |r| r.started_at_ms);
         let res = match version {
             None => self.cache.create(key, &rec, None).await,
             Some(v) => self.cache.replace(key, &rec, None, v).await,
@@ -522,32 +525,49 @@ impl Scheduler {
                 task: task.name.clone(),
                 period,
                 token,
+                started_at_ms,
             })),
             Err(e) if e.kind() == ErrorKind::Conflict => Ok(None),
             Err(e) => Err(e),
         }
     }
 
-    /// Records the end of a claimed run (only if the run is still ours).
+    /// Records the end of a claimed run. Returns `false` (and records nothing) if the run
+    /// was taken over by another process (at-least-once); a run that overlapped a later
+    /// period's run is recorded as the last run only if no later run has ended.
     pub async fn finish(
         &self,
         claim: &Claim,
         outcome: std::result::Result<(), String>,
     ) -> Result<bool> {
         let key = Self::key(&claim.task)?;
+        let mine = RunInfo {
+            period: claim.period,
+            holder: self.holder.as_str().to_owned(),
+            token: claim.token,
+            started_at_ms: claim.started_at_ms,
+            finished_at_ms: Some(self.clock.now_ms()),
+            outcome: Some(outcome),
+        };
         for _ in 0..16 {
             let Some((mut rec, v)) = self.cache.get_versioned::<TaskRecord>(&key).await? else {
                 return Ok(false);
             };
-            let Some(run) = rec.running.clone().filter(|r| r.token == claim.token) else {
-                return Ok(false);
-            };
-            rec.running = None;
-            rec.last_run = Some(RunInfo {
-                finished_at_ms: Some(self.clock.now_ms()),
-                outcome: Some(outcome.clone()),
-                ..run
-            });
+            match &rec.running {
+                Some(r) if r.token == claim.token => rec.running = None,
+                // Same period, another token: taken over; the new holder records it.
+                Some(r) if r.period == claim.period => return Ok(false),
+                _ => match &rec.last_run {
+                    // The same period ended under another token: it was taken over.
+                    Some(l) if l.period == claim.period && l.token != claim.token => {
+                        return Ok(false)
+                    }
+                    // A later period has already ended: keep it as the last run.
+                    Some(l) if l.period > claim.period => return Ok(true),
+                    _ => {}
+                },
+            }
+            rec.last_run = Some(mine.clone());
             match self.cache.replace(&key, &rec, None, v).await {
                 Ok(_) => return Ok(true),
                 Err(e) if e.kind() == ErrorKind::Conflict => continue,
@@ -565,9 +585,15 @@ impl Scheduler {
             let Some((mut rec, v)) = self.cache.get_versioned::<TaskRecord>(&key).await? else {
                 return Ok(false);
             };
-            match rec.running.as_mut().filter(|r| r.token == claim.token) {
-                Some(run) => run.started_at_ms = run.started_at_ms.max(0),
-                None => return Ok(false),
+            match rec.running.as_mut() {
+                Some(run) if run.token == claim.token => {
+                    run.started_at_ms = run.started_at_ms.max(0)
+                }
+                // Same period, another token: another process took this run over.
+                Some(run) if run.period == claim.period => return Ok(false),
+                // A later period has been claimed (overlap allowed): this run goes on, but
+                // the record now tracks the later one, so there is nothing to beat.
+                _ => return Ok(true),
             }
             // Rewriting the same record gives it a new version: that is the heartbeat.
             match self.cache.replace(&key, &rec, None, v).await {
@@ -583,6 +609,11 @@ impl Scheduler {
     /// heartbeating meanwhile. Returns the claims run. [`spawn`](Scheduler::spawn) calls it
     /// in a loop; tests call it directly.
     pub async fn tick(&self) -> Result<Vec<Claim>> {
+        self.tick_until(&CancellationToken::new()).await
+    }
+
+    /// [`tick`](Scheduler::tick), with runs cancelled when `stop` is.
+    async fn tick_until(&self, stop: &CancellationToken) -> Result<Vec<Claim>> {
         let mut done = Vec::new();
         for task in &self.tasks {
             // Catch-up may leave several due periods: claim them one by one.
@@ -590,7 +621,7 @@ impl Scheduler {
                 let Some(claim) = self.claim(task).await? else {
                     break;
                 };
-                self.run(task, &claim, CancellationToken::new()).await?;
+                self.run(task, &claim, stop.child_token()).await?;
                 done.push(claim);
             }
         }
@@ -669,7 +700,7 @@ impl Scheduler {
                     _ = s2.cancelled() => return,
                     _ = tokio::time::sleep(self.config.poll) => {}
                 }
-                if let Err(e) = self.tick().await {
+                if let Err(e) = self.tick_until(&s2).await {
                     tracing::warn!(error = %e, "scheduler pass failed; retrying");
                 }
             }
