@@ -74,6 +74,20 @@ pub(crate) fn db_error(backend: &'static str, op: &'static str, e: sqlx::Error) 
         .with_source(e)
 }
 
+/// A row `(principal, data, version, expires_at)` of `larder_sessions` as a record.
+pub(crate) fn record(
+    id: &crate::id::SessionId,
+    (principal, data, version, expires_at): (Option<String>, Vec<u8>, i64, i64),
+) -> larder_cache_api::Result<crate::record::Record> {
+    Ok(crate::record::Record {
+        id: id.clone(),
+        data: crate::record::SessionData::from_bytes(&data)?,
+        principal,
+        expires_at: crate::record::Timestamp(expires_at),
+        version,
+    })
+}
+
 /// Implements [`SessionStore`](crate::SessionStore) for `$store` over database `$db`.
 macro_rules! sql_store {
     ($store:ident, $db:ty, $name:literal) => {
@@ -135,16 +149,7 @@ macro_rules! sql_store {
                 .fetch_optional(&self.pool)
                 .await
                 .map_err(|e| $crate::sql::db_error($name, "load", e))?;
-                row.map(|(principal, data, version, expires_at)| {
-                    Ok($crate::record::Record {
-                        id: id.clone(),
-                        data: $crate::record::SessionData::from_bytes(&data)?,
-                        principal,
-                        expires_at: $crate::record::Timestamp(expires_at),
-                        version,
-                    })
-                })
-                .transpose()
+                row.map(|row| $crate::sql::record(id, row)).transpose()
             }
 
             async fn save(
@@ -211,16 +216,7 @@ macro_rules! sql_store {
                 .fetch_optional(&self.pool)
                 .await
                 .map_err(|e| $crate::sql::db_error($name, "touch", e))?;
-                row.map(|(principal, data, version, expires_at)| {
-                    Ok($crate::record::Record {
-                        id: id.clone(),
-                        data: $crate::record::SessionData::from_bytes(&data)?,
-                        principal,
-                        expires_at: $crate::record::Timestamp(expires_at),
-                        version,
-                    })
-                })
-                .transpose()
+                row.map(|row| $crate::sql::record(id, row)).transpose()
             }
 
             async fn delete(&self, id: &$crate::id::SessionId) -> larder_cache_api::Result<bool> {
