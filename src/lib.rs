@@ -24,5 +24,8 @@ pub mod backends {
 #[cfg(any(feature = "postgres", feature = "sqlite", feature = "tower-sessions"))]
 pub use larder_session_persist as sessions;
 
+/// The operator command line `larder` (feature `cli`).
+#[cfg(feature = "cli")]
+pub mod cli;
 mod connect;
 pub use connect::connect;

@@ -1,0 +1,78 @@
+//! The `larder` binary itself: output, exit codes, one-line errors. Needs no server.
+#![allow(clippy::unwrap_used)]
+
+use std::process::{Command, Output};
+
+fn larder(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_larder"))
+        .args(args)
+        .env_remove("LARDER_DATABASE_URL")
+        .env_remove("LARDER_CACHE_URL")
+        .output()
+        .unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn ping_prints_ok_and_exits_zero() {
+    let out = larder(&["--cache-url", "memory://", "cache", "ping"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).starts_with("OK memory: connect "));
+}
+
+#[test]
+fn the_cache_url_comes_from_the_environment_too() {
+    let out = Command::new(env!("CARGO_BIN_EXE_larder"))
+        .args(["cache", "stats"])
+        .env("LARDER_CACHE_URL", "memory://?capacity=7")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("capacity           7 entries"));
+}
+
+#[test]
+fn runtime_errors_are_one_line_on_stderr_with_exit_code_1() {
+    for args in [
+        &["--cache-url", "redis://127.0.0.1:1", "cache", "ping"][..],
+        &["--cache-url", "carrier-pigeon://coop", "cache", "ping"][..],
+        &["sessions", "count"][..],
+        &[
+            "--database-url",
+            "sqlite://no-such-dir/none.db",
+            "sessions",
+            "count",
+        ][..],
+    ] {
+        let out = larder(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+        let err = text(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.starts_with("larder: error: "), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn usage_errors_exit_2_and_help_exits_0() {
+    let out = larder(&["frobnicate"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("frobnicate"));
+    let out = larder(&["sessions", "revoke"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("--principal"));
+    let out = larder(&["--help"]);
+    assert_eq!(out.status.code(), Some(0));
+    for cmd in [
+        "sessions",
+        "tasks",
+        "cache",
+        "LARDER_DATABASE_URL",
+        "LARDER_CACHE_URL",
+    ] {
+        assert!(text(&out.stdout).contains(cmd), "{cmd}");
+    }
+}

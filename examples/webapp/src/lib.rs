@@ -1,0 +1,738 @@
+//! The larder example web app: logins, a per-session counter, "log out everywhere", and a
+//! status page, on axum and tower-sessions.
+//!
+//! Sessions live in SQL (SQLite by default, or PostgreSQL) behind a write-through cache
+//! (sled by default, or Redis, memcached, memory); coordination (a leader lease and the
+//! session expiry task) runs in the same SQL database. Any number of instances can serve
+//! the same users with no sticky sessions, and a restart logs nobody out.
+//!
+//! The binary `larder-webapp` is [`Config`] parsed from flags and environment, then
+//! [`serve`]. Tests build the app in-process with [`App::build`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::extract::{Form, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use larder::coord::{
+    Elector, HolderId, Lease, LeaseConfig, Role, Scheduler, SchedulerConfig, TaskStatus,
+};
+use larder::sessions::{
+    expiry_task, CachedStore, IdHash, PgStore, Record, SessionData, SessionId, SessionStore,
+    SqliteStore, Timestamp, TowerStore, WriteThroughStats,
+};
+use larder::DynBackend;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tower_sessions::{Expiry, Session, SessionManagerLayer};
+
+/// The session key holding the logged-in user (also the session's principal).
+pub const USER_KEY: &str = "user";
+/// The session key holding the counter.
+pub const COUNTER_KEY: &str = "counter";
+/// The name of the leader lease.
+pub const LEADER_LEASE: &str = "leader";
+
+/// Configuration, from flags or environment variables. With none at all the app keeps
+/// everything under `./larder-data`: an SQLite file for sessions and coordination, and a
+/// sled cache.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "larder-webapp", version, about)]
+pub struct Config {
+    /// Where the embedded defaults keep their files (SQLite database, sled cache).
+    #[arg(long, env = "LARDER_DATA_DIR", default_value = "./larder-data")]
+    pub data_dir: PathBuf,
+    /// The session database: `sqlite://path` or `postgres://user@host/db` (a schema can be
+    /// chosen with `?options=-csearch_path%3Dname`). Default: `sessions.db` in the data
+    /// directory.
+    #[arg(long, env = "LARDER_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// The session cache: `sled:///path`, `redis://host:port`, `memcache://host:port` or
+    /// `memory://`. Default: a sled cache in the data directory.
+    #[arg(long, env = "LARDER_CACHE_URL")]
+    pub cache_url: Option<String>,
+    /// The port to listen on (127.0.0.1 unless `--bind` says otherwise).
+    #[arg(long, env = "LARDER_PORT", default_value_t = 3000)]
+    pub port: u16,
+    /// The address to listen on.
+    #[arg(long, env = "LARDER_BIND", default_value = "127.0.0.1")]
+    pub bind: std::net::IpAddr,
+    /// This instance's name, shown on the status page and in the leader lease. Default:
+    /// `<host>:<port>`.
+    #[arg(long, env = "LARDER_INSTANCE")]
+    pub instance: Option<String>,
+    /// Sessions expire this many seconds after they last changed (login, counter): the
+    /// app does not rewrite a session on requests that only read it.
+    #[arg(long, env = "LARDER_SESSION_TTL_SECS", default_value_t = 86_400)]
+    pub session_ttl_secs: u64,
+    /// How often the session expiry task runs (once per period across all instances).
+    #[arg(long, env = "LARDER_EXPIRY_INTERVAL_MS", default_value_t = 60_000)]
+    pub expiry_interval_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./larder-data"),
+            database_url: None,
+            cache_url: None,
+            port: 3000,
+            bind: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            instance: None,
+            session_ttl_secs: 86_400,
+            expiry_interval_ms: 60_000,
+        }
+    }
+}
+
+/// Errors while starting the app.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Counts the expiry task's runs in this process (wraps the store the task sweeps).
+#[derive(Debug)]
+struct CountSweeps {
+    inner: Arc<dyn SessionStore>,
+    runs: Arc<AtomicU64>,
+}
+
+#[async_trait]
+impl SessionStore for CountSweeps {
+    async fn create(
+        &self,
+        data: SessionData,
+        principal: Option<String>,
+        expires_at: Timestamp,
+    ) -> larder::Result<Record> {
+        self.inner.create(data, principal, expires_at).await
+    }
+    async fn load(&self, id: &SessionId) -> larder::Result<Option<Record>> {
+        self.inner.load(id).await
+    }
+    async fn load_authoritative(&self, id: &SessionId) -> larder::Result<Option<Record>> {
+        self.inner.load_authoritative(id).await
+    }
+    async fn save(&self, record: &Record) -> larder::Result<Record> {
+        self.inner.save(record).await
+    }
+    async fn touch(&self, id: &SessionId, expires_at: Timestamp) -> larder::Result<Option<Record>> {
+        self.inner.touch(id, expires_at).await
+    }
+    async fn delete(&self, id: &SessionId) -> larder::Result<bool> {
+        self.inner.delete(id).await
+    }
+    async fn rotate(&self, id: &SessionId) -> larder::Result<Option<Record>> {
+        self.inner.rotate(id).await
+    }
+    async fn delete_principal(&self, principal: &str) -> larder::Result<Vec<IdHash>> {
+        self.inner.delete_principal(principal).await
+    }
+    async fn sweep(&self, batch: u32) -> larder::Result<u64> {
+        self.runs.fetch_add(1, Ordering::Relaxed);
+        self.inner.sweep(batch).await
+    }
+    async fn count(&self) -> larder::Result<u64> {
+        self.inner.count().await
+    }
+}
+
+/// Shared state of the request handlers.
+#[derive(Debug)]
+struct Shared {
+    instance: String,
+    database: String,
+    cache: String,
+    store: Arc<dyn SessionStore>,
+    stats: Arc<WriteThroughStats>,
+    lease: Arc<Lease>,
+    role: tokio::sync::watch::Receiver<Role>,
+    scheduler: Arc<Scheduler>,
+    expiry_runs: Arc<AtomicU64>,
+    expired_removed: Arc<AtomicU64>,
+}
+
+/// A built app: the router plus the background coordination it started.
+#[derive(Debug)]
+pub struct App {
+    router: Router,
+    shared: Arc<Shared>,
+    elector: Elector,
+    scheduler_stop: tokio_util::sync::CancellationToken,
+    scheduler_task: tokio::task::JoinHandle<()>,
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    let p = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map(|d| d.join(p))
+            .unwrap_or_else(|_| p.to_path_buf())
+    };
+    // `/srv/./larder-data` reads better as `/srv/larder-data`.
+    p.components()
+        .filter(|c| !matches!(c, std::path::Component::CurDir))
+        .collect()
+}
+
+/// Hides a password in a URL for display.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+impl App {
+    /// Opens the database and the cache, starts the leader elector and the expiry
+    /// scheduler, and builds the router. Must run inside a tokio runtime.
+    pub async fn build(config: &Config) -> Result<App, BoxError> {
+        let data_dir = absolute(&config.data_dir);
+        let needs_dir = config.database_url.is_none() || config.cache_url.is_none();
+        if needs_dir {
+            std::fs::create_dir_all(&data_dir).map_err(|e| {
+                format!(
+                    "cannot create the data directory {}: {e}",
+                    data_dir.display()
+                )
+            })?;
+        }
+        let instance = config.instance.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "localhost".into());
+            format!("{host}:{}", config.port)
+        });
+
+        // The authority: SQL. Coordination state lives in the same database.
+        let (sql, kv, database): (Arc<dyn SessionStore>, DynBackend, String) =
+            match config.database_url.as_deref() {
+                None => {
+                    let path = data_dir.join("sessions.db");
+                    let s = SqliteStore::open(&path).await?;
+                    let kv: DynBackend = Arc::new(s.kv());
+                    (Arc::new(s), kv, format!("sqlite {}", path.display()))
+                }
+                Some(url) if url.starts_with("sqlite:") => {
+                    let s = SqliteStore::connect(url).await?;
+                    let kv: DynBackend = Arc::new(s.kv());
+                    (Arc::new(s), kv, format!("sqlite {url}"))
+                }
+                Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                    let s = PgStore::connect(url).await?;
+                    let kv: DynBackend = Arc::new(s.kv());
+                    (Arc::new(s), kv, format!("postgres {}", redact(url)))
+                }
+                Some(url) => {
+                    return Err(format!(
+                        "unsupported database URL {:?} (use sqlite://path or postgres://...)",
+                        redact(url)
+                    )
+                    .into())
+                }
+            };
+
+        // The cache in front of it.
+        let cache_url = match &config.cache_url {
+            Some(u) => u.clone(),
+            None => format!("sled://{}", data_dir.join("cache").display()),
+        };
+        let cache_backend = larder::connect(&cache_url).await?;
+        let cache = format!(
+            "{} {}",
+            cache_backend.capabilities().name,
+            redact(&cache_url)
+        );
+        let cached = CachedStore::new(sql.clone(), cache_backend);
+        let stats = cached.stats();
+        let store: Arc<dyn SessionStore> = Arc::new(cached);
+
+        // Coordination: a leader lease, and the expiry task once per period across all
+        // instances.
+        let holder = HolderId::named(&instance);
+        let lease = Arc::new(Lease::new(
+            kv.clone(),
+            LEADER_LEASE,
+            holder.clone(),
+            LeaseConfig::default(),
+        )?);
+        let elector = Elector::spawn(lease.clone());
+        let every = Duration::from_millis(config.expiry_interval_ms.max(1));
+        let expiry_runs = Arc::new(AtomicU64::new(0));
+        let expired_removed = Arc::new(AtomicU64::new(0));
+        let counted: Arc<dyn SessionStore> = Arc::new(CountSweeps {
+            inner: sql,
+            runs: expiry_runs.clone(),
+        });
+        let poll = (every / 4).clamp(Duration::from_millis(50), Duration::from_millis(500));
+        let scheduler = Arc::new(
+            Scheduler::new(
+                kv,
+                holder,
+                SchedulerConfig::default()
+                    .process_name(instance.clone())
+                    .poll(poll),
+            )?
+            .with_task(expiry_task(counted, every, 1000, expired_removed.clone()))?,
+        );
+        let (stop, scheduler_task) = scheduler.clone().spawn();
+
+        let shared = Arc::new(Shared {
+            instance,
+            database,
+            cache,
+            store: store.clone(),
+            stats,
+            lease,
+            role: elector.watch(),
+            scheduler,
+            expiry_runs,
+            expired_removed,
+        });
+        let sessions = SessionManagerLayer::new(TowerStore::new(store).principal_key(USER_KEY))
+            .with_secure(false)
+            .with_expiry(Expiry::OnInactivity(
+                tower_sessions::cookie::time::Duration::seconds(
+                    i64::try_from(config.session_ttl_secs).unwrap_or(i64::MAX / 2),
+                ),
+            ));
+        let router = Router::new()
+            .route("/", get(index))
+            .route("/login", post(login))
+            .route("/logout", post(logout))
+            .route("/logout-everywhere", post(logout_everywhere))
+            .route("/counter", post(counter))
+            .route("/whoami", get(whoami))
+            .route("/status", get(status_html))
+            .route("/status.json", get(status_json))
+            .layer(sessions)
+            .with_state(shared.clone());
+        Ok(App {
+            router,
+            shared,
+            elector,
+            scheduler_stop: stop,
+            scheduler_task,
+        })
+    }
+
+    /// The router (for serving it in-process).
+    pub fn router(&self) -> Router {
+        self.router.clone()
+    }
+
+    /// This instance's name.
+    pub fn instance(&self) -> &str {
+        &self.shared.instance
+    }
+
+    /// What the session database is, for display (`sqlite <path>`, `postgres <url>`).
+    pub fn database(&self) -> &str {
+        &self.shared.database
+    }
+
+    /// What the cache is, for display (`sled <url>`, `redis <url>`...).
+    pub fn cache(&self) -> &str {
+        &self.shared.cache
+    }
+
+    /// Stops the background coordination: the scheduler, then the elector (which releases
+    /// the leader lease if held).
+    pub async fn shutdown(self) {
+        self.scheduler_stop.cancel();
+        let _ = self.scheduler_task.await;
+        self.elector.stop().await;
+    }
+}
+
+/// Serves `config` until SIGTERM or ctrl-c, then shuts down cleanly.
+pub async fn serve(config: Config) -> Result<(), BoxError> {
+    let app = App::build(&config).await?;
+    let addr = SocketAddr::new(config.bind, config.port);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let shown = if addr.ip().is_unspecified() {
+        format!("http://127.0.0.1:{}", addr.port())
+    } else {
+        format!("http://{addr}")
+    };
+    println!(
+        "larder-webapp listening on {shown} (instance {}, {}, {})",
+        app.instance(),
+        app.database(),
+        app.cache()
+    );
+    axum::serve(listener, app.router())
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    app.shutdown().await;
+    println!("larder-webapp stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Handlers
+
+type AppState = State<Arc<Shared>>;
+
+#[derive(Debug)]
+struct AppError(String);
+
+impl<E: std::fmt::Display> From<E> for AppError {
+    fn from(e: E) -> Self {
+        AppError(e.to_string())
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        tracing::warn!(error = %self.0, "request failed");
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("error: {}\n", self.0),
+        )
+            .into_response()
+    }
+}
+
+type HResult<T> = std::result::Result<T, AppError>;
+
+#[derive(Debug, Deserialize)]
+struct FormatQuery {
+    format: Option<String>,
+}
+
+fn wants_json(q: &FormatQuery, headers: &HeaderMap) -> bool {
+    q.format.as_deref() == Some("json")
+        || headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|a| a.contains("application/json"))
+}
+
+fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn page(title: &str, body: &str) -> Html<String> {
+    Html(format!(
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{title}</title>\
+         <style>body{{font-family:sans-serif;max-width:40em;margin:2em auto}}\
+         form{{display:inline-block;margin:0 .5em .5em 0}}td{{padding:0 1em 0 0}}</style>\
+         </head><body>{body}</body></html>\n"
+    ))
+}
+
+async fn index(State(s): AppState, session: Session) -> HResult<Html<String>> {
+    let user: Option<String> = session.get(USER_KEY).await?;
+    let body = match user {
+        None => format!(
+            "<h1>larder example</h1><p>Not logged in (instance <code>{inst}</code>).</p>\
+             <form method=\"post\" action=\"/login\"><label>User \
+             <input id=\"user\" name=\"user\" autofocus required></label> \
+             <button id=\"login\" type=\"submit\">Log in</button></form>\
+             <p><a href=\"/status\">status</a></p>",
+            inst = escape(&s.instance)
+        ),
+        Some(user) => {
+            let n: u64 = session.get(COUNTER_KEY).await?.unwrap_or(0);
+            format!(
+                "<h1>larder example</h1>\
+                 <p>Who am I: <strong id=\"whoami\">{user}</strong> \
+                 (served by instance <code>{inst}</code>)</p>\
+                 <p>Counter: <strong id=\"counter\">{n}</strong></p>\
+                 <form method=\"post\" action=\"/counter\"><button id=\"increment\" type=\"submit\">Increment</button></form>\
+                 <form method=\"post\" action=\"/logout\"><button id=\"logout\" type=\"submit\">Log out</button></form>\
+                 <form method=\"post\" action=\"/logout-everywhere\"><button id=\"logout-everywhere\" type=\"submit\">Log out everywhere</button></form>\
+                 <p><a href=\"/status\">status</a></p>",
+                user = escape(&user),
+                inst = escape(&s.instance)
+            )
+        }
+    };
+    Ok(page("larder example", &body))
+}
+
+#[derive(Debug, Deserialize)]
+struct LoginForm {
+    user: String,
+}
+
+async fn login(
+    session: Session,
+    q: Query<FormatQuery>,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> HResult<Response> {
+    let user = form.user.trim().to_owned();
+    if user.is_empty() || user.len() > 200 {
+        return Ok((StatusCode::BAD_REQUEST, "user must be 1 to 200 bytes\n").into_response());
+    }
+    // A new session id at login, against session fixation.
+    session.cycle_id().await?;
+    session.insert(USER_KEY, &user).await?;
+    if wants_json(&q, &headers) {
+        return Ok(Json(json!({ "user": user })).into_response());
+    }
+    Ok(Redirect::to("/").into_response())
+}
+
+async fn logout(session: Session) -> HResult<Redirect> {
+    session.flush().await?;
+    Ok(Redirect::to("/"))
+}
+
+async fn logout_everywhere(
+    State(s): AppState,
+    session: Session,
+    q: Query<FormatQuery>,
+    headers: HeaderMap,
+) -> HResult<Response> {
+    let user: Option<String> = session.get(USER_KEY).await?;
+    let mut removed = 0;
+    if let Some(user) = &user {
+        removed = s.store.delete_principal(user).await?.len();
+    }
+    session.flush().await?;
+    if wants_json(&q, &headers) {
+        return Ok(Json(json!({ "user": user, "sessions_deleted": removed })).into_response());
+    }
+    Ok(Redirect::to("/").into_response())
+}
+
+async fn counter(
+    State(s): AppState,
+    session: Session,
+    q: Query<FormatQuery>,
+    headers: HeaderMap,
+) -> HResult<Response> {
+    let json = wants_json(&q, &headers);
+    let user: Option<String> = session.get(USER_KEY).await?;
+    if user.is_none() {
+        return Ok(if json {
+            (
+                StatusCode::UNAUTHORIZED,
+                Json(json!({ "error": "not logged in" })),
+            )
+                .into_response()
+        } else {
+            Redirect::to("/").into_response()
+        });
+    }
+    let n: u64 = session.get(COUNTER_KEY).await?.unwrap_or(0) + 1;
+    session.insert(COUNTER_KEY, n).await?;
+    // Save now, so a failure is this request's error rather than a lost increment.
+    session.save().await?;
+    if json {
+        return Ok(
+            Json(json!({ "user": user, "counter": n, "instance": s.instance })).into_response(),
+        );
+    }
+    Ok(Redirect::to("/").into_response())
+}
+
+async fn whoami(
+    State(s): AppState,
+    session: Session,
+    q: Query<FormatQuery>,
+    headers: HeaderMap,
+) -> HResult<Response> {
+    let user: Option<String> = session.get(USER_KEY).await?;
+    let n: u64 = session.get(COUNTER_KEY).await?.unwrap_or(0);
+    if wants_json(&q, &headers) {
+        return Ok(Json(json!({
+            "user": user,
+            "counter": n,
+            "instance": s.instance,
+        }))
+        .into_response());
+    }
+    let text = match user {
+        Some(u) => format!("{u}\n"),
+        None => "not logged in\n".to_owned(),
+    };
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
+}
+
+fn task_json(t: &TaskStatus) -> Value {
+    let run = |r: &larder::coord::RunInfo| {
+        json!({
+            "period": r.period,
+            "holder": r.holder,
+            "token": r.token,
+            "started_at_ms": r.started_at_ms,
+            "finished_at_ms": r.finished_at_ms,
+            "ok": r.outcome.as_ref().map(|o| o.is_ok()),
+        })
+    };
+    json!({
+        "name": t.name,
+        "last_period": t.last_period,
+        "token": t.token,
+        "running": t.running.as_ref().map(run),
+        "last_run": t.last_run.as_ref().map(run),
+        "next_due_ms": t.next_due_ms,
+    })
+}
+
+async fn status_value(s: &Shared) -> Value {
+    let st = s.stats.snapshot();
+    let sessions = match s.store.count().await {
+        Ok(n) => json!(n),
+        Err(e) => json!({ "error": e.to_string() }),
+    };
+    let leader = match s.lease.observe().await {
+        Ok(Some(r)) => json!({
+            "holder": r.holder,
+            "token": r.token,
+            "released": r.released,
+            "renewed_at_ms": r.renewed_at_ms,
+        }),
+        Ok(None) => Value::Null,
+        Err(e) => json!({ "error": e.to_string() }),
+    };
+    let tasks = match s.scheduler.status().await {
+        Ok(ts) => Value::Array(ts.iter().map(task_json).collect()),
+        Err(e) => json!({ "error": e.to_string() }),
+    };
+    let is_leader = matches!(&*s.role.borrow(), Role::Leader(_));
+    json!({
+        "instance": s.instance,
+        "holder": s.lease.holder().as_str(),
+        "database": s.database,
+        "cache": s.cache,
+        "cache_stats": {
+            "hits": st.hits,
+            "misses": st.misses,
+            "errors": st.cache_errors,
+            "invalidations": st.invalidations,
+            "skipped": st.skipped,
+        },
+        "sessions": sessions,
+        "leader": leader,
+        "this_instance_is_leader": is_leader,
+        "tasks": tasks,
+        "expiry_runs_here": s.expiry_runs.load(Ordering::Relaxed),
+        "expired_removed_here": s.expired_removed.load(Ordering::Relaxed),
+    })
+}
+
+async fn status_json(State(s): AppState) -> Json<Value> {
+    Json(status_value(&s).await)
+}
+
+fn fmt_ms(ms: Option<i64>) -> String {
+    match ms {
+        None => "never".into(),
+        Some(ms) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0);
+            let d = ms - now;
+            if d >= 0 {
+                format!("in {:.1} s", d as f64 / 1000.0)
+            } else {
+                format!("{:.1} s ago", -d as f64 / 1000.0)
+            }
+        }
+    }
+}
+
+async fn status_html(State(s): AppState) -> Html<String> {
+    let v = status_value(&s).await;
+    let str_of = |v: &Value| match v {
+        Value::String(s) => escape(s),
+        Value::Null => "none".into(),
+        other => escape(&other.to_string()),
+    };
+    let c = &v["cache_stats"];
+    let mut body = format!(
+        "<h1>Status of instance <code>{inst}</code></h1>\
+         <table><tr><td>database</td><td>{db}</td></tr>\
+         <tr><td>cache</td><td>{cache}</td></tr>\
+         <tr><td>live sessions</td><td id=\"sessions\">{sessions}</td></tr>\
+         <tr><td>cache hits / misses / errors</td><td id=\"cache\">{h} / {m} / {e}</td></tr>\
+         <tr><td>leader (lease \"{LEADER_LEASE}\")</td><td id=\"leader\">{lh} (token {lt}){me}</td></tr>",
+        inst = str_of(&v["instance"]),
+        db = str_of(&v["database"]),
+        cache = str_of(&v["cache"]),
+        sessions = str_of(&v["sessions"]),
+        h = c["hits"],
+        m = c["misses"],
+        e = c["errors"],
+        lh = str_of(&v["leader"]["holder"]),
+        lt = str_of(&v["leader"]["token"]),
+        me = if v["this_instance_is_leader"] == Value::Bool(true) {
+            " &mdash; this instance"
+        } else {
+            ""
+        },
+    );
+    if let Value::Array(tasks) = &v["tasks"] {
+        for t in tasks {
+            let lr = &t["last_run"];
+            body.push_str(&format!(
+                "<tr><td>task {name}</td><td>last run {last} by {holder} (token {token}), next due {next}</td></tr>",
+                name = str_of(&t["name"]),
+                last = fmt_ms(lr["started_at_ms"].as_i64()),
+                holder = str_of(&lr["holder"]),
+                token = str_of(&lr["token"]),
+                next = fmt_ms(t["next_due_ms"].as_i64()),
+            ));
+        }
+    }
+    body.push_str(&format!(
+        "<tr><td>expiry runs here</td><td>{}</td></tr></table>\
+         <p><a href=\"/\">home</a> &middot; <a href=\"/status.json\">status.json</a></p>",
+        v["expiry_runs_here"]
+    ));
+    page("larder status", &body)
+}

@@ -1,0 +1,152 @@
+//! A real browser (headless Chromium through chromedriver, driven with fantoccini) logs in
+//! through the HTML form, and stays logged in across a restart of the app.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::AppProcess;
+use fantoccini::{ClientBuilder, Locator};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+struct Driver(Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn chromedriver() -> String {
+    for p in ["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"] {
+        if Path::new(p).is_file() {
+            return p.to_owned();
+        }
+    }
+    panic!(
+        "chromedriver is not installed; the browser test needs Debian's Chromium: \
+         apt-get install -y chromium chromium-driver"
+    );
+}
+
+/// Waits until the element with this id shows `want`: the page may still be navigating, so
+/// missing and stale elements are retried for up to 15 s.
+async fn wait_text(browser: &fantoccini::Client, id: &str, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut last = String::from("(not found)");
+    loop {
+        if let Ok(el) = browser.find(Locator::Id(id)).await {
+            match el.text().await {
+                Ok(t) if t == want => return,
+                Ok(t) => last = t,
+                Err(e) => last = format!("(error: {e})"),
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "#{id} shows {last:?}, not {want:?}; page: {}",
+            browser.source().await.unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_stays_logged_in_across_a_restart() {
+    assert!(
+        Path::new(CHROMIUM).is_file(),
+        "{CHROMIUM} is missing; the browser test needs Debian's Chromium: \
+         apt-get install -y chromium chromium-driver"
+    );
+    let data = tempfile::tempdir().unwrap();
+    let profile = tempfile::tempdir().unwrap();
+    let mut app = AppProcess::start(&[
+        "--data-dir".to_string(),
+        data.path().to_str().unwrap().to_string(),
+    ]);
+
+    let port = larder_tests::free_port();
+    let _driver = Driver(
+        Command::new(chromedriver())
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver starts"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "chromedriver did not come up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        serde_json::json!({
+            "binary": CHROMIUM,
+            "args": [
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--disable-background-networking",
+                "--no-first-run",
+                "--disable-component-update",
+                "--disable-sync",
+                format!("--user-data-dir={}", profile.path().display()),
+            ],
+        }),
+    );
+    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    let browser = ClientBuilder::new(connector)
+        .capabilities(caps)
+        .connect(&format!("http://127.0.0.1:{port}"))
+        .await
+        .expect("a chromedriver session");
+
+    let result = async {
+        let base = app.url("/");
+        browser.goto(&base).await?;
+        browser
+            .wait()
+            .for_element(Locator::Id("user"))
+            .await?
+            .send_keys("hopper")
+            .await?;
+        browser.find(Locator::Id("login")).await?.click().await?;
+        wait_text(&browser, "whoami", "hopper").await;
+        browser
+            .find(Locator::Id("increment"))
+            .await?
+            .click()
+            .await?;
+        // The page before the redirect shows 0.
+        wait_text(&browser, "counter", "1").await;
+
+        // Restart the app (clean stop, same data directory), reload the page.
+        app.terminate();
+        app.spawn();
+        // Take "who am I" off the old page first, so only the reloaded page can show it.
+        browser
+            .execute("document.getElementById('whoami').remove()", vec![])
+            .await?;
+        assert!(browser.find(Locator::Id("whoami")).await.is_err());
+        browser.refresh().await?;
+        wait_text(&browser, "whoami", "hopper").await;
+        wait_text(&browser, "counter", "1").await;
+
+        // And logging out in the browser shows the form again.
+        browser.find(Locator::Id("logout")).await?.click().await?;
+        browser.wait().for_element(Locator::Id("user")).await?;
+        Ok::<(), fantoccini::error::CmdError>(())
+    }
+    .await;
+    let _ = browser.close().await;
+    result.unwrap();
+}
