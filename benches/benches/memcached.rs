@@ -1,134 +1,136 @@
-//! memcached backend `get`, `put` and `get_many`, each beside the raw clients doing the same
-//! work in the same run, against one memcached started by the bench on a free port.
+//! memcached backend against the raw async meta client (`memcache::exp::AsyncMetaClient`,
+//! the client the backend is built on) doing the same work in the same run, on one
+//! memcached started by the bench on a free port (`larder_tests::server::ServerProcess`,
+//! 256 MiB so that the 64 KiB values are never evicted).
 //!
-//! Groups (`<size>` is 200B or 4KiB, keys are 28 bytes):
+//! Criterion groups (`<size>` is 128B, 4KiB or 64KiB; keys are 28 bytes):
 //!
-//! * `memcached_get/<size>`:
-//!   * `larder_dyn`: `Arc<dyn CacheBackend>::get` (value + version as an `Entry`);
-//!   * `raw_exp`: the async meta client (`memcache::exp::AsyncMetaClient`, the client the
-//!     backend is built on) doing the same `mg <key> v c f` and turning the value into `Bytes`;
-//!   * `raw_sync_spawn_blocking`: the synchronous `memcache::Client` (binary protocol, r2d2
-//!     pool) fetching value + CAS, called through `tokio::task::spawn_blocking`, which is how
-//!     a tokio program would have to use it;
-//!   * `raw_sync_direct`: the same synchronous call made directly on the bench thread, the
-//!     floor for that client.
+//! * `memcached_get/<size>`: `larder_dyn` is `Arc<dyn CacheBackend>::get` (value + version
+//!   as an `Entry`); `raw_exp` is the meta client's `mg <key> v c` with the value turned
+//!   into `Bytes`. `memcached_get/128B/tcp_echo_floor` is a 64-byte write + read on a plain
+//!   tokio TCP connection to an echo server in this process: the loopback floor.
 //! * `memcached_put/<size>`: overwrite through the trait (returns the new version) against
-//!   the exp client's `ms ... c` and the sync client's `set` through `spawn_blocking`.
-//! * `memcached_get_many/16x200B`: `get_many` of 16 keys against the exp client's pipelined
-//!   `run_many`.
+//!   `ms <key> c` (returns the new CAS).
+//! * `memcached_cas/128B`: `put(.., PutMode::Update(v))` chained on one key against a raw
+//!   `ms` with `C<cas>` (compare) and `c` (return the new CAS), also chained.
+//! * `memcached_get_many/100x128B`: `get_many` of 100 keys against the client's pipelined
+//!   `run_many` of 100 `mg`.
 //!
-//! The async benches run on a current-thread runtime (`to_async`), as in `memory.rs`.
-//!
-//! After the criterion groups, `larder / raw exp` ratios are measured again by alternating
-//! the two every 200 operations for 40 rounds (median per-op time of each), because on a
-//! shared VM drift between two sequential criterion benches is larger than the difference
-//! being measured; those `ratio ...` lines go to stderr.
-//!
-//! Recorded on the project's 2-core shared VM (loopback, memcached 1.6.18, 3 s criterion
-//! runs; criterion medians drift by ±30 % between runs there, the alternated ratios by ±3 %):
-//!
-//! | bench | larder | raw exp | sync via spawn_blocking | sync direct |
-//! |---|---|---|---|---|
-//! | get 200 B | 16.1 µs | 11.6 µs | 121 µs | 105 µs |
-//! | get 4 KiB | 22.4 µs | 17.0 µs | 142 µs | 131 µs |
-//! | put 200 B | 12.3 µs | 12.1 µs | 137 µs | |
-//! | put 4 KiB | 24.4 µs | 21.7 µs | 139 µs | |
-//! | get_many 16 × 200 B | 64.0 µs | 51.3 µs | | |
-//!
-//! Alternated larder / raw exp ratios, median of three runs: get 200 B 1.045, get 4 KiB
-//! 1.057, put 200 B 1.054, put 4 KiB 1.064.
-//!
-//! The sync client is about 10x slower here, called directly or through `spawn_blocking`
-//! (its binary protocol writes each header field separately and reads the reply in small
-//! unbuffered reads; `?protocol=ascii` measured 57 µs through `spawn_blocking`, but its ASCII
-//! `add` reports success on `NOT_STORED`).
-//! It also cannot carry the contract: its `set` does not return the new CAS (so `put` could
-//! not report the version it wrote) and it has no conditional delete. The backend therefore
-//! uses the async meta client.
+//! Latency benches run on a current-thread runtime (`to_async`). After the criterion groups
+//! come the alternated `ratio memcached ...` lines (larder and raw every 200 operations for
+//! 40 rounds, median per-op time of each; the figures `RESULTS.md` reports) and the
+//! `throughput memcached ...` line (64 tasks looping `get` of 128 B values for 2 s on a
+//! 2-worker runtime, fresh clients, L R L R, best run of each kept), on stderr.
 
 use std::hint::black_box;
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::Criterion;
 use larder_backend_memcached::MemcachedBackend;
-use larder_benches::{keys, value};
-use larder_cache_api::{DynBackend, Key, PutMode};
+use larder_benches::harness::{self, alternate, report};
+use larder_benches::{keys, value, BACKEND_SIZES, MANY, TASKS};
+use larder_cache_api::{DynBackend, Key, PutMode, Version};
+use larder_tests::server::ServerProcess;
 use memcache::exp::{AsyncMetaClient, Get, Meta, Set};
 use tokio::runtime::Runtime;
 
 const KEYS: usize = 1000;
 
-/// A memcached on a free port, killed on drop.
-struct Server {
-    child: Child,
-    port: u16,
-}
-
-impl Server {
-    fn start() -> Server {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("free port");
-        let mut cmd = Command::new("memcached");
-        cmd.args([
-            "-p",
-            &port.to_string(),
-            "-l",
-            "127.0.0.1",
-            "-U",
-            "0",
-            "-m",
-            "64",
-        ]);
-        // memcached refuses to run as root without -u.
-        if std::env::var("USER").map(|u| u == "root").unwrap_or(true) {
-            cmd.args(["-u", "root"]);
-        }
-        let child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("memcached is installed (apt-get install -y memcached)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "memcached did not come up");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Server { child, port }
-    }
-
-    fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
+#[derive(Clone)]
 struct Clients {
     backend: DynBackend,
     exp: AsyncMetaClient,
-    sync: Arc<memcache::Client>,
 }
 
-fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("current-thread runtime")
+/// Both clients, connected from inside the runtime that will drive them.
+async fn connect(addr: &str) -> Clients {
+    Clients {
+        backend: Arc::new(
+            MemcachedBackend::connect(&format!("memcache://{addr}"))
+                .await
+                .expect("backend"),
+        ),
+        exp: AsyncMetaClient::builder()
+            .io_timeout(Some(Duration::from_secs(1)))
+            .max_idle(16)
+            .connect_async(addr.to_owned())
+            .await
+            .expect("exp client"),
+    }
 }
 
 fn get_op(k: &Key) -> Get {
     Get::new(k.as_bytes()).meta(Meta::NONE.cas())
+}
+
+async fn raw_get(exp: &AsyncMetaClient, k: &Key) -> (Bytes, Option<u64>) {
+    let r = exp.run(get_op(k)).await.expect("get");
+    (Bytes::from(r.value.expect("hit")), r.item.cas)
+}
+
+async fn raw_set(exp: &AsyncMetaClient, k: &Key, v: &[u8]) -> Option<u64> {
+    exp.run(Set::new(k.as_bytes(), v).return_cas())
+        .await
+        .expect("set")
+        .cas
+}
+
+async fn raw_get_many(exp: &AsyncMetaClient, batch: &[Key]) -> Vec<(Option<Bytes>, Option<u64>)> {
+    let rs = exp
+        .run_many(batch.iter().map(get_op).collect::<Vec<_>>())
+        .await
+        .expect("run_many");
+    rs.into_iter()
+        .map(|r| {
+            let r = r.expect("get");
+            (r.value.map(Bytes::from), r.item.cas)
+        })
+        .collect()
+}
+
+/// One raw CAS step: `ms <key> C<cur> c`, keeping the returned CAS.
+async fn raw_cas(cl: &Clients, k: &Key, v: &[u8], cur: &AtomicU64) {
+    let op = Set::new(k.as_bytes(), v)
+        .compare_cas(cur.load(Ordering::Relaxed))
+        .return_cas();
+    let r = cl.exp.run(op).await.expect("cas");
+    cur.store(r.cas.expect("new cas"), Ordering::Relaxed);
+}
+
+async fn larder_cas(cl: &Clients, k: &Key, v: &Bytes, cur: &AtomicU64) {
+    let next = cl
+        .backend
+        .put(
+            k,
+            v.clone(),
+            None,
+            PutMode::Update(Version::from_raw(cur.load(Ordering::Relaxed))),
+        )
+        .await
+        .expect("cas");
+    cur.store(next.into_raw(), Ordering::Relaxed);
+}
+
+fn fill(rt: &Runtime, cl: &Clients, keys: &[Key], size: usize) {
+    rt.block_on(async {
+        let items: Vec<(Key, Bytes)> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (k.clone(), value(size, i)))
+            .collect();
+        for chunk in items.chunks(100) {
+            cl.backend.put_many(chunk, None).await.expect("fill");
+        }
+    });
+}
+
+/// The echo floor: a connection to the in-process echo server and a 64-byte request.
+struct Echo {
+    conn: tokio::sync::Mutex<tokio::net::TcpStream>,
+    msg: Vec<u8>,
 }
 
 fn bench_size(
@@ -136,67 +138,32 @@ fn bench_size(
     rt: &Runtime,
     cl: &Clients,
     keys: &[Key],
-    size: usize,
-    label: &str,
+    (size, label): (usize, &str),
+    echo: &Echo,
 ) {
-    rt.block_on(async {
-        let items: Vec<(Key, Bytes)> = keys
-            .iter()
-            .enumerate()
-            .map(|(i, k)| (k.clone(), value(size, i)))
-            .collect();
-        cl.backend.put_many(&items, None).await.expect("fill");
-    });
-
+    fill(rt, cl, keys, size);
     let mut g = c.benchmark_group(format!("memcached_get/{label}"));
     let mut i = 0usize;
     g.bench_function("larder_dyn", |b| {
         b.to_async(rt).iter(|| {
             i = (i + 1) % keys.len();
-            let k = &keys[i];
-            let backend = &cl.backend;
+            let (k, backend) = (&keys[i], &cl.backend);
             async move { black_box(backend.get(k).await.expect("get").expect("hit")) }
         })
     });
     g.bench_function("raw_exp", |b| {
         b.to_async(rt).iter(|| {
             i = (i + 1) % keys.len();
-            let op = get_op(&keys[i]);
-            let exp = &cl.exp;
-            async move {
-                let r = exp.run(op).await.expect("get");
-                black_box((Bytes::from(r.value.expect("hit")), r.item.cas))
-            }
+            let (k, exp) = (&keys[i], &cl.exp);
+            async move { black_box(raw_get(exp, k).await) }
         })
     });
-    g.bench_function("raw_sync_spawn_blocking", |b| {
-        b.to_async(rt).iter(|| {
-            i = (i + 1) % keys.len();
-            let k = keys[i].to_string();
-            let sync = cl.sync.clone();
-            async move {
-                let r = tokio::task::spawn_blocking(move || {
-                    sync.get::<(Vec<u8>, u32, Option<u64>)>(&k)
-                })
-                .await
-                .expect("join")
-                .expect("get")
-                .expect("hit");
-                black_box((Bytes::from(r.0), r.2))
-            }
-        })
-    });
-    g.bench_function("raw_sync_direct", |b| {
-        b.iter(|| {
-            i = (i + 1) % keys.len();
-            let r = cl
-                .sync
-                .get::<(Vec<u8>, u32, Option<u64>)>(keys[i].as_str())
-                .expect("get")
-                .expect("hit");
-            black_box((Bytes::from(r.0), r.2))
-        })
-    });
+    if size == 128 {
+        g.bench_function("tcp_echo_floor", |b| {
+            b.to_async(rt)
+                .iter_custom(|iters| harness::echo_iters(&echo.conn, &echo.msg, iters))
+        });
+    }
     g.finish();
 
     let v = value(size, 7);
@@ -218,120 +185,125 @@ fn bench_size(
     g.bench_function("raw_exp", |b| {
         b.to_async(rt).iter(|| {
             i = (i + 1) % keys.len();
-            let op = Set::new(keys[i].as_bytes(), &v[..]).return_cas();
-            let exp = &cl.exp;
-            async move { black_box(exp.run(op).await.expect("set").cas) }
-        })
-    });
-    g.bench_function("raw_sync_spawn_blocking", |b| {
-        b.to_async(rt).iter(|| {
-            i = (i + 1) % keys.len();
-            let (k, v, sync) = (keys[i].to_string(), v.clone(), cl.sync.clone());
-            async move {
-                tokio::task::spawn_blocking(move || sync.set(&k, &v[..], 0))
-                    .await
-                    .expect("join")
-                    .expect("set");
-            }
+            let (k, v, exp) = (&keys[i], &v, &cl.exp);
+            async move { black_box(raw_set(exp, k, v).await) }
         })
     });
     g.finish();
 }
 
-fn bench_get_many(c: &mut Criterion, rt: &Runtime, cl: &Clients, keys: &[Key]) {
-    let batches: Vec<Vec<Key>> = keys.chunks(16).map(<[Key]>::to_vec).collect();
-    let mut g = c.benchmark_group("memcached_get_many");
+/// The keys and current versions of the CAS chains (larder's and the raw one).
+struct CasState {
+    larder_key: Key,
+    larder_ver: AtomicU64,
+    raw_key: Key,
+    raw_ver: AtomicU64,
+    value: Bytes,
+}
+
+fn cas_state(rt: &Runtime, cl: &Clients) -> CasState {
+    let value = value(128, 9);
+    let larder_key = Key::new("bench:cas:larder").expect("key");
+    let raw_key = Key::new("bench:cas:raw").expect("key");
+    rt.block_on(async {
+        let v = cl
+            .backend
+            .put(&larder_key, value.clone(), None, PutMode::Overwrite)
+            .await
+            .expect("seed");
+        let raw_cas = raw_set(&cl.exp, &raw_key, &value).await.expect("cas");
+        CasState {
+            larder_key,
+            larder_ver: AtomicU64::new(v.into_raw()),
+            raw_key,
+            raw_ver: AtomicU64::new(raw_cas),
+            value,
+        }
+    })
+}
+
+fn bench_cas(c: &mut Criterion, rt: &Runtime, cl: &Clients, st: &CasState) {
+    let mut g = c.benchmark_group("memcached_cas/128B");
+    g.bench_function("larder_dyn_update", |b| {
+        b.to_async(rt)
+            .iter(|| larder_cas(cl, &st.larder_key, &st.value, &st.larder_ver))
+    });
+    g.bench_function("raw_ms_compare_cas", |b| {
+        b.to_async(rt)
+            .iter(|| raw_cas(cl, &st.raw_key, &st.value, &st.raw_ver))
+    });
+    g.finish();
+}
+
+fn bench_get_many(c: &mut Criterion, rt: &Runtime, cl: &Clients, batches: &[Vec<Key>]) {
+    let mut g = c.benchmark_group(format!("memcached_get_many/{MANY}x128B"));
     let mut i = 0usize;
-    g.bench_function("16x200B/larder_dyn", |b| {
+    g.bench_function("larder_dyn", |b| {
         b.to_async(rt).iter(|| {
             i = (i + 1) % batches.len();
             let (batch, backend) = (&batches[i], &cl.backend);
             async move { black_box(backend.get_many(batch).await.expect("get_many")) }
         })
     });
-    g.bench_function("16x200B/raw_exp", |b| {
+    g.bench_function("raw_exp_run_many", |b| {
         b.to_async(rt).iter(|| {
             i = (i + 1) % batches.len();
-            let ops: Vec<Get> = batches[i].iter().map(get_op).collect();
-            let exp = &cl.exp;
-            async move {
-                let rs = exp.run_many(ops).await.expect("run_many");
-                black_box(
-                    rs.into_iter()
-                        .map(|r| {
-                            let r = r.expect("get");
-                            (r.value.map(Bytes::from), r.item.cas)
-                        })
-                        .collect::<Vec<_>>(),
-                )
-            }
+            let (batch, exp) = (&batches[i], &cl.exp);
+            async move { black_box(raw_get_many(exp, batch).await) }
         })
     });
     g.finish();
 }
 
-/// Per-op median over `ROUNDS` rounds, alternating larder and the raw exp client every
-/// `PER_ROUND` operations so that machine drift hits both alike; returns (larder, raw) in µs.
-async fn alternate<L, R, LF, RF>(mut larder: L, mut raw: R) -> (f64, f64)
-where
-    L: FnMut(usize) -> LF,
-    R: FnMut(usize) -> RF,
-    LF: std::future::Future<Output = ()>,
-    RF: std::future::Future<Output = ()>,
-{
-    const ROUNDS: usize = 40;
-    const PER_ROUND: usize = 200;
-    let (mut l, mut r) = (Vec::new(), Vec::new());
-    for round in 0..ROUNDS {
-        let t = Instant::now();
-        for i in 0..PER_ROUND {
-            larder(round * PER_ROUND + i).await;
-        }
-        l.push(t.elapsed().as_secs_f64() * 1e6 / PER_ROUND as f64);
-        let t = Instant::now();
-        for i in 0..PER_ROUND {
-            raw(round * PER_ROUND + i).await;
-        }
-        r.push(t.elapsed().as_secs_f64() * 1e6 / PER_ROUND as f64);
-    }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    (median(&mut l), median(&mut r))
-}
+const ROUNDS: usize = 40;
+const PER_ROUND: usize = 200;
 
-/// The ratios larder / raw exp client, measured alternately, printed to stderr.
-fn ratios(rt: &Runtime, cl: &Clients, keys: &[Key]) {
+/// The ratios larder / raw client, measured alternately, printed to stderr.
+fn ratios(rt: &Runtime, cl: &Clients, keys: &[Key], st: &CasState, echo: &Echo) {
     let n = keys.len();
-    let report = |what: &str, (l, r): (f64, f64)| {
-        eprintln!(
-            "ratio {what:<22} larder {l:>7.2} µs  raw exp {r:>7.2} µs  larder/raw {:.3}",
-            l / r
-        );
-    };
-    for (size, label) in [(200, "200B"), (4096, "4KiB")] {
+    for (size, label) in BACKEND_SIZES {
+        fill(rt, cl, keys, size);
         rt.block_on(async {
-            let items: Vec<(Key, Bytes)> = keys
-                .iter()
-                .enumerate()
-                .map(|(i, k)| (k.clone(), value(size, i)))
-                .collect();
-            cl.backend.put_many(&items, None).await.expect("fill");
             let got = alternate(
+                ROUNDS,
+                PER_ROUND,
                 |i| async move {
                     black_box(cl.backend.get(&keys[i % n]).await.expect("get"));
                 },
                 |i| async move {
-                    let r = cl.exp.run(get_op(&keys[i % n])).await.expect("get");
-                    black_box((r.value.map(Bytes::from), r.item.cas));
+                    black_box(raw_get(&cl.exp, &keys[i % n]).await);
                 },
             )
             .await;
-            report(&format!("get {label}"), got);
+            report("memcached", &format!("get {label}"), got);
+            if size == 128 {
+                // Raw get against the echo floor: what the server and client add to a bare
+                // loopback round trip.
+                let floor = alternate(
+                    ROUNDS,
+                    PER_ROUND,
+                    |i| async move {
+                        black_box(raw_get(&cl.exp, &keys[i % n]).await);
+                    },
+                    |_| async {
+                        let mut conn = echo.conn.lock().await;
+                        let mut buf = [0u8; 64];
+                        harness::echo_round_trip(&mut conn, &echo.msg, &mut buf).await;
+                    },
+                )
+                .await;
+                eprintln!(
+                    "floor memcached get 128B  raw get {:>7.2} µs  tcp echo {:>7.2} µs  raw/echo {:.3}",
+                    floor.0,
+                    floor.1,
+                    floor.0 / floor.1
+                );
+            }
             let v = value(size, 3);
             let v = &v;
             let put = alternate(
+                ROUNDS,
+                PER_ROUND,
                 |i| async move {
                     black_box(
                         cl.backend
@@ -341,51 +313,111 @@ fn ratios(rt: &Runtime, cl: &Clients, keys: &[Key]) {
                     );
                 },
                 |i| async move {
-                    let op = Set::new(keys[i % n].as_bytes(), &v[..]).return_cas();
-                    black_box(cl.exp.run(op).await.expect("set").cas);
+                    black_box(raw_set(&cl.exp, &keys[i % n], v).await);
                 },
             )
             .await;
-            report(&format!("put {label}"), put);
+            report("memcached", &format!("put {label}"), put);
         });
     }
+    rt.block_on(async {
+        let cas = alternate(
+            ROUNDS,
+            PER_ROUND,
+            |_| larder_cas(cl, &st.larder_key, &st.value, &st.larder_ver),
+            |_| raw_cas(cl, &st.raw_key, &st.value, &st.raw_ver),
+        )
+        .await;
+        report("memcached", "cas 128B", cas);
+    });
+    fill(rt, cl, keys, 128);
+    let batches: Vec<Vec<Key>> = keys.chunks(MANY).map(<[Key]>::to_vec).collect();
+    let batches = &batches;
+    let m = batches.len();
+    rt.block_on(async {
+        let many = alternate(
+            ROUNDS / 2,
+            PER_ROUND / 4,
+            |i| async move {
+                black_box(
+                    cl.backend
+                        .get_many(&batches[i % m])
+                        .await
+                        .expect("get_many"),
+                );
+            },
+            |i| async move {
+                black_box(raw_get_many(&cl.exp, &batches[i % m]).await);
+            },
+        )
+        .await;
+        report("memcached", &format!("get_many {MANY}x128B"), many);
+    });
+}
+
+/// 64 tasks looping `get` of 128 B values for 2 s, larder against raw.
+fn concurrent(addr: &str, keys: &[Key]) {
+    let mrt = harness::multi_thread();
+    let cl = mrt.block_on(connect(addr));
+    fill(&mrt, &cl, keys, 128);
+    let keys: Arc<Vec<Key>> = Arc::new(keys.to_vec());
+    let n = keys.len();
+    let (b, k) = (cl.backend.clone(), keys.clone());
+    let larder = move |i: usize| {
+        let (b, k) = (b.clone(), k.clone());
+        async move {
+            black_box(b.get(&k[i % n]).await.expect("get"));
+        }
+    };
+    let (exp, k) = (cl.exp.clone(), keys);
+    let raw = move |i: usize| {
+        let (exp, k) = (exp.clone(), k.clone());
+        async move {
+            black_box(raw_get(&exp, &k[i % n]).await);
+        }
+    };
+    harness::throughput_pair(
+        "memcached",
+        "get 128B",
+        &mrt,
+        TASKS,
+        Duration::from_secs(2),
+        larder,
+        raw,
+    );
 }
 
 fn main() {
-    let server = Server::start();
-    let rt = runtime();
-    let clients = rt.block_on(async {
-        Clients {
-            backend: Arc::new(
-                MemcachedBackend::connect(&format!("memcache://{}", server.addr()))
-                    .await
-                    .expect("backend"),
-            ),
-            exp: AsyncMetaClient::builder()
-                .io_timeout(Some(Duration::from_secs(1)))
-                .connect_async(server.addr())
-                .await
-                .expect("exp client"),
-            sync: Arc::new(
-                memcache::Client::connect(format!("memcache://{}?timeout=1", server.addr()))
-                    .expect("sync client"),
-            ),
-        }
-    });
+    let server = ServerProcess::memcached_with(&["-m", "256"]);
+    let addr = server.addr();
+    let rt = harness::current_thread();
+    let clients = rt.block_on(connect(&addr));
+    let echo_addr = harness::echo_server();
+    let echo = Echo {
+        conn: tokio::sync::Mutex::new(rt.block_on(harness::echo_client(echo_addr))),
+        msg: vec![b'x'; 64],
+    };
     let keys = keys(KEYS);
+    let started = Instant::now();
     let mut c = Criterion::default().configure_from_args();
-    bench_size(&mut c, &rt, &clients, &keys, 200, "200B");
-    bench_size(&mut c, &rt, &clients, &keys, 4096, "4KiB");
-    rt.block_on(async {
-        let items: Vec<(Key, Bytes)> = keys
-            .iter()
-            .enumerate()
-            .map(|(i, k)| (k.clone(), value(200, i)))
-            .collect();
-        clients.backend.put_many(&items, None).await.expect("fill");
-    });
-    bench_get_many(&mut c, &rt, &clients, &keys);
+    for size in BACKEND_SIZES {
+        bench_size(&mut c, &rt, &clients, &keys, size, &echo);
+    }
+    let st = cas_state(&rt, &clients);
+    bench_cas(&mut c, &rt, &clients, &st);
+    fill(&rt, &clients, &keys, 128);
+    let batches: Vec<Vec<Key>> = keys.chunks(MANY).map(<[Key]>::to_vec).collect();
+    bench_get_many(&mut c, &rt, &clients, &batches);
     c.final_summary();
-    ratios(&rt, &clients, &keys);
+    // `--test`/`--list` runs skip the extra measurements.
+    if std::env::args().any(|a| a == "--test" || a == "--list") {
+        return;
+    }
+    ratios(&rt, &clients, &keys, &st, &echo);
+    concurrent(&addr, &keys);
+    eprintln!(
+        "memcached bench done in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
     drop(server);
 }

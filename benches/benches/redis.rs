@@ -1,32 +1,31 @@
-//! Redis backend `get`, `put`, compare-and-swap and `get_many`, each beside the raw `redis`
-//! client doing the same work in the same run, against one redis-server started by the
-//! bench on a free port (no persistence).
+//! Redis backend against the raw `redis` client doing the same work in the same run, on one
+//! redis-server started by the bench on a free port (`larder_tests::server::ServerProcess`,
+//! no persistence; never the system Redis).
 //!
-//! Groups (`<size>` is 200B or 4KiB, keys are 28 bytes):
+//! Criterion groups (`<size>` is 128B, 4KiB or 64KiB; keys are 28 bytes):
 //!
 //! * `redis_get/<size>`: `larder_dyn` is `Arc<dyn CacheBackend>::get` (value and version as
 //!   an `Entry`); `raw_get` is the raw client's `GET` of the same stored bytes on a
-//!   `MultiplexedConnection`, turned into `Bytes`.
+//!   `MultiplexedConnection`, turned into `Bytes`. `redis_get/128B/tcp_echo_floor` is a
+//!   64-byte write + read on a plain tokio TCP connection to an echo server in this process
+//!   (its own thread and runtime): the loopback round-trip floor.
 //! * `redis_put/<size>`: overwrite with a 60 s TTL through the trait (returns the new
 //!   version) against the raw `SET key value PX 60000`.
-//! * `redis_cas/200B`: `put(.., PutMode::Update(v))` chained on one key against a raw
+//! * `redis_cas/128B`: `put(.., PutMode::Update(v))` chained on one key against a raw
 //!   `EVALSHA` of the same compare-version-then-`SET` script, also chained.
-//! * `redis_get_many/16x200B`: `get_many` of 16 keys against a raw `MGET` of 16.
+//! * `redis_get_many/100x128B`: `get_many` of 100 keys against a raw `MGET` of 100.
 //!
-//! Both sides use `TCP_NODELAY` and a current-thread runtime. After the criterion groups,
-//! `larder / raw` ratios are measured again by alternating the two every 200 operations for
-//! 40 rounds (median per-op time of each), because on a shared VM drift between two
-//! sequential criterion benches is larger than the difference being measured; those
-//! `ratio ...` lines go to stderr.
+//! Both sides use `TCP_NODELAY` and a current-thread runtime. After the criterion groups:
 //!
-//! Recorded on the project's 2-core shared VM (loopback, redis 7.0.15, three runs of the
-//! alternated ratios, larder / raw): get 200 B 0.99–1.08, get 4 KiB 1.06–1.12, put 200 B
-//! 1.00–1.06, put 4 KiB 1.10–1.12, CAS 200 B 1.02–1.04, get_many 16 × 200 B 1.05–1.08;
-//! about 12 µs per single-key operation on both sides.
+//! * `ratio redis ...` lines (stderr): the same operations measured again alternately,
+//!   larder and raw every 200 operations for 40 rounds (median per-op time of each),
+//!   because on a shared VM drift between two sequential criterion benches is larger than
+//!   the difference being measured. These are the ratios `RESULTS.md` reports.
+//! * `throughput redis ...` (stderr): 64 tasks on a 2-worker runtime, each looping `get` of
+//!   a 128 B value for 2 s, larder and raw (fresh clients on that runtime), run L R L R,
+//!   best run of each kept.
 
 use std::hint::black_box;
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,15 +33,18 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use criterion::Criterion;
 use larder_backend_redis::RedisBackend;
-use larder_benches::{keys, value};
+use larder_benches::harness::{self, alternate, report};
+use larder_benches::{keys, value, BACKEND_SIZES, MANY, TASKS};
 use larder_cache_api::{DynBackend, Key, PutMode, Ttl, Version};
+use larder_tests::server::ServerProcess;
 use redis::aio::MultiplexedConnection;
 use redis::{IntoConnectionInfo, Value};
 use tokio::runtime::Runtime;
 
 const KEYS: usize = 1000;
 
-/// The same compare-version-then-SET script the backend runs for `PutMode::Update`.
+/// The same compare-version-then-SET script the backend runs for `PutMode::Update`
+/// (`backend-redis/src/core.rs`, `UPDATE`).
 const UPDATE: &str = r"
 local cur = redis.call('GET', KEYS[1])
 if not cur then return 0 end
@@ -55,60 +57,39 @@ end
 return 1
 ";
 
-/// A redis-server on a free port, killed on drop.
-struct Server {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Server {
-    fn start() -> Server {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("free port");
-        let dir = tempfile::tempdir().expect("temp dir");
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (apt-get install -y redis-server)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not come up");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Server {
-            child,
-            port,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
+#[derive(Clone)]
 struct Clients {
     backend: DynBackend,
     raw: MultiplexedConnection,
     update_sha: String,
 }
 
-fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("current-thread runtime")
+/// Both clients, connected from inside the runtime that will drive them.
+async fn connect(port: u16) -> Clients {
+    let info = redis::ConnectionAddr::Tcp("127.0.0.1".into(), port)
+        .into_connection_info()
+        .expect("connection info")
+        .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+    let mut raw = redis::Client::open(info)
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("raw connection");
+    let update_sha: String = redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg(UPDATE)
+        .query_async(&mut raw)
+        .await
+        .expect("SCRIPT LOAD");
+    Clients {
+        backend: Arc::new(
+            RedisBackend::connect(&format!("redis://127.0.0.1:{port}"))
+                .await
+                .expect("backend"),
+        ),
+        raw,
+        update_sha,
+    }
 }
 
 async fn raw_get(raw: &MultiplexedConnection, k: &Key) -> Bytes {
@@ -198,8 +179,16 @@ fn fill(rt: &Runtime, cl: &Clients, keys: &[Key], size: usize) {
             .enumerate()
             .map(|(i, k)| (k.clone(), value(size, i)))
             .collect();
-        cl.backend.put_many(&items, None).await.expect("fill");
+        for chunk in items.chunks(100) {
+            cl.backend.put_many(chunk, None).await.expect("fill");
+        }
     });
+}
+
+/// The echo floor: a connection to the in-process echo server and a 64-byte request.
+struct Echo {
+    conn: tokio::sync::Mutex<tokio::net::TcpStream>,
+    msg: Vec<u8>,
 }
 
 fn bench_size(
@@ -207,8 +196,8 @@ fn bench_size(
     rt: &Runtime,
     cl: &Clients,
     keys: &[Key],
-    size: usize,
-    label: &str,
+    (size, label): (usize, &str),
+    echo: &Echo,
 ) {
     fill(rt, cl, keys, size);
     let ttl = Some(Ttl::from_secs(60).expect("ttl"));
@@ -228,6 +217,12 @@ fn bench_size(
             async move { black_box(raw_get(raw, k).await) }
         })
     });
+    if size == 128 {
+        g.bench_function("tcp_echo_floor", |b| {
+            b.to_async(rt)
+                .iter_custom(|iters| harness::echo_iters(&echo.conn, &echo.msg, iters))
+        });
+    }
     g.finish();
 
     let v = value(size, 7);
@@ -266,7 +261,7 @@ struct CasState {
 }
 
 fn cas_state(rt: &Runtime, cl: &Clients) -> CasState {
-    let value = value(200, 9);
+    let value = value(128, 9);
     let larder_key = Key::new("bench:cas:larder").expect("key");
     let raw_key = Key::new("bench:cas:raw").expect("key");
     rt.block_on(async {
@@ -295,8 +290,8 @@ fn cas_state(rt: &Runtime, cl: &Clients) -> CasState {
 }
 
 fn bench_cas(c: &mut Criterion, rt: &Runtime, cl: &Clients, st: &CasState) {
-    let mut g = c.benchmark_group("redis_cas/200B");
-    g.bench_function("larder_dyn", |b| {
+    let mut g = c.benchmark_group("redis_cas/128B");
+    g.bench_function("larder_dyn_update", |b| {
         b.to_async(rt)
             .iter(|| larder_cas(cl, &st.larder_key, &st.value, &st.larder_ver))
     });
@@ -307,18 +302,17 @@ fn bench_cas(c: &mut Criterion, rt: &Runtime, cl: &Clients, st: &CasState) {
     g.finish();
 }
 
-fn bench_get_many(c: &mut Criterion, rt: &Runtime, cl: &Clients, keys: &[Key]) {
-    let batches: Vec<Vec<Key>> = keys.chunks(16).map(<[Key]>::to_vec).collect();
-    let mut g = c.benchmark_group("redis_get_many");
+fn bench_get_many(c: &mut Criterion, rt: &Runtime, cl: &Clients, batches: &[Vec<Key>]) {
+    let mut g = c.benchmark_group(format!("redis_get_many/{MANY}x128B"));
     let mut i = 0usize;
-    g.bench_function("16x200B/larder_dyn", |b| {
+    g.bench_function("larder_dyn", |b| {
         b.to_async(rt).iter(|| {
             i = (i + 1) % batches.len();
             let (batch, backend) = (&batches[i], &cl.backend);
             async move { black_box(backend.get_many(batch).await.expect("get_many")) }
         })
     });
-    g.bench_function("16x200B/raw_mget", |b| {
+    g.bench_function("raw_mget", |b| {
         b.to_async(rt).iter(|| {
             i = (i + 1) % batches.len();
             let (batch, raw) = (&batches[i], &cl.raw);
@@ -328,51 +322,19 @@ fn bench_get_many(c: &mut Criterion, rt: &Runtime, cl: &Clients, keys: &[Key]) {
     g.finish();
 }
 
-/// Per-op median over `ROUNDS` rounds, alternating larder and the raw client every
-/// `PER_ROUND` operations so that machine drift hits both alike; returns (larder, raw) in µs.
-async fn alternate<L, R, LF, RF>(mut larder: L, mut raw: R) -> (f64, f64)
-where
-    L: FnMut(usize) -> LF,
-    R: FnMut(usize) -> RF,
-    LF: std::future::Future<Output = ()>,
-    RF: std::future::Future<Output = ()>,
-{
-    const ROUNDS: usize = 40;
-    const PER_ROUND: usize = 200;
-    let (mut l, mut r) = (Vec::new(), Vec::new());
-    for round in 0..ROUNDS {
-        let t = Instant::now();
-        for i in 0..PER_ROUND {
-            larder(round * PER_ROUND + i).await;
-        }
-        l.push(t.elapsed().as_secs_f64() * 1e6 / PER_ROUND as f64);
-        let t = Instant::now();
-        for i in 0..PER_ROUND {
-            raw(round * PER_ROUND + i).await;
-        }
-        r.push(t.elapsed().as_secs_f64() * 1e6 / PER_ROUND as f64);
-    }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    (median(&mut l), median(&mut r))
-}
+const ROUNDS: usize = 40;
+const PER_ROUND: usize = 200;
 
 /// The ratios larder / raw client, measured alternately, printed to stderr.
-fn ratios(rt: &Runtime, cl: &Clients, keys: &[Key], st: &CasState) {
+fn ratios(rt: &Runtime, cl: &Clients, keys: &[Key], st: &CasState, echo: &Echo) {
     let n = keys.len();
-    let report = |what: &str, (l, r): (f64, f64)| {
-        eprintln!(
-            "ratio {what:<22} larder {l:>7.2} µs  raw {r:>7.2} µs  larder/raw {:.3}",
-            l / r
-        );
-    };
     let ttl = Some(Ttl::from_secs(60).expect("ttl"));
-    for (size, label) in [(200, "200B"), (4096, "4KiB")] {
+    for (size, label) in BACKEND_SIZES {
         fill(rt, cl, keys, size);
         rt.block_on(async {
             let got = alternate(
+                ROUNDS,
+                PER_ROUND,
                 |i| async move {
                     black_box(cl.backend.get(&keys[i % n]).await.expect("get"));
                 },
@@ -381,10 +343,35 @@ fn ratios(rt: &Runtime, cl: &Clients, keys: &[Key], st: &CasState) {
                 },
             )
             .await;
-            report(&format!("get {label}"), got);
+            report("redis", &format!("get {label}"), got);
+            if size == 128 {
+                // Raw GET against the echo floor: what the server and client add to a bare
+                // loopback round trip.
+                let floor = alternate(
+                    ROUNDS,
+                    PER_ROUND,
+                    |i| async move {
+                        black_box(raw_get(&cl.raw, &keys[i % n]).await);
+                    },
+                    |_| async {
+                        let mut conn = echo.conn.lock().await;
+                        let mut buf = [0u8; 64];
+                        harness::echo_round_trip(&mut conn, &echo.msg, &mut buf).await;
+                    },
+                )
+                .await;
+                eprintln!(
+                    "floor redis get 128B      raw get {:>7.2} µs  tcp echo {:>7.2} µs  raw/echo {:.3}",
+                    floor.0,
+                    floor.1,
+                    floor.0 / floor.1
+                );
+            }
             let v = value(size, 3);
             let v = &v;
             let put = alternate(
+                ROUNDS,
+                PER_ROUND,
                 |i| async move {
                     black_box(
                         cl.backend
@@ -398,23 +385,27 @@ fn ratios(rt: &Runtime, cl: &Clients, keys: &[Key], st: &CasState) {
                 },
             )
             .await;
-            report(&format!("put {label}"), put);
+            report("redis", &format!("put {label}"), put);
         });
     }
     rt.block_on(async {
         let cas = alternate(
+            ROUNDS,
+            PER_ROUND,
             |_| larder_cas(cl, &st.larder_key, &st.value, &st.larder_ver),
             |_| raw_cas(cl, &st.raw_key, &st.value, &st.raw_ver),
         )
         .await;
-        report("cas 200B", cas);
+        report("redis", "cas 128B", cas);
     });
-    fill(rt, cl, keys, 200);
-    let batches: Vec<Vec<Key>> = keys.chunks(16).map(<[Key]>::to_vec).collect();
+    fill(rt, cl, keys, 128);
+    let batches: Vec<Vec<Key>> = keys.chunks(MANY).map(<[Key]>::to_vec).collect();
     let batches = &batches;
     let m = batches.len();
     rt.block_on(async {
         let many = alternate(
+            ROUNDS / 2,
+            PER_ROUND / 4,
             |i| async move {
                 black_box(
                     cl.backend
@@ -428,49 +419,87 @@ fn ratios(rt: &Runtime, cl: &Clients, keys: &[Key], st: &CasState) {
             },
         )
         .await;
-        report("get_many 16x200B", many);
+        report("redis", &format!("get_many {MANY}x128B"), many);
     });
 }
 
-fn main() {
-    let server = Server::start();
-    let addr = format!("127.0.0.1:{}", server.port);
-    let rt = runtime();
-    let clients = rt.block_on(async {
-        let info = redis::ConnectionAddr::Tcp("127.0.0.1".into(), server.port)
-            .into_connection_info()
-            .expect("connection info")
-            .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
-        let mut raw = redis::Client::open(info)
-            .expect("client")
-            .get_multiplexed_async_connection()
-            .await
-            .expect("raw connection");
-        let update_sha: String = redis::cmd("SCRIPT")
-            .arg("LOAD")
-            .arg(UPDATE)
-            .query_async(&mut raw)
-            .await
-            .expect("SCRIPT LOAD");
-        Clients {
-            backend: Arc::new(
-                RedisBackend::connect(&format!("redis://{addr}"))
-                    .await
-                    .expect("backend"),
-            ),
-            raw,
-            update_sha,
+/// 64 tasks looping `get` of 128 B values for 2 s, larder against raw.
+fn concurrent(port: u16, keys: &[Key]) {
+    let mrt = harness::multi_thread();
+    let cl = mrt.block_on(connect(port));
+    fill(&mrt, &cl, keys, 128);
+    let keys: Arc<Vec<Key>> = Arc::new(keys.to_vec());
+    let n = keys.len();
+    let (b, k) = (cl.backend.clone(), keys.clone());
+    let larder = move |i: usize| {
+        let (b, k) = (b.clone(), k.clone());
+        async move {
+            black_box(b.get(&k[i % n]).await.expect("get"));
         }
-    });
+    };
+    let (raw, k) = (cl.raw.clone(), keys);
+    let raw = move |i: usize| {
+        let (raw, k) = (raw.clone(), k.clone());
+        async move {
+            black_box(raw_get(&raw, &k[i % n]).await);
+        }
+    };
+    let raw_timeout = {
+        let raw = raw.clone();
+        move |i: usize| {
+            let fut = raw(i);
+            async move {
+                tokio::time::timeout(Duration::from_secs(5), fut)
+                    .await
+                    .expect("in time");
+            }
+        }
+    };
+    harness::throughput_pair(
+        "redis",
+        "get 128B",
+        &mrt,
+        TASKS,
+        Duration::from_secs(2),
+        larder,
+        raw,
+    );
+    // The raw get inside `tokio::time::timeout`, as the backend bounds every operation
+    // (`backend-redis/src/core.rs`, `Core::run`): how much of the gap that timer explains.
+    let t = harness::throughput(&mrt, TASKS, Duration::from_secs(2), raw_timeout);
+    eprintln!("throughput redis get 128B raw inside tokio::time::timeout  {t:>10.0} ops/s");
+}
+
+fn main() {
+    let server = ServerProcess::redis();
+    let rt = harness::current_thread();
+    let clients = rt.block_on(connect(server.port()));
+    let echo_addr = harness::echo_server();
+    let echo = Echo {
+        conn: tokio::sync::Mutex::new(rt.block_on(harness::echo_client(echo_addr))),
+        msg: vec![b'x'; 64],
+    };
     let keys = keys(KEYS);
+    let started = Instant::now();
     let mut c = Criterion::default().configure_from_args();
-    bench_size(&mut c, &rt, &clients, &keys, 200, "200B");
-    bench_size(&mut c, &rt, &clients, &keys, 4096, "4KiB");
+    for size in BACKEND_SIZES {
+        bench_size(&mut c, &rt, &clients, &keys, size, &echo);
+    }
     let st = cas_state(&rt, &clients);
     bench_cas(&mut c, &rt, &clients, &st);
-    fill(&rt, &clients, &keys, 200);
-    bench_get_many(&mut c, &rt, &clients, &keys);
+    fill(&rt, &clients, &keys, 128);
+    let batches: Vec<Vec<Key>> = keys.chunks(MANY).map(<[Key]>::to_vec).collect();
+    bench_get_many(&mut c, &rt, &clients, &batches);
     c.final_summary();
-    ratios(&rt, &clients, &keys, &st);
+    // `cargo bench -- <filter>` and `--list`/`--test` runs skip the extra measurements.
+    if std::env::args().any(|a| a == "--test" || a == "--list") {
+        return;
+    }
+    ratios(&rt, &clients, &keys, &st, &echo);
+    concurrent(server.port(), &keys);
+    eprintln!(
+        "redis bench done in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
     drop(server);
 }

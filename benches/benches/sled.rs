@@ -1,40 +1,56 @@
 //! sled backend operations, each beside the raw sled call doing the same work, in the same
 //! run and on the same database.
 //!
-//! One temporary database holds [`ENTRIES`] larder entries (tree `larder/entries`) and the
-//! same keys and values stored raw in a tree of their own (`bench/raw`), so larder and the
-//! anchor read through the same page cache. Keys are visited in one fixed pseudo-random
-//! order. Groups:
+//! One temporary database holds [`ENTRIES`] larder entries (1,000 for 64 KiB values; tree
+//! `larder/entries`) and the same keys and values stored raw in a tree of their own
+//! (`bench/raw`), so larder and the anchor read through the same page cache. Keys are
+//! visited in one fixed pseudo-random order. `<size>` is 128B, 4KiB or 64KiB. Groups:
 //!
 //! * `sled_get/<size>`: `Arc<dyn CacheBackend>::get` awaited (inline dispatch, the
-//!   default), the same with `Dispatch::SpawnBlocking` (what a `spawn_blocking` hand-off
-//!   per call costs), and raw `Tree::get` plus a copy of the value into `Bytes` (what a
-//!   caller of raw sled needs to own the bytes; larder hands out the value without a copy).
+//!   default), for 128 B also with `Dispatch::SpawnBlocking` (what a `spawn_blocking`
+//!   hand-off per call costs), and raw `Tree::get` plus a copy of the value into `Bytes`
+//!   (what a caller of raw sled needs to own the bytes; larder hands out the value without
+//!   a copy).
 //! * `sled_put/<size>`: overwrite through the trait against raw `Tree::insert` of the same
 //!   bytes (no flush on either side; sled's background flusher is off). The raw side
 //!   alternates two values, because sled skips an insert of the bytes already stored.
-//! * `sled_cas/200B`: `PutMode::Update(current version)` through the trait against raw
+//! * `sled_cas/128B`: `PutMode::Update(current version)` through the trait against raw
 //!   `Tree::compare_and_swap` from the current bytes to new ones.
-//! * `sled_durable_put/200B`: overwrite with `Flush::EveryWrite` against raw `insert` +
+//! * `sled_get_many/100x128B`: `get_many` of 100 keys against 100 raw `Tree::get` + copy.
+//! * `sled_durable_put/128B`: overwrite with `Flush::EveryWrite` against raw `insert` +
 //!   `flush_async`: both pay one fsync per write.
 //!
 //! The trait benches run inside one current-thread runtime per sample (`to_async`), as a
 //! caller already in a task would; see `benches/memory.rs` for why.
+//!
+//! After the criterion groups come the alternated `ratio sled ...` lines (larder and raw
+//! every 1,000 operations for 40 rounds, median per-op time of each; the figures
+//! `RESULTS.md` reports) and the `throughput sled ...` line (64 tasks looping `get` of 128 B
+//! values for 2 s on a 2-worker runtime, L R L R, best run of each kept), on stderr.
 
 use std::cell::Cell;
 use std::hint::black_box;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::Criterion;
 use larder_backend_sled::sled::{self, IVec};
 use larder_backend_sled::{Dispatch, Flush, SledBackend, SledConfig};
-use larder_benches::{keys, value, visit_order, ENTRIES};
+use larder_benches::harness::{self, alternate, report};
+use larder_benches::{keys, value, visit_order, BACKEND_SIZES, ENTRIES, MANY, TASKS};
 use larder_cache_api::{DynBackend, Key, PutMode, Version};
 use tokio::runtime::Runtime;
 
-/// Value sizes: a typical session, and a larger cached fragment.
-const SIZES: [(usize, &str); 2] = [(200, "200B"), (4096, "4KiB")];
+/// Entries per store: [`ENTRIES`], but 1,000 for 64 KiB values (two copies of 10,000 would
+/// be 1.3 GB).
+fn entries(size: usize) -> usize {
+    if size > 8192 {
+        1000
+    } else {
+        ENTRIES
+    }
+}
 
 fn runtime() -> Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -50,9 +66,9 @@ struct Cursor {
 }
 
 impl Cursor {
-    fn new() -> Self {
+    fn new(n: usize) -> Self {
         Cursor {
-            order: visit_order(ENTRIES),
+            order: visit_order(n),
             at: 0,
             passes: 0,
         }
@@ -94,7 +110,7 @@ impl Store {
             .with_sweep_interval(None);
         let concrete = rt.block_on(SledBackend::new(config)).expect("open sled");
         let raw = concrete.db().open_tree("bench/raw").expect("raw tree");
-        let keys = keys(ENTRIES);
+        let keys = keys(entries(size));
         let backend: DynBackend = Arc::new(concrete);
         rt.block_on(async {
             for (i, k) in keys.iter().enumerate() {
@@ -122,12 +138,11 @@ impl Store {
 
 fn sled_get(c: &mut Criterion) {
     let rt = runtime();
-    for (size, label) in SIZES {
+    for (size, label) in BACKEND_SIZES {
         let s = Store::new(&rt, size, Dispatch::Inline, Flush::Never);
-        let spawn = Store::new(&rt, size, Dispatch::SpawnBlocking, Flush::Never);
         let mut g = c.benchmark_group(format!("sled_get/{label}"));
 
-        let mut cur = Cursor::new();
+        let mut cur = Cursor::new(s.keys.len());
         g.bench_function("larder_dyn_trait", |b| {
             b.to_async(&rt).iter(|| {
                 let k = &s.keys[cur.next_index()];
@@ -136,39 +151,71 @@ fn sled_get(c: &mut Criterion) {
             })
         });
 
-        let mut cur = Cursor::new();
-        g.bench_function("larder_dyn_trait_spawn_blocking", |b| {
-            b.to_async(&rt).iter(|| {
-                let k = &spawn.keys[cur.next_index()];
-                let backend = &spawn.backend;
-                async move { backend.get(k).await.expect("get").expect("hit") }
-            })
-        });
+        if size == 128 {
+            let spawn = Store::new(&rt, size, Dispatch::SpawnBlocking, Flush::Never);
+            let mut cur = Cursor::new(spawn.keys.len());
+            g.bench_function("larder_dyn_trait_spawn_blocking", |b| {
+                b.to_async(&rt).iter(|| {
+                    let k = &spawn.keys[cur.next_index()];
+                    let backend = &spawn.backend;
+                    async move { backend.get(k).await.expect("get").expect("hit") }
+                })
+            });
+        }
 
-        let mut cur = Cursor::new();
+        let mut cur = Cursor::new(s.keys.len());
         g.bench_function("raw_tree_get_copy", |b| {
-            b.iter(|| {
-                let k = &s.keys[cur.next_index()];
-                let v = s
-                    .raw
-                    .get(black_box(k.as_bytes()))
-                    .expect("get")
-                    .expect("hit");
-                Bytes::copy_from_slice(&v)
-            })
+            b.iter(|| raw_get(&s.raw, &s.keys[cur.next_index()]))
         });
         g.finish();
     }
 }
 
+/// Raw sled's get, with the value copied into `Bytes` so that the caller owns it.
+fn raw_get(raw: &sled::Tree, k: &Key) -> Bytes {
+    let v = raw.get(black_box(k.as_bytes())).expect("get").expect("hit");
+    Bytes::copy_from_slice(&v)
+}
+
+fn raw_get_many(raw: &sled::Tree, batch: &[Key]) -> Vec<Option<Bytes>> {
+    batch
+        .iter()
+        .map(|k| {
+            raw.get(k.as_bytes())
+                .expect("get")
+                .map(|v| Bytes::copy_from_slice(&v))
+        })
+        .collect()
+}
+
+fn sled_get_many(c: &mut Criterion, rt: &Runtime, s: &Store) {
+    let batches: Vec<Vec<Key>> = s.keys.chunks(MANY).map(<[Key]>::to_vec).collect();
+    let mut g = c.benchmark_group(format!("sled_get_many/{MANY}x128B"));
+    let mut i = 0usize;
+    g.bench_function("larder_dyn_trait", |b| {
+        b.to_async(rt).iter(|| {
+            i = (i + 1) % batches.len();
+            let (batch, backend) = (&batches[i], &s.backend);
+            async move { black_box(backend.get_many(batch).await.expect("get_many")) }
+        })
+    });
+    g.bench_function("raw_tree_get_copy_x100", |b| {
+        b.iter(|| {
+            i = (i + 1) % batches.len();
+            black_box(raw_get_many(&s.raw, &batches[i]))
+        })
+    });
+    g.finish();
+}
+
 fn sled_put(c: &mut Criterion) {
     let rt = runtime();
-    for (size, label) in SIZES {
+    for (size, label) in BACKEND_SIZES {
         let s = Store::new(&rt, size, Dispatch::Inline, Flush::Never);
         let v = value(size, 7);
         let mut g = c.benchmark_group(format!("sled_put/{label}"));
 
-        let mut cur = Cursor::new();
+        let mut cur = Cursor::new(s.keys.len());
         g.bench_function("larder_dyn_trait_overwrite", |b| {
             b.to_async(&rt).iter(|| {
                 let k = &s.keys[cur.next_index()];
@@ -186,7 +233,7 @@ fn sled_put(c: &mut Criterion) {
         // Alternate two values: sled skips an insert of the bytes already stored, which
         // larder never hits (every record carries a new version).
         let other = value(size, 8);
-        let mut cur = Cursor::new();
+        let mut cur = Cursor::new(s.keys.len());
         g.bench_function("raw_tree_insert", |b| {
             b.iter(|| {
                 let (i, odd_pass) = cur.next_with_pass();
@@ -203,9 +250,9 @@ fn sled_put(c: &mut Criterion) {
 
 fn sled_cas(c: &mut Criterion) {
     let rt = runtime();
-    let s = Store::new(&rt, 200, Dispatch::Inline, Flush::Never);
-    let (a, b_val) = (value(200, 1), value(200, 2));
-    let mut g = c.benchmark_group("sled_cas/200B");
+    let s = Store::new(&rt, 128, Dispatch::Inline, Flush::Never);
+    let (a, b_val) = (value(128, 1), value(128, 2));
+    let mut g = c.benchmark_group("sled_cas/128B");
 
     // Each key's current version, so that every update wins.
     let versions: Vec<Cell<Version>> = rt.block_on(async {
@@ -216,7 +263,7 @@ fn sled_cas(c: &mut Criterion) {
         }
         out
     });
-    let mut cur = Cursor::new();
+    let mut cur = Cursor::new(s.keys.len());
     let mut flip = false;
     g.bench_function("larder_dyn_trait_update", |bch| {
         bch.to_async(&rt).iter(|| {
@@ -242,7 +289,7 @@ fn sled_cas(c: &mut Criterion) {
         .map(|k| s.raw.get(k.as_bytes()).expect("get").expect("hit"))
         .collect();
     let (ia, ib) = (IVec::from(&a[..]), IVec::from(&b_val[..]));
-    let mut cur = Cursor::new();
+    let mut cur = Cursor::new(s.keys.len());
     g.bench_function("raw_tree_compare_and_swap", |bch| {
         bch.iter(|| {
             let i = cur.next_index();
@@ -263,12 +310,12 @@ fn sled_cas(c: &mut Criterion) {
 
 fn sled_durable_put(c: &mut Criterion) {
     let rt = runtime();
-    let s = Store::new(&rt, 200, Dispatch::Inline, Flush::EveryWrite);
-    let v = value(200, 9);
-    let mut g = c.benchmark_group("sled_durable_put/200B");
+    let s = Store::new(&rt, 128, Dispatch::Inline, Flush::EveryWrite);
+    let v = value(128, 9);
+    let mut g = c.benchmark_group("sled_durable_put/128B");
     g.sample_size(20);
 
-    let mut cur = Cursor::new();
+    let mut cur = Cursor::new(s.keys.len());
     g.bench_function("larder_dyn_trait_overwrite_flush_every_write", |b| {
         b.to_async(&rt).iter(|| {
             let k = &s.keys[cur.next_index()];
@@ -284,8 +331,8 @@ fn sled_durable_put(c: &mut Criterion) {
     });
 
     // Two values, alternated, so that every insert writes (see `sled_put`).
-    let other = value(200, 10);
-    let mut cur = Cursor::new();
+    let other = value(128, 10);
+    let mut cur = Cursor::new(s.keys.len());
     g.bench_function("raw_tree_insert_flush_async", |b| {
         b.to_async(&rt).iter(|| {
             let (i, odd_pass) = cur.next_with_pass();
@@ -301,6 +348,147 @@ fn sled_durable_put(c: &mut Criterion) {
     g.finish();
 }
 
+const ROUNDS: usize = 40;
+const PER_ROUND: usize = 1000;
+
+/// The ratios larder / raw sled, measured alternately, printed to stderr.
+fn ratios(rt: &Runtime) {
+    for (size, label) in BACKEND_SIZES {
+        let s = Store::new(rt, size, Dispatch::Inline, Flush::Never);
+        let (keys, backend, raw) = (&s.keys, &s.backend, &s.raw);
+        let order = visit_order(keys.len());
+        let order = &order;
+        let n = keys.len();
+        rt.block_on(async {
+            let got = alternate(
+                ROUNDS,
+                PER_ROUND,
+                |i| async move {
+                    black_box(backend.get(&keys[order[i % n]]).await.expect("get"));
+                },
+                |i| async move {
+                    black_box(raw_get(raw, &keys[order[i % n]]));
+                },
+            )
+            .await;
+            report("sled", &format!("get {label}"), got);
+            // Both sides write a value differing from the one stored: larder's records
+            // always differ (new version), and raw alternates two values by pass.
+            let (v1, v2) = (value(size, 11), value(size, 12));
+            let (v1, v2) = (&v1, &v2);
+            let put = alternate(
+                ROUNDS,
+                PER_ROUND / 4,
+                |i| async move {
+                    black_box(
+                        backend
+                            .put(&keys[order[i % n]], v1.clone(), None, PutMode::Overwrite)
+                            .await
+                            .expect("put"),
+                    );
+                },
+                |i| async move {
+                    let v = if (i / n) % 2 == 0 { v1 } else { v2 };
+                    black_box(
+                        raw.insert(keys[order[i % n]].as_bytes(), &v[..])
+                            .expect("insert"),
+                    );
+                },
+            )
+            .await;
+            report("sled", &format!("put {label}"), put);
+            if size == 128 {
+                // CAS: each key's current version (larder) and current bytes (raw).
+                let mut vers = Vec::with_capacity(n);
+                for k in keys.iter() {
+                    vers.push(Cell::new(
+                        backend.get(k).await.expect("get").expect("hit").version,
+                    ));
+                }
+                let cur: Vec<std::cell::RefCell<IVec>> = keys
+                    .iter()
+                    .map(|k| {
+                        std::cell::RefCell::new(raw.get(k.as_bytes()).expect("get").expect("hit"))
+                    })
+                    .collect();
+                let (vers, cur) = (&vers, &cur);
+                let (ia, ib) = (IVec::from(&v1[..]), IVec::from(&v2[..]));
+                let (ia, ib) = (&ia, &ib);
+                let cas = alternate(
+                    ROUNDS,
+                    PER_ROUND / 4,
+                    |i| async move {
+                        let j = order[i % n];
+                        let new = backend
+                            .put(&keys[j], v2.clone(), None, PutMode::Update(vers[j].get()))
+                            .await
+                            .expect("update wins");
+                        vers[j].set(new);
+                    },
+                    |i| async move {
+                        let j = order[i % n];
+                        let old = cur[j].borrow().clone();
+                        let new = if old == *ia { ib.clone() } else { ia.clone() };
+                        raw.compare_and_swap(keys[j].as_bytes(), Some(&old), Some(new.clone()))
+                            .expect("cas")
+                            .expect("cas wins");
+                        *cur[j].borrow_mut() = new;
+                    },
+                )
+                .await;
+                report("sled", "cas 128B", cas);
+                let batches: Vec<Vec<Key>> = keys.chunks(MANY).map(<[Key]>::to_vec).collect();
+                let (batches, m) = (&batches, batches.len());
+                let many = alternate(
+                    ROUNDS,
+                    PER_ROUND / 20,
+                    |i| async move {
+                        black_box(backend.get_many(&batches[i % m]).await.expect("get_many"));
+                    },
+                    |i| async move {
+                        black_box(raw_get_many(raw, &batches[i % m]));
+                    },
+                )
+                .await;
+                report("sled", &format!("get_many {MANY}x128B"), many);
+            }
+        });
+        if size == 128 {
+            concurrent(&s);
+        }
+    }
+}
+
+/// 64 tasks looping `get` of 128 B values for 2 s, larder against raw sled.
+fn concurrent(s: &Store) {
+    let mrt = harness::multi_thread();
+    let keys: Arc<Vec<Key>> = Arc::new(s.keys.clone());
+    let n = keys.len();
+    let (b, k) = (s.backend.clone(), keys.clone());
+    let larder = move |i: usize| {
+        let (b, k) = (b.clone(), k.clone());
+        async move {
+            black_box(b.get(&k[i % n]).await.expect("get"));
+        }
+    };
+    let (raw, k) = (s.raw.clone(), keys);
+    let raw = move |i: usize| {
+        let (raw, k) = (raw.clone(), k.clone());
+        async move {
+            black_box(raw_get(&raw, &k[i % n]));
+        }
+    };
+    harness::throughput_pair(
+        "sled",
+        "get 128B",
+        &mrt,
+        TASKS,
+        Duration::from_secs(2),
+        larder,
+        raw,
+    );
+}
+
 // What `criterion_group!`/`criterion_main!` expand to, written out because the macro's
 // `pub fn benches` trips the workspace's `missing_docs` lint.
 fn main() {
@@ -308,6 +496,16 @@ fn main() {
     sled_get(&mut c);
     sled_put(&mut c);
     sled_cas(&mut c);
+    let rt = runtime();
+    {
+        let s = Store::new(&rt, 128, Dispatch::Inline, Flush::Never);
+        sled_get_many(&mut c, &rt, &s);
+    }
     sled_durable_put(&mut c);
     c.final_summary();
+    // `--test`/`--list` runs skip the extra measurements.
+    if std::env::args().any(|a| a == "--test" || a == "--list") {
+        return;
+    }
+    ratios(&rt);
 }

@@ -1,9 +1,12 @@
-//! Shared fixtures for larder's Criterion benchmarks (`benches/memory.rs`, `benches/codec.rs`).
+//! Shared fixtures for larder's Criterion benchmarks: keys, values and the `Session` struct,
+//! plus the async helpers of the networked benches ([`harness`]).
 //!
 //! Not published. Run the benches with `cargo bench -p larder-benches`; see `README.md` in
 //! this crate for options and `RESULTS.md` for the last recorded figures.
 
 use std::collections::BTreeMap;
+
+pub mod harness;
 
 use bytes::Bytes;
 use larder_cache_api::Key;
@@ -14,6 +17,15 @@ pub const ENTRIES: usize = 10_000;
 
 /// Value sizes the memory benches use, with a label for the bench id.
 pub const VALUE_SIZES: [(usize, &str); 2] = [(128, "128B"), (4096, "4KiB")];
+
+/// Value sizes of the backend benches (redis, memcached, sled), with a label for the id.
+pub const BACKEND_SIZES: [(usize, &str); 3] = [(128, "128B"), (4096, "4KiB"), (65536, "64KiB")];
+
+/// Keys per `get_many` in the backend benches.
+pub const MANY: usize = 100;
+
+/// Concurrent tasks in the throughput runs of the backend benches.
+pub const TASKS: usize = 64;
 
 /// `n` distinct keys of 28 bytes each (`session:user:00000042:state`), the shape of a typical
 /// session or per-user cache key.

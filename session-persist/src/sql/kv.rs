@@ -7,48 +7,16 @@
 
 /// Implements `CacheBackend` for `$kv` (holding `pool` and `caps`) over `$db`.
 /// `$now` is the SQL expression for the database clock in milliseconds; `$next` the SQL
-/// that returns the next version.
+/// expression for a new version, evaluated inside the one statement of each write so a
+/// compare-and-swap is a single round trip.
 macro_rules! sql_kv {
     ($kv:ident, $db:ty, $name:literal, $now:literal, $next:literal) => {
         impl $kv {
-            async fn next_version(
-                tx: &mut sqlx::Transaction<'static, $db>,
-            ) -> larder_cache_api::Result<i64> {
-                let (v,): (i64,) = sqlx::query_as($next)
-                    .fetch_one(&mut **tx)
-                    .await
-                    .map_err(|e| $crate::sql::db_error($name, "version", e))?;
-                Ok(v)
-            }
-
             async fn current(
-                tx: &mut sqlx::Transaction<'static, $db>,
+                &self,
                 key: &larder_cache_api::Key,
             ) -> larder_cache_api::Result<Option<larder_cache_api::Entry>> {
-                let row: Option<(Vec<u8>, i64)> = sqlx::query_as(concat!(
-                    "SELECT value, version FROM larder_kv WHERE key = $1 \
-                     AND (expires_at IS NULL OR expires_at > ", $now, ")"
-                ))
-                .bind(key.as_str())
-                .fetch_optional(&mut **tx)
-                .await
-                .map_err(|e| $crate::sql::db_error($name, "get", e))?;
-                Ok(row.map(|(v, ver)| {
-                    larder_cache_api::Entry::new(v, larder_cache_api::Version::from_raw(ver as u64))
-                }))
-            }
-
-            async fn begin(&self) -> larder_cache_api::Result<sqlx::Transaction<'static, $db>> {
-                self.pool
-                    .begin()
-                    .await
-                    .map_err(|e| $crate::sql::db_error($name, "begin", e))
-            }
-
-            async fn commit(tx: sqlx::Transaction<'static, $db>) -> larder_cache_api::Result<()> {
-                tx.commit()
-                    .await
-                    .map_err(|e| $crate::sql::db_error($name, "commit", e))
+                larder_cache_api::CacheBackend::get(self, key).await
             }
 
             /// Removes expired entries in batches of `batch`; returns how many.
@@ -113,25 +81,22 @@ macro_rules! sql_kv {
             ) -> larder_cache_api::Result<larder_cache_api::Version> {
                 self.caps.check_value_size(value.len())?;
                 let ttl_ms = ttl.map(|t| t.as_millis() as i64);
-                let mut tx = self.begin().await?;
-                let version = Self::next_version(&mut tx).await?;
                 let written: Result<Option<(i64,)>, sqlx::Error> = match mode {
                     larder_cache_api::PutMode::Overwrite => sqlx::query_as(concat!(
-                        "INSERT INTO larder_kv (key, value, version, expires_at) VALUES ($1, $2, $3, \
-                         CASE WHEN $4 IS NULL THEN NULL ELSE ", $now, " + $4 END) \
+                        "INSERT INTO larder_kv (key, value, version, expires_at) VALUES ($1, $2, ", $next, ", \
+                         CASE WHEN $3 IS NULL THEN NULL ELSE ", $now, " + $3 END) \
                          ON CONFLICT (key) DO UPDATE SET value = excluded.value, \
                          version = excluded.version, expires_at = excluded.expires_at \
                          RETURNING version"
                     ))
                     .bind(key.as_str())
                     .bind(&value[..])
-                    .bind(version)
                     .bind(ttl_ms)
-                    .fetch_optional(&mut *tx)
+                    .fetch_optional(&self.pool)
                     .await,
                     larder_cache_api::PutMode::Create => sqlx::query_as(concat!(
-                        "INSERT INTO larder_kv (key, value, version, expires_at) VALUES ($1, $2, $3, \
-                         CASE WHEN $4 IS NULL THEN NULL ELSE ", $now, " + $4 END) \
+                        "INSERT INTO larder_kv (key, value, version, expires_at) VALUES ($1, $2, ", $next, ", \
+                         CASE WHEN $3 IS NULL THEN NULL ELSE ", $now, " + $3 END) \
                          ON CONFLICT (key) DO UPDATE SET value = excluded.value, \
                          version = excluded.version, expires_at = excluded.expires_at \
                          WHERE larder_kv.expires_at IS NOT NULL AND larder_kv.expires_at <= ", $now, " \
@@ -139,33 +104,29 @@ macro_rules! sql_kv {
                     ))
                     .bind(key.as_str())
                     .bind(&value[..])
-                    .bind(version)
                     .bind(ttl_ms)
-                    .fetch_optional(&mut *tx)
+                    .fetch_optional(&self.pool)
                     .await,
                     larder_cache_api::PutMode::Update(expected) => sqlx::query_as(concat!(
-                        "UPDATE larder_kv SET value = $2, version = $3, expires_at = \
-                         CASE WHEN $4 IS NULL THEN NULL ELSE ", $now, " + $4 END \
-                         WHERE key = $1 AND version = $5 \
+                        "UPDATE larder_kv SET value = $2, version = ", $next, ", expires_at = \
+                         CASE WHEN $3 IS NULL THEN NULL ELSE ", $now, " + $3 END \
+                         WHERE key = $1 AND version = $4 \
                          AND (expires_at IS NULL OR expires_at > ", $now, ") RETURNING version"
                     ))
                     .bind(key.as_str())
                     .bind(&value[..])
-                    .bind(version)
                     .bind(ttl_ms)
                     .bind(expected.into_raw() as i64)
-                    .fetch_optional(&mut *tx)
+                    .fetch_optional(&self.pool)
                     .await,
                 };
                 let written = written.map_err(|e| $crate::sql::db_error($name, "put", e))?;
                 match written {
-                    Some((v,)) => {
-                        Self::commit(tx).await?;
-                        Ok(larder_cache_api::Version::from_raw(v as u64))
-                    }
+                    Some((v,)) => Ok(larder_cache_api::Version::from_raw(v as u64)),
                     None => {
-                        let current = Self::current(&mut tx, key).await?;
-                        Self::commit(tx).await?;
+                        // The conflict carries what is stored now (read right after the
+                        // refused write; it may already have moved on again).
+                        let current = self.current(key).await?;
                         let msg = match (mode, &current) {
                             (larder_cache_api::PutMode::Create, _) => "key already exists",
                             (_, Some(_)) => "stored version differs",
@@ -195,23 +156,20 @@ macro_rules! sql_kv {
                         Ok(n > 0)
                     }
                     larder_cache_api::DeleteMode::IfVersion(v) => {
-                        let mut tx = self.begin().await?;
                         let n = sqlx::query(concat!(
                             "DELETE FROM larder_kv WHERE key = $1 AND version = $2 \
                              AND (expires_at IS NULL OR expires_at > ", $now, ")"
                         ))
                         .bind(key.as_str())
                         .bind(v.into_raw() as i64)
-                        .execute(&mut *tx)
+                        .execute(&self.pool)
                         .await
                         .map_err(|e| $crate::sql::db_error($name, "delete", e))?
                         .rows_affected();
                         if n > 0 {
-                            Self::commit(tx).await?;
                             return Ok(true);
                         }
-                        let current = Self::current(&mut tx, key).await?;
-                        Self::commit(tx).await?;
+                        let current = self.current(key).await?;
                         Err(larder_cache_api::Error::conflict(
                             if current.is_some() { "stored version differs" } else { "key is absent" },
                             current,

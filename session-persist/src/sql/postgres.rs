@@ -102,7 +102,7 @@ super::kv::sql_kv!(
     sqlx::Postgres,
     "postgres",
     "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT",
-    "SELECT nextval('larder_kv_version')"
+    "nextval('larder_kv_version')"
 );
 
 /// A fence for one resource in this database (table `larder_fences`): see

@@ -119,12 +119,15 @@ impl SqliteStore {
     }
 }
 
+// SQLite has no sequences and no writes inside expressions: a version is 63 random bits,
+// drawn inside the one CAS statement (a repeat for one key has odds of 2^-63 per write; the
+// counter table of the first migration is no longer used).
 super::kv::sql_kv!(
     SqliteKv,
     sqlx::Sqlite,
     "sqlite",
     "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
-    "UPDATE larder_kv_version SET v = v + 1 WHERE id = 1 RETURNING v"
+    "(random() & 9223372036854775807)"
 );
 
 /// A fence for one resource in this database (table `larder_fences`): see

@@ -1,0 +1,412 @@
+//! Coordination on PostgreSQL, SQLite and Redis: lease acquire and renew
+//! (`larder_cache_api::coord::Lease`) beside the raw compare-and-swap doing the same write on
+//! the same backend, and the latency of claiming a period (`Scheduler::claim`).
+//!
+//! Backends: the `larder_kv` table of a fresh PostgreSQL schema
+//! (`larder_tests::db::pg_store().await.0.kv()`), of a fresh SQLite file (`sqlite_store`),
+//! and a redis-server started by the bench (`ServerProcess::redis`). Groups, per `<db>`:
+//!
+//! * `coord_lease/<db>/larder_try_acquire`: `Lease::try_acquire` of a lease just released
+//!   (the release is untimed): one versioned read and one CAS write of the encoded record.
+//! * `coord_lease/<db>/raw_read_then_cas`: the same work by hand: the raw read of a record
+//!   of the same size, then the raw CAS. SQL: `SELECT value, version FROM larder_kv WHERE
+//!   key = $1`, then `UPDATE larder_kv SET value = $1, version = $2 WHERE key = $3 AND
+//!   version = $4` through sqlx on the store's pool; Redis: `GET`, then `EVALSHA` of the
+//!   backend's compare-version-then-`SET` script.
+//! * `coord_lease/<db>/larder_renew`: `Lease::renew` (one CAS write, chained).
+//! * `coord_lease/<db>/raw_cas`: the raw CAS statement or script alone, chained.
+//! * `coord_claim/<db>/larder_scheduler_claim`: `Scheduler::claim` of a task on
+//!   `Schedule::Every(60 s)` with a `ManualClock` advanced by one period before each call,
+//!   so every call claims a fresh period (versioned read + CAS write).
+//!
+//! After the criterion groups, `ratio coord ...` lines (stderr) give the same pairs measured
+//! alternately (larder and raw every 50 operations for 20 rounds, median per-op time of
+//! each): acquire / raw read+CAS, renew / raw CAS, claim / raw read+CAS.
+
+use std::hint::black_box;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use criterion::Criterion;
+use larder_backend_redis::RedisBackend;
+use larder_benches::harness::{self, alternate, report};
+use larder_cache_api::coord::{
+    Held, HolderId, Lease, LeaseConfig, ManualClock, Schedule, Scheduler, SchedulerConfig, TaskSpec,
+};
+use larder_cache_api::{Bytes, DynBackend, Key, PutMode};
+use larder_tests::server::ServerProcess;
+use redis::aio::MultiplexedConnection;
+use redis::{IntoConnectionInfo, Value};
+use tokio::runtime::Runtime;
+
+/// The backend's compare-version-then-SET script (`backend-redis/src/core.rs`, `UPDATE`).
+const UPDATE: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if not cur then return 0 end
+if string.sub(cur, 1, 8) ~= ARGV[1] then return cur end
+if ARGV[3] == '0' then
+  redis.call('SET', KEYS[1], ARGV[2])
+else
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+end
+return 1
+";
+
+const PERIOD_MS: i64 = 60_000;
+
+/// The raw anchor on one backend.
+enum Raw {
+    Redis {
+        conn: MultiplexedConnection,
+        sha: String,
+    },
+    Pg(sqlx::PgPool),
+    Lite(sqlx::SqlitePool),
+}
+
+impl Raw {
+    /// The raw read of a record: value and version.
+    async fn read(&self, key: &Key) -> (Vec<u8>, u64) {
+        const Q: &str = "SELECT value, version FROM larder_kv WHERE key = $1";
+        match self {
+            Raw::Redis { conn, .. } => {
+                let mut c = conn.clone();
+                match redis::cmd("GET")
+                    .arg(key.as_bytes())
+                    .query_async::<Value>(&mut c)
+                    .await
+                    .expect("GET")
+                {
+                    Value::BulkString(mut b) => {
+                        let v = b.split_off(8);
+                        let ver = u64::from_be_bytes(b[..8].try_into().expect("8 bytes"));
+                        (v, ver)
+                    }
+                    other => panic!("GET: {other:?}"),
+                }
+            }
+            Raw::Pg(p) => {
+                let (v, ver): (Vec<u8>, i64) = sqlx::query_as(Q)
+                    .bind(key.as_str())
+                    .fetch_one(p)
+                    .await
+                    .expect("select");
+                (v, ver as u64)
+            }
+            Raw::Lite(p) => {
+                let (v, ver): (Vec<u8>, i64) = sqlx::query_as(Q)
+                    .bind(key.as_str())
+                    .fetch_one(p)
+                    .await
+                    .expect("select");
+                (v, ver as u64)
+            }
+        }
+    }
+
+    /// The raw CAS from `expected` to `next`; panics if it loses.
+    async fn cas(&self, key: &Key, value: &[u8], expected: u64, next: u64) {
+        const Q: &str =
+            "UPDATE larder_kv SET value = $1, version = $2 WHERE key = $3 AND version = $4";
+        match self {
+            Raw::Redis { conn, sha } => {
+                let mut stored = Vec::with_capacity(8 + value.len());
+                stored.extend_from_slice(&next.to_be_bytes());
+                stored.extend_from_slice(value);
+                let mut c = conn.clone();
+                let r: Value = redis::cmd("EVALSHA")
+                    .arg(sha)
+                    .arg(1)
+                    .arg(key.as_bytes())
+                    .arg(&expected.to_be_bytes()[..])
+                    .arg(stored)
+                    .arg(0)
+                    .query_async(&mut c)
+                    .await
+                    .expect("EVALSHA");
+                assert_eq!(r, Value::Int(1), "raw CAS lost");
+            }
+            Raw::Pg(p) => {
+                let n = sqlx::query(Q)
+                    .bind(value)
+                    .bind(next as i64)
+                    .bind(key.as_str())
+                    .bind(expected as i64)
+                    .execute(p)
+                    .await
+                    .expect("update")
+                    .rows_affected();
+                assert_eq!(n, 1, "raw CAS lost");
+            }
+            Raw::Lite(p) => {
+                let n = sqlx::query(Q)
+                    .bind(value)
+                    .bind(next as i64)
+                    .bind(key.as_str())
+                    .bind(expected as i64)
+                    .execute(p)
+                    .await
+                    .expect("update")
+                    .rows_affected();
+                assert_eq!(n, 1, "raw CAS lost");
+            }
+        }
+    }
+}
+
+/// One backend with its lease, scheduler and raw anchor.
+struct Fixture {
+    name: &'static str,
+    lease: Lease,
+    held: Mutex<Option<Held>>,
+    scheduler: Scheduler,
+    clock: Arc<ManualClock>,
+    task: TaskSpec,
+    raw: Raw,
+    raw_key: Key,
+    raw_value: Vec<u8>,
+    raw_ver: AtomicU64,
+    _guard: Box<dyn std::any::Any + Send + Sync>,
+}
+
+impl Fixture {
+    async fn new(
+        name: &'static str,
+        backend: DynBackend,
+        raw: Raw,
+        guard: Box<dyn std::any::Any + Send + Sync>,
+    ) -> Fixture {
+        let lease = Lease::new(
+            backend.clone(),
+            "bench",
+            HolderId::named("bench"),
+            LeaseConfig::default(),
+        )
+        .expect("lease");
+        let held = lease.try_acquire().await.expect("acquire").expect("free");
+        // The raw record: the same bytes as the lease record, under a key of its own.
+        let raw_value = backend
+            .get(&Key::new("larder:lease:bench").expect("key"))
+            .await
+            .expect("get")
+            .expect("lease record")
+            .value
+            .to_vec();
+        let raw_key = Key::new("bench:raw").expect("key");
+        let start = match &raw {
+            Raw::Redis { conn, .. } => {
+                let mut stored = 0u64.to_be_bytes().to_vec();
+                stored.extend_from_slice(&raw_value);
+                let mut c = conn.clone();
+                let _: Value = redis::cmd("SET")
+                    .arg(raw_key.as_bytes())
+                    .arg(stored)
+                    .query_async(&mut c)
+                    .await
+                    .expect("seed raw");
+                0
+            }
+            Raw::Pg(_) | Raw::Lite(_) => backend
+                .put(
+                    &raw_key,
+                    Bytes::from(raw_value.clone()),
+                    None,
+                    PutMode::Overwrite,
+                )
+                .await
+                .expect("seed raw")
+                .into_raw(),
+        };
+        let clock = Arc::new(ManualClock::new(1_767_225_600_000));
+        let scheduler = Scheduler::new(
+            backend,
+            HolderId::named("bench"),
+            SchedulerConfig::default(),
+        )
+        .expect("scheduler")
+        .with_clock(clock.clone());
+        let task = TaskSpec::new(
+            "bench",
+            Schedule::Every(Duration::from_millis(PERIOD_MS as u64)),
+            |_| async { Ok(()) },
+        )
+        .allow_overlap(true);
+        Fixture {
+            name,
+            lease,
+            held: Mutex::new(Some(held)),
+            scheduler,
+            clock,
+            task,
+            raw,
+            raw_key,
+            raw_value,
+            raw_ver: AtomicU64::new(start),
+            _guard: guard,
+        }
+    }
+
+    /// One acquisition of the lease after an (untimed) release; returns the time it took.
+    async fn acquire_once(&self) -> Duration {
+        let h = self.held.lock().expect("lock").take().expect("held");
+        self.lease.release(h).await.expect("release");
+        let t = Instant::now();
+        let h = self
+            .lease
+            .try_acquire()
+            .await
+            .expect("acquire")
+            .expect("released lease is free");
+        let took = t.elapsed();
+        *self.held.lock().expect("lock") = Some(h);
+        took
+    }
+
+    async fn renew_once(&self) {
+        let mut h = self.held.lock().expect("lock").take().expect("held");
+        self.lease.renew(&mut h).await.expect("renew");
+        *self.held.lock().expect("lock") = Some(h);
+    }
+
+    async fn claim_once(&self) {
+        self.clock.advance(PERIOD_MS);
+        let c = self.scheduler.claim(&self.task).await.expect("claim");
+        assert!(c.is_some(), "a fresh period is claimed");
+    }
+
+    async fn raw_cas_once(&self) {
+        let cur = self.raw_ver.load(Ordering::Relaxed);
+        let next = cur + 1;
+        self.raw
+            .cas(&self.raw_key, &self.raw_value, cur, next)
+            .await;
+        self.raw_ver.store(next, Ordering::Relaxed);
+    }
+
+    async fn raw_read_then_cas_once(&self) {
+        let (v, cur) = self.raw.read(&self.raw_key).await;
+        black_box(&v);
+        let next = cur + 1;
+        self.raw
+            .cas(&self.raw_key, &self.raw_value, cur, next)
+            .await;
+        self.raw_ver.store(next, Ordering::Relaxed);
+    }
+}
+
+async fn redis_fixture(server: &ServerProcess) -> Fixture {
+    let port = server.port();
+    let info = redis::ConnectionAddr::Tcp("127.0.0.1".into(), port)
+        .into_connection_info()
+        .expect("connection info")
+        .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+    let mut conn = redis::Client::open(info)
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("raw connection");
+    let sha: String = redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg(UPDATE)
+        .query_async(&mut conn)
+        .await
+        .expect("SCRIPT LOAD");
+    let backend: DynBackend = Arc::new(
+        RedisBackend::connect(&format!("redis://127.0.0.1:{port}"))
+            .await
+            .expect("backend"),
+    );
+    Fixture::new("redis", backend, Raw::Redis { conn, sha }, Box::new(())).await
+}
+
+fn bench(c: &mut Criterion, rt: &Runtime, f: &Fixture) {
+    let mut g = c.benchmark_group(format!("coord_lease/{}", f.name));
+    g.bench_function("larder_try_acquire", |b| {
+        b.to_async(rt).iter_custom(|iters| async move {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                total += f.acquire_once().await;
+            }
+            total
+        })
+    });
+    g.bench_function("raw_read_then_cas", |b| {
+        b.to_async(rt).iter(|| f.raw_read_then_cas_once())
+    });
+    g.bench_function("larder_renew", |b| b.to_async(rt).iter(|| f.renew_once()));
+    g.bench_function("raw_cas", |b| b.to_async(rt).iter(|| f.raw_cas_once()));
+    g.finish();
+
+    let mut g = c.benchmark_group(format!("coord_claim/{}", f.name));
+    g.bench_function("larder_scheduler_claim", |b| {
+        b.to_async(rt).iter(|| f.claim_once())
+    });
+    g.finish();
+}
+
+const ROUNDS: usize = 20;
+const PER_ROUND: usize = 50;
+
+fn ratios(rt: &Runtime, f: &Fixture) {
+    rt.block_on(async {
+        // `acquire_once` times itself (the release is not counted), so alternate by hand.
+        let (mut l, mut r) = (Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            let mut took = Duration::ZERO;
+            for _ in 0..PER_ROUND {
+                took += f.acquire_once().await;
+            }
+            l.push(took.as_secs_f64() * 1e6 / PER_ROUND as f64);
+            let t = Instant::now();
+            for _ in 0..PER_ROUND {
+                f.raw_read_then_cas_once().await;
+            }
+            r.push(t.elapsed().as_secs_f64() * 1e6 / PER_ROUND as f64);
+        }
+        l.sort_by(f64::total_cmp);
+        r.sort_by(f64::total_cmp);
+        report(
+            "coord",
+            &format!("{} acquire/read+cas", f.name),
+            (l[l.len() / 2], r[r.len() / 2]),
+        );
+        let renew = alternate(ROUNDS, PER_ROUND, |_| f.renew_once(), |_| f.raw_cas_once()).await;
+        report("coord", &format!("{} renew/cas", f.name), renew);
+        let claim = alternate(
+            ROUNDS,
+            PER_ROUND,
+            |_| f.claim_once(),
+            |_| f.raw_read_then_cas_once(),
+        )
+        .await;
+        report("coord", &format!("{} claim/read+cas", f.name), claim);
+    });
+}
+
+fn main() {
+    let rt = harness::current_thread();
+    let server = ServerProcess::redis();
+    let fixtures = rt.block_on(async {
+        let (pg, schema) = larder_tests::db::pg_store().await;
+        let pg_raw = Raw::Pg(pg.pool().clone());
+        let pg_fx = Fixture::new("postgres", Arc::new(pg.kv()), pg_raw, Box::new(schema)).await;
+        let (lite, dir) = larder_tests::db::sqlite_store().await;
+        let lite_raw = Raw::Lite(lite.pool().clone());
+        let lite_fx = Fixture::new("sqlite", Arc::new(lite.kv()), lite_raw, Box::new(dir)).await;
+        vec![pg_fx, lite_fx, redis_fixture(&server).await]
+    });
+    let mut c = Criterion::default().sample_size(30).configure_from_args();
+    for f in &fixtures {
+        bench(&mut c, &rt, f);
+    }
+    c.final_summary();
+    // `--test`/`--list` runs skip the extra measurements.
+    if std::env::args().any(|a| a == "--test" || a == "--list") {
+        return;
+    }
+    for f in &fixtures {
+        ratios(&rt, f);
+    }
+    drop(server);
+}
