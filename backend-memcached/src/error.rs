@@ -64,16 +64,11 @@ pub(crate) fn protocol(msg: impl Into<std::borrow::Cow<'static, str>>) -> Error 
 }
 
 pub(crate) fn exists(current: Entry) -> Error {
-    Error::conflict("key already exists", Some(current)).with_backend(BACKEND)
+    Error::already_exists(current).with_backend(BACKEND)
 }
 
 pub(crate) fn version_mismatch(current: Option<Entry>) -> Error {
-    let msg = if current.is_some() {
-        "stored version differs"
-    } else {
-        "key is absent"
-    };
-    Error::conflict(msg, current).with_backend(BACKEND)
+    Error::version_mismatch(current).with_backend(BACKEND)
 }
 
 #[cfg(test)]

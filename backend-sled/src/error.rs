@@ -60,16 +60,11 @@ pub(crate) fn corrupt(what: &'static str, len: usize) -> Error {
 }
 
 pub(crate) fn exists(current: Entry) -> Error {
-    Error::conflict("key already exists", Some(current)).with_backend(BACKEND)
+    Error::already_exists(current).with_backend(BACKEND)
 }
 
 pub(crate) fn version_mismatch(current: Option<Entry>) -> Error {
-    let msg = if current.is_some() {
-        "stored version differs"
-    } else {
-        "key is absent"
-    };
-    Error::conflict(msg, current).with_backend(BACKEND)
+    Error::version_mismatch(current).with_backend(BACKEND)
 }
 
 /// A blocking task that did not complete (the runtime shut down, or it panicked).

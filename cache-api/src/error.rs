@@ -118,6 +118,22 @@ impl Error {
         e
     }
 
+    /// The [`ErrorKind::Conflict`] of a create-only write that found `current` stored.
+    pub fn already_exists(current: Entry) -> Self {
+        Error::conflict("key already exists", Some(current))
+    }
+
+    /// The [`ErrorKind::Conflict`] of a conditional write or delete that found another
+    /// version stored (`Some`) or nothing (`None`).
+    pub fn version_mismatch(current: Option<Entry>) -> Self {
+        let msg = if current.is_some() {
+            "stored version differs"
+        } else {
+            "key is absent"
+        };
+        Error::conflict(msg, current)
+    }
+
     /// An [`ErrorKind::Unsupported`] error naming the capability the backend lacks.
     pub fn unsupported(what: &'static str) -> Self {
         Error::new(
