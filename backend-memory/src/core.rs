@@ -5,7 +5,6 @@
 //! quick_cache was measured against a hand-written sharded map (see `benches/RESULTS.md`):
 //! its `get` is about three times faster, so the backend is built on it.
 
-use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -251,9 +250,3 @@ impl Store {
         self.evictions.load(Ordering::Relaxed)
     }
 }
-
-// `BuildHasher` is needed by quick_cache's bounds on the hasher type.
-const _: fn() = || {
-    fn is_hasher<T: BuildHasher>() {}
-    is_hasher::<foldhash::fast::RandomState>();
-};
