@@ -20,7 +20,7 @@ pub mod backends {
 }
 
 /// Sessions whose authority is SQL, with write-through caching (features `postgres`,
-/// `sqlite`, `tower-sessions`).
+/// `sqlite`, `tower-sessions`, `axum`).
 #[cfg(any(feature = "postgres", feature = "sqlite", feature = "tower-sessions"))]
 pub use larder_session_persist as sessions;
 

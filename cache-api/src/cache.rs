@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::codec::{Codec, Postcard};
+use crate::retry::Backoff;
 use crate::single_flight::{follow, share, Role, SingleFlight};
 use crate::{
     envelope, BoxError, DeleteMode, DynBackend, Error, ErrorKind, Key, PutMode, Result, Ttl,
@@ -318,10 +319,17 @@ impl<C: Codec> Cache<C> {
         T: Serialize + DeserializeOwned + Send,
         F: FnMut(Option<T>) -> T + Send,
     {
-        let mut attempt = 0u32;
+        let mut tries = Backoff::new(Duration::from_micros(100), Duration::from_millis(20))
+            .max_attempts(self.max_update_attempts);
+        // What the last conflict reported as stored: used instead of reading again.
+        let mut seen: Option<Option<crate::Entry>> = None;
         loop {
-            attempt += 1;
-            let (current, mode) = match (*self.backend).get(key).await? {
+            tries.next_attempt().await;
+            let stored = match seen.take() {
+                Some(s) => s,
+                None => (*self.backend).get(key).await?,
+            };
+            let (current, mode) = match stored {
                 Some(e) => (self.open::<T>(key, &e.value)?, PutMode::Update(e.version)),
                 None => (None, PutMode::Create),
             };
@@ -329,30 +337,11 @@ impl<C: Codec> Cache<C> {
             let bytes = self.seal(&next)?;
             match (*self.backend).put(key, bytes, ttl, mode).await {
                 Ok(_) => return Ok(next),
-                Err(e) if e.kind() == ErrorKind::Conflict && attempt < self.max_update_attempts => {
-                    tokio::time::sleep(backoff(attempt)).await;
+                Err(e) if e.kind() == ErrorKind::Conflict && tries.can_retry() => {
+                    seen = Some(e.into_current());
                 }
                 Err(e) => return Err(e),
             }
-        }
-    }
-}
-
-/// Full-jitter exponential back-off: random in [0, min(2^attempt * 100µs, 20ms)].
-fn backoff(attempt: u32) -> Duration {
-    let cap_us = (100u64 << attempt.min(8)).min(20_000);
-    let r = crate::random::random_u64();
-    Duration::from_micros(r % (cap_us + 1))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_is_bounded() {
-        for a in 1..100 {
-            assert!(backoff(a) <= Duration::from_millis(20));
         }
     }
 }

@@ -11,6 +11,7 @@ mod error;
 mod key;
 pub mod layer;
 mod random;
+pub mod retry;
 mod single_flight;
 mod ttl;
 mod types;

@@ -7,13 +7,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use larder_cache_api::codec::{Codec, Postcard};
+use larder_cache_api::retry::Backoff;
 use larder_cache_api::{Error, ErrorKind, Result};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::id::SessionId;
 use crate::record::{Record, SessionData, Timestamp};
-use crate::store::SessionStore;
+use crate::store::{SaveOutcome, SessionStore};
 
 /// What happens when another request changed the same key in between.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -25,10 +26,47 @@ pub enum ConflictPolicy {
     Error,
 }
 
+/// How the handle encodes each value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum ValueFormat {
+    /// postcard (compact; the default).
+    #[default]
+    Postcard,
+    /// JSON, the format of [`TowerStore`](crate::TowerStore): use it when the same session
+    /// is also read and written through tower-sessions.
+    Json,
+}
+
+impl ValueFormat {
+    pub(crate) fn encode<T: Serialize + ?Sized>(self, value: &T) -> Result<Vec<u8>> {
+        match self {
+            ValueFormat::Postcard => {
+                let mut buf = Vec::new();
+                Postcard.encode(value, &mut buf)?;
+                Ok(buf)
+            }
+            ValueFormat::Json => serde_json::to_vec(value).map_err(|e| {
+                Error::new(ErrorKind::Encode, "session value is not JSON-encodable").with_source(e)
+            }),
+        }
+    }
+
+    pub(crate) fn decode<T: DeserializeOwned>(self, bytes: &[u8]) -> Result<T> {
+        match self {
+            ValueFormat::Postcard => Postcard.decode(bytes),
+            ValueFormat::Json => serde_json::from_slice(bytes).map_err(|e| {
+                Error::new(ErrorKind::Decode, "session value is not the expected JSON")
+                    .with_source(e)
+            }),
+        }
+    }
+}
+
 type UpdateFn = Arc<dyn Fn(Option<&[u8]>) -> Result<Vec<u8>> + Send + Sync>;
 
 #[derive(Clone)]
-enum Change {
+pub(crate) enum Change {
     Set(String, Vec<u8>),
     Remove(String),
     Update(String, UpdateFn),
@@ -43,7 +81,7 @@ impl Change {
         }
     }
 
-    fn apply(&self, rec: &mut Record) -> Result<()> {
+    pub(crate) fn apply(&self, rec: &mut Record) -> Result<()> {
         match self {
             Change::Set(k, v) => rec.data.insert_raw(k, v.clone()),
             Change::Remove(k) => {
@@ -69,10 +107,15 @@ pub struct SessionConfig {
     /// passed since its last extension (default 0.25): at most one write per quarter TTL
     /// for a session that is only read.
     pub touch_after: f64,
-    /// Attempts of a save that keeps losing races (default 50).
+    /// Attempts of a save that keeps losing races (default: no limit but the deadline).
     pub max_save_attempts: u32,
+    /// How long a save may keep retrying after lost races (default 10 s); past it the save
+    /// is [`ErrorKind::Conflict`].
+    pub save_deadline: Duration,
     /// Same-key conflicts: last writer wins (default) or an error.
     pub conflict_policy: ConflictPolicy,
+    /// How values are encoded (default postcard).
+    pub value_format: ValueFormat,
 }
 
 impl Default for SessionConfig {
@@ -80,8 +123,10 @@ impl Default for SessionConfig {
         SessionConfig {
             ttl: Duration::from_secs(24 * 3600),
             touch_after: 0.25,
-            max_save_attempts: 50,
+            max_save_attempts: u32::MAX,
+            save_deadline: Duration::from_secs(10),
             conflict_policy: ConflictPolicy::LastWriterWins,
+            value_format: ValueFormat::Postcard,
         }
     }
 }
@@ -102,10 +147,29 @@ impl SessionConfig {
         self.max_save_attempts = n.max(1);
         self
     }
+    /// Sets the save deadline.
+    pub fn save_deadline(mut self, d: Duration) -> Self {
+        self.save_deadline = d;
+        self
+    }
     /// Sets the conflict policy.
     pub fn conflict_policy(mut self, p: ConflictPolicy) -> Self {
         self.conflict_policy = p;
         self
+    }
+    /// Sets the value format.
+    pub fn value_format(mut self, f: ValueFormat) -> Self {
+        self.value_format = f;
+        self
+    }
+
+    /// True if an expiry moved from `loaded` to `wanted` gains enough to be written: at
+    /// least `touch_after` of the TTL (`wanted - now`).
+    pub(crate) fn touch_due(&self, loaded: Timestamp, wanted: Timestamp) -> bool {
+        let now = Timestamp::now();
+        let ttl = wanted.remaining_from(now).as_secs_f64();
+        let gained = wanted.remaining_from(loaded).as_secs_f64();
+        gained > 0.0 && gained >= ttl * self.touch_after
     }
 }
 
@@ -189,6 +253,11 @@ impl SessionManager {
         Ok(self.store.load(&id).await?.map(|r| self.wrap(r)))
     }
 
+    /// The session with this id, or `None` if it does not exist or has expired.
+    pub async fn load_id(&self, id: &SessionId) -> Result<Option<Session>> {
+        Ok(self.store.load(id).await?.map(|r| self.wrap(r)))
+    }
+
     /// Deletes every session of `principal` ("log out everywhere"); returns how many.
     pub async fn delete_principal(&self, principal: &str) -> Result<u64> {
         Ok(self.store.delete_principal(principal).await?.len() as u64)
@@ -199,6 +268,17 @@ impl SessionManager {
             manager: self.clone(),
             record,
             changes: Vec::new(),
+            base: BTreeMap::new(),
+        }
+    }
+
+    /// A handle whose `record` already holds `changes` (made by a request elsewhere, e.g.
+    /// through tower-sessions) on top of the version it loaded.
+    pub(crate) fn replay(&self, record: Record, changes: Vec<Change>) -> Session {
+        Session {
+            manager: self.clone(),
+            record,
+            changes,
             base: BTreeMap::new(),
         }
     }
@@ -253,7 +333,12 @@ impl Session {
 
     /// The value under `key`.
     pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
-        self.record.data.get(key)
+        let format = self.manager.config.value_format;
+        self.record
+            .data
+            .get_raw(key)
+            .map(|b| format.decode(b))
+            .transpose()
     }
 
     /// True if there are changes not yet saved.
@@ -275,8 +360,7 @@ impl Session {
 
     /// Sets `key` to `value`.
     pub fn insert<T: Serialize + ?Sized>(&mut self, key: &str, value: &T) -> Result<()> {
-        let mut buf = Vec::new();
-        Postcard.encode(value, &mut buf)?;
+        let buf = self.manager.config.value_format.encode(value)?;
         self.record_change(Change::Set(key.to_owned(), buf))
     }
 
@@ -294,11 +378,10 @@ impl Session {
         T: Serialize + DeserializeOwned,
         F: Fn(Option<T>) -> T + Send + Sync + 'static,
     {
+        let format = self.manager.config.value_format;
         let f: UpdateFn = Arc::new(move |cur: Option<&[u8]>| {
-            let cur = cur.map(|b| Postcard.decode::<T>(b)).transpose()?;
-            let mut out = Vec::new();
-            Postcard.encode(&f(cur), &mut out)?;
-            Ok(out)
+            let cur = cur.map(|b| format.decode::<T>(b)).transpose()?;
+            format.encode(&f(cur))
         });
         self.record_change(Change::Update(key.to_owned(), f))
     }
@@ -320,30 +403,49 @@ impl Session {
         if self.changes.is_empty() {
             return self.touch_if_due().await;
         }
+        let expires_at = self.manager.expiry();
+        self.save_until(expires_at).await
+    }
+
+    /// Saves the changes without moving the expiry.
+    pub(crate) async fn save_keeping_expiry(&mut self) -> Result<()> {
+        let keep = self.record.expires_at;
+        self.save_until(keep).await
+    }
+
+    /// [`save`](Session::save) with a given expiry. One statement when nobody saved in
+    /// between; each lost race costs one more (the store hands back the current record).
+    pub(crate) async fn save_until(&mut self, expires_at: Timestamp) -> Result<()> {
         let store = Arc::clone(&self.manager.store);
         let cfg = self.manager.config.clone();
-        let mut attempt = 0;
+        let mut tries = Backoff::new(Duration::from_millis(1), Duration::from_millis(64))
+            .max_attempts(cfg.max_save_attempts)
+            .deadline(cfg.save_deadline);
         loop {
-            attempt += 1;
+            tries.next_attempt().await;
             let mut rec = self.record.clone();
-            rec.expires_at = self.manager.expiry();
-            match store.save(&rec).await {
-                Ok(saved) => {
+            rec.expires_at = rec.expires_at.max(expires_at);
+            match store.save_or_current(&rec).await? {
+                SaveOutcome::Saved(saved) => {
                     self.record = saved;
                     self.changes.clear();
                     self.base.clear();
                     return Ok(());
                 }
-                Err(e) if e.kind() == ErrorKind::Conflict && attempt < cfg.max_save_attempts => {
-                    // Pause first, then reload: the reloaded version is then as fresh as
-                    // possible when the retry is written.
-                    tokio::time::sleep(backoff(attempt)).await;
-                    let fresh = store.load_authoritative(&rec.id).await?.ok_or_else(|| {
-                        Error::new(ErrorKind::Gone, "session was deleted by another request")
-                    })?;
+                SaveOutcome::Stale(fresh) => {
+                    metrics::counter!("larder_session_save_conflicts_total").increment(1);
+                    if !tries.can_retry() {
+                        return Err(Error::new(
+                            ErrorKind::Conflict,
+                            format!(
+                                "session save kept losing races with concurrent requests \
+                                 ({} attempts)",
+                                tries.attempts()
+                            ),
+                        ));
+                    }
                     self.rebase(fresh, cfg.conflict_policy)?;
                 }
-                Err(e) => return Err(e),
             }
         }
     }
@@ -360,13 +462,14 @@ impl Session {
                 }
             }
         }
+        // The stored values are the new base for conflict detection: a later lost race is
+        // judged against what this attempt built on, not against this request's own values.
+        for (k, before) in self.base.iter_mut() {
+            *before = fresh.data.get_raw(k).map(<[u8]>::to_vec);
+        }
         let mut rec = fresh;
         for c in &self.changes {
             c.apply(&mut rec)?;
-        }
-        // The other request's values are the new base for conflict detection.
-        for (k, before) in self.base.iter_mut() {
-            *before = self.record.data.get_raw(k).map(<[u8]>::to_vec);
         }
         self.record = rec;
         Ok(())
@@ -375,17 +478,17 @@ impl Session {
     /// Extends the expiry if at least `touch_after` of the TTL has passed since the last
     /// extension.
     pub async fn touch_if_due(&mut self) -> Result<()> {
-        let cfg = &self.manager.config;
-        let remaining = self.record.expires_at.remaining_from(Timestamp::now());
-        if remaining.as_secs_f64() > cfg.ttl.as_secs_f64() * (1.0 - cfg.touch_after) {
+        let wanted = self.manager.expiry();
+        self.touch_until(wanted).await
+    }
+
+    /// Moves the expiry to `wanted` (expiry only: no data rewrite, no cache write) if that
+    /// gains at least `touch_after` of the TTL.
+    pub(crate) async fn touch_until(&mut self, wanted: Timestamp) -> Result<()> {
+        if !self.manager.config.touch_due(self.record.expires_at, wanted) {
             return Ok(());
         }
-        match self
-            .manager
-            .store
-            .touch(&self.record.id, self.manager.expiry())
-            .await?
-        {
+        match self.manager.store.touch(&self.record.id, wanted).await? {
             Some(r) => {
                 self.record = r;
                 Ok(())
@@ -417,12 +520,4 @@ impl Session {
     pub async fn delete(self) -> Result<bool> {
         self.manager.store.delete(&self.record.id).await
     }
-}
-
-/// Full-jitter exponential back-off (1 ms doubling, capped at 64 ms), so that many writers
-/// of one session spread out instead of colliding again in lockstep.
-fn backoff(attempt: u32) -> Duration {
-    let cap_us = 1000u64 << attempt.min(6);
-    let r = u64::from(getrandom::u32().unwrap_or(attempt));
-    Duration::from_micros(r % (cap_us + 1))
 }

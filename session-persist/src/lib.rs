@@ -1,6 +1,8 @@
 #![doc = include_str!("../README.md")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "axum")]
+mod axum;
 mod expiry;
 mod handle;
 mod id;
@@ -12,7 +14,9 @@ mod tower;
 mod write_through;
 
 pub use expiry::{expiry_task, EXPIRY_TASK};
-pub use handle::{ConflictPolicy, Session, SessionConfig, SessionManager};
+#[cfg(feature = "axum")]
+pub use axum::{AtomicSession, SessionError};
+pub use handle::{ConflictPolicy, Session, SessionConfig, SessionManager, ValueFormat};
 pub use id::{IdHash, IdSource, OsRandom, SessionId};
 pub use record::{Record, SessionData, Timestamp};
 pub use sql::SqlOptions;
@@ -20,7 +24,7 @@ pub use sql::SqlOptions;
 pub use sql::{PgFence, PgKv, PgStore};
 #[cfg(feature = "sqlite")]
 pub use sql::{SqliteFence, SqliteKv, SqliteStore};
-pub use store::{SessionStore, DEFAULT_TOMBSTONE_TTL};
+pub use store::{Invalidation, SaveOutcome, SessionStore, DEFAULT_TOMBSTONE_TTL};
 #[cfg(feature = "tower-sessions")]
-pub use tower::TowerStore;
+pub use tower::{TowerStore, RESERVED_KEY};
 pub use write_through::{CachedStore, WriteThroughSnapshot, WriteThroughStats};

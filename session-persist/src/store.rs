@@ -9,6 +9,28 @@ use larder_cache_api::Result;
 use crate::id::{IdHash, SessionId};
 use crate::record::{Record, SessionData, Timestamp};
 
+/// What a versioned [`save`](SessionStore::save_or_current) did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SaveOutcome {
+    /// Written; the stored record with its new version.
+    Saved(Record),
+    /// Another request saved first; nothing was written. The record as it is stored now,
+    /// so the caller can re-apply its changes without loading again.
+    Stale(Record),
+}
+
+/// A pending cache invalidation recorded by the database in the same transaction as a
+/// delete, rotation or revocation (the outbox), so that no failed cache write and no crash
+/// can leave a deleted session live in a shared cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalidation {
+    /// Its position in the outbox (acknowledge it with
+    /// [`outbox_ack`](SessionStore::outbox_ack)).
+    pub seq: i64,
+    /// The deleted session.
+    pub hash: IdHash,
+}
+
 /// Where sessions live. The SQL stores are the authority; [`CachedStore`](crate::CachedStore)
 /// wraps any store with write-through caching and is a store itself.
 ///
@@ -19,8 +41,12 @@ use crate::record::{Record, SessionData, Timestamp};
 ///   version is [`Conflict`](larder_cache_api::ErrorKind::Conflict); a session that was
 ///   deleted, expired or never existed is [`Gone`](larder_cache_api::ErrorKind::Gone), so a
 ///   late save cannot resurrect a logged-out session.
-/// * [`delete`](SessionStore::delete) leaves a short tombstone.
-/// * Every write moves the version forward by one.
+/// * [`delete`](SessionStore::delete) leaves a short tombstone, and records the session in
+///   the invalidation outbox in the same transaction (so do rotation and
+///   [`delete_principal`](SessionStore::delete_principal)).
+/// * Every change of data, principal or liveness moves the version forward by one;
+///   [`touch`](SessionStore::touch) moves only the expiry and keeps the version, so a touch
+///   never makes a concurrent save conflict.
 #[async_trait]
 pub trait SessionStore: Send + Sync + Debug {
     /// Creates a session with a fresh id (insert-if-absent; a colliding id is regenerated).
@@ -40,12 +66,30 @@ pub trait SessionStore: Send + Sync + Debug {
         self.load(id).await
     }
 
-    /// Writes `record` if the stored version is still `record.version`; returns the stored
-    /// record with its new version.
-    async fn save(&self, record: &Record) -> Result<Record>;
+    /// Writes `record` if the stored version is still `record.version` (one statement);
+    /// otherwise writes nothing and returns the stored record, so a retry needs no second
+    /// load. A session that was deleted, expired or never existed is
+    /// [`Gone`](larder_cache_api::ErrorKind::Gone).
+    async fn save_or_current(&self, record: &Record) -> Result<SaveOutcome>;
 
-    /// Moves the expiry to `expires_at` without rewriting the data; `None` if the session is
-    /// gone.
+    /// Writes `record` if the stored version is still `record.version`; returns the stored
+    /// record with its new version. A lost race is
+    /// [`Conflict`](larder_cache_api::ErrorKind::Conflict).
+    async fn save(&self, record: &Record) -> Result<Record> {
+        match self.save_or_current(record).await? {
+            SaveOutcome::Saved(r) => Ok(r),
+            SaveOutcome::Stale(cur) => Err(larder_cache_api::Error::new(
+                larder_cache_api::ErrorKind::Conflict,
+                format!(
+                    "session was saved by another request (version {}, this request loaded {})",
+                    cur.version, record.version
+                ),
+            )),
+        }
+    }
+
+    /// Moves the expiry to `expires_at` without rewriting the data and without changing the
+    /// version; `None` if the session is gone.
     async fn touch(&self, id: &SessionId, expires_at: Timestamp) -> Result<Option<Record>>;
 
     /// Deletes the session, leaving a tombstone; true if a live session was deleted.
@@ -64,6 +108,19 @@ pub trait SessionStore: Send + Sync + Debug {
 
     /// Live sessions now.
     async fn count(&self) -> Result<u64>;
+
+    /// Up to `limit` pending cache invalidations, oldest first (stores without an outbox
+    /// have none).
+    async fn outbox_pending(&self, limit: u32) -> Result<Vec<Invalidation>> {
+        let _ = limit;
+        Ok(Vec::new())
+    }
+
+    /// Removes invalidations whose tombstones are now in the cache.
+    async fn outbox_ack(&self, seqs: &[i64]) -> Result<()> {
+        let _ = seqs;
+        Ok(())
+    }
 }
 
 /// How long a deleted session's tombstone is kept by default.
@@ -85,6 +142,9 @@ impl<S: SessionStore + ?Sized> SessionStore for std::sync::Arc<S> {
     async fn load_authoritative(&self, id: &SessionId) -> Result<Option<Record>> {
         (**self).load_authoritative(id).await
     }
+    async fn save_or_current(&self, record: &Record) -> Result<SaveOutcome> {
+        (**self).save_or_current(record).await
+    }
     async fn save(&self, record: &Record) -> Result<Record> {
         (**self).save(record).await
     }
@@ -105,5 +165,11 @@ impl<S: SessionStore + ?Sized> SessionStore for std::sync::Arc<S> {
     }
     async fn count(&self) -> Result<u64> {
         (**self).count().await
+    }
+    async fn outbox_pending(&self, limit: u32) -> Result<Vec<Invalidation>> {
+        (**self).outbox_pending(limit).await
+    }
+    async fn outbox_ack(&self, seqs: &[i64]) -> Result<()> {
+        (**self).outbox_ack(seqs).await
     }
 }

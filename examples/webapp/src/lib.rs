@@ -25,8 +25,9 @@ use larder::coord::{
     Elector, HolderId, Lease, LeaseConfig, Role, Scheduler, SchedulerConfig, TaskStatus,
 };
 use larder::sessions::{
-    expiry_task, CachedStore, IdHash, PgStore, Record, SessionData, SessionId, SessionStore,
-    SqliteStore, Timestamp, TowerStore, WriteThroughStats,
+    expiry_task, AtomicSession, CachedStore, IdHash, Invalidation, PgStore, Record, SaveOutcome,
+    SessionData, SessionError, SessionId, SessionStore, SqliteStore, Timestamp, TowerStore,
+    WriteThroughStats,
 };
 use larder::DynBackend;
 use serde::Deserialize;
@@ -75,6 +76,11 @@ pub struct Config {
     /// How often the session expiry task runs (once per period across all instances).
     #[arg(long, env = "LARDER_EXPIRY_INTERVAL_MS", default_value_t = 60_000)]
     pub expiry_interval_ms: u64,
+    /// A key (at least 16 bytes) for tagging shared cache entries with an HMAC, the same on
+    /// every instance. With a PostgreSQL database and no key given, the instances agree on
+    /// a random key kept in the database; with the embedded defaults, entries are untagged.
+    #[arg(long, env = "LARDER_CACHE_KEY", hide_env_values = true)]
+    pub cache_key: Option<String>,
 }
 
 impl Default for Config {
@@ -88,6 +94,7 @@ impl Default for Config {
             instance: None,
             session_ttl_secs: 86_400,
             expiry_interval_ms: 60_000,
+            cache_key: None,
         }
     }
 }
@@ -118,8 +125,8 @@ impl SessionStore for CountSweeps {
     async fn load_authoritative(&self, id: &SessionId) -> larder::Result<Option<Record>> {
         self.inner.load_authoritative(id).await
     }
-    async fn save(&self, record: &Record) -> larder::Result<Record> {
-        self.inner.save(record).await
+    async fn save_or_current(&self, record: &Record) -> larder::Result<SaveOutcome> {
+        self.inner.save_or_current(record).await
     }
     async fn touch(&self, id: &SessionId, expires_at: Timestamp) -> larder::Result<Option<Record>> {
         self.inner.touch(id, expires_at).await
@@ -140,6 +147,12 @@ impl SessionStore for CountSweeps {
     async fn count(&self) -> larder::Result<u64> {
         self.inner.count().await
     }
+    async fn outbox_pending(&self, limit: u32) -> larder::Result<Vec<Invalidation>> {
+        self.inner.outbox_pending(limit).await
+    }
+    async fn outbox_ack(&self, seqs: &[i64]) -> larder::Result<()> {
+        self.inner.outbox_ack(seqs).await
+    }
 }
 
 /// Shared state of the request handlers.
@@ -148,6 +161,7 @@ struct Shared {
     instance: String,
     database: String,
     cache: String,
+    integrity: bool,
     store: Arc<dyn SessionStore>,
     stats: Arc<WriteThroughStats>,
     lease: Arc<Lease>,
@@ -192,6 +206,23 @@ fn redact(url: &str) -> String {
             }
         }
         _ => url.to_owned(),
+    }
+}
+
+/// The cache integrity key the instances on one database share: created once (a random
+/// value, create-if-absent, so concurrent first starts agree) in the database's CAS store.
+async fn shared_cache_key(kv: &DynBackend) -> Result<Vec<u8>, BoxError> {
+    let key = larder::Key::new("larder-webapp:cache-integrity-key")?;
+    let mut fresh = [0u8; 32];
+    getrandom::fill(&mut fresh).map_err(|e| format!("no OS randomness for the cache key: {e}"))?;
+    let value = larder::Bytes::copy_from_slice(&fresh);
+    match kv.put(&key, value, None, larder::PutMode::Create).await {
+        Ok(_) => Ok(fresh.to_vec()),
+        Err(e) if e.kind() == larder::ErrorKind::Conflict => match e.into_current() {
+            Some(entry) => Ok(entry.value.to_vec()),
+            None => Err("the shared cache key vanished while it was read".into()),
+        },
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -257,7 +288,17 @@ impl App {
             cache_backend.capabilities().name,
             redact(&cache_url)
         );
-        let cached = CachedStore::new(sql.clone(), cache_backend);
+        let mut cached = CachedStore::new(sql.clone(), cache_backend);
+        let multi_instance = database.starts_with("postgres");
+        let key = match &config.cache_key {
+            Some(k) => Some(k.as_bytes().to_vec()),
+            None if multi_instance => Some(shared_cache_key(&kv).await?),
+            None => None,
+        };
+        let integrity = key.is_some();
+        if let Some(key) = key {
+            cached = cached.integrity_key(&key)?;
+        }
         let stats = cached.stats();
         let store: Arc<dyn SessionStore> = Arc::new(cached);
 
@@ -295,6 +336,7 @@ impl App {
             instance,
             database,
             cache,
+            integrity,
             store: store.clone(),
             stats,
             lease,
@@ -303,7 +345,8 @@ impl App {
             expiry_runs,
             expired_removed,
         });
-        let sessions = SessionManagerLayer::new(TowerStore::new(store).principal_key(USER_KEY))
+        let tower_store = TowerStore::new(store).principal_key(USER_KEY);
+        let sessions = SessionManagerLayer::new(tower_store.clone())
             .with_secure(false)
             .with_expiry(Expiry::OnInactivity(
                 tower_sessions::cookie::time::Duration::seconds(
@@ -320,6 +363,8 @@ impl App {
             .route("/status", get(status_html))
             .route("/status.json", get(status_json))
             .layer(sessions)
+            // The counter's atomic update runs on larder's own handle over the same store.
+            .layer(axum::Extension(tower_store))
             .with_state(shared.clone());
         Ok(App {
             router,
@@ -550,6 +595,7 @@ async fn logout_everywhere(
 async fn counter(
     State(s): AppState,
     session: Session,
+    atomic: AtomicSession,
     q: Query<FormatQuery>,
     headers: HeaderMap,
 ) -> HResult<Response> {
@@ -566,16 +612,25 @@ async fn counter(
             Redirect::to("/").into_response()
         });
     }
-    let n: u64 = session.get(COUNTER_KEY).await?.unwrap_or(0) + 1;
-    session.insert(COUNTER_KEY, n).await?;
-    // Save now, so a failure is this request's error rather than a lost increment.
-    session.save().await?;
+    // An atomic update: if another request (on any instance) incremented in between, the
+    // closure runs again on its value, so no increment is lost.
+    let n = match atomic
+        .update(COUNTER_KEY, |n: Option<u64>| n.unwrap_or(0) + 1)
+        .await
+    {
+        Ok(n) => n,
+        Err(e) => return Ok(session_error(e)),
+    };
     if json {
         return Ok(
             Json(json!({ "user": user, "counter": n, "instance": s.instance })).into_response(),
         );
     }
     Ok(Redirect::to("/").into_response())
+}
+
+fn session_error(e: SessionError) -> Response {
+    e.into_response()
 }
 
 async fn whoami(
@@ -648,12 +703,15 @@ async fn status_value(s: &Shared) -> Value {
         "holder": s.lease.holder().as_str(),
         "database": s.database,
         "cache": s.cache,
+        "cache_integrity": s.integrity,
         "cache_stats": {
             "hits": st.hits,
             "misses": st.misses,
             "errors": st.cache_errors,
             "invalidations": st.invalidations,
             "skipped": st.skipped,
+            "integrity_failures": st.integrity_failures,
+            "outbox_drained": st.outbox_drained,
         },
         "sessions": sessions,
         "leader": leader,

@@ -152,10 +152,10 @@ macro_rules! sql_store {
                 row.map(|row| $crate::sql::record(id, row)).transpose()
             }
 
-            async fn save(
+            async fn save_or_current(
                 &self,
                 record: &$crate::record::Record,
-            ) -> larder_cache_api::Result<$crate::record::Record> {
+            ) -> larder_cache_api::Result<$crate::store::SaveOutcome> {
                 let blob = record.data.to_bytes()?;
                 let hash = record.id.hash();
                 let now = $crate::record::Timestamp::now();
@@ -177,27 +177,29 @@ macro_rules! sql_store {
                 if let Some((version,)) = updated {
                     let mut saved = record.clone();
                     saved.version = version;
-                    return Ok(saved);
+                    return Ok($crate::store::SaveOutcome::Saved(saved));
                 }
-                // Tell a lost race from a session that is no more.
-                let current: Option<(i64, bool, i64)> = sqlx::query_as(
-                    "SELECT version, deleted, expires_at FROM larder_sessions WHERE id_hash = $1",
+                // A lost race or a session that is no more: one more statement tells which,
+                // and hands back the current record so the caller need not load it again.
+                let current: Option<(Option<String>, Vec<u8>, i64, i64)> = sqlx::query_as(
+                    "SELECT principal, data, version, expires_at FROM larder_sessions \
+                     WHERE id_hash = $1 AND deleted = FALSE AND expires_at > $2",
                 )
                 .bind(&hash.0[..])
+                .bind(now.0)
                 .fetch_optional(&self.pool)
                 .await
                 .map_err(|e| $crate::sql::db_error($name, "save", e))?;
-                Err(match current {
-                    Some((v, false, exp)) if exp > now.0 => larder_cache_api::Error::new(
-                        larder_cache_api::ErrorKind::Conflict,
-                        format!("session was saved by another request (version {v}, this request loaded {})", record.version),
-                    ),
-                    _ => larder_cache_api::Error::new(
+                match current {
+                    Some(row) => Ok($crate::store::SaveOutcome::Stale(
+                        $crate::sql::record(&record.id, row)?,
+                    )),
+                    None => Err(larder_cache_api::Error::new(
                         larder_cache_api::ErrorKind::Gone,
                         "session was deleted or has expired; it is not recreated",
-                    ),
+                    )
+                    .with_backend($name)),
                 }
-                .with_backend($name))
             }
 
             async fn touch(
@@ -206,7 +208,7 @@ macro_rules! sql_store {
                 expires_at: $crate::record::Timestamp,
             ) -> larder_cache_api::Result<Option<$crate::record::Record>> {
                 let row: Option<(Option<String>, Vec<u8>, i64, i64)> = sqlx::query_as(
-                    "UPDATE larder_sessions SET expires_at = $1, version = version + 1, updated_at = $2 \
+                    "UPDATE larder_sessions SET expires_at = $1, updated_at = $2 \
                      WHERE id_hash = $3 AND deleted = FALSE AND expires_at > $2 \
                      RETURNING principal, data, version, expires_at",
                 )
@@ -353,9 +355,21 @@ macro_rules! sql_store {
                     .rows_affected();
                     total += n;
                     if (n as i64) < batch {
-                        return Ok(total);
+                        break;
                     }
                 }
+                // Invalidations older than a tombstone's life are moot: every cache entry of
+                // the session has expired by then (cached stores cap entries below it).
+                sqlx::query("DELETE FROM larder_session_outbox WHERE created_at <= $1")
+                    .bind(
+                        $crate::record::Timestamp::now().0
+                            - i64::try_from(self.options.tombstone_ttl.as_millis())
+                                .unwrap_or(i64::MAX / 2),
+                    )
+                    .execute(&self.pool)
+                    .await
+                    .map_err(|e| $crate::sql::db_error($name, "sweep", e))?;
+                Ok(total)
             }
 
             async fn count(&self) -> larder_cache_api::Result<u64> {
@@ -367,6 +381,51 @@ macro_rules! sql_store {
                 .await
                 .map_err(|e| $crate::sql::db_error($name, "count", e))?;
                 Ok(n.max(0) as u64)
+            }
+
+            async fn outbox_pending(
+                &self,
+                limit: u32,
+            ) -> larder_cache_api::Result<Vec<$crate::store::Invalidation>> {
+                let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
+                    "SELECT seq, id_hash FROM larder_session_outbox ORDER BY seq LIMIT $1",
+                )
+                .bind(i64::from(limit.max(1)))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| $crate::sql::db_error($name, "outbox", e))?;
+                rows.into_iter()
+                    .map(|(seq, h)| {
+                        Ok($crate::store::Invalidation {
+                            seq,
+                            hash: $crate::id::IdHash::from_slice(&h)?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn outbox_ack(&self, seqs: &[i64]) -> larder_cache_api::Result<()> {
+                // Bounded batches keep the statement's parameter list small.
+                for chunk in seqs.chunks(256) {
+                    let mut q = String::from("DELETE FROM larder_session_outbox WHERE seq IN (");
+                    for i in 0..chunk.len() {
+                        if i > 0 {
+                            q.push(',');
+                        }
+                        q.push_str(&format!("${}", i + 1));
+                    }
+                    q.push(')');
+                    // Only placeholders are spliced in: the values are bound.
+                    let mut query = sqlx::query(sqlx::AssertSqlSafe(q));
+                    for s in chunk {
+                        query = query.bind(*s);
+                    }
+                    query
+                        .execute(&self.pool)
+                        .await
+                        .map_err(|e| $crate::sql::db_error($name, "outbox", e))?;
+                }
+                Ok(())
             }
         }
     };

@@ -1,0 +1,25 @@
+-- The invalidation outbox: the transaction that deletes a session (logout, rotation,
+-- revocation by principal) also records it here, through a trigger, so that a failed cache
+-- write or a crash right after the commit cannot leave the session live in a shared cache.
+-- Every cached store drains it; rows are removed once their tombstones are in the cache.
+CREATE TABLE IF NOT EXISTS larder_session_outbox (
+    seq         BIGSERIAL PRIMARY KEY,
+    id_hash     BYTEA NOT NULL,
+    created_at  BIGINT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS larder_session_outbox_created_at
+    ON larder_session_outbox (created_at);
+
+CREATE OR REPLACE FUNCTION larder_session_outbox_record() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO larder_session_outbox (id_hash, created_at) VALUES (NEW.id_hash, NEW.updated_at);
+    RETURN NULL;
+END
+$$;
+
+DROP TRIGGER IF EXISTS larder_sessions_outbox ON larder_sessions;
+CREATE TRIGGER larder_sessions_outbox
+    AFTER UPDATE OF deleted ON larder_sessions
+    FOR EACH ROW WHEN (NEW.deleted AND NOT OLD.deleted)
+    EXECUTE FUNCTION larder_session_outbox_record();
