@@ -58,3 +58,14 @@ fn rand_u64() -> u64 {
     );
     h.finish()
 }
+
+/// Another store on an existing schema (a second "instance" on the same database).
+pub async fn pg_store_in(schema: &str) -> PgStore {
+    let opts: PgConnectOptions = postgres_url().parse().expect("url");
+    let pool = PgPoolOptions::new()
+        .max_connections(10)
+        .connect_with(opts.options([("search_path", schema)]))
+        .await
+        .expect("connect");
+    PgStore::from_pool(pool)
+}

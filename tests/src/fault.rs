@@ -90,3 +90,70 @@ impl CacheBackend for Faulty {
         self.inner.touch(key, ttl).await
     }
 }
+
+/// Wraps a real backend and holds the next `put` once [`arm`](PutGate::arm)ed: the put
+/// reports that it arrived, then waits for [`release`](PutGate::release). For races that
+/// must happen in one order (a fill that read the database before a delete).
+#[derive(Debug)]
+pub struct PutGate {
+    inner: DynBackend,
+    armed: std::sync::atomic::AtomicBool,
+    reached: tokio::sync::Notify,
+    release: tokio::sync::Notify,
+}
+
+impl PutGate {
+    /// Wraps `inner`; calls pass until armed.
+    pub fn new(inner: DynBackend) -> Arc<Self> {
+        Arc::new(PutGate {
+            inner,
+            armed: std::sync::atomic::AtomicBool::new(false),
+            reached: tokio::sync::Notify::new(),
+            release: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// Holds the next put.
+    pub fn arm(&self) {
+        self.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Waits until the held put has arrived.
+    pub async fn reached(&self) {
+        self.reached.notified().await;
+    }
+
+    /// Lets the held put go on into the real backend.
+    pub fn release(&self) {
+        self.release.notify_one();
+    }
+}
+
+#[async_trait]
+impl CacheBackend for PutGate {
+    fn capabilities(&self) -> &Capabilities {
+        self.inner.capabilities()
+    }
+    async fn get(&self, key: &Key) -> Result<Option<Entry>> {
+        self.inner.get(key).await
+    }
+    async fn put(
+        &self,
+        key: &Key,
+        value: Bytes,
+        ttl: Option<Ttl>,
+        mode: PutMode,
+    ) -> Result<Version> {
+        if self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            self.reached.notify_one();
+            self.release.notified().await;
+        }
+        self.inner.put(key, value, ttl, mode).await
+    }
+    async fn delete(&self, key: &Key, mode: DeleteMode) -> Result<bool> {
+        self.inner.delete(key, mode).await
+    }
+    async fn touch(&self, key: &Key, ttl: Option<Ttl>) -> Result<bool> {
+        self.inner.touch(key, ttl).await
+    }
+}

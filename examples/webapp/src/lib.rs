@@ -360,6 +360,8 @@ impl App {
             .route("/logout-everywhere", post(logout_everywhere))
             .route("/counter", post(counter))
             .route("/whoami", get(whoami))
+            .route("/notes", get(notes))
+            .route("/notes/{key}", post(set_note).delete(remove_note))
             .route("/status", get(status_html))
             .route("/status.json", get(status_json))
             .layer(sessions)
@@ -627,6 +629,77 @@ async fn counter(
         );
     }
     Ok(Redirect::to("/").into_response())
+}
+
+/// Session keys of notes start with this, so they never meet the user or the counter.
+const NOTE_PREFIX: &str = "note:";
+
+fn not_logged_in() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        Json(json!({ "error": "not logged in" })),
+    )
+        .into_response()
+}
+
+fn valid_note_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= 64
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// `GET /notes`: the session's notes, as stored now, as a JSON object (tower-sessions
+/// cannot list keys; larder's handle over the same store can).
+async fn notes(session: Session, atomic: AtomicSession) -> HResult<Response> {
+    if session.get::<String>(USER_KEY).await?.is_none() {
+        return Ok(not_logged_in());
+    }
+    let mut out = serde_json::Map::new();
+    if let Some(stored) = atomic.handle().await? {
+        for key in stored.data().keys() {
+            if let Some(name) = key.strip_prefix(NOTE_PREFIX) {
+                if let Some(v) = stored.get::<Value>(key)? {
+                    out.insert(name.to_owned(), v);
+                }
+            }
+        }
+    }
+    Ok(Json(Value::Object(out)).into_response())
+}
+
+/// `POST /notes/{key}` with the value as the body: sets one note (a plain tower-sessions
+/// insert: concurrent requests that set other notes keep theirs).
+async fn set_note(
+    session: Session,
+    axum::extract::Path(key): axum::extract::Path<String>,
+    body: String,
+) -> HResult<Response> {
+    if session.get::<String>(USER_KEY).await?.is_none() {
+        return Ok(not_logged_in());
+    }
+    if !valid_note_key(&key) || body.len() > 4096 {
+        return Ok((
+            StatusCode::BAD_REQUEST,
+            "note keys are 1 to 64 of [A-Za-z0-9_-]; values at most 4 KiB\n",
+        )
+            .into_response());
+    }
+    session.insert(&format!("{NOTE_PREFIX}{key}"), &body).await?;
+    Ok(Json(json!({ "key": key, "value": body })).into_response())
+}
+
+/// `DELETE /notes/{key}`: removes one note.
+async fn remove_note(
+    session: Session,
+    axum::extract::Path(key): axum::extract::Path<String>,
+) -> HResult<Response> {
+    if session.get::<String>(USER_KEY).await?.is_none() {
+        return Ok(not_logged_in());
+    }
+    let removed: Option<Value> = session.remove_value(&format!("{NOTE_PREFIX}{key}")).await?;
+    Ok(Json(json!({ "key": key, "removed": removed.is_some() })).into_response())
 }
 
 fn session_error(e: SessionError) -> Response {

@@ -4,6 +4,8 @@
 //!
 //! * `read <id> <key>` → the string value, `none` (no key) or `gone` (no session)
 //! * `write <id> <key> <value>` → `ok` once saved
+//! * `delete-and-hang <id>` → `committed` once the SQL delete has committed, then the
+//!   process blocks before its cache write (the test kills it there)
 //! * `quit`
 //!
 //! Arguments: `<postgres url> <schema> <cache url>`.
@@ -11,7 +13,43 @@
 use std::io::{BufRead, Write};
 use std::sync::Arc;
 
-use larder_session_persist::{CachedStore, PgStore, SessionManager};
+use larder::{async_trait, Bytes, CacheBackend, Capabilities, DeleteMode, DynBackend, Entry, Key};
+use larder::{PutMode, Ttl, Version};
+use larder_session_persist::{CachedStore, PgStore, SessionId, SessionManager, SessionStore};
+
+/// A cache whose first write says the database work before it is done, then blocks the
+/// whole (single-threaded) process, so no timeout can fire before the kill.
+#[derive(Debug)]
+struct HangOnPut(DynBackend);
+
+#[async_trait]
+impl CacheBackend for HangOnPut {
+    fn capabilities(&self) -> &Capabilities {
+        self.0.capabilities()
+    }
+    async fn get(&self, key: &Key) -> larder::Result<Option<Entry>> {
+        self.0.get(key).await
+    }
+    async fn put(
+        &self,
+        _key: &Key,
+        _value: Bytes,
+        _ttl: Option<Ttl>,
+        _mode: PutMode,
+    ) -> larder::Result<Version> {
+        println!("committed");
+        std::io::stdout().flush().expect("stdout");
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        }
+    }
+    async fn delete(&self, key: &Key, mode: DeleteMode) -> larder::Result<bool> {
+        self.0.delete(key, mode).await
+    }
+    async fn touch(&self, key: &Key, ttl: Option<Ttl>) -> larder::Result<bool> {
+        self.0.touch(key, ttl).await
+    }
+}
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 fn main() {
@@ -32,6 +70,10 @@ fn main() {
             .await
             .expect("connect postgres");
         let cache = larder::connect(cache_url).await.expect("connect cache");
+        let hanging = CachedStore::new(
+            PgStore::from_pool(pool.clone()),
+            Arc::new(HangOnPut(cache.clone())),
+        );
         let m = SessionManager::new(Arc::new(CachedStore::new(PgStore::from_pool(pool), cache)));
         println!("ready");
         let stdin = std::io::stdin();
@@ -54,6 +96,11 @@ fn main() {
                     }
                     None => "gone".into(),
                 },
+                ["delete-and-hang", id] => {
+                    let id = SessionId::parse(id).expect("id");
+                    hanging.delete(&id).await.expect("delete");
+                    "not reached".into()
+                }
                 ["quit"] => return,
                 _ => format!("bad command {line:?}"),
             };
