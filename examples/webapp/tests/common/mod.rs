@@ -166,6 +166,23 @@ impl Client {
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("POST {url}: {e}: {body}"))
     }
 
+    /// A request with a raw body; the status and the body.
+    pub async fn raw(&mut self, method: reqwest::Method, url: &str, body: &str) -> (u16, String) {
+        let req = self
+            .http
+            .request(method, url)
+            .header("accept", "application/json")
+            .body(body.to_owned());
+        self.send(req).await
+    }
+
+    /// A client on the same session (the same cookie), for concurrent requests.
+    pub fn same_session(&self) -> Self {
+        let mut c = Client::new();
+        c.cookie = self.cookie.clone();
+        c
+    }
+
     pub async fn login(&mut self, base: &str, user: &str) {
         let v = self
             .post_json(&format!("{base}/login"), &format!("user={user}"))
