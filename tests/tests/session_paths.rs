@@ -14,9 +14,8 @@ use std::time::{Duration, Instant};
 
 use larder::{DynBackend, ErrorKind};
 use larder_session_persist::{
-    CachedStore, ConflictPolicy, IdHash, Invalidation, PgStore, Record, SaveOutcome,
-    SessionConfig, SessionData, SessionId, SessionManager, SessionStore, Timestamp, TowerStore,
-    RESERVED_KEY,
+    CachedStore, ConflictPolicy, IdHash, Invalidation, PgStore, Record, SaveOutcome, SessionConfig,
+    SessionData, SessionId, SessionManager, SessionStore, Timestamp, TowerStore, RESERVED_KEY,
 };
 use larder_tests::fault::{Fault, Faulty, PutGate};
 use larder_tests::server::ServerProcess;
@@ -100,7 +99,10 @@ async fn two_instances_lose_nothing(a: Arc<dyn SessionStore>, b: Arc<dyn Session
     let lost: Vec<usize> = (0..CLIENTS)
         .filter(|c| end.get(&format!("k{c}")) != Some(&json!(REQUESTS - 1)))
         .collect();
-    assert!(lost.is_empty(), "clients whose last write was lost: {lost:?}");
+    assert!(
+        lost.is_empty(),
+        "clients whose last write was lost: {lost:?}"
+    );
     assert!(!end.contains_key("victim"), "the removal stands: {end:?}");
     assert_eq!(end.get("user"), Some(&json!("ada")));
 
@@ -231,9 +233,16 @@ async fn conflict_policy_error_survives_conflicts_on_unrelated_keys() {
     store.left.store(2, Ordering::SeqCst);
     s.insert("mine", "after").unwrap();
     s.save().await.unwrap();
-    assert_eq!(store.left.load(Ordering::SeqCst), 0, "both conflicts happened");
+    assert_eq!(
+        store.left.load(Ordering::SeqCst),
+        0,
+        "both conflicts happened"
+    );
     let back = m.load(s.id().as_str()).await.unwrap().unwrap();
-    assert_eq!(back.get::<String>("mine").unwrap().as_deref(), Some("after"));
+    assert_eq!(
+        back.get::<String>("mine").unwrap().as_deref(),
+        Some("after")
+    );
     assert_eq!(back.get::<usize>("other1").unwrap(), Some(1));
     assert_eq!(back.get::<usize>("other2").unwrap(), Some(2));
 
@@ -252,7 +261,11 @@ async fn conflict_policy_error_survives_conflicts_on_unrelated_keys() {
     let err = s.save().await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Conflict);
     let back = m.load(s.id().as_str()).await.unwrap().unwrap();
-    assert_eq!(back.get::<usize>("mine1").unwrap(), Some(1), "the other request's value");
+    assert_eq!(
+        back.get::<usize>("mine1").unwrap(),
+        Some(1),
+        "the other request's value"
+    );
 }
 
 /// Loads on `b` until the session is gone; the time from `since` until then.
@@ -262,7 +275,10 @@ async fn time_until_gone(b: &CachedStore<PgStore>, id: &SessionId, since: Instan
         if b.load(id).await.unwrap().is_none() {
             return since.elapsed();
         }
-        assert!(Instant::now() < deadline, "B still serves the deleted session");
+        assert!(
+            Instant::now() < deadline,
+            "B still serves the deleted session"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -279,7 +295,11 @@ async fn logout_whose_cache_write_fails_is_dead_everywhere_within_two_seconds() 
 
     for round in 0..3 {
         let r = a
-            .create(SessionData::new(), Some("ada".into()), Timestamp::now().plus(Duration::from_secs(600)))
+            .create(
+                SessionData::new(),
+                Some("ada".into()),
+                Timestamp::now().plus(Duration::from_secs(600)),
+            )
             .await
             .unwrap();
         // B serves it from the shared cache.
@@ -291,7 +311,11 @@ async fn logout_whose_cache_write_fails_is_dead_everywhere_within_two_seconds() 
         let _ = a.load(&r.id).await.unwrap();
         let deleted = match round {
             0 => a.delete(&r.id).await.unwrap(),
-            1 => a.delete_principal("ada").await.unwrap().contains(&r.id.hash()),
+            1 => a
+                .delete_principal("ada")
+                .await
+                .unwrap()
+                .contains(&r.id.hash()),
             _ => a.rotate(&r.id).await.unwrap().is_some(),
         };
         let returned = Instant::now();
@@ -301,7 +325,10 @@ async fn logout_whose_cache_write_fails_is_dead_everywhere_within_two_seconds() 
         assert!(took < Duration::from_secs(2), "round {round}: {took:?}");
         faulty.set(Fault::None);
     }
-    assert!(stats_b.snapshot().outbox_drained >= 3, "B wrote the tombstones A could not");
+    assert!(
+        stats_b.snapshot().outbox_drained >= 3,
+        "B wrote the tombstones A could not"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -309,9 +336,10 @@ async fn logout_of_a_process_killed_before_its_cache_write_is_dead_everywhere() 
     let (pg_b, schema) = larder_tests::db::pg_store().await;
     let redis = ServerProcess::redis();
     let b = CachedStore::new(pg_b, redis_cache(&redis).await);
-    let m = SessionManager::new(Arc::new(
-        CachedStore::new(larder_tests::db::pg_store_in(&schema).await, redis_cache(&redis).await),
-    ));
+    let m = SessionManager::new(Arc::new(CachedStore::new(
+        larder_tests::db::pg_store_in(&schema).await,
+        redis_cache(&redis).await,
+    )));
     let s = m.create().await.unwrap();
     let id = s.id().clone();
     assert!(b.load(&id).await.unwrap().is_some(), "cached and live");
@@ -352,13 +380,15 @@ async fn a_fill_racing_a_delete_never_resurrects() {
     let redis = ServerProcess::redis();
     let raw = redis_cache(&redis).await;
     let gate = PutGate::new(redis_cache(&redis).await);
-    let a = Arc::new(
-        CachedStore::new(pg_a, gate.clone()).cache_timeout(Duration::from_secs(10)),
-    );
+    let a = Arc::new(CachedStore::new(pg_a, gate.clone()).cache_timeout(Duration::from_secs(10)));
     let b = CachedStore::new(pg_b, redis_cache(&redis).await);
     for round in 0..5 {
         let r = b
-            .create(SessionData::new(), None, Timestamp::now().plus(Duration::from_secs(600)))
+            .create(
+                SessionData::new(),
+                None,
+                Timestamp::now().plus(Duration::from_secs(600)),
+            )
             .await
             .unwrap();
         if round % 2 == 0 {
@@ -375,9 +405,18 @@ async fn a_fill_racing_a_delete_never_resurrects() {
         gate.reached().await;
         assert!(b.delete(&r.id).await.unwrap());
         gate.release();
-        assert!(slow.await.unwrap().unwrap().is_some(), "A read before the delete");
-        assert!(a.load(&r.id).await.unwrap().is_none(), "round {round}: resurrected in A");
-        assert!(b.load(&r.id).await.unwrap().is_none(), "round {round}: resurrected in B");
+        assert!(
+            slow.await.unwrap().unwrap().is_some(),
+            "A read before the delete"
+        );
+        assert!(
+            a.load(&r.id).await.unwrap().is_none(),
+            "round {round}: resurrected in A"
+        );
+        assert!(
+            b.load(&r.id).await.unwrap().is_none(),
+            "round {round}: resurrected in B"
+        );
     }
 }
 
@@ -418,7 +457,11 @@ async fn tower_adapter_refuses_forged_and_foreign_input_and_changes_nothing() {
         r.data.insert("user".to_owned(), json!("mallory"));
         let err = store.save(&r).await.unwrap_err();
         assert!(err.to_string().contains("reserved entry"), "{err}");
-        assert_eq!(pg.load(&lid).await.unwrap().unwrap(), before, "nothing changed");
+        assert_eq!(
+            pg.load(&lid).await.unwrap().unwrap(),
+            before,
+            "nothing changed"
+        );
     }
     // An entry loaded for another session is refused too.
     let mut other = TowerRecord {
@@ -469,5 +512,9 @@ async fn tower_save_without_changes_only_touches_when_due() {
     store.save(&r).await.unwrap();
     let v1 = pg.load(&lid).await.unwrap().unwrap();
     assert!(v1.expires_at.0 > v0.expires_at.0 + 800_000);
-    assert_eq!((v1.version, &v1.data), (v0.version, &v0.data), "no data rewrite");
+    assert_eq!(
+        (v1.version, &v1.data),
+        (v0.version, &v0.data),
+        "no data rewrite"
+    );
 }

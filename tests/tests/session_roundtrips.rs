@@ -22,6 +22,9 @@ use tower_sessions::session::{Id, Record as TowerRecord};
 use tower_sessions::SessionStore as _;
 
 const DB: &str = "larder_roundtrips";
+
+/// (SQL statements, cache commands) per operation.
+type Trips = (f64, f64);
 const N: i64 = 5;
 
 struct Counters {
@@ -53,7 +56,11 @@ impl Counters {
                 self.last = v;
                 return v;
             }
-            assert!(Instant::now() < deadline, "statistics never arrived ({v} <= {})", self.last);
+            assert!(
+                Instant::now() < deadline,
+                "statistics never arrived ({v} <= {})",
+                self.last
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -79,7 +86,10 @@ impl Counters {
         let cache = self.redis_commands().await - cache_before;
         let after = self.commits().await;
         // `commits` itself added one.
-        ((after - before - 1) as f64 / n as f64, cache as f64 / n as f64)
+        (
+            (after - before - 1) as f64 / n as f64,
+            cache as f64 / n as f64,
+        )
     }
 }
 
@@ -112,7 +122,10 @@ async fn database() -> (PgPool, PgPool) {
         .execute(&setup)
         .await
         .unwrap();
-    sqlx::query("CREATE SCHEMA rt").execute(&setup).await.unwrap();
+    sqlx::query("CREATE SCHEMA rt")
+        .execute(&setup)
+        .await
+        .unwrap();
     setup.close().await;
     // One connection: every statement of the stores goes through it.
     let pool = PgPoolOptions::new()
@@ -157,7 +170,10 @@ fn hours(h: i64) -> time::OffsetDateTime {
 
 /// Counts load, save, conflicted save, touch and delete through the tower adapter and the
 /// handle over `store`; returns the figures by operation.
-async fn measure(c: &mut Counters, store: Arc<dyn SessionStore>) -> HashMap<&'static str, (f64, f64)> {
+async fn measure(
+    c: &mut Counters,
+    store: Arc<dyn SessionStore>,
+) -> HashMap<&'static str, (f64, f64)> {
     let tower = TowerStore::new(store.clone());
     let m = SessionManager::with_config(store.clone(), SessionConfig::default().touch_after(0.0));
     let mut out = HashMap::new();
@@ -311,14 +327,17 @@ async fn round_trips_per_operation_stay_within_budget() {
     let _ = measure(&mut c, cached.clone()).await;
     let with_cache = measure(&mut c, cached).await;
 
-    for (name, figures) in [("PostgreSQL", &sql_only), ("PostgreSQL + Redis", &with_cache)] {
+    for (name, figures) in [
+        ("PostgreSQL", &sql_only),
+        ("PostgreSQL + Redis", &with_cache),
+    ] {
         let mut rows: Vec<_> = figures.iter().collect();
         rows.sort_by_key(|(op, _)| **op);
         for (op, (sql, cache)) in rows {
             eprintln!("{name:>20} | {op:<30} | {sql:.1} SQL | {cache:.1} cache");
         }
     }
-    let budget: [(&str, (f64, f64), (f64, f64)); 8] = [
+    let budget: [(&str, Trips, Trips); 8] = [
         // operation, (SQL, cache) on PostgreSQL alone, (SQL, cache) with Redis
         ("tower load", (1.0, 0.0), (0.0, 1.0)),
         ("tower save", (1.0, 0.0), (1.0, 1.0)),

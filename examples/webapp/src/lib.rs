@@ -686,7 +686,9 @@ async fn set_note(
         )
             .into_response());
     }
-    session.insert(&format!("{NOTE_PREFIX}{key}"), &body).await?;
+    session
+        .insert(&format!("{NOTE_PREFIX}{key}"), &body)
+        .await?;
     Ok(Json(json!({ "key": key, "value": body })).into_response())
 }
 
