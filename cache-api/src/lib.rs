@@ -15,6 +15,7 @@ pub mod retry;
 mod single_flight;
 mod ttl;
 mod types;
+pub mod url;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;

@@ -93,6 +93,16 @@ impl Backoff {
         Duration::from_micros(crate::random::random_u64() % (micros + 1))
     }
 
+    /// Counts an attempt that starts at once, without a pause (a retry on data known to be
+    /// fresh); false if the attempts or the deadline are used up.
+    pub fn next_attempt_now(&mut self) -> bool {
+        if !self.can_retry() {
+            return false;
+        }
+        self.attempt += 1;
+        true
+    }
+
     /// Waits the jittered pause (none before the first attempt) and returns true, or returns
     /// false at once if the attempts or the deadline are used up.
     pub async fn next_attempt(&mut self) -> bool {
@@ -115,7 +125,11 @@ mod tests {
     #[test]
     fn pauses_are_bounded_by_the_cap() {
         let mut b = Backoff::new(Duration::from_millis(1), Duration::from_millis(20));
-        assert_eq!(b.next_pause(), Duration::ZERO, "no pause before the first attempt");
+        assert_eq!(
+            b.next_pause(),
+            Duration::ZERO,
+            "no pause before the first attempt"
+        );
         for a in 1..100 {
             b.attempt = a;
             assert!(b.next_pause() <= Duration::from_millis(20));
@@ -127,7 +141,8 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread", start_paused = true)]
     async fn attempts_and_deadline_end_the_loop() {
-        let mut b = Backoff::new(Duration::from_millis(1), Duration::from_millis(8)).max_attempts(3);
+        let mut b =
+            Backoff::new(Duration::from_millis(1), Duration::from_millis(8)).max_attempts(3);
         let mut n = 0;
         while b.next_attempt().await {
             n += 1;

@@ -418,11 +418,12 @@ impl Session {
     pub(crate) async fn save_until(&mut self, expires_at: Timestamp) -> Result<()> {
         let store = Arc::clone(&self.manager.store);
         let cfg = self.manager.config.clone();
-        let mut tries = Backoff::new(Duration::from_millis(1), Duration::from_millis(64))
+        let mut tries = Backoff::new(Duration::from_millis(1), Duration::from_millis(32))
             .max_attempts(cfg.max_save_attempts)
             .deadline(cfg.save_deadline);
+        tries.next_attempt_now();
+        let mut lost = 0u32;
         loop {
-            tries.next_attempt().await;
             let mut rec = self.record.clone();
             rec.expires_at = rec.expires_at.max(expires_at);
             match store.save_or_current(&rec).await? {
@@ -434,7 +435,20 @@ impl Session {
                 }
                 SaveOutcome::Stale(fresh) => {
                     metrics::counter!("larder_session_save_conflicts_total").increment(1);
-                    if !tries.can_retry() {
+                    lost += 1;
+                    // The first retries go at once, on the record the lost race handed back:
+                    // it is as fresh as a reload. After that, writers spread out (jittered
+                    // pause), and a pause makes any record stale, so it is read again after.
+                    let fresh = if lost <= 2 {
+                        tries.next_attempt_now().then_some(fresh)
+                    } else if tries.next_attempt().await {
+                        Some(store.load_authoritative(&rec.id).await?.ok_or_else(|| {
+                            Error::new(ErrorKind::Gone, "session was deleted by another request")
+                        })?)
+                    } else {
+                        None
+                    };
+                    let Some(fresh) = fresh else {
                         return Err(Error::new(
                             ErrorKind::Conflict,
                             format!(
@@ -443,7 +457,7 @@ impl Session {
                                 tries.attempts()
                             ),
                         ));
-                    }
+                    };
                     self.rebase(fresh, cfg.conflict_policy)?;
                 }
             }
@@ -485,7 +499,11 @@ impl Session {
     /// Moves the expiry to `wanted` (expiry only: no data rewrite, no cache write) if that
     /// gains at least `touch_after` of the TTL.
     pub(crate) async fn touch_until(&mut self, wanted: Timestamp) -> Result<()> {
-        if !self.manager.config.touch_due(self.record.expires_at, wanted) {
+        if !self
+            .manager
+            .config
+            .touch_due(self.record.expires_at, wanted)
+        {
             return Ok(());
         }
         match self.manager.store.touch(&self.record.id, wanted).await? {
