@@ -76,3 +76,47 @@ fn usage_errors_exit_2_and_help_exits_0() {
         assert!(text(&out.stdout).contains(cmd), "{cmd}");
     }
 }
+
+#[test]
+fn passwords_never_appear_in_any_output() {
+    // Every character a URL reserves, raw and percent-encoded, and non-ASCII.
+    let secrets = [
+        "se/cret",
+        "se?cret",
+        "se#cret",
+        "se@cret",
+        "se:cret",
+        "sé/cr?t#@:",
+        "se%2Fcret",
+    ];
+    for secret in secrets {
+        for url in [
+            format!("redis://:{secret}@127.0.0.1:1/0?connect_timeout_ms=100"),
+            format!("redis://user:{secret}@127.0.0.1:notaport"),
+            format!("rediss+cluster://:{secret}@127.0.0.1:1,127.0.0.1:2"),
+            format!("memcache://u:{secret}@127.0.0.1:1"),
+            format!("sled://u:{secret}@/tmp/x"),
+            format!("nosuch://:{secret}@h"),
+            format!("postgres://app:{secret}@127.0.0.1:1/db?connect_timeout=1"),
+            format!("postgresql://app:{secret}@[::1/db"),
+            format!("sqlite://u:{secret}@/nonexistent/dir/x.db"),
+            format!(":{secret}@no-scheme"),
+        ] {
+            for args in [
+                vec!["--cache-url", url.as_str(), "cache", "ping"],
+                vec!["--cache-url", url.as_str(), "cache", "stats"],
+                vec!["--database-url", url.as_str(), "sessions", "count"],
+            ] {
+                let out = larder(&args);
+                let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+                assert!(!out.status.success(), "{args:?} succeeded");
+                for shown in [&stdout, &stderr] {
+                    assert!(
+                        !shown.contains("cret") && !shown.contains("cr?t"),
+                        "{args:?} printed the password: {shown}"
+                    );
+                }
+            }
+        }
+    }
+}

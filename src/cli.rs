@@ -243,8 +243,12 @@ impl Db {
         };
         match scheme.as_deref() {
             Some("postgres" | "postgresql") => {
-                let opts = sqlx::postgres::PgConnectOptions::from_str(url).map_err(|e| {
-                    Error::new(ErrorKind::Config, "invalid PostgreSQL URL").with_source(e)
+                // sqlx's parse errors quote pieces of the URL (maybe the password).
+                let opts = sqlx::postgres::PgConnectOptions::from_str(url).map_err(|_| {
+                    Error::new(
+                        ErrorKind::Config,
+                        format!("invalid PostgreSQL URL {}", redact(url)),
+                    )
                 })?;
                 // One direct connection first: its error says why (the pool's only says it
                 // timed out).
@@ -268,8 +272,11 @@ impl Db {
             }
             Some("sqlite") => {
                 let opts = sqlx::sqlite::SqliteConnectOptions::from_str(url)
-                    .map_err(|e| {
-                        Error::new(ErrorKind::Config, "invalid SQLite URL").with_source(e)
+                    .map_err(|_| {
+                        Error::new(
+                            ErrorKind::Config,
+                            format!("invalid SQLite URL {}", redact(url)),
+                        )
                     })?
                     .create_if_missing(false)
                     .busy_timeout(Duration::from_secs(10));
@@ -322,15 +329,7 @@ impl Db {
 }
 
 /// A URL with any password replaced, for messages.
-fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        _ => url.to_owned(),
-    }
-}
+use crate::url::redact;
 
 async fn open_cache(cli: &Cli) -> Result<DynBackend> {
     let url = need(&cli.cache_url, "--cache-url", "LARDER_CACHE_URL")?;

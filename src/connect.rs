@@ -2,17 +2,130 @@
 
 use larder_cache_api::{DynBackend, Error, ErrorKind, Result};
 
-/// URL schemes larder knows, and the Cargo feature each one needs.
-const SCHEMES: &[(&str, &str)] = &[
-    ("memory", "memory"),
-    ("redis", "redis"),
-    ("rediss", "redis-tls"),
-    ("redis+cluster", "cluster"),
-    ("rediss+cluster", "cluster"),
-    ("memcache", "memcached"),
-    ("memcached", "memcached"),
-    ("sled", "sled"),
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use larder_cache_api::url::BackendUrl;
+
+type Opening = Pin<Box<dyn Future<Output = Result<DynBackend>> + Send>>;
+/// Opens a backend from its parsed URL.
+type Opener = fn(BackendUrl) -> Opening;
+
+/// A URL scheme, the Cargo feature that brings it, and how to open it in this build.
+#[derive(Debug, Clone, Copy)]
+struct Scheme {
+    name: &'static str,
+    feature: &'static str,
+    open: Option<Opener>,
+}
+
+/// Every scheme larder knows: the one list.
+const SCHEMES: &[Scheme] = &[
+    Scheme {
+        name: "memory",
+        feature: "memory",
+        open: MEMORY,
+    },
+    Scheme {
+        name: "redis",
+        feature: "redis",
+        open: REDIS,
+    },
+    Scheme {
+        name: "rediss",
+        feature: "redis-tls",
+        open: REDIS_TLS,
+    },
+    Scheme {
+        name: "redis+cluster",
+        feature: "cluster",
+        open: CLUSTER,
+    },
+    Scheme {
+        name: "rediss+cluster",
+        feature: "cluster",
+        open: CLUSTER,
+    },
+    Scheme {
+        name: "memcache",
+        feature: "memcached",
+        open: MEMCACHED,
+    },
+    Scheme {
+        name: "memcached",
+        feature: "memcached",
+        open: MEMCACHED,
+    },
+    Scheme {
+        name: "sled",
+        feature: "sled",
+        open: SLED,
+    },
 ];
+
+#[cfg(feature = "memory")]
+const MEMORY: Option<Opener> = Some(|u| {
+    Box::pin(async move {
+        let config = larder_backend_memory::MemoryConfig::from_backend_url(&u)?;
+        let b = Arc::new(larder_backend_memory::MemoryBackend::new(config)?);
+        // Expired entries are otherwise only dropped when read or evicted.
+        b.spawn_sweeper(std::time::Duration::from_secs(30));
+        Ok(b as DynBackend)
+    })
+});
+#[cfg(not(feature = "memory"))]
+const MEMORY: Option<Opener> = None;
+
+#[cfg(feature = "redis")]
+const REDIS: Option<Opener> = Some(|u| {
+    Box::pin(async move {
+        let config = larder_backend_redis::RedisConfig::from_backend_url(&u)?;
+        Ok(Arc::new(larder_backend_redis::RedisBackend::new(config).await?) as DynBackend)
+    })
+});
+#[cfg(not(feature = "redis"))]
+const REDIS: Option<Opener> = None;
+#[cfg(feature = "redis-tls")]
+const REDIS_TLS: Option<Opener> = REDIS;
+#[cfg(not(feature = "redis-tls"))]
+const REDIS_TLS: Option<Opener> = None;
+#[cfg(feature = "cluster")]
+const CLUSTER: Option<Opener> = REDIS;
+#[cfg(not(feature = "cluster"))]
+const CLUSTER: Option<Opener> = None;
+
+#[cfg(feature = "memcached")]
+const MEMCACHED: Option<Opener> = Some(|u| {
+    Box::pin(async move {
+        let config = larder_backend_memcached::MemcachedConfig::from_backend_url(&u)?;
+        Ok(Arc::new(larder_backend_memcached::MemcachedBackend::new(config).await?) as DynBackend)
+    })
+});
+#[cfg(not(feature = "memcached"))]
+const MEMCACHED: Option<Opener> = None;
+
+#[cfg(feature = "sled")]
+const SLED: Option<Opener> = Some(|u| {
+    Box::pin(async move {
+        let config = larder_backend_sled::SledConfig::from_backend_url(&u)?;
+        Ok(Arc::new(larder_backend_sled::SledBackend::new(config).await?) as DynBackend)
+    })
+});
+#[cfg(not(feature = "sled"))]
+const SLED: Option<Opener> = None;
+
+/// The URL schemes [`connect`] knows, each with the Cargo feature it needs and whether this
+/// build has it.
+///
+/// ```
+/// assert!(larder::schemes().any(|(scheme, _, built)| scheme == "memory" && built));
+/// ```
+pub fn schemes() -> impl Iterator<Item = (&'static str, &'static str, bool)> {
+    SCHEMES
+        .iter()
+        .map(|s| (s.name, s.feature, s.open.is_some()))
+}
 
 /// Connects to the backend a URL names:
 ///
@@ -39,52 +152,31 @@ const SCHEMES: &[(&str, &str)] = &[
 /// # Ok(()) }
 /// ```
 pub async fn connect(url: &str) -> Result<DynBackend> {
-    let Some((scheme, _)) = url.split_once("://") else {
+    // Parsed once, here; each backend maps the parsed form to its configuration.
+    let parsed = BackendUrl::parse(url)?;
+    let Some(scheme) = SCHEMES.iter().find(|s| s.name == parsed.scheme()) else {
         return Err(Error::new(
             ErrorKind::Config,
-            format!("{url:?} is not a backend URL (expected scheme://...)"),
+            format!(
+                "unknown backend URL scheme {:?} (known: {})",
+                parsed.scheme(),
+                SCHEMES
+                    .iter()
+                    .map(|s| format!("{}://", s.name))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
         ));
     };
-    let scheme = scheme.to_ascii_lowercase();
-    match scheme.as_str() {
-        #[cfg(feature = "memory")]
-        "memory" => {
-            let b = std::sync::Arc::new(larder_backend_memory::MemoryBackend::from_url(url)?);
-            // Expired entries are otherwise only dropped when read or evicted.
-            b.spawn_sweeper(std::time::Duration::from_secs(30));
-            Ok(b)
-        }
-        #[cfg(feature = "redis")]
-        "redis" | "rediss" | "redis+cluster" | "rediss+cluster" => {
-            Ok(std::sync::Arc::new(larder_backend_redis::RedisBackend::connect(url).await?))
-        }
-        #[cfg(feature = "memcached")]
-        "memcache" | "memcached" => Ok(std::sync::Arc::new(
-            larder_backend_memcached::MemcachedBackend::connect(url).await?,
-        )),
-        #[cfg(feature = "sled")]
-        "sled" => Ok(std::sync::Arc::new(
-            larder_backend_sled::SledBackend::connect(url).await?,
-        )),
-        other => Err(match SCHEMES.iter().find(|(s, _)| *s == other) {
-            Some((_, feature)) => Error::new(
-                ErrorKind::Unsupported,
-                format!(
-                    "{other}:// URLs need larder's `{feature}` feature, which this build does not enable"
-                ),
+    match scheme.open {
+        Some(open) => open(parsed).await,
+        None => Err(Error::new(
+            ErrorKind::Unsupported,
+            format!(
+                "{}:// URLs need larder's `{}` feature, which this build does not enable",
+                scheme.name, scheme.feature
             ),
-            None => Error::new(
-                ErrorKind::Config,
-                format!(
-                    "unknown backend URL scheme {other:?} (known: {})",
-                    SCHEMES
-                        .iter()
-                        .map(|(s, _)| format!("{s}://"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            ),
-        }),
+        )),
     }
 }
 

@@ -28,4 +28,4 @@ pub use larder_session_persist as sessions;
 #[cfg(feature = "cli")]
 pub mod cli;
 mod connect;
-pub use connect::connect;
+pub use connect::{connect, schemes};

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use larder_cache_api::url::BackendUrl;
 use larder_cache_api::{Error, ErrorKind, Result};
 
 use crate::error::BACKEND;
@@ -112,56 +113,73 @@ impl MemcachedConfig {
     /// `connect_timeout_ms`, `timeout_ms`, `max_idle`, `max_connections`, `vnodes`,
     /// `max_value_size`.
     pub fn from_url(url: &str) -> Result<Self> {
-        let (scheme, rest) = url
-            .split_once("://")
-            .ok_or_else(|| config_error("a memcached URL looks like memcache://host:port"))?;
-        if !matches!(&*scheme.to_ascii_lowercase(), "memcache" | "memcached") {
+        Self::from_backend_url(&BackendUrl::parse(url)?)
+    }
+
+    /// The configuration a parsed `memcache://` URL describes.
+    pub fn from_backend_url(u: &BackendUrl) -> Result<Self> {
+        if !matches!(u.scheme(), "memcache" | "memcached") {
             return Err(config_error(format!(
-                "expected a memcache:// URL, got scheme {scheme:?}"
+                "expected a memcache:// URL, got scheme {:?}",
+                u.scheme()
             )));
         }
-        let (hosts, query) = match rest.split_once('?') {
-            Some((h, q)) => (h, Some(q)),
-            None => (rest, None),
-        };
-        let hosts = hosts.strip_suffix('/').unwrap_or(hosts);
-        if hosts.contains('@') {
-            // Never echo the URL: the part before '@' may be a password.
+        if u.username().is_some() || u.password().is_some() {
+            // Never echo the URL: it holds a password.
             return Err(config_error(
                 "memcached URLs take no credentials: the meta protocol has no authentication",
             ));
         }
-        if hosts.contains('/') {
+        if !matches!(u.path(), "" | "/") {
             return Err(config_error("a memcached URL has no path"));
         }
+        u.check_options(&[
+            "connect_timeout_ms",
+            "timeout_ms",
+            "max_idle",
+            "max_connections",
+            "vnodes",
+            "max_value_size",
+        ])?;
         let mut c = MemcachedConfig {
-            servers: hosts
-                .split(',')
-                .map(normalize_server)
+            servers: u
+                .hosts()
+                .iter()
+                .map(|h| {
+                    let host = if h.host.contains(':') {
+                        format!("[{}]", h.host)
+                    } else {
+                        h.host.clone()
+                    };
+                    normalize_server(&match h.port {
+                        Some(p) => format!("{host}:{p}"),
+                        None => host,
+                    })
+                })
                 .collect::<Result<Vec<_>>>()?,
             ..MemcachedConfig::defaults()
         };
-        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let n: u64 = v.parse().map_err(|e| {
-                config_error(format!("memcached URL parameter {k}={v:?} is not a number"))
-                    .with_source(e)
-            })?;
-            let size = usize::try_from(n).unwrap_or(usize::MAX);
-            match k {
-                "connect_timeout_ms" => c.connect_timeout = Duration::from_millis(n),
-                "timeout_ms" => c.timeout = Duration::from_millis(n),
-                "max_idle" => c.max_idle = size,
-                "max_connections" => c.max_connections = Some(size),
-                "vnodes" => c.vnodes = size,
-                "max_value_size" => c.max_value_size = Some(size),
-                other => {
-                    return Err(config_error(format!(
-                        "unknown memcached URL parameter {other:?} (known: connect_timeout_ms, \
-                         timeout_ms, max_idle, max_connections, vnodes, max_value_size)"
-                    )))
-                }
-            }
+        let size = |name: &str| -> Result<Option<usize>> {
+            Ok(u.option_parsed::<u64>(name)?
+                .map(|n| usize::try_from(n).unwrap_or(usize::MAX)))
+        };
+        if let Some(n) = u.option_parsed::<u64>("connect_timeout_ms")? {
+            c.connect_timeout = Duration::from_millis(n);
+        }
+        if let Some(n) = u.option_parsed::<u64>("timeout_ms")? {
+            c.timeout = Duration::from_millis(n);
+        }
+        if let Some(n) = size("max_idle")? {
+            c.max_idle = n;
+        }
+        if let Some(n) = size("max_connections")? {
+            c.max_connections = Some(n);
+        }
+        if let Some(n) = size("vnodes")? {
+            c.vnodes = n;
+        }
+        if let Some(n) = size("max_value_size")? {
+            c.max_value_size = Some(n);
         }
         c.validate()?;
         Ok(c)

@@ -1,5 +1,6 @@
 //! Configuration of the memory backend.
 
+use larder_cache_api::url::BackendUrl;
 use larder_cache_api::{Error, ErrorKind, Result};
 
 /// Limits of a [`MemoryBackend`](crate::MemoryBackend).
@@ -54,35 +55,35 @@ impl MemoryConfig {
 
     /// Parses `memory://?capacity=N&max_bytes=N&max_value_size=N` (every parameter optional).
     pub fn from_url(url: &str) -> Result<Self> {
-        let parsed = url::Url::parse(url).map_err(|e| {
-            Error::new(ErrorKind::Config, format!("invalid memory URL {url:?}")).with_source(e)
-        })?;
-        if parsed.scheme() != "memory" {
+        Self::from_backend_url(&BackendUrl::parse(url)?)
+    }
+
+    /// The configuration a parsed `memory://` URL describes.
+    pub fn from_backend_url(u: &BackendUrl) -> Result<Self> {
+        if u.scheme() != "memory" {
             return Err(Error::new(
                 ErrorKind::Config,
-                format!("expected a memory:// URL, got scheme {:?}", parsed.scheme()),
+                format!("expected a memory:// URL, got scheme {:?}", u.scheme()),
             ));
         }
+        if !u.hosts().is_empty() || u.username().is_some() || u.password().is_some() {
+            return Err(Error::new(
+                ErrorKind::Config,
+                "a memory:// URL names no host and no user: memory://?capacity=N",
+            ));
+        }
+        u.check_options(&["capacity", "max_entries", "max_bytes", "max_value_size"])?;
         let mut c = MemoryConfig::default();
-        for (k, v) in parsed.query_pairs() {
-            let n: usize = v.parse().map_err(|e| {
-                Error::new(
-                    ErrorKind::Config,
-                    format!("memory URL parameter {k}={v:?} is not a number"),
-                )
-                .with_source(e)
-            })?;
-            match &*k {
-                "capacity" | "max_entries" => c.max_entries = n,
-                "max_bytes" => c.max_bytes = n,
-                "max_value_size" => c.max_value_size = n,
-                other => {
-                    return Err(Error::new(
-                        ErrorKind::Config,
-                        format!("unknown memory URL parameter {other:?} (known: capacity, max_bytes, max_value_size)"),
-                    ))
-                }
+        for name in ["capacity", "max_entries"] {
+            if let Some(n) = u.option_parsed::<usize>(name)? {
+                c.max_entries = n;
             }
+        }
+        if let Some(n) = u.option_parsed::<usize>("max_bytes")? {
+            c.max_bytes = n;
+        }
+        if let Some(n) = u.option_parsed::<usize>("max_value_size")? {
+            c.max_value_size = n;
         }
         c.validate()?;
         Ok(c)

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use larder_cache_api::url::BackendUrl;
 use larder_cache_api::{Error, ErrorKind, Result};
 
 /// Default largest value: 16 MiB.
@@ -197,10 +198,12 @@ impl RedisConfig {
     /// Parses a `redis://`, `rediss://`, `redis+cluster://` or `rediss+cluster://` URL (see
     /// the [type docs](RedisConfig)).
     pub fn from_url(url: &str) -> Result<Self> {
-        let (scheme, rest) = url.split_once("://").ok_or_else(|| {
-            config_err("a Redis URL starts with redis://, rediss:// or redis+cluster://")
-        })?;
-        let (topology, tls) = match scheme.to_ascii_lowercase().as_str() {
+        Self::from_backend_url(&BackendUrl::parse(url)?)
+    }
+
+    /// The configuration a parsed Redis URL describes.
+    pub fn from_backend_url(u: &BackendUrl) -> Result<Self> {
+        let (topology, tls) = match u.scheme() {
             "redis" => (Topology::Single, false),
             "rediss" => (Topology::Single, true),
             "redis+cluster" => (Topology::Cluster, false),
@@ -211,39 +214,19 @@ impl RedisConfig {
                 )))
             }
         };
-        // The authority ends at the first '/', '?' or '#'; parse it by hand because a
-        // cluster URL lists several hosts, which no URL parser accepts.
-        let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-        let (authority, tail) = rest.split_at(end);
-        let (userinfo, hosts) = match authority.rsplit_once('@') {
-            Some((u, h)) => (Some(u), h),
-            None => (None, authority),
-        };
         let mut c = match topology {
             Topology::Single => RedisConfig::single(String::new(), DEFAULT_PORT),
             Topology::Cluster => RedisConfig::cluster(Vec::new()),
         };
         c.tls = tls;
-        c.nodes = hosts
-            .split(',')
-            .map(parse_host_port)
-            .collect::<Result<Vec<_>>>()?;
-        if let Some(userinfo) = userinfo {
-            let (user, password) = match userinfo.split_once(':') {
-                Some((u, p)) => (u, Some(p)),
-                None => (userinfo, None),
-            };
-            if !user.is_empty() {
-                c.username = Some(decode(user, "user name")?);
-            }
-            if let Some(p) = password {
-                c.password = Some(decode(p, "password")?);
-            }
-        }
-        // Path, query and fragment: reuse the URL parser with a placeholder host.
-        let parsed = url::Url::parse(&format!("redis://placeholder{tail}"))
-            .map_err(|e| config_err("invalid path or query in the Redis URL").with_source(e))?;
-        match parsed.path().trim_matches('/') {
+        c.nodes = u
+            .hosts()
+            .iter()
+            .map(|h| (h.host.clone(), h.port.unwrap_or(DEFAULT_PORT)))
+            .collect();
+        c.username = u.username().map(str::to_owned);
+        c.password = u.password().map(str::to_owned);
+        match u.path().trim_matches('/') {
             "" => {}
             db => {
                 c.db = db.parse().map_err(|e| {
@@ -254,25 +237,28 @@ impl RedisConfig {
                 })?;
             }
         }
-        for (k, v) in parsed.query_pairs() {
-            match &*k {
-                "response_timeout_ms" | "timeout_ms" => {
-                    c.response_timeout = Duration::from_millis(number(&k, &v)?)
-                }
-                "connect_timeout_ms" => c.connect_timeout = Duration::from_millis(number(&k, &v)?),
-                "max_value_size" => {
-                    c.max_value_size = usize::try_from(number(&k, &v)?).unwrap_or(usize::MAX)
-                }
-                "tls_insecure" => c.tls_insecure = flag(&k, &v)?,
-                other => {
-                    return Err(config_err(format!(
-                        "unknown Redis URL parameter {other:?} (known: response_timeout_ms, \
-                         connect_timeout_ms, max_value_size, tls_insecure)"
-                    )))
-                }
+        u.check_options(&[
+            "response_timeout_ms",
+            "timeout_ms",
+            "connect_timeout_ms",
+            "max_value_size",
+            "tls_insecure",
+        ])?;
+        for name in ["response_timeout_ms", "timeout_ms"] {
+            if let Some(n) = u.option_parsed::<u64>(name)? {
+                c.response_timeout = Duration::from_millis(n);
             }
         }
-        match parsed.fragment() {
+        if let Some(n) = u.option_parsed::<u64>("connect_timeout_ms")? {
+            c.connect_timeout = Duration::from_millis(n);
+        }
+        if let Some(n) = u.option_parsed::<u64>("max_value_size")? {
+            c.max_value_size = usize::try_from(n).unwrap_or(usize::MAX);
+        }
+        if let Some(f) = u.option_flag("tls_insecure")? {
+            c.tls_insecure = f;
+        }
+        match u.fragment() {
             None | Some("") => {}
             Some("insecure") => c.tls_insecure = true,
             Some(other) => {
@@ -339,77 +325,6 @@ fn config_err(msg: impl Into<std::borrow::Cow<'static, str>>) -> Error {
     Error::new(ErrorKind::Config, msg).with_backend(crate::error::BACKEND)
 }
 
-fn parse_host_port(s: &str) -> Result<(String, u16)> {
-    // `[v6]:port`, `[v6]`, `host:port` or `host`.
-    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
-        let (h, after) = rest
-            .split_once(']')
-            .ok_or_else(|| config_err(format!("unclosed '[' in Redis host {s:?}")))?;
-        match after {
-            "" => (h, None),
-            p => match p.strip_prefix(':') {
-                Some(p) => (h, Some(p)),
-                None => return Err(config_err(format!("invalid Redis host {s:?}"))),
-            },
-        }
-    } else {
-        match s.rsplit_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (s, None),
-        }
-    };
-    if host.is_empty() {
-        return Err(config_err(format!("missing host name in {s:?}")));
-    }
-    let port = match port {
-        None => DEFAULT_PORT,
-        Some(p) => p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| {
-            config_err(format!(
-                "port {p:?} of Redis host {host:?} is not 1..=65535"
-            ))
-        })?,
-    };
-    Ok((host.to_string(), port))
-}
-
-/// Percent-decodes a user name or password; the error never repeats the text.
-fn decode(s: &str, what: &'static str) -> Result<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes
-                .get(i + 1..i + 3)
-                .and_then(|h| std::str::from_utf8(h).ok())
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| config_err(format!("invalid percent-encoding in the {what}")))?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| config_err(format!("the {what} is not UTF-8")))
-}
-
-fn number(k: &str, v: &str) -> Result<u64> {
-    v.parse().map_err(|e| {
-        config_err(format!("Redis URL parameter {k}={v:?} is not a number")).with_source(e)
-    })
-}
-
-fn flag(k: &str, v: &str) -> Result<bool> {
-    match v {
-        "true" | "1" | "yes" => Ok(true),
-        "false" | "0" | "no" => Ok(false),
-        _ => Err(config_err(format!(
-            "Redis URL parameter {k}={v:?} is not true or false"
-        ))),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -468,12 +383,14 @@ mod tests {
             "redis://h?max_value_size=100000000",
             "redis://h1,h2",
             "redis://h#other",
-            "redis://:pw%zz@h",
         ] {
             let e = RedisConfig::from_url(bad).unwrap_err();
             assert_eq!(e.kind(), ErrorKind::Config, "{bad}: {e}");
         }
-        let e = RedisConfig::from_url("redis://:pw%zz-secret@h").unwrap_err();
+        // A '%' that starts no escape is part of the password, as written.
+        let c = RedisConfig::from_url("redis://:pw%zz-secret@h").unwrap();
+        assert_eq!(c.password(), Some("pw%zz-secret"));
+        let e = RedisConfig::from_url("redis://:pw-secret@h:port").unwrap_err();
         assert!(!e.to_string().contains("secret"), "{e}");
     }
 

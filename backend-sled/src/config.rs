@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use larder_cache_api::url::BackendUrl;
 use larder_cache_api::{Error, ErrorKind, Result};
 
 use crate::error::BACKEND;
@@ -143,67 +144,75 @@ impl SledConfig {
     ///
     /// The path is percent-decoded. Errors are [`ErrorKind::Config`].
     pub fn from_url(url: &str) -> Result<Self> {
-        let parsed = url::Url::parse(url)
-            .map_err(|e| config_error(format!("invalid sled URL {url:?}")).with_source(e))?;
-        if parsed.scheme() != "sled" {
+        Self::from_backend_url(&BackendUrl::parse(url)?)
+    }
+
+    /// The configuration a parsed `sled:///path` URL describes.
+    pub fn from_backend_url(u: &BackendUrl) -> Result<Self> {
+        if u.scheme() != "sled" {
             return Err(config_error(format!(
                 "expected a sled:// URL, got scheme {:?}",
-                parsed.scheme()
+                u.scheme()
             )));
         }
-        if parsed.host_str().is_some_and(|h| !h.is_empty()) || parsed.port().is_some() {
-            return Err(config_error(format!(
-                "sled URL {url:?} names a host; use sled:///absolute/path (three slashes)"
-            )));
-        }
-        if parsed.username() != "" || parsed.password().is_some() {
+        if u.username().is_some() || u.password().is_some() {
             return Err(config_error("sled URLs take no user or password"));
         }
-        let path = parsed
-            .to_file_path()
-            .map_err(|()| config_error(format!("sled URL {url:?} has no usable path")))?;
+        if !u.hosts().is_empty() {
+            return Err(config_error(format!(
+                "sled URL {u} names a host; use sled:///absolute/path (three slashes)"
+            )));
+        }
+        let path = Path::new(u.path());
+        if !path.is_absolute() {
+            return Err(config_error(format!("sled URL {u} has no usable path")));
+        }
         if path == Path::new("/") {
             return Err(config_error(
                 "sled URL needs a database directory, e.g. sled:///var/lib/app/cache",
             ));
         }
-        let mut c = SledConfig::new(path);
-        for (k, v) in parsed.query_pairs() {
-            match &*k {
-                "flush_every_ms" => {
-                    c.flush = match &*v {
-                        "write" => Flush::EveryWrite,
-                        "never" => Flush::Never,
-                        n => Flush::EveryMs(number(&k, n)?),
-                    }
-                }
-                "cache_capacity" => c.cache_capacity = number(&k, &v)?,
-                "sweep_interval_ms" => {
-                    c.sweep_interval = match &*v {
-                        "never" => None,
-                        n => Some(Duration::from_millis(number(&k, n)?)),
-                    }
-                }
-                "sweep_batch" => c.sweep_batch = number(&k, &v)?,
-                "max_value_size" => c.max_value_size = number(&k, &v)?,
-                "dispatch" => {
-                    c.dispatch = match &*v {
-                        "inline" => Dispatch::Inline,
-                        "spawn_blocking" => Dispatch::SpawnBlocking,
-                        other => {
-                            return Err(config_error(format!(
-                        "sled URL parameter dispatch={other:?}: expected inline or spawn_blocking"
-                    )))
-                        }
-                    }
-                }
+        u.check_options(&[
+            "flush_every_ms",
+            "cache_capacity",
+            "sweep_interval_ms",
+            "sweep_batch",
+            "max_value_size",
+            "dispatch",
+        ])?;
+        let mut c = SledConfig::new(path.to_path_buf());
+        if let Some(v) = u.option("flush_every_ms") {
+            c.flush = match v {
+                "write" => Flush::EveryWrite,
+                "never" => Flush::Never,
+                n => Flush::EveryMs(number("flush_every_ms", n)?),
+            };
+        }
+        if let Some(n) = u.option_parsed("cache_capacity")? {
+            c.cache_capacity = n;
+        }
+        if let Some(v) = u.option("sweep_interval_ms") {
+            c.sweep_interval = match v {
+                "never" => None,
+                n => Some(Duration::from_millis(number("sweep_interval_ms", n)?)),
+            };
+        }
+        if let Some(n) = u.option_parsed("sweep_batch")? {
+            c.sweep_batch = n;
+        }
+        if let Some(n) = u.option_parsed("max_value_size")? {
+            c.max_value_size = n;
+        }
+        if let Some(v) = u.option("dispatch") {
+            c.dispatch = match v {
+                "inline" => Dispatch::Inline,
+                "spawn_blocking" => Dispatch::SpawnBlocking,
                 other => {
                     return Err(config_error(format!(
-                    "unknown sled URL parameter {other:?} (known: flush_every_ms, cache_capacity, \
-                         sweep_interval_ms, sweep_batch, max_value_size, dispatch)"
-                )))
+                        "sled URL parameter dispatch={other:?}: expected inline or spawn_blocking"
+                    )))
                 }
-            }
+            };
         }
         c.validate()?;
         Ok(c)

@@ -252,6 +252,11 @@ fn parse_host_port(s: &str) -> Result<HostPort> {
         }
     } else {
         match s.rsplit_once(':') {
+            Some((h, _)) if h.contains(':') => {
+                return Err(config(format!(
+                    "IPv6 host {s:?} must be written in brackets: [addr]:port"
+                )))
+            }
             Some((h, p)) => (h, Some(p)),
             None => (s, None),
         }
@@ -454,5 +459,6 @@ mod tests {
             .option_flag("flag")
             .is_err());
         assert!(BackendUrl::parse("x://h:70000").is_err());
+        assert!(BackendUrl::parse("x://::1").is_err(), "IPv6 needs brackets");
     }
 }

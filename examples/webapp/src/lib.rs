@@ -29,6 +29,7 @@ use larder::sessions::{
     SessionData, SessionError, SessionId, SessionStore, SqliteStore, Timestamp, TowerStore,
     WriteThroughStats,
 };
+use larder::url::redact;
 use larder::DynBackend;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -193,20 +194,6 @@ fn absolute(p: &Path) -> PathBuf {
     p.components()
         .filter(|c| !matches!(c, std::path::Component::CurDir))
         .collect()
-}
-
-/// Hides a password in a URL for display.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
 }
 
 /// The cache integrity key the instances on one database share: created once (a random

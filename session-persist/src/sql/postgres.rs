@@ -27,7 +27,17 @@ impl PgStore {
     /// Connects to `url` and runs the migrations.
     pub async fn connect(url: &str) -> Result<Self> {
         let opts = PgConnectOptions::from_str(url)
-            .map_err(|e| Error::new(ErrorKind::Config, "invalid PostgreSQL URL").with_source(e))?;
+            // sqlx's parse error quotes pieces of the URL, which may be the password: it is
+            // not kept.
+            .map_err(|_| {
+                Error::new(
+                    ErrorKind::Config,
+                    format!(
+                        "invalid PostgreSQL URL {}",
+                        larder_cache_api::url::redact(url)
+                    ),
+                )
+            })?;
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(std::time::Duration::from_secs(5))

@@ -34,7 +34,14 @@ impl SqliteStore {
     /// `sqlite::memory:`) and runs the migrations.
     pub async fn connect(url: &str) -> Result<Self> {
         let opts = SqliteConnectOptions::from_str(url)
-            .map_err(|e| Error::new(ErrorKind::Config, "invalid SQLite URL").with_source(e))?;
+            // sqlx's parse error quotes pieces of the URL, which may be the password: it is
+            // not kept.
+            .map_err(|_| {
+                Error::new(
+                    ErrorKind::Config,
+                    format!("invalid SQLite URL {}", larder_cache_api::url::redact(url)),
+                )
+            })?;
         Self::connect_with(opts).await
     }
 
