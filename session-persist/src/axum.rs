@@ -7,7 +7,7 @@ use larder_cache_api::{Error, ErrorKind};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::handle::Session;
+use crate::session::Session;
 use crate::tower::{larder_id, TowerStore};
 
 /// The request's session as larder's own [`Session`] handle, for updates that must not

@@ -3,22 +3,23 @@
 
 #[cfg(feature = "axum")]
 mod axum;
+mod cached_store;
 mod expiry;
-mod handle;
 mod id;
 mod record;
+mod session;
 mod sql;
 mod store;
 #[cfg(feature = "tower-sessions")]
 mod tower;
-mod write_through;
 
 #[cfg(feature = "axum")]
 pub use axum::{AtomicSession, SessionError};
+pub use cached_store::{CachedStore, WriteThroughSnapshot, WriteThroughStats};
 pub use expiry::{expiry_task, EXPIRY_TASK};
-pub use handle::{ConflictPolicy, Session, SessionConfig, SessionManager, ValueFormat};
 pub use id::{IdHash, IdSource, OsRandom, SessionId};
 pub use record::{Record, SessionData, Timestamp};
+pub use session::{ConflictPolicy, Session, SessionConfig, SessionManager, ValueFormat};
 pub use sql::SqlOptions;
 #[cfg(feature = "postgres")]
 pub use sql::{PgFence, PgKv, PgStore};
@@ -27,4 +28,3 @@ pub use sql::{SqliteFence, SqliteKv, SqliteStore};
 pub use store::{Invalidation, SaveOutcome, SessionStore, DEFAULT_TOMBSTONE_TTL};
 #[cfg(feature = "tower-sessions")]
 pub use tower::{TowerStore, RESERVED_KEY};
-pub use write_through::{CachedStore, WriteThroughSnapshot, WriteThroughStats};

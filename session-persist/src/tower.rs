@@ -14,9 +14,9 @@ use sha2::{Digest, Sha256};
 use tower_sessions::session::{Id, Record as TowerRecord};
 use tower_sessions::session_store::{Error as TowerError, Result as TowerResult};
 
-use crate::handle::{Change, ConflictPolicy, SessionConfig, SessionManager, ValueFormat};
 use crate::id::SessionId;
 use crate::record::{Record, SessionData, Timestamp};
+use crate::session::{Change, ConflictPolicy, SessionConfig, SessionManager, ValueFormat};
 use crate::store::SessionStore;
 
 /// The session key the adapter reserves for what a request loaded. It lives only in the

@@ -1,4 +1,4 @@
-//! The session handle request code uses: typed values, dirty tracking, and key-level merge
+//! The session handle request code uses ([`Session`]): typed values, dirty tracking, and key-level merge
 //! of concurrent requests.
 
 use std::collections::BTreeMap;
