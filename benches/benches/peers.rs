@@ -27,7 +27,12 @@
 //!    updates (1000 − final) and errors; `own`, each client sets its own key `k<c>` to
 //!    0..49, then `GET /dump`: keys whose final value is not 49 are lost. Both run through
 //!    one app instance and through two (two servers, each with its own store object on the
-//!    same PostgreSQL/Redis), a client's requests alternating between them.
+//!    same PostgreSQL/Redis), a client's requests alternating between them. A run has a
+//!    5 s budget: requests still pending at its end count as errors (timeouts).
+//!
+//! `errors` are requests without a 2xx and a whole body (timeouts included); `store errors`
+//! are the errors the stores returned to tower-sessions (which answers those with a 500).
+//! `GET /dump` lists the keys the app writes (tower-sessions cannot list a session's keys).
 //!
 //! PostgreSQL is the local server (`LARDER_TEST_POSTGRES` to change it) on a fresh schema,
 //! dropped at the end; Redis is a redis-server started on a free port. Client and servers
@@ -68,9 +73,11 @@ const MAX_REQUESTS_PER_CLIENT: usize = 200_000;
 /// Clients and requests per client of the contention runs.
 const CONTENDERS: usize = 20;
 const PER_CONTENDER: usize = 50;
-/// A contention run stops sending at this deadline (reported as fewer requests sent).
-const CONTENTION_DEADLINE: Duration = Duration::from_secs(4);
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// A contention run's whole budget: requests not sent by then are not sent (`sent` < 1000)
+/// and requests still pending then are cut off (counted as timeouts).
+const CONTENTION_BUDGET: Duration = Duration::from_secs(5);
+/// Per-request timeout of the read and write runs.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections per store object, the same for every SQL pool (sqlx's default).
 const PG_POOL: u32 = 10;
 /// fred clients per pool, as in tower-sessions-redis-store's example.
@@ -431,11 +438,46 @@ async fn new_session(client: &reqwest::Client, base: &str) -> String {
         .to_owned()
 }
 
-/// Sends one request; whether it got a 2xx with its whole body.
-async fn ok(req: reqwest::RequestBuilder) -> bool {
-    match req.send().await {
-        Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
-        Err(_) => false,
+/// Latencies and failures of a set of requests.
+#[derive(Debug, Default, Clone)]
+struct Tally {
+    lat: Vec<Duration>,
+    /// Requests without a 2xx and its whole body, timeouts included.
+    errors: usize,
+    /// Requests the client gave up on after `REQUEST_TIMEOUT`.
+    timeouts: usize,
+}
+
+impl Tally {
+    /// Sends one request, timing it until its whole body is read.
+    async fn send(&mut self, req: reqwest::RequestBuilder) {
+        let t = Instant::now();
+        let (failed, timeout) = match req.send().await {
+            Ok(r) => {
+                let status_ok = r.status().is_success();
+                match r.bytes().await {
+                    Ok(_) => (!status_ok, false),
+                    Err(e) => (true, e.is_timeout()),
+                }
+            }
+            Err(e) => (true, e.is_timeout()),
+        };
+        self.lat.push(t.elapsed());
+        self.errors += usize::from(failed);
+        self.timeouts += usize::from(timeout);
+    }
+
+    fn merge(&mut self, o: Tally) {
+        self.lat.extend(o.lat);
+        self.errors += o.errors;
+        self.timeouts += o.timeouts;
+    }
+
+    /// The `p` quantile of the latencies (0 when there are none); sorts them.
+    fn quantile(&mut self, p: f64) -> Duration {
+        self.lat.sort_unstable();
+        let i = ((self.lat.len() as f64 * p) as usize).min(self.lat.len().saturating_sub(1));
+        self.lat.get(i).copied().unwrap_or_default()
     }
 }
 
@@ -452,6 +494,7 @@ struct Load {
     p99: Duration,
     requests: usize,
     errors: usize,
+    timeouts: usize,
 }
 
 /// Each client loops `op` on its own session; only requests started after the warm-up
@@ -466,44 +509,40 @@ async fn drive(client: &reqwest::Client, base: &str, cookies: &[String], op: Op)
         .map(|(c, cookie)| {
             let (client, base, cookie) = (client.clone(), base.to_owned(), cookie.clone());
             tokio::spawn(async move {
-                let (mut lat, mut errors) = (Vec::with_capacity(8192), 0usize);
+                let (mut warm, mut measured) = (Tally::default(), Tally::default());
                 let mut n = 0usize;
                 while n < MAX_REQUESTS_PER_CLIENT && Instant::now() < end {
                     let req = match op {
                         Op::Read => client.get(format!("{base}/read")),
-                        Op::Write => client.post(format!("{base}/write")).body(format!("v{c}-{n}")),
+                        Op::Write => client
+                            .post(format!("{base}/write"))
+                            .body(format!("v{c}-{n}")),
                     };
-                    let t = Instant::now();
-                    let good = ok(req.header("cookie", &cookie)).await;
-                    if t >= warm_end {
-                        lat.push(t.elapsed());
-                        errors += usize::from(!good);
+                    let req = req.header("cookie", &cookie);
+                    if Instant::now() < warm_end {
+                        warm.send(req).await;
+                    } else {
+                        measured.send(req).await;
                     }
                     n += 1;
                 }
-                (lat, errors, Instant::now())
+                (measured, Instant::now())
             })
         })
         .collect();
-    let (mut lat, mut errors, mut last) = (Vec::new(), 0, warm_end);
+    let (mut all, mut last) = (Tally::default(), warm_end);
     for t in tasks {
-        let (l, e, done) = t.await.expect("client task");
-        lat.extend(l);
-        errors += e;
+        let (tally, done) = t.await.expect("client task");
+        all.merge(tally);
         last = last.max(done);
     }
-    lat.sort();
-    let pct = |p: f64| {
-        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or_default()
-    };
     Load {
-        rps: lat.len() as f64 / last.duration_since(warm_end).as_secs_f64().max(1e-9),
-        p50: pct(0.50),
-        p99: pct(0.99),
-        requests: lat.len(),
-        errors,
+        rps: all.lat.len() as f64 / last.duration_since(warm_end).as_secs_f64().max(1e-9),
+        p50: all.quantile(0.50),
+        p99: all.quantile(0.99),
+        requests: all.lat.len(),
+        errors: all.errors,
+        timeouts: all.timeouts,
     }
 }
 
@@ -515,15 +554,27 @@ enum Race {
     Own,
 }
 
+impl Race {
+    fn name(self) -> &'static str {
+        match self {
+            Race::Incr => "incr",
+            Race::Own => "own",
+        }
+    }
+}
+
 #[derive(Debug, Default, Clone, Copy)]
 struct Contention {
     sent: usize,
     errors: usize,
+    timeouts: usize,
     /// Lost updates (incr: 1000 − final counter) or lost keys (own: keys not at 49);
     /// `None` if the final `GET /dump` failed.
     lost: Option<usize>,
     /// The final counter (incr only).
     last: Option<u64>,
+    p50: Duration,
+    max: Duration,
     secs: f64,
 }
 
@@ -532,14 +583,15 @@ struct Contention {
 async fn contend(client: &reqwest::Client, bases: &[String], race: Race) -> Contention {
     let cookie = new_session(client, &bases[0]).await;
     let start = Instant::now();
-    let deadline = start + CONTENTION_DEADLINE;
+    let deadline = start + CONTENTION_BUDGET;
     let tasks: Vec<_> = (0..CONTENDERS)
         .map(|c| {
             let (client, bases, cookie) = (client.clone(), bases.to_vec(), cookie.clone());
             tokio::spawn(async move {
-                let (mut sent, mut errors) = (0usize, 0usize);
+                let mut tally = Tally::default();
                 for n in 0..PER_CONTENDER {
-                    if Instant::now() >= deadline {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
                         break;
                     }
                     let base = &bases[(c + n) % bases.len()];
@@ -547,20 +599,26 @@ async fn contend(client: &reqwest::Client, bases: &[String], race: Race) -> Cont
                         Race::Incr => format!("{base}/incr"),
                         Race::Own => format!("{base}/own/{c}/{n}"),
                     };
-                    sent += 1;
-                    errors += usize::from(!ok(client.post(url).header("cookie", &cookie)).await);
+                    let req = client.post(url).header("cookie", &cookie).timeout(left);
+                    tally.send(req).await;
                 }
-                (sent, errors)
+                tally
             })
         })
         .collect();
-    let mut out = Contention::default();
+    let mut all = Tally::default();
     for t in tasks {
-        let (s, e) = t.await.expect("contention task");
-        out.sent += s;
-        out.errors += e;
+        all.merge(t.await.expect("contention task"));
     }
-    out.secs = start.elapsed().as_secs_f64();
+    let mut out = Contention {
+        sent: all.lat.len(),
+        errors: all.errors,
+        timeouts: all.timeouts,
+        p50: all.quantile(0.5),
+        max: all.quantile(1.0),
+        secs: start.elapsed().as_secs_f64(),
+        ..Contention::default()
+    };
     let dump: Option<HashMap<String, Value>> = match client
         .get(format!("{}/dump", bases[0]))
         .header("cookie", &cookie)
@@ -625,12 +683,13 @@ async fn run_store(kind: Kind, env: &Env) -> Row {
     for (what, l) in [("read", read), ("write", write)] {
         println!(
             "peers {name:<24} {what:<5} {CLIENTS} clients  {:>8.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  \
-             requests {}  errors {}",
+             requests {}  errors {} (timeouts {})",
             l.rps,
             ms(l.p50),
             ms(l.p99),
             l.requests,
-            l.errors
+            l.errors,
+            l.timeouts
         );
     }
     let one = [a.base.clone()];
@@ -657,14 +716,14 @@ async fn run_store(kind: Kind, env: &Env) -> Row {
         };
         println!(
             "peers {name:<24} {:<5} {} instance(s)  {CONTENDERS}x{PER_CONTENDER} on one session  \
-             sent {}  {detail}  errors {}  ({:.2} s)",
-            match race {
-                Race::Incr => "incr",
-                Race::Own => "own",
-            },
+             sent {}  {detail}  errors {} (timeouts {})  p50 {:.2} ms  max {:.0} ms  ({:.2} s)",
+            race.name(),
             bases.len(),
             c.sent,
             c.errors,
+            c.timeouts,
+            ms(c.p50),
+            ms(c.max),
             c.secs
         );
     }

@@ -12,16 +12,36 @@
 //!
 //! The cache is the in-process memory backend, so the figures isolate larder's own cost
 //! over SQL; PostgreSQL is the local server (`LARDER_TEST_POSTGRES` to change it).
+//!
+//! After the Criterion groups, two `ratio sessions ...` lines (stderr), each side measured
+//! alternately (`harness::alternate`, 20 rounds of 25 operations), on a fresh schema:
+//!
+//! * `tower_save/postgres/300B`: a tower-sessions save of a 300 B session through larder's
+//!   `TowerStore` over `PgStore`, against tower-sessions-sqlx-store's `PostgresStore::save`
+//!   (an upsert) on the same PostgreSQL. Each save gets its own session, created and loaded
+//!   beforehand (the adapter keeps what it loaded in the record it hands out), with one key
+//!   changed; the changed record is cloned in the timed part on both sides.
+//! * `delete/postgres`: `PgStore::delete` against the same `UPDATE ... SET deleted = TRUE`
+//!   statement sent raw on the store's pool, each on sessions created beforehand. The
+//!   outbox trigger fires for both (it is on the table), so the ratio is larder's own cost.
+//!
+//! A filter no Criterion id matches (`-- peer_ratios`) runs only these two.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::Criterion;
 use larder_backend_memory::MemoryBackend;
+use larder_benches::harness::{alternate, report};
 use larder_cache_api::codec::Postcard;
 use larder_cache_api::{envelope, DynBackend, PutMode, Ttl};
-use larder_session_persist::{CachedStore, Record, SessionData, SessionStore, Timestamp};
+use larder_session_persist::{
+    CachedStore, Record, SessionData, SessionStore, Timestamp, TowerStore, DEFAULT_TOMBSTONE_TTL,
+};
 use tokio::runtime::Runtime;
+use tower_sessions::SessionStore as _;
+use tower_sessions_core_014::SessionStore as _;
 
 /// Session payloads: about 300 B (ten small keys) and about 4 KiB.
 fn payload(size: usize) -> SessionData {
@@ -229,6 +249,124 @@ fn bench(c: &mut Criterion) {
     }
 }
 
+/// Rounds and operations per round of the alternated ratio runs.
+const RATIO_ROUNDS: usize = 20;
+const RATIO_PER_ROUND: usize = 25;
+
+/// The 300 B session of `payload` as tower-sessions data (JSON values).
+fn tower_payload() -> HashMap<String, serde_json::Value> {
+    [
+        "user", "name", "email", "csrf", "theme", "lang", "cart", "tz", "role", "last",
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, k)| (k.to_string(), format!("{k}-value-{i:02}-xxxxxxxx").into()))
+    .collect()
+}
+
+/// larder's tower-sessions save against tower-sessions-sqlx-store's, and `PgStore::delete`
+/// against its raw statement (see the top of the file).
+fn peer_ratios(rt: &Runtime) {
+    let n = RATIO_ROUNDS * RATIO_PER_ROUND;
+    rt.block_on(async {
+        let (pg, schema) = larder_tests::db::pg_store().await;
+        let pg = Arc::new(pg);
+        let tower = TowerStore::new(pg.clone());
+        let pool = tower_sessions_sqlx_store::sqlx::postgres::PgPoolOptions::new()
+            .max_connections(10)
+            .connect(&larder_tests::db::postgres_url())
+            .await
+            .expect("sqlx 0.8 pool");
+        let peer = tower_sessions_sqlx_store::PostgresStore::new(pool)
+            .with_schema_name(&schema)
+            .expect("schema name");
+        peer.migrate().await.expect("peer migration");
+        let expiry =
+            tower_sessions::cookie::time::OffsetDateTime::now_utc() + Duration::from_secs(3600);
+
+        // One session per save, so every larder save starts from a fresh `load`.
+        let mut mine = Vec::with_capacity(n);
+        let mut theirs = Vec::with_capacity(n);
+        for _ in 0..n {
+            let mut r = tower_sessions::session::Record {
+                id: tower_sessions::session::Id::default(),
+                data: tower_payload(),
+                expiry_date: expiry,
+            };
+            tower.create(&mut r).await.expect("larder create");
+            mine.push(tower.load(&r.id).await.expect("load").expect("live"));
+            let mut r = tower_sessions_core_014::session::Record {
+                id: tower_sessions_core_014::session::Id::default(),
+                data: tower_payload(),
+                expiry_date: expiry,
+            };
+            peer.create(&mut r).await.expect("peer create");
+            theirs.push(r);
+        }
+        let (tower, peer) = (&tower, &peer);
+        let save = alternate(
+            RATIO_ROUNDS,
+            RATIO_PER_ROUND,
+            |i| {
+                let mut r = mine[i].clone();
+                async move {
+                    r.data.insert("last".into(), format!("changed-{i}").into());
+                    tower.save(&r).await.expect("larder save");
+                }
+            },
+            |i| {
+                let mut r = theirs[i].clone();
+                async move {
+                    r.data.insert("last".into(), format!("changed-{i}").into());
+                    peer.save(&r).await.expect("peer save");
+                }
+            },
+        )
+        .await;
+        report("sessions", "tower_save/postgres/300B", save);
+
+        let live = Timestamp::now().plus(Duration::from_secs(3600));
+        let (mut ids, mut hashes) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for _ in 0..n {
+            ids.push(
+                pg.create(payload(300), None, live)
+                    .await
+                    .expect("create")
+                    .id,
+            );
+            let r = pg.create(payload(300), None, live).await.expect("create");
+            hashes.push(r.id.hash().as_bytes().to_vec());
+        }
+        let (pg, raw, ids, hashes) = (&pg, pg.pool(), &ids, &hashes);
+        let delete = alternate(
+            RATIO_ROUNDS,
+            RATIO_PER_ROUND,
+            |i| async move {
+                let deleted = pg.delete(&ids[i]).await.expect("delete");
+                assert!(deleted, "the session was live");
+            },
+            |i| async move {
+                let now = Timestamp::now();
+                let done = sqlx::query(
+                    "UPDATE larder_sessions SET deleted = TRUE, data = $1, principal = NULL, \
+                     version = version + 1, expires_at = $2, updated_at = $3 \
+                     WHERE id_hash = $4 AND deleted = FALSE AND expires_at > $3",
+                )
+                .bind(&[][..] as &[u8])
+                .bind(now.plus(DEFAULT_TOMBSTONE_TTL).0)
+                .bind(now.0)
+                .bind(&hashes[i][..])
+                .execute(raw)
+                .await
+                .expect("raw delete");
+                assert_eq!(done.rows_affected(), 1, "the session was live");
+            },
+        )
+        .await;
+        report("sessions", "delete/postgres", delete);
+    });
+}
+
 fn main() {
     let mut c = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
@@ -237,4 +375,9 @@ fn main() {
         .configure_from_args();
     bench(&mut c);
     c.final_summary();
+    // `--list`/`--test` runs skip the extra measurements.
+    if std::env::args().any(|a| a == "--test" || a == "--list") {
+        return;
+    }
+    peer_ratios(&runtime());
 }

@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use larder_cache_api::codec::Postcard;
+use larder_cache_api::layer::Timeout;
 use larder_cache_api::{
     envelope, DeleteMode, DynBackend, Error, ErrorKind, Key, PutMode, Result, Ttl, Version,
 };
@@ -20,7 +21,7 @@ use sha2::Sha256;
 
 use crate::id::{IdHash, SessionId};
 use crate::record::{Record, SessionData, Timestamp};
-use crate::store::{Invalidation, SaveOutcome, SessionStore};
+use crate::store::{ApplyFn, Invalidation, SaveOutcome, SessionStore};
 
 /// What the cache holds for one session (keyed by the id's hash, never the id).
 #[derive(Debug, Serialize, Deserialize)]
@@ -156,6 +157,8 @@ enum Call<T> {
 /// invalidation. Tombstones are always attempted.
 pub struct CachedStore<S> {
     store: S,
+    /// The backend as given; `cache` is it under the deadline.
+    raw_cache: DynBackend,
     cache: DynBackend,
     cache_timeout: Duration,
     max_cache_ttl: Duration,
@@ -185,7 +188,7 @@ impl<S: fmt::Debug> fmt::Debug for CachedStore<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CachedStore")
             .field("store", &self.store)
-            .field("cache", &self.cache)
+            .field("cache", &self.raw_cache)
             .field("cache_timeout", &self.cache_timeout)
             .field("max_cache_ttl", &self.max_cache_ttl)
             .field("drain_interval", &self.drain_interval)
@@ -197,10 +200,12 @@ impl<S: fmt::Debug> fmt::Debug for CachedStore<S> {
 impl<S: SessionStore> CachedStore<S> {
     /// Caches `store` in `cache`.
     pub fn new(store: S, cache: DynBackend) -> Self {
+        let timeout = Duration::from_millis(250);
         CachedStore {
             store,
-            cache,
-            cache_timeout: Duration::from_millis(250),
+            raw_cache: cache.clone(),
+            cache: Arc::new(Timeout::new(cache, timeout)),
+            cache_timeout: timeout,
             max_cache_ttl: Duration::from_secs(600),
             breaker_cooldown: Duration::from_secs(1),
             drain_interval: Duration::from_millis(500),
@@ -218,6 +223,7 @@ impl<S: SessionStore> CachedStore<S> {
     /// Deadline of each cache operation (default 250 ms); past it the cache counts as down.
     pub fn cache_timeout(mut self, d: Duration) -> Self {
         self.cache_timeout = d;
+        self.cache = Arc::new(Timeout::new(self.raw_cache.clone(), d));
         self
     }
 
@@ -309,11 +315,8 @@ impl<S: SessionStore> CachedStore<S> {
             self.stats.skipped.fetch_add(1, Ordering::Relaxed);
             return Call::Failed;
         }
-        let res = match tokio::time::timeout(self.cache_timeout, fut).await {
-            Ok(r) => r,
-            Err(_) => Err(Error::new(ErrorKind::Timeout, "cache operation timed out")),
-        };
-        match res {
+        // The deadline is the cache-api `Timeout` layer's, around every operation.
+        match fut.await {
             Ok(v) => Call::Done(v),
             Err(e) if e.kind() == ErrorKind::Conflict => Call::Conflict(e),
             Err(e) => {
@@ -672,6 +675,17 @@ impl<S: SessionStore> SessionStore for CachedStore<S> {
             self.fill_record(saved).await;
         }
         Ok(out)
+    }
+
+    async fn save_locked(
+        &self,
+        id: &SessionId,
+        apply: &ApplyFn,
+        expires_at: Timestamp,
+    ) -> Result<Record> {
+        let saved = self.store.save_locked(id, apply, expires_at).await?;
+        self.fill_record(&saved).await;
+        Ok(saved)
     }
 
     async fn touch(&self, id: &SessionId, expires_at: Timestamp) -> Result<Option<Record>> {

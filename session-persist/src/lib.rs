@@ -25,6 +25,6 @@ pub use sql::SqlOptions;
 pub use sql::{PgFence, PgKv, PgStore};
 #[cfg(feature = "sqlite")]
 pub use sql::{SqliteFence, SqliteKv, SqliteStore};
-pub use store::{Invalidation, SaveOutcome, SessionStore, DEFAULT_TOMBSTONE_TTL};
+pub use store::{ApplyFn, Invalidation, SaveOutcome, SessionStore, DEFAULT_TOMBSTONE_TTL};
 #[cfg(feature = "tower-sessions")]
 pub use tower::{TowerStore, RESERVED_KEY};

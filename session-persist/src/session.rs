@@ -425,7 +425,11 @@ impl Session {
         let mut lost = 0u32;
         loop {
             let mut rec = self.record.clone();
-            rec.expires_at = rec.expires_at.max(expires_at);
+            // The expiry moves only when due (as a touch would): a save that leaves the
+            // indexed expiry as it is lets PostgreSQL update the row in place (HOT).
+            if cfg.touch_due(rec.expires_at, expires_at) {
+                rec.expires_at = expires_at;
+            }
             match store.save_or_current(&rec).await? {
                 SaveOutcome::Saved(saved) => {
                     self.record = saved;
@@ -436,32 +440,63 @@ impl Session {
                 SaveOutcome::Stale(fresh) => {
                     metrics::counter!("larder_session_save_conflicts_total").increment(1);
                     lost += 1;
-                    // The first retries go at once, on the record the lost race handed back:
-                    // it is as fresh as a reload. After that, writers spread out (jittered
-                    // pause), and a pause makes any record stale, so it is read again after.
-                    let fresh = if lost <= 2 {
-                        tries.next_attempt_now().then_some(fresh)
-                    } else if tries.next_attempt().await {
-                        Some(store.load_authoritative(&rec.id).await?.ok_or_else(|| {
-                            Error::new(ErrorKind::Gone, "session was deleted by another request")
-                        })?)
-                    } else {
-                        None
-                    };
-                    let Some(fresh) = fresh else {
-                        return Err(Error::new(
-                            ErrorKind::Conflict,
-                            format!(
-                                "session save kept losing races with concurrent requests \
-                                 ({} attempts)",
-                                tries.attempts()
-                            ),
-                        ));
-                    };
-                    self.rebase(fresh, cfg.conflict_policy)?;
+                    if lost <= 2 && tries.next_attempt_now() {
+                        // Retry at once on the record the lost race handed back: it is as
+                        // fresh as a reload.
+                        self.rebase(fresh, cfg.conflict_policy)?;
+                        continue;
+                    }
+                    // A hot session: stop racing and wait for the row's lock instead, so
+                    // every writer gets its turn (optimistic retries can starve one).
+                    return self
+                        .save_under_lock(&rec.id.clone(), expires_at, cfg.conflict_policy)
+                        .await;
                 }
             }
         }
+    }
+
+    /// Saves by re-applying this request's changes to the stored record under the
+    /// database's row lock.
+    async fn save_under_lock(
+        &mut self,
+        id: &SessionId,
+        expires_at: Timestamp,
+        policy: ConflictPolicy,
+    ) -> Result<()> {
+        let changes = self.changes.clone();
+        let base = self.base.clone();
+        let apply = move |rec: &mut Record| -> Result<()> {
+            if policy == ConflictPolicy::Error {
+                for (k, before) in &base {
+                    if rec.data.get_raw(k) != before.as_deref() {
+                        return Err(Error::new(
+                            ErrorKind::Conflict,
+                            format!("session key {k:?} was changed by another request"),
+                        ));
+                    }
+                }
+            }
+            for c in &changes {
+                c.apply(rec)?;
+            }
+            Ok(())
+        };
+        let saved = tokio::time::timeout(
+            self.manager.config.save_deadline,
+            self.manager.store.save_locked(id, &apply, expires_at),
+        )
+        .await
+        .map_err(|_| {
+            Error::new(
+                ErrorKind::Conflict,
+                "session save waited too long for concurrent requests",
+            )
+        })??;
+        self.record = saved;
+        self.changes.clear();
+        self.base.clear();
+        Ok(())
     }
 
     /// Re-applies this request's changes on top of `fresh`.

@@ -9,6 +9,9 @@ use larder_cache_api::Result;
 use crate::id::{IdHash, SessionId};
 use crate::record::{Record, SessionData, Timestamp};
 
+/// A change applied to a stored record by [`SessionStore::save_locked`].
+pub type ApplyFn = dyn for<'r> Fn(&'r mut Record) -> Result<()> + Send + Sync;
+
 /// What a versioned [`save`](SessionStore::save_or_current) did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SaveOutcome {
@@ -71,6 +74,37 @@ pub trait SessionStore: Send + Sync + Debug {
     /// load. A session that was deleted, expired or never existed is
     /// [`Gone`](larder_cache_api::ErrorKind::Gone).
     async fn save_or_current(&self, record: &Record) -> Result<SaveOutcome>;
+
+    /// Applies `apply` to the stored record and writes it, holding the database's lock on
+    /// the row in between, so no other save can come between: the answer to repeated lost
+    /// races (a transaction costs more round trips than an optimistic save, but waits its
+    /// turn instead of retrying). The expiry is moved to at least `expires_at`. A session
+    /// that is gone is [`Gone`](larder_cache_api::ErrorKind::Gone).
+    ///
+    /// The default does optimistic attempts (stores without row locks).
+    async fn save_locked(
+        &self,
+        id: &SessionId,
+        apply: &ApplyFn,
+        expires_at: Timestamp,
+    ) -> Result<Record> {
+        let gone = || {
+            larder_cache_api::Error::new(
+                larder_cache_api::ErrorKind::Gone,
+                "session was deleted or has expired; it is not recreated",
+            )
+        };
+        let mut current = self.load_authoritative(id).await?.ok_or_else(gone)?;
+        loop {
+            let mut next = current.clone();
+            apply(&mut next)?;
+            next.expires_at = next.expires_at.max(expires_at);
+            match self.save_or_current(&next).await? {
+                SaveOutcome::Saved(r) => return Ok(r),
+                SaveOutcome::Stale(fresh) => current = fresh,
+            }
+        }
+    }
 
     /// Writes `record` if the stored version is still `record.version`; returns the stored
     /// record with its new version. A lost race is
@@ -147,6 +181,14 @@ impl<S: SessionStore + ?Sized> SessionStore for std::sync::Arc<S> {
     }
     async fn save(&self, record: &Record) -> Result<Record> {
         (**self).save(record).await
+    }
+    async fn save_locked(
+        &self,
+        id: &SessionId,
+        apply: &ApplyFn,
+        expires_at: Timestamp,
+    ) -> Result<Record> {
+        (**self).save_locked(id, apply, expires_at).await
     }
     async fn touch(&self, id: &SessionId, expires_at: Timestamp) -> Result<Option<Record>> {
         (**self).touch(id, expires_at).await

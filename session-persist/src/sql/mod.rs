@@ -202,6 +202,55 @@ macro_rules! sql_store {
                 }
             }
 
+            async fn save_locked(
+                &self,
+                id: &$crate::id::SessionId,
+                apply: &$crate::store::ApplyFn,
+                expires_at: $crate::record::Timestamp,
+            ) -> larder_cache_api::Result<$crate::record::Record> {
+                let hash = id.hash();
+                let now = $crate::record::Timestamp::now();
+                let err = |e| $crate::sql::db_error($name, "save", e);
+                let mut tx = self.pool.begin_with(Self::BEGIN_WRITE).await.map_err(err)?;
+                let row: Option<(Option<String>, Vec<u8>, i64, i64)> = sqlx::query_as(
+                    sqlx::AssertSqlSafe(format!(
+                        "SELECT principal, data, version, expires_at FROM larder_sessions \
+                         WHERE id_hash = $1 AND deleted = FALSE AND expires_at > $2{}",
+                        Self::LOCK_ROW
+                    )),
+                )
+                .bind(&hash.0[..])
+                .bind(now.0)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(err)?;
+                let Some(row) = row else {
+                    return Err(larder_cache_api::Error::new(
+                        larder_cache_api::ErrorKind::Gone,
+                        "session was deleted or has expired; it is not recreated",
+                    )
+                    .with_backend($name));
+                };
+                let mut rec = $crate::sql::record(id, row)?;
+                apply(&mut rec)?;
+                rec.expires_at = rec.expires_at.max(expires_at);
+                let (version,): (i64,) = sqlx::query_as(
+                    "UPDATE larder_sessions SET principal = $1, data = $2, expires_at = $3, \
+                     version = version + 1, updated_at = $4 WHERE id_hash = $5 RETURNING version",
+                )
+                .bind(rec.principal.as_deref())
+                .bind(&rec.data.to_bytes()?[..])
+                .bind(rec.expires_at.0)
+                .bind(now.0)
+                .bind(&hash.0[..])
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(err)?;
+                tx.commit().await.map_err(err)?;
+                rec.version = version;
+                Ok(rec)
+            }
+
             async fn touch(
                 &self,
                 id: &$crate::id::SessionId,

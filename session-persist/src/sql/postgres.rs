@@ -82,6 +82,13 @@ impl PgStore {
     }
 }
 
+impl PgStore {
+    /// How a transaction that writes starts.
+    const BEGIN_WRITE: &'static str = "BEGIN";
+    /// How a read locks the row it will write.
+    const LOCK_ROW: &'static str = " FOR UPDATE";
+}
+
 sql_store!(PgStore, sqlx::Postgres, "postgres");
 
 /// The compare-and-swap key-value store in this database (table `larder_kv`): a larder

@@ -101,6 +101,13 @@ impl SqliteStore {
     }
 }
 
+impl SqliteStore {
+    /// How a transaction that writes starts (taking the write lock at once, so two of them queue instead of failing).
+    const BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
+    /// How a read locks the row it will write.
+    const LOCK_ROW: &'static str = "";
+}
+
 sql_store!(SqliteStore, sqlx::Sqlite, "sqlite");
 
 /// The compare-and-swap key-value store in this database (table `larder_kv`): a larder
