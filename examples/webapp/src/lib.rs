@@ -70,8 +70,9 @@ pub struct Config {
     /// `<host>:<port>`.
     #[arg(long, env = "LARDER_INSTANCE")]
     pub instance: Option<String>,
-    /// Sessions expire this many seconds after they last changed (login, counter): the
-    /// app does not rewrite a session on requests that only read it.
+    /// Sessions expire this many seconds after they last changed (login, notes), give or
+    /// take the quarter of it by which larder rate-limits moving the expiry; the app does
+    /// not rewrite a session on requests that only read it.
     #[arg(long, env = "LARDER_SESSION_TTL_SECS", default_value_t = 86_400)]
     pub session_ttl_secs: u64,
     /// How often the session expiry task runs (once per period across all instances).
