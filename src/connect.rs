@@ -203,6 +203,10 @@ mod tests {
     async fn memory_url_parameters_are_checked() {
         assert!(connect("memory://").await.is_ok());
         assert!(connect("MEMORY://?capacity=5").await.is_ok());
+        assert_eq!(
+            connect("memory://?capacity=1").await.unwrap_err().kind(),
+            ErrorKind::Config
+        );
         let e = connect("memory://?capacity=lots").await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Config);
         let e = connect("memory://?colour=blue").await.unwrap_err();

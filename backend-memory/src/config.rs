@@ -96,6 +96,17 @@ impl MemoryConfig {
                 "memory backend limits must be positive",
             ));
         }
+        // Fewer, and each entry would weigh a large part of the whole budget: the eviction
+        // that makes room for one entry could take that entry itself.
+        if self.max_entries < 4 {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "max_entries {} is too small: the memory backend needs room for at least 4 entries",
+                    self.max_entries
+                ),
+            ));
+        }
         // The largest entry (value, longest key, bookkeeping) must fit in the budget.
         if self.max_value_size + 512 > self.max_bytes {
             return Err(Error::new(

@@ -71,6 +71,10 @@ type Inner = Cache<Key, Slot, Cost, foldhash::fast::RandomState, Evictions>;
 /// The store: the cache, the version counter and the clock.
 pub(crate) struct Store {
     cache: Inner,
+    /// Entries at least this heavy may not survive their own insertion (the eviction that
+    /// makes room can take them): their puts check.
+    heavy: u64,
+    cost: Cost,
     next_version: AtomicU64,
     evictions: Arc<AtomicU64>,
     origin: Instant,
@@ -85,7 +89,11 @@ impl Store {
         // Each shard must hold several of the largest entries, or quick_cache would refuse
         // a large value silently (an Ok that did nothing).
         let largest = max_value_size + Key::MAX_LEN + ENTRY_OVERHEAD;
-        let shards = prev_power_of_two(max_bytes / (4 * largest)).clamp(1, 64);
+        // The weight floor (max_bytes / max_entries) counts too: a shard holds at least four
+        // entries of either kind.
+        let shards = prev_power_of_two(max_bytes / (4 * largest))
+            .min(prev_power_of_two(max_entries / 4))
+            .clamp(1, 64);
         let options = OptionsBuilder::new()
             .estimated_items_capacity(max_entries)
             .weight_capacity(max_bytes as u64)
@@ -96,16 +104,20 @@ impl Store {
                     .with_backend(BACKEND)
             })?;
         let evictions = Arc::new(AtomicU64::new(0));
+        let cost = Cost {
+            min: (max_bytes / max_entries.max(1)) as u64,
+        };
         let cache = Cache::with_options(
             options,
-            Cost {
-                min: (max_bytes / max_entries.max(1)) as u64,
-            },
+            cost.clone(),
             foldhash::fast::RandomState::default(),
             Evictions(evictions.clone()),
         );
+        let heavy = (cache.shard_capacity() / 16).max(1);
         Ok(Store {
             cache,
+            heavy,
+            cost,
             next_version: AtomicU64::new(1),
             evictions,
             origin: Instant::now(),
@@ -131,6 +143,55 @@ impl Store {
     }
 
     pub(crate) fn put(
+        &self,
+        key: &Key,
+        value: Bytes,
+        ttl: Option<Ttl>,
+        mode: PutMode,
+    ) -> Result<Version> {
+        let heavy = self.cost.weight(
+            key,
+            &Slot {
+                value: value.clone(),
+                version: 0,
+                expires_at: NEVER,
+            },
+        ) >= self.heavy;
+        let kept = |s: &Self, version: Version| {
+            s.cache
+                .peek(key)
+                .is_some_and(|slot| slot.version == version.into_raw())
+        };
+        let version = self.put_inner(key, value.clone(), ttl, mode)?;
+        if !heavy || kept(self, version) {
+            return Ok(version);
+        }
+        // quick_cache makes room after placing an entry through its entry API, and that
+        // eviction can take the new entry itself. An unconditional write is placed again
+        // through the insert path, which makes room first; a conditional one cannot be
+        // repeated without breaking its condition, so it is reported.
+        if mode == PutMode::Overwrite {
+            let now = self.now();
+            self.cache.insert(
+                key.clone(),
+                Slot {
+                    value,
+                    version: version.into_raw(),
+                    expires_at: ttl.map_or(NEVER, |t| now.saturating_add(t.as_millis())),
+                },
+            );
+            if kept(self, version) {
+                return Ok(version);
+            }
+        }
+        Err(Error::new(
+            ErrorKind::ValueTooLarge,
+            "the value did not fit the memory backend's byte budget (raise max_bytes)",
+        )
+        .with_backend(BACKEND))
+    }
+
+    fn put_inner(
         &self,
         key: &Key,
         value: Bytes,

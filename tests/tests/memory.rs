@@ -163,3 +163,62 @@ fn invalid_configuration_is_a_typed_error() {
         );
     }
 }
+
+/// Every `put` that returns `Ok` is readable right after it, whatever the limits: a value
+/// the budget cannot hold is an error, never a silent drop.
+#[tokio::test(flavor = "current_thread")]
+async fn no_put_is_silently_dropped_under_any_limits() {
+    use larder::{CacheBackend, Key, PutMode};
+    let mut checked = 0;
+    for (entries, bytes, max_value) in [
+        (4usize, 4096usize, 1024usize),
+        (4, 1024 + 1536, 1024),
+        (8, 64 * 1024, 8 * 1024),
+        (16, 8 * 1024 + 512, 8 * 1024),
+        (1000, 256 * 1024, 64 * 1024),
+        (100_000, 256 << 20, 1 << 20),
+    ] {
+        let Ok(b) = MemoryBackend::new(
+            MemoryConfig::default()
+                .with_max_entries(entries)
+                .with_max_bytes(bytes)
+                .with_max_value_size(max_value),
+        ) else {
+            continue;
+        };
+        for i in 0..200usize {
+            let len = [0, 1, max_value / 3, max_value / 2, max_value][i % 5];
+            let key = Key::new(format!("k{}", i % 37)).unwrap();
+            // Unconditional and conditional writes alike.
+            let mode = match (i % 3, b.get(&key).await.unwrap()) {
+                (0, _) => PutMode::Overwrite,
+                (_, Some(e)) => PutMode::Update(e.version),
+                (_, None) => PutMode::Create,
+            };
+            match b.put(&key, vec![7u8; len].into(), None, mode).await {
+                Ok(v) => {
+                    let e = b.get(&key).await.unwrap();
+                    assert_eq!(
+                        e.map(|e| (e.version, e.value.len())),
+                        Some((v, len)),
+                        "{entries}/{bytes}/{max_value}: put #{i} of {len} B returned Ok but is gone"
+                    );
+                    checked += 1;
+                }
+                Err(e) => assert_eq!(e.kind(), larder::ErrorKind::ValueTooLarge, "{e}"),
+            }
+        }
+    }
+    assert!(checked > 600, "most puts fit: {checked}");
+}
+
+#[test]
+fn too_small_limits_are_refused_at_construction() {
+    for cfg in [
+        MemoryConfig::default().with_max_entries(1),
+        MemoryConfig::default().with_max_entries(3),
+    ] {
+        let e = MemoryBackend::new(cfg).unwrap_err();
+        assert_eq!(e.kind(), larder::ErrorKind::Config, "{e}");
+    }
+}
