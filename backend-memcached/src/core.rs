@@ -62,7 +62,19 @@ pub(crate) async fn probe_value_limit(config: &MemcachedConfig) -> Result<usize>
     let mut first_error = None;
     for server in &config.servers {
         match item_size_max(server, config.connect_timeout, config.timeout).await {
-            Ok(n) => limit = Some(limit.map_or(n, |l| l.min(n))),
+            Ok((_, false)) => {
+                // Without CAS every item reports unique 0 and every conditional write
+                // matches: larder would report writes it did not make.
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    format!(
+                        "memcached at {server} runs with CAS disabled (-C); larder needs \
+                         compare-and-swap: start it without -C"
+                    ),
+                )
+                .with_backend(BACKEND));
+            }
+            Ok((n, true)) => limit = Some(limit.map_or(n, |l| l.min(n))),
             Err(e) => {
                 first_error.get_or_insert(e);
             }
@@ -87,8 +99,9 @@ pub(crate) async fn probe_value_limit(config: &MemcachedConfig) -> Result<usize>
     Ok(declared)
 }
 
-/// `stats settings` → `item_size_max` of one server, over a connection of its own.
-async fn item_size_max(server: &str, connect: Duration, io: Duration) -> Result<usize> {
+/// `stats settings` → `item_size_max` of one server and whether CAS is on, over a
+/// connection of its own.
+async fn item_size_max(server: &str, connect: Duration, io: Duration) -> Result<(usize, bool)> {
     let stream = tokio::time::timeout(connect, TcpStream::connect(server))
         .await
         .map_err(|_| {
@@ -103,6 +116,8 @@ async fn item_size_max(server: &str, connect: Duration, io: Duration) -> Result<
         let mut stream = BufReader::new(stream);
         stream.write_all(b"stats settings\r\n").await?;
         let mut found = None;
+        // Servers too old to report it have CAS on.
+        let mut cas_enabled = true;
         let mut line = String::new();
         loop {
             line.clear();
@@ -111,10 +126,13 @@ async fn item_size_max(server: &str, connect: Duration, io: Duration) -> Result<
             }
             let l = line.trim_end();
             if l == "END" {
-                return Ok(found);
+                return Ok(found.map(|n| (n, cas_enabled)));
             }
             if let Some(v) = l.strip_prefix("STAT item_size_max ") {
                 found = v.trim().parse::<usize>().ok();
+            }
+            if let Some(v) = l.strip_prefix("STAT cas_enabled ") {
+                cas_enabled = v.trim() != "no";
             }
         }
     };

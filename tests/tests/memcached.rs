@@ -447,3 +447,19 @@ async fn get_many_spans_servers_and_survives_one_down() {
     assert!(!up.is_empty());
     assert!(b.get_many(&up).await.unwrap().iter().all(Option::is_some));
 }
+
+#[tokio::test]
+async fn a_server_with_cas_disabled_is_refused_with_the_reason() {
+    let no_cas = ServerProcess::memcached_with(&["-C"]);
+    let e = larder::connect(&format!("memcache://{}", no_cas.addr()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), larder::ErrorKind::Config, "{e}");
+    assert!(e.to_string().contains("CAS disabled (-C)"), "{e}");
+    // The same in a ring: one such server is enough to refuse.
+    let fine = ServerProcess::memcached();
+    let e = larder::connect(&format!("memcache://{},{}", fine.addr(), no_cas.addr()))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains(&no_cas.addr()), "{e}");
+}
