@@ -37,8 +37,11 @@ pub enum Topology {
 /// ```
 ///
 /// Parameters: `response_timeout_ms`, `connect_timeout_ms` (both default 1000),
-/// `max_value_size` (bytes, default 16 MiB, at most 64 MiB) and `tls_insecure=true` (skip
-/// the host name check; for tests only). User and password are percent-decoded.
+/// `max_value_size` (bytes, default 16 MiB, at most 64 MiB) and `tls_insecure=true` (or the
+/// fragment `#insecure`), which turns off **all** certificate verification — the chain of
+/// trust as well as the host name — so anyone on the path can impersonate the server: for
+/// tests against throw-away certificates only. User and password are percent-decoded; a
+/// password may hold `/ ? # @ :` raw (see [`larder_cache_api::url`]).
 ///
 /// `Debug` never shows the password:
 ///
@@ -63,7 +66,8 @@ pub struct RedisConfig {
     pub nodes: Vec<(String, u16)>,
     /// Connect with TLS (`rediss://`).
     pub tls: bool,
-    /// With TLS: accept a certificate whose host name does not match (tests only).
+    /// With TLS: accept any certificate, verifying neither its chain nor its host name
+    /// (tests only: it gives up TLS's protection against impersonation).
     pub tls_insecure: bool,
     /// ACL user name (`AUTH user password`); `None` authenticates as `default`.
     pub username: Option<String>,
