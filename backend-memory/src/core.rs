@@ -80,6 +80,15 @@ pub(crate) struct Store {
     origin: Instant,
 }
 
+/// When an entry written at `now` (whole milliseconds since the origin, truncated) with
+/// `ttl` stops being live. One millisecond more than the TTL: `now` may already be up to a
+/// millisecond late, and a TTL never ends early.
+fn deadline(now: u64, ttl: Option<Ttl>) -> u64 {
+    ttl.map_or(NEVER, |t| {
+        now.saturating_add(t.as_millis()).saturating_add(1)
+    })
+}
+
 fn prev_power_of_two(n: usize) -> usize {
     1 << (usize::BITS - 1 - n.max(1).leading_zeros())
 }
@@ -177,7 +186,7 @@ impl Store {
                 Slot {
                     value,
                     version: version.into_raw(),
-                    expires_at: ttl.map_or(NEVER, |t| now.saturating_add(t.as_millis())),
+                    expires_at: deadline(now, ttl),
                 },
             );
             if kept(self, version) {
@@ -199,7 +208,7 @@ impl Store {
         mode: PutMode,
     ) -> Result<Version> {
         let now = self.now();
-        let expires_at = ttl.map_or(NEVER, |t| now.saturating_add(t.as_millis()));
+        let expires_at = deadline(now, ttl);
         // The placeholder of a vacant key can vanish under a concurrent delete: try again.
         for _ in 0..16 {
             let mut value_slot = Some(value.clone());
@@ -277,7 +286,7 @@ impl Store {
 
     pub(crate) fn touch(&self, key: &Key, ttl: Option<Ttl>) -> bool {
         let now = self.now();
-        let expires_at = ttl.map_or(NEVER, |t| now.saturating_add(t.as_millis()));
+        let expires_at = deadline(now, ttl);
         let outcome = self.cache.entry(key, None, |_, cur: &mut Slot| {
             if cur.live(now) {
                 cur.expires_at = expires_at;
