@@ -21,3 +21,27 @@ pub fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("no free local port")
 }
+
+/// Writes a key with a 1 ms TTL `n` times, reads it back 0.2 ms after each write, and
+/// returns how many reads missed it although less than 1 ms had passed (a TTL that ended
+/// early).
+pub async fn early_ttl_misses(b: &larder_cache_api::DynBackend, n: usize) -> usize {
+    use larder_cache_api::{Bytes, Key, PutMode, Ttl};
+    let key = Key::new("ttl-never-early").expect("key");
+    let ttl = Ttl::from_millis(1).expect("ttl");
+    let mut early = 0;
+    for _ in 0..n {
+        let written = std::time::Instant::now();
+        b.put(&key, Bytes::from_static(b"v"), Some(ttl), PutMode::Overwrite)
+            .await
+            .expect("put");
+        while written.elapsed() < std::time::Duration::from_micros(200) {
+            std::hint::spin_loop();
+        }
+        let read = b.get(&key).await.expect("get");
+        if read.is_none() && written.elapsed() < std::time::Duration::from_millis(1) {
+            early += 1;
+        }
+    }
+    early
+}

@@ -384,3 +384,9 @@ async fn tls_with_a_private_ca() {
             .is_err()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_millisecond_ttl_is_never_early() {
+    let b = single_backend().await;
+    assert_eq!(larder_tests::early_ttl_misses(&b, 10_000).await, 0);
+}
