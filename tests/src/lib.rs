@@ -32,9 +32,14 @@ pub async fn early_ttl_misses(b: &larder_cache_api::DynBackend, n: usize) -> usi
     let mut early = 0;
     for _ in 0..n {
         let written = std::time::Instant::now();
-        b.put(&key, Bytes::from_static(b"v"), Some(ttl), PutMode::Overwrite)
-            .await
-            .expect("put");
+        b.put(
+            &key,
+            Bytes::from_static(b"v"),
+            Some(ttl),
+            PutMode::Overwrite,
+        )
+        .await
+        .expect("put");
         while written.elapsed() < std::time::Duration::from_micros(200) {
             std::hint::spin_loop();
         }

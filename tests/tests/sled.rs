@@ -575,3 +575,9 @@ async fn flush_policies() {
         "Never left the write unflushed"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_millisecond_ttl_is_never_early() {
+    let b = default_backend().await;
+    assert_eq!(larder_tests::early_ttl_misses(&b, 10_000).await, 0);
+}
