@@ -12,6 +12,9 @@ const SCHEMES: &[(&str, &str)] = &[
     ("memcache", "memcached"),
     ("memcached", "memcached"),
     ("sled", "sled"),
+    ("postgres", "postgres"),
+    ("postgresql", "postgres"),
+    ("sqlite", "sqlite"),
 ];
 
 /// Connects to the backend a URL names:
@@ -24,6 +27,11 @@ const SCHEMES: &[(&str, &str)] = &[
 /// | `redis+cluster://host:port,host:port` | Redis Cluster | `cluster` |
 /// | `memcache://h1:p1,h2:p2` | memcached | `memcached` |
 /// | `sled:///path/to/dir` | sled | `sled` |
+/// | `postgres://user@host/db`, `postgresql://...` | the `larder_kv` table in PostgreSQL | `postgres` |
+/// | `sqlite://path/to/file.db` | the `larder_kv` table in SQLite | `sqlite` |
+///
+/// The SQL URLs run the store's migrations (its tables `larder_kv` and `larder_fences`,
+/// created if missing; see `larder::backends::sql`).
 ///
 /// A scheme whose feature is not compiled in returns [`ErrorKind::Unsupported`] naming the
 /// feature; an unknown scheme or a malformed URL returns [`ErrorKind::Config`].
@@ -66,6 +74,14 @@ pub async fn connect(url: &str) -> Result<DynBackend> {
         "sled" => Ok(std::sync::Arc::new(
             larder_backend_sled::SledBackend::connect(url).await?,
         )),
+        #[cfg(feature = "postgres")]
+        "postgres" | "postgresql" => Ok(std::sync::Arc::new(
+            larder_backend_sql::PgKv::connect(url).await?,
+        )),
+        #[cfg(feature = "sqlite")]
+        "sqlite" => Ok(std::sync::Arc::new(
+            larder_backend_sql::SqliteKv::connect(url).await?,
+        )),
         other => Err(match SCHEMES.iter().find(|(s, _)| *s == other) {
             Some((_, feature)) => Error::new(
                 ErrorKind::Unsupported,
@@ -99,6 +115,12 @@ mod tests {
             let e = connect("sled:///tmp/x").await.unwrap_err();
             assert_eq!(e.kind(), ErrorKind::Unsupported);
             assert!(e.message().contains("`sled` feature"), "{e}");
+        }
+        #[cfg(not(feature = "postgres"))]
+        {
+            let e = connect("postgresql://u@h/db").await.unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Unsupported);
+            assert!(e.message().contains("`postgres` feature"), "{e}");
         }
         let e = connect("no-scheme").await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Config);
