@@ -51,7 +51,7 @@ impl<DB: Database> std::fmt::Debug for SqlKv<DB> {
     }
 }
 
-// What sqlx needs to run these statements on `DB`; PostgreSQL and SQLite provide all of it.
+// What sqlx needs to run the store's SQL on `DB`; PostgreSQL and SQLite provide all of it.
 impl<DB> SqlKv<DB>
 where
     DB: Dialect,
@@ -153,10 +153,16 @@ impl SqlKv<sqlx::Sqlite> {
 
     /// Opens (creating it if needed) the database file at `path` and runs the migrations.
     pub async fn open(path: &std::path::Path) -> Result<Self> {
-        let options = crate::config::sqlite_defaults(
-            sqlx::sqlite::SqliteConnectOptions::new().filename(path),
-        );
-        Self::open_with(options, crate::config::DEFAULT_MAX_CONNECTIONS, None).await
+        let options = sqlx::sqlite::SqliteConnectOptions::new().filename(path);
+        let pool = sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(crate::DEFAULT_MAX_CONNECTIONS)
+            .acquire_timeout(std::time::Duration::from_secs(10))
+            .connect_with(crate::config::sqlite_defaults(options))
+            .await
+            .map_err(|e| crate::error::db_error("sqlite", "open", e))?;
+        let kv = Self::from_pool(pool);
+        kv.migrate().await?;
+        Ok(kv)
     }
 
     /// Opens with `config` (an SQLite one) and runs the migrations.
@@ -167,24 +173,10 @@ impl SqlKv<sqlx::Sqlite> {
                 config.redacted_url()
             )));
         }
-        let options = config.sqlite_options()?;
-        Self::open_with(
-            options,
-            config.max_connections,
-            Some(config.acquire_timeout),
-        )
-        .await
-    }
-
-    async fn open_with(
-        options: sqlx::sqlite::SqliteConnectOptions,
-        max_connections: u32,
-        acquire_timeout: Option<std::time::Duration>,
-    ) -> Result<Self> {
         let pool = sqlx::sqlite::SqlitePoolOptions::new()
-            .max_connections(max_connections)
-            .acquire_timeout(acquire_timeout.unwrap_or(std::time::Duration::from_secs(10)))
-            .connect_with(options)
+            .max_connections(config.max_connections)
+            .acquire_timeout(config.acquire_timeout)
+            .connect_with(config.sqlite_options()?)
             .await
             .map_err(|e| crate::error::db_error("sqlite", "open", e))?;
         let kv = Self::from_pool(pool);
@@ -193,7 +185,7 @@ impl SqlKv<sqlx::Sqlite> {
     }
 }
 
-// What sqlx needs to run these statements on `DB`; PostgreSQL and SQLite provide all of it.
+// What sqlx needs to run the store's SQL on `DB`; PostgreSQL and SQLite provide all of it.
 #[async_trait]
 impl<DB> CacheBackend for SqlKv<DB>
 where

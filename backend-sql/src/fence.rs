@@ -72,7 +72,7 @@ impl<DB: Database> std::fmt::Debug for Fence<DB> {
 /// An effect run inside a fence's transaction.
 pub type Effect<'t, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 't>>;
 
-// What sqlx needs to run these statements on `DB`; PostgreSQL and SQLite provide all of it.
+// What sqlx needs to run the fence's SQL on `DB`; PostgreSQL and SQLite provide all of it.
 impl<DB> Fence<DB>
 where
     DB: Dialect,
