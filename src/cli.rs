@@ -219,7 +219,8 @@ enum Db {
 impl Db {
     /// Opens the database the application uses. Unlike the stores' own `connect`, this
     /// never runs migrations: pointed at the wrong database, an operator gets an error, not
-    /// a new set of empty tables.
+    /// a new set of empty tables. (The coordination records are opened afterwards through
+    /// [`connect`](crate::connect), whose schema step creates only what is missing.)
     async fn open(url: &str) -> Result<Db> {
         use sqlx::Connection as _;
         let scheme = url.split_once(':').map(|(s, _)| s.to_ascii_lowercase());
@@ -313,13 +314,6 @@ impl Db {
         }
     }
 
-    fn kv(&self) -> DynBackend {
-        match self {
-            Db::Pg(s) => Arc::new(s.kv()),
-            Db::Sqlite(s) => Arc::new(s.kv()),
-        }
-    }
-
     fn name(&self) -> &'static str {
         match self {
             Db::Pg(_) => "postgres",
@@ -385,9 +379,13 @@ async fn tasks_status(cli: &Cli, args: &StatusArgs) -> Result<String> {
     let (backend, where_) = match source {
         Source::Database => {
             let url = need(&cli.database_url, "--database-url", "LARDER_DATABASE_URL")?;
+            // Refuses a database without larder's tables before the store's own schema
+            // step could create anything in it.
             let db = Db::open(url).await?;
-            let name = db.name();
-            (db.kv(), format!("{name} larder_kv"))
+            (
+                crate::connect(url).await?,
+                format!("{} larder_kv", db.name()),
+            )
         }
         Source::Cache => {
             let b = open_cache(cli).await?;

@@ -62,6 +62,21 @@ const SCHEMES: &[Scheme] = &[
         feature: "sled",
         open: SLED,
     },
+    Scheme {
+        name: "postgres",
+        feature: "postgres",
+        open: POSTGRES,
+    },
+    Scheme {
+        name: "postgresql",
+        feature: "postgres",
+        open: POSTGRES,
+    },
+    Scheme {
+        name: "sqlite",
+        feature: "sqlite",
+        open: SQLITE,
+    },
 ];
 
 #[cfg(feature = "memory")]
@@ -115,6 +130,25 @@ const SLED: Option<Opener> = Some(|u| {
 #[cfg(not(feature = "sled"))]
 const SLED: Option<Opener> = None;
 
+// The SQL store hands the URL as written to its driver (sqlx), whose options it takes.
+#[cfg(feature = "postgres")]
+const POSTGRES: Option<Opener> = Some(|u| {
+    Box::pin(async move {
+        Ok(Arc::new(larder_backend_sql::PgKv::connect(u.raw()).await?) as DynBackend)
+    })
+});
+#[cfg(not(feature = "postgres"))]
+const POSTGRES: Option<Opener> = None;
+
+#[cfg(feature = "sqlite")]
+const SQLITE: Option<Opener> = Some(|u| {
+    Box::pin(async move {
+        Ok(Arc::new(larder_backend_sql::SqliteKv::connect(u.raw()).await?) as DynBackend)
+    })
+});
+#[cfg(not(feature = "sqlite"))]
+const SQLITE: Option<Opener> = None;
+
 /// The URL schemes [`connect`] knows, each with the Cargo feature it needs and whether this
 /// build has it.
 ///
@@ -137,6 +171,11 @@ pub fn schemes() -> impl Iterator<Item = (&'static str, &'static str, bool)> {
 /// | `redis+cluster://host:port,host:port` | Redis Cluster | `cluster` |
 /// | `memcache://h1:p1,h2:p2` | memcached | `memcached` |
 /// | `sled:///path/to/dir` | sled | `sled` |
+/// | `postgres://user@host/db`, `postgresql://...` | the `larder_kv` table in PostgreSQL | `postgres` |
+/// | `sqlite://path/to/file.db` | the `larder_kv` table in SQLite | `sqlite` |
+///
+/// The SQL URLs run the store's migrations (its tables `larder_kv` and `larder_fences`,
+/// created if missing; see `larder::backends::sql`).
 ///
 /// A scheme whose feature is not compiled in returns [`ErrorKind::Unsupported`] naming the
 /// feature; an unknown scheme or a malformed URL returns [`ErrorKind::Config`].
@@ -191,6 +230,12 @@ mod tests {
             let e = connect("sled:///tmp/x").await.unwrap_err();
             assert_eq!(e.kind(), ErrorKind::Unsupported);
             assert!(e.message().contains("`sled` feature"), "{e}");
+        }
+        #[cfg(not(feature = "postgres"))]
+        {
+            let e = connect("postgresql://u@h/db").await.unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Unsupported);
+            assert!(e.message().contains("`postgres` feature"), "{e}");
         }
         let e = connect("no-scheme").await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Config);

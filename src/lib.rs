@@ -17,6 +17,10 @@ pub mod backends {
     /// sled, embedded and persistent (feature `sled`).
     #[cfg(feature = "sled")]
     pub use larder_backend_sled as sled;
+    /// The compare-and-swap store and fences in PostgreSQL or SQLite (features `postgres`,
+    /// `sqlite`).
+    #[cfg(any(feature = "postgres", feature = "sqlite"))]
+    pub use larder_backend_sql as sql;
 }
 
 /// Sessions whose authority is SQL, with write-through caching (features `postgres`,

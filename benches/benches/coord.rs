@@ -2,8 +2,8 @@
 //! (`larder_cache_api::coord::Lease`) beside the raw compare-and-swap doing the same write on
 //! the same backend, and the latency of claiming a period (`Scheduler::claim`).
 //!
-//! Backends: the `larder_kv` table of a fresh PostgreSQL schema
-//! (`larder_tests::db::pg_store().await.0.kv()`), of a fresh SQLite file (`sqlite_store`),
+//! Backends: the `larder_kv` table (`larder-backend-sql`) of a fresh PostgreSQL schema
+//! (`larder_tests::db::pg_kv()`), of a fresh SQLite file (`sqlite_kv`),
 //! and a redis-server started by the bench (`ServerProcess::redis`). Groups, per `<db>`:
 //!
 //! * `coord_lease/<db>/larder_try_acquire`: `Lease::try_acquire` of a lease just released
@@ -388,12 +388,12 @@ fn main() {
     let rt = harness::current_thread();
     let server = ServerProcess::redis();
     let fixtures = rt.block_on(async {
-        let (pg, schema) = larder_tests::db::pg_store().await;
+        let (pg, schema) = larder_tests::db::pg_kv().await;
         let pg_raw = Raw::Pg(pg.pool().clone());
-        let pg_fx = Fixture::new("postgres", Arc::new(pg.kv()), pg_raw, Box::new(schema)).await;
-        let (lite, dir) = larder_tests::db::sqlite_store().await;
+        let pg_fx = Fixture::new("postgres", Arc::new(pg), pg_raw, Box::new(schema)).await;
+        let (lite, dir) = larder_tests::db::sqlite_kv().await;
         let lite_raw = Raw::Lite(lite.pool().clone());
-        let lite_fx = Fixture::new("sqlite", Arc::new(lite.kv()), lite_raw, Box::new(dir)).await;
+        let lite_fx = Fixture::new("sqlite", Arc::new(lite), lite_raw, Box::new(dir)).await;
         vec![pg_fx, lite_fx, redis_fixture(&server).await]
     });
     let mut c = Criterion::default().sample_size(30).configure_from_args();

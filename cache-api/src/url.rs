@@ -45,6 +45,7 @@ pub struct HostPort {
 /// A parsed backend URL (see the [module docs](self)).
 #[derive(Clone, PartialEq, Eq)]
 pub struct BackendUrl {
+    raw: String,
     scheme: String,
     username: Option<String>,
     password: Option<String>,
@@ -129,6 +130,7 @@ impl BackendUrl {
             })
             .unwrap_or_default();
         Ok(BackendUrl {
+            raw: url.to_owned(),
             scheme: scheme.to_ascii_lowercase(),
             username,
             password,
@@ -137,6 +139,12 @@ impl BackendUrl {
             options,
             fragment,
         })
+    }
+
+    /// The URL as given, password included: only for handing to a driver that parses its
+    /// own options (the SQL store gives it to sqlx). Never print it.
+    pub fn raw(&self) -> &str {
+        &self.raw
     }
 
     /// The scheme, lower-cased.

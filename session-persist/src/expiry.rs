@@ -23,10 +23,12 @@ pub const EXPIRY_TASK: &str = "larder.session-expiry";
 /// # std::fs::create_dir_all(&dir).unwrap();
 /// use std::{sync::Arc, sync::atomic::AtomicU64, time::Duration};
 /// use larder_cache_api::coord::{HolderId, Scheduler, SchedulerConfig};
+/// use larder_backend_sql::SqliteKv;
 /// use larder_session_persist::{expiry_task, SqliteStore};
 ///
 /// let sql = SqliteStore::open(&dir.join("s.db")).await?;
-/// let kv = Arc::new(sql.kv()); // coordination state lives in the same database
+/// // Coordination state lives in the same database, in the SQL backend's table.
+/// let kv = Arc::new(SqliteKv::open(&dir.join("s.db")).await?);
 /// let removed = Arc::new(AtomicU64::new(0));
 /// let scheduler = Scheduler::new(kv, HolderId::generate(), SchedulerConfig::default())?
 ///     .with_task(expiry_task(Arc::new(sql), Duration::from_secs(60), 1000, removed))?;

@@ -20,11 +20,11 @@ pub use expiry::{expiry_task, EXPIRY_TASK};
 pub use id::{IdHash, IdSource, OsRandom, SessionId};
 pub use record::{Record, SessionData, Timestamp};
 pub use session::{ConflictPolicy, Session, SessionConfig, SessionManager, ValueFormat};
-pub use sql::SqlOptions;
 #[cfg(feature = "postgres")]
-pub use sql::{PgFence, PgKv, PgStore};
+pub use sql::PgStore;
 #[cfg(feature = "sqlite")]
-pub use sql::{SqliteFence, SqliteKv, SqliteStore};
+pub use sql::SqliteStore;
+pub use sql::{Dialect, SqlOptions, SqlStore};
 pub use store::{ApplyFn, Invalidation, SaveOutcome, SessionStore, DEFAULT_TOMBSTONE_TTL};
 #[cfg(feature = "tower-sessions")]
 pub use tower::{TowerStore, RESERVED_KEY};

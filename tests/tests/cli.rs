@@ -14,13 +14,6 @@ use larder_session_persist::{
 use larder_tests::db;
 use larder_tests::server::ServerProcess;
 
-/// The test server's URL, pointed at `schema` through the connection's `search_path`.
-fn schema_url(schema: &str) -> String {
-    let base = db::postgres_url();
-    let sep = if base.contains('?') { '&' } else { '?' };
-    format!("{base}{sep}options=-c%20search_path%3D{schema}")
-}
-
 async fn cli(args: &[&str]) -> larder::Result<String> {
     larder::cli::run(std::iter::once("larder").chain(args.iter().copied())).await
 }
@@ -42,7 +35,7 @@ async fn redis_backend(server: &ServerProcess) -> DynBackend {
 #[tokio::test]
 async fn count_reads_the_schema_named_in_the_url() {
     let (store, schema) = db::pg_store().await;
-    let url = schema_url(&schema);
+    let url = db::schema_url(&schema);
     assert_eq!(
         cli(&["--database-url", &url, "sessions", "count"])
             .await
@@ -65,7 +58,7 @@ async fn revoke_deletes_in_the_database_and_tombstones_the_cache() {
     let redis = ServerProcess::redis();
     let redis_url = format!("redis://{}", redis.addr());
     let (store, schema) = db::pg_store().await;
-    let url = schema_url(&schema);
+    let url = db::schema_url(&schema);
     // The application's view: SQL behind a Redis write-through cache.
     let app = CachedStore::new(store.clone(), redis_backend(&redis).await);
     let data = SessionData::new;
@@ -126,7 +119,7 @@ async fn revoke_deletes_in_the_database_and_tombstones_the_cache() {
 #[tokio::test]
 async fn sweep_removes_expired_rows_only() {
     let (store, schema) = db::pg_store().await;
-    let url = schema_url(&schema);
+    let url = db::schema_url(&schema);
     create(&store, "old", -60).await;
     create(&store, "old", -60).await;
     create(&store, "live", 3600).await;
@@ -157,8 +150,8 @@ async fn sweep_removes_expired_rows_only() {
 #[tokio::test]
 async fn tasks_status_shows_lease_holder_and_last_run() {
     let (store, schema) = db::pg_store().await;
-    let url = schema_url(&schema);
-    let kv: DynBackend = Arc::new(store.kv());
+    let url = db::schema_url(&schema);
+    let kv: DynBackend = Arc::new(db::pg_kv_beside(&store).await);
 
     let before = cli(&["--database-url", &url, "tasks", "status"])
         .await
@@ -326,9 +319,14 @@ async fn bad_input_is_a_clear_error() {
         .execute(store.pool())
         .await
         .unwrap();
-    let e = cli(&["--database-url", &schema_url(&schema), "sessions", "count"])
-        .await
-        .unwrap_err();
+    let e = cli(&[
+        "--database-url",
+        &db::schema_url(&schema),
+        "sessions",
+        "count",
+    ])
+    .await
+    .unwrap_err();
     assert!(e.message().contains("no larder_sessions table"), "{e}");
     let recreated: Option<String> =
         sqlx::query_scalar("SELECT to_regclass('larder_sessions')::text")

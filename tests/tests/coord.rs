@@ -324,7 +324,7 @@ async fn concurrent_claims_of_one_period_have_one_winner() {
 async fn session_expiry_sweeps_once_per_period_across_processes() {
     use larder_session_persist::{expiry_task, SessionData, SessionStore, Timestamp};
     let (store, _schema) = larder_tests::db::pg_store().await;
-    let kv: DynBackend = Arc::new(store.kv());
+    let kv: DynBackend = Arc::new(larder_tests::db::pg_kv_beside(&store).await);
     for _ in 0..25 {
         store
             .create(

@@ -327,6 +327,8 @@ async fn fault_run(backend: &'static str) {
     let soak = std::env::var("LARDER_SOAK").is_ok_and(|v| v == "1");
     let cycles = if soak { 6 } else { 1 };
     let (store, schema) = larder_tests::db::pg_store().await;
+    // The SQL store's tables (larder_kv for the postgres runs, larder_fences for all).
+    let kv = larder_tests::db::pg_kv_beside(&store).await;
     let pool = store.pool().clone();
     create_tables(&pool).await;
     let mut redis = (backend == "redis")
@@ -342,7 +344,7 @@ async fn fault_run(backend: &'static str) {
         .unwrap_or_else(|| "-".into());
     // A read-only view of the lease record (it never competes: it only observes).
     let coord: larder::DynBackend = match backend {
-        "postgres" => std::sync::Arc::new(store.kv()),
+        "postgres" => std::sync::Arc::new(kv),
         _ => larder::connect(&redis_url).await.unwrap(),
     };
     let observer = Lease::new(

@@ -1,14 +1,18 @@
-//! The database-enforced compare-and-swap store (`larder_kv`) on PostgreSQL and SQLite runs
-//! the whole cache conformance suite, like every other backend.
+//! The SQL compare-and-swap store (`larder-backend-sql`, table `larder_kv`) on PostgreSQL and
+//! SQLite, opened through `larder::connect` by URL, runs the whole cache conformance suite
+//! and the lease suite, like every other backend; and it shares a database with the
+//! sessions, whichever migrations ran first.
 #![allow(clippy::unwrap_used)]
 
-use std::sync::Arc;
-
 use larder::{CacheBackend, DynBackend, Key, PutMode, Ttl};
+use larder_backend_sql::{PgKv, SqliteKv, MIGRATIONS_TABLE};
+use larder_session_persist::{PgStore, SessionData, SessionStore, SqliteStore, Timestamp};
+use larder_tests::db;
 
+/// A fresh, empty schema: the store's own schema step creates everything it needs.
 async fn postgres_kv() -> DynBackend {
-    let (store, _schema) = larder_tests::db::pg_store().await;
-    Arc::new(store.kv())
+    let schema = db::pg_schema().await;
+    larder::connect(&db::schema_url(&schema)).await.unwrap()
 }
 
 async fn sqlite_kv() -> DynBackend {
@@ -16,10 +20,8 @@ async fn sqlite_kv() -> DynBackend {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR"))
         .unwrap()
         .keep();
-    let store = larder_session_persist::SqliteStore::open(&dir.join("kv.db"))
-        .await
-        .unwrap();
-    Arc::new(store.kv())
+    let url = larder_backend_sql::sqlite_url(&dir.join("kv.db"));
+    larder::connect(&url).await.unwrap()
 }
 
 mod postgres_kv {
@@ -40,8 +42,7 @@ mod sqlite_lease {
 
 #[tokio::test]
 async fn expiry_follows_the_database_clock_and_purge_removes_rows() {
-    let (store, _schema) = larder_tests::db::pg_store().await;
-    let kv = store.kv();
+    let (kv, _schema) = db::pg_kv().await;
     let before = kv.now_ms().await.unwrap();
     let local = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -61,8 +62,122 @@ async fn expiry_follows_the_database_clock_and_purge_removes_rows() {
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     assert_eq!(kv.purge_expired(7).await.unwrap(), 30);
     let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM larder_kv")
-        .fetch_one(store.pool())
+        .fetch_one(kv.pool())
         .await
         .unwrap();
     assert_eq!(n, 0);
+}
+
+async fn put(kv: &dyn CacheBackend, key: &str, value: &'static [u8]) {
+    kv.put(
+        &Key::new(key).unwrap(),
+        larder::Bytes::from_static(value),
+        None,
+        PutMode::Overwrite,
+    )
+    .await
+    .unwrap();
+}
+
+async fn get(kv: &dyn CacheBackend, key: &str) -> Option<Vec<u8>> {
+    kv.get(&Key::new(key).unwrap())
+        .await
+        .unwrap()
+        .map(|e| e.value.to_vec())
+}
+
+/// Applied versions in a migrations table.
+async fn applied(pool: &sqlx::PgPool, table: &str) -> Vec<i64> {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT version FROM {table} ORDER BY version"
+    )))
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn postgres_sessions_and_kv_share_a_database_in_either_order() {
+    // Sessions first (the tables of an existing database: the session migrations of earlier
+    // versions created larder_kv and larder_fences), with a row written before the store's
+    // own migrations ever ran.
+    let (store, _schema) = db::pg_store().await;
+    let old = PgKv::from_pool(store.pool().clone());
+    put(&old, "written-before", b"kept").await;
+    let kv = db::pg_kv_beside(&store).await;
+    kv.migrate().await.unwrap();
+    store.migrate().await.unwrap();
+    assert_eq!(
+        get(&kv, "written-before").await.as_deref(),
+        Some(&b"kept"[..])
+    );
+    let sessions = applied(store.pool(), "_sqlx_migrations").await;
+    let own = applied(store.pool(), MIGRATIONS_TABLE).await;
+    assert_eq!(sessions.len(), 4, "{sessions:?}");
+    assert_eq!(own.len(), 1, "{own:?}");
+
+    // The store first, in an empty schema; then the sessions; then both again.
+    let (kv, schema) = db::pg_kv().await;
+    put(&kv, "k", b"v").await;
+    let store = PgStore::from_pool(kv.pool().clone());
+    store.migrate().await.unwrap();
+    kv.migrate().await.unwrap();
+    store.migrate().await.unwrap();
+    assert_eq!(get(&kv, "k").await.as_deref(), Some(&b"v"[..]));
+    let s = store
+        .create(
+            SessionData::new(),
+            None,
+            Timestamp::now().plus(std::time::Duration::from_secs(60)),
+        )
+        .await
+        .unwrap();
+    assert!(store.load(&s.id).await.unwrap().is_some());
+    // And through the facade's URL, on the same schema.
+    let by_url = larder::connect(&db::schema_url(&schema)).await.unwrap();
+    assert_eq!(get(&*by_url, "k").await.as_deref(), Some(&b"v"[..]));
+}
+
+#[tokio::test]
+async fn sqlite_sessions_and_kv_share_a_file_in_either_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.db");
+    let store = SqliteStore::open(&path).await.unwrap();
+    let old = SqliteKv::from_pool(store.pool().clone());
+    put(&old, "written-before", b"kept").await;
+    let kv = SqliteKv::open(&path).await.unwrap();
+    assert_eq!(
+        get(&kv, "written-before").await.as_deref(),
+        Some(&b"kept"[..])
+    );
+    SqliteStore::open(&path).await.unwrap();
+
+    let path = dir.path().join("kv-first.db");
+    let kv = SqliteKv::open(&path).await.unwrap();
+    put(&kv, "k", b"v").await;
+    let store = SqliteStore::open(&path).await.unwrap();
+    SqliteKv::open(&path).await.unwrap();
+    assert_eq!(store.count().await.unwrap(), 0);
+    assert_eq!(get(&kv, "k").await.as_deref(), Some(&b"v"[..]));
+    let (n,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT COUNT(*) FROM {MIGRATIONS_TABLE}"
+    )))
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(n, 1);
+}
+
+#[tokio::test]
+async fn urls_are_checked() {
+    let e = PgKv::connect("sqlite://x.db").await.unwrap_err();
+    assert_eq!(e.kind(), larder::ErrorKind::Config, "{e}");
+    let e = SqliteKv::connect("sqlite://no-such-dir/x.db?mode=frobnicate")
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), larder::ErrorKind::Config, "{e}");
+    let e = larder::connect("postgres://postgres@127.0.0.1:1/none")
+        .await
+        .unwrap_err();
+    assert!(e.is_retryable(), "{e}");
 }

@@ -177,3 +177,28 @@ pub async fn touch_keeps_version_and_value(b: DynBackend) {
             .unwrap();
     }
 }
+
+/// Stamps this module's cases into the current module; used by
+/// [`conformance_suite!`](crate::conformance_suite), which stamps every module.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_basic {
+    ($make:path) => {
+        $crate::conformance_suite!(@cases $make;
+            basic::get_absent_is_none,
+            basic::put_then_get_roundtrips,
+            basic::overwrite_replaces_value_and_version,
+            basic::empty_value_roundtrips,
+            basic::binary_value_roundtrips,
+            basic::delete_present_returns_true,
+            basic::delete_absent_returns_false,
+            basic::delete_expired_returns_false,
+            basic::get_expired_is_none,
+            basic::touch_present_extends_life,
+            basic::touch_absent_returns_false,
+            basic::touch_expired_returns_false,
+            basic::touch_none_removes_expiry,
+            basic::touch_keeps_version_and_value,
+        );
+    };
+}

@@ -56,3 +56,18 @@ pub async fn typed_get_many(b: DynBackend) {
     let got = cache.get_many::<String>(&[k1, k2, k3]).await.unwrap();
     assert_eq!(got, vec![Some("one".into()), None, Some("three".into())]);
 }
+
+/// Stamps this module's cases into the current module; used by
+/// [`conformance_suite!`](crate::conformance_suite), which stamps every module.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_batch {
+    ($make:path) => {
+        $crate::conformance_suite!(@cases $make;
+            batch::get_many_duplicates_and_missing,
+            batch::get_many_empty,
+            batch::put_many_then_get_many,
+            batch::typed_get_many,
+        );
+    };
+}

@@ -89,3 +89,16 @@ pub async fn undeclared_capabilities_are_refused(b: DynBackend) {
         "Restrict cannot widen"
     );
 }
+
+/// Stamps this module's cases into the current module; used by
+/// [`conformance_suite!`](crate::conformance_suite), which stamps every module.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_capability {
+    ($make:path) => {
+        $crate::conformance_suite!(@cases $make;
+            capability::capabilities_are_sane,
+            capability::undeclared_capabilities_are_refused,
+        );
+    };
+}

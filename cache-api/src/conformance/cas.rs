@@ -243,3 +243,27 @@ pub async fn create_race_has_one_winner(b: DynBackend) {
     let e = b.get(&k).await.unwrap().unwrap();
     assert_eq!((&e.value[..], e.version), (&[i][..], v));
 }
+
+/// Stamps this module's cases into the current module; used by
+/// [`conformance_suite!`](crate::conformance_suite), which stamps every module.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_cas {
+    ($make:path) => {
+        $crate::conformance_suite!(@cases $make;
+            cas::create_on_absent_succeeds,
+            cas::create_on_present_conflicts_with_current,
+            cas::create_on_expired_succeeds,
+            cas::update_with_current_version_succeeds,
+            cas::update_with_stale_version_conflicts_with_current,
+            cas::update_on_absent_conflicts,
+            cas::update_on_expired_conflicts,
+            cas::delete_if_version_matches,
+            cas::delete_if_version_stale_conflicts,
+            cas::delete_if_version_absent_conflicts,
+            cas::version_not_reused_after_delete,
+            cas::cas_race_16_tasks_50_increments,
+            cas::create_race_has_one_winner,
+        );
+    };
+}

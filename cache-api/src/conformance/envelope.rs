@@ -113,3 +113,19 @@ pub async fn decode_error_loses_nothing(b: DynBackend) {
     );
     assert_eq!(value(&b, &k).await.as_deref(), Some(&b"\xF7Lnot-ours"[..]));
 }
+
+/// Stamps this module's cases into the current module; used by
+/// [`conformance_suite!`](crate::conformance_suite), which stamps every module.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_envelope {
+    ($make:path) => {
+        $crate::conformance_suite!(@cases $make;
+            envelope::foreign_bytes_give_decode_error,
+            envelope::other_codec_bytes_give_decode_error,
+            envelope::truncated_envelope_gives_decode_error,
+            envelope::decode_error_as_miss_when_asked,
+            envelope::decode_error_loses_nothing,
+        );
+    };
+}

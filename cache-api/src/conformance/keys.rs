@@ -85,3 +85,23 @@ pub async fn similar_keys_are_distinct(b: DynBackend) {
     assert!(value(&b, &upper).await.is_none(), "keys are case-sensitive");
     assert!(value(&b, &longer).await.is_none());
 }
+
+/// Stamps this module's cases into the current module; used by
+/// [`conformance_suite!`](crate::conformance_suite), which stamps every module.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_keys {
+    ($make:path) => {
+        $crate::conformance_suite!(@cases $make;
+            keys::empty_key_rejected,
+            keys::key_of_251_bytes_rejected,
+            keys::key_of_250_bytes_roundtrips,
+            keys::key_with_space_rejected,
+            keys::key_with_newline_rejected,
+            keys::key_with_control_byte_rejected,
+            keys::hashed_long_key_roundtrips,
+            keys::utf8_key_roundtrips,
+            keys::similar_keys_are_distinct,
+        );
+    };
+}

@@ -77,81 +77,21 @@ pub async fn value(b: &DynBackend, key: &Key) -> Option<Bytes> {
 
 /// Stamps every case of the suite into the current module as a `#[tokio::test]`.
 ///
-/// `$make` is the path of an `async fn() -> DynBackend`, called once per case.
+/// `$make` is the path of an `async fn() -> DynBackend`, called once per case. Each module
+/// of the suite lists its own cases next to them (a hidden macro per module).
 #[macro_export]
 macro_rules! conformance_suite {
     ($make:path) => {
-        $crate::conformance_suite!(@cases $make;
-            basic::get_absent_is_none,
-            basic::put_then_get_roundtrips,
-            basic::overwrite_replaces_value_and_version,
-            basic::empty_value_roundtrips,
-            basic::binary_value_roundtrips,
-            basic::delete_present_returns_true,
-            basic::delete_absent_returns_false,
-            basic::delete_expired_returns_false,
-            basic::get_expired_is_none,
-            basic::touch_present_extends_life,
-            basic::touch_absent_returns_false,
-            basic::touch_expired_returns_false,
-            basic::touch_none_removes_expiry,
-            basic::touch_keeps_version_and_value,
-            cas::create_on_absent_succeeds,
-            cas::create_on_present_conflicts_with_current,
-            cas::create_on_expired_succeeds,
-            cas::update_with_current_version_succeeds,
-            cas::update_with_stale_version_conflicts_with_current,
-            cas::update_on_absent_conflicts,
-            cas::update_on_expired_conflicts,
-            cas::delete_if_version_matches,
-            cas::delete_if_version_stale_conflicts,
-            cas::delete_if_version_absent_conflicts,
-            cas::version_not_reused_after_delete,
-            cas::cas_race_16_tasks_50_increments,
-            cas::create_race_has_one_winner,
-            ttl::ttl_expires,
-            ttl::ttl_rounds_up_never_early,
-            ttl::ttl_over_30_days_is_kept,
-            ttl::overwrite_restates_ttl,
-            ttl::conditional_write_states_ttl,
-            ttl::zero_ttl_rejected,
-            ttl::absurd_ttl_rejected,
-            ttl::put_many_applies_ttl,
-            keys::empty_key_rejected,
-            keys::key_of_251_bytes_rejected,
-            keys::key_of_250_bytes_roundtrips,
-            keys::key_with_space_rejected,
-            keys::key_with_newline_rejected,
-            keys::key_with_control_byte_rejected,
-            keys::hashed_long_key_roundtrips,
-            keys::utf8_key_roundtrips,
-            keys::similar_keys_are_distinct,
-            values::value_at_limit_accepted,
-            values::value_over_limit_rejected,
-            values::oversized_write_keeps_old_value,
-            values::typed_oversized_value_rejected_before_sending,
-            envelope::foreign_bytes_give_decode_error,
-            envelope::other_codec_bytes_give_decode_error,
-            envelope::truncated_envelope_gives_decode_error,
-            envelope::decode_error_as_miss_when_asked,
-            envelope::decode_error_loses_nothing,
-            namespace::namespaces_are_isolated,
-            namespace::invalidate_hides_old_entries,
-            namespace::invalidation_seen_by_other_handle,
-            namespace::key_too_long_after_prefix_rejected,
-            typed::typed_struct_roundtrips,
-            typed::single_flight_100_callers_one_load,
-            typed::get_or_insert_with_hit_skips_loader,
-            typed::loader_error_reaches_all_callers_and_caches_nothing,
-            typed::update_creates_when_absent,
-            typed::update_exhausted_returns_conflict,
-            batch::get_many_duplicates_and_missing,
-            batch::get_many_empty,
-            batch::put_many_then_get_many,
-            batch::typed_get_many,
-            capability::capabilities_are_sane,
-            capability::undeclared_capabilities_are_refused,
-        );
+        $crate::__conformance_basic!($make);
+        $crate::__conformance_cas!($make);
+        $crate::__conformance_ttl!($make);
+        $crate::__conformance_keys!($make);
+        $crate::__conformance_values!($make);
+        $crate::__conformance_envelope!($make);
+        $crate::__conformance_namespace!($make);
+        $crate::__conformance_typed!($make);
+        $crate::__conformance_batch!($make);
+        $crate::__conformance_capability!($make);
     };
     (@cases $make:path; $($module:ident :: $case:ident),* $(,)?) => {
         $(

@@ -94,3 +94,18 @@ pub async fn key_too_long_after_prefix_rejected(b: DynBackend) {
         ErrorKind::InvalidKey
     );
 }
+
+/// Stamps this module's cases into the current module; used by
+/// [`conformance_suite!`](crate::conformance_suite), which stamps every module.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_namespace {
+    ($make:path) => {
+        $crate::conformance_suite!(@cases $make;
+            namespace::namespaces_are_isolated,
+            namespace::invalidate_hides_old_entries,
+            namespace::invalidation_seen_by_other_handle,
+            namespace::key_too_long_after_prefix_rejected,
+        );
+    };
+}

@@ -163,3 +163,22 @@ pub async fn put_many_applies_ttl(b: DynBackend) {
         assert!(value(&b, k).await.is_none());
     }
 }
+
+/// Stamps this module's cases into the current module; used by
+/// [`conformance_suite!`](crate::conformance_suite), which stamps every module.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_ttl {
+    ($make:path) => {
+        $crate::conformance_suite!(@cases $make;
+            ttl::ttl_expires,
+            ttl::ttl_rounds_up_never_early,
+            ttl::ttl_over_30_days_is_kept,
+            ttl::overwrite_restates_ttl,
+            ttl::conditional_write_states_ttl,
+            ttl::zero_ttl_rejected,
+            ttl::absurd_ttl_rejected,
+            ttl::put_many_applies_ttl,
+        );
+    };
+}

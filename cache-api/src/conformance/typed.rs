@@ -174,3 +174,20 @@ pub async fn update_exhausted_returns_conflict(b: DynBackend) {
         "the winner's write stands"
     );
 }
+
+/// Stamps this module's cases into the current module; used by
+/// [`conformance_suite!`](crate::conformance_suite), which stamps every module.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_typed {
+    ($make:path) => {
+        $crate::conformance_suite!(@cases $make;
+            typed::typed_struct_roundtrips,
+            typed::single_flight_100_callers_one_load,
+            typed::get_or_insert_with_hit_skips_loader,
+            typed::loader_error_reaches_all_callers_and_caches_nothing,
+            typed::update_creates_when_absent,
+            typed::update_exhausted_returns_conflict,
+        );
+    };
+}

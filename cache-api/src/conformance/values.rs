@@ -61,3 +61,18 @@ pub async fn typed_oversized_value_rejected_before_sending(b: DynBackend) {
     assert_eq!(err.kind(), ErrorKind::ValueTooLarge);
     assert!(b.get(&k).await.unwrap().is_none());
 }
+
+/// Stamps this module's cases into the current module; used by
+/// [`conformance_suite!`](crate::conformance_suite), which stamps every module.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_values {
+    ($make:path) => {
+        $crate::conformance_suite!(@cases $make;
+            values::value_at_limit_accepted,
+            values::value_over_limit_rejected,
+            values::oversized_write_keeps_old_value,
+            values::typed_oversized_value_rejected_before_sending,
+        );
+    };
+}

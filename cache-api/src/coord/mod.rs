@@ -2,10 +2,11 @@
 //! fencing tokens, an elector for singleton work, and periodic tasks claimed once per period.
 //!
 //! It runs on any backend whose [`Capabilities`](crate::Capabilities) declare linearizable
-//! compare-and-swap with versions that never repeat: the PostgreSQL and SQLite stores of
-//! `larder-session-persist` (the database enforces it), single-node Redis, and, within one
-//! process, memory and sled. memcached is refused with a clear error (it may evict, and its
-//! CAS counter restarts with the server).
+//! compare-and-swap with versions that never repeat: the SQL store of `larder-backend-sql`
+//! (recommended: the database enforces it and keeps every record; open it with
+//! `larder::connect("postgres://...")` or `connect("sqlite://path")`), single-node Redis,
+//! and, within one process, memory and sled. memcached is refused with a clear error (it
+//! may evict, and its CAS counter restarts with the server).
 //!
 //! # Guarantees, and what each one assumes
 //!
@@ -24,7 +25,8 @@
 //!   more than the margin `lease - renew_deadline`. A holder paused longer may still act
 //!   after a successor took over: that is why **fenced writes** exist. Make every effect
 //!   conditional on the token (`... WHERE fence <= $token`), so a stale holder's write is
-//!   refused by the store itself.
+//!   refused by the store itself; `larder-backend-sql`'s fences (`PgKv::fence`) do this for
+//!   SQL effects.
 //! * **At-least-once runs** ([`RunMode::AtLeastOnce`]): a run whose holder stopped
 //!   heartbeating for a whole lease is taken over with a higher token and run again. Such
 //!   runs may therefore execute twice for one period; make them idempotent or fenced.

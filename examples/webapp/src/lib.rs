@@ -237,33 +237,37 @@ impl App {
             format!("{host}:{}", config.port)
         });
 
-        // The authority: SQL. Coordination state lives in the same database.
-        let (sql, kv, database): (Arc<dyn SessionStore>, DynBackend, String) =
-            match config.database_url.as_deref() {
-                None => {
-                    let path = data_dir.join("sessions.db");
-                    let s = SqliteStore::open(&path).await?;
-                    let kv: DynBackend = Arc::new(s.kv());
-                    (Arc::new(s), kv, format!("sqlite {}", path.display()))
-                }
-                Some(url) if url.starts_with("sqlite:") => {
-                    let s = SqliteStore::connect(url).await?;
-                    let kv: DynBackend = Arc::new(s.kv());
-                    (Arc::new(s), kv, format!("sqlite {url}"))
-                }
-                Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-                    let s = PgStore::connect(url).await?;
-                    let kv: DynBackend = Arc::new(s.kv());
-                    (Arc::new(s), kv, format!("postgres {}", redact(url)))
-                }
-                Some(url) => {
-                    return Err(format!(
-                        "unsupported database URL {:?} (use sqlite://path or postgres://...)",
-                        redact(url)
-                    )
-                    .into())
-                }
-            };
+        // The authority: SQL, through the session crate's own constructors.
+        let (sql, database): (Arc<dyn SessionStore>, String) = match config.database_url.as_deref()
+        {
+            None => {
+                let path = data_dir.join("sessions.db");
+                let s = SqliteStore::open(&path).await?;
+                (Arc::new(s), format!("sqlite {}", path.display()))
+            }
+            Some(url) if url.starts_with("sqlite:") => (
+                Arc::new(SqliteStore::connect(url).await?),
+                format!("sqlite {url}"),
+            ),
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => (
+                Arc::new(PgStore::connect(url).await?),
+                format!("postgres {}", redact(url)),
+            ),
+            Some(url) => {
+                return Err(format!(
+                    "unsupported database URL {:?} (use sqlite://path or postgres://...)",
+                    redact(url)
+                )
+                .into())
+            }
+        };
+        // Coordination state lives in the same database: the SQL compare-and-swap store,
+        // opened by URL like any backend.
+        let kv = larder::connect(&match config.database_url.as_deref() {
+            Some(url) => url.to_owned(),
+            None => larder::backends::sql::sqlite_url(&data_dir.join("sessions.db")),
+        })
+        .await?;
 
         // The cache in front of it.
         let cache_url = match &config.cache_url {

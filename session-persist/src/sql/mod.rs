@@ -1,25 +1,22 @@
-//! The authoritative store on sqlx: PostgreSQL and SQLite share one implementation, stamped
-//! per database by a macro (the SQL is portable; parameters are `$n` in both).
+//! The authoritative store on sqlx: one implementation for PostgreSQL and SQLite
+//! ([`SqlStore`], used as [`PgStore`] or [`SqliteStore`]). The session SQL is portable
+//! (parameters are `$n` in both databases); what differs is in [`Dialect`].
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use larder_cache_api::{Error, ErrorKind};
+use larder_cache_api::{Error, ErrorKind, Result};
+use sqlx::migrate::{Migrate, Migrator};
+use sqlx::{Database, IntoArguments, Pool};
 
 use crate::id::{IdSource, OsRandom};
 use crate::store::DEFAULT_TOMBSTONE_TTL;
 
-mod fence;
-mod kv;
 #[cfg(feature = "postgres")]
 mod postgres;
+mod queries;
 #[cfg(feature = "sqlite")]
 mod sqlite;
-
-#[cfg(feature = "postgres")]
-pub use postgres::{PgFence, PgKv, PgStore};
-#[cfg(feature = "sqlite")]
-pub use sqlite::{SqliteFence, SqliteKv, SqliteStore};
 
 /// How many fresh ids `create` and `rotate` try before giving up.
 const MAX_ID_ATTEMPTS: u32 = 8;
@@ -57,6 +54,126 @@ impl SqlOptions {
     }
 }
 
+mod sealed {
+    pub trait Sealed {}
+    #[cfg(feature = "postgres")]
+    impl Sealed for sqlx::Postgres {}
+    #[cfg(feature = "sqlite")]
+    impl Sealed for sqlx::Sqlite {}
+}
+
+/// What differs between the databases sessions are stored in: the backend name, the
+/// migrations, and how a statement reports the rows it changed. Implemented for
+/// [`sqlx::Postgres`] (feature `postgres`) and [`sqlx::Sqlite`] (feature `sqlite`); sealed.
+pub trait Dialect:
+    Database<Connection: Migrate, Arguments: IntoArguments<Self>> + sealed::Sealed
+{
+    /// The name in errors: `"postgres"` or `"sqlite"`.
+    const BACKEND: &'static str;
+
+    /// The session migrations (sqlx's default migrations table, `_sqlx_migrations`).
+    fn migrator() -> Migrator;
+
+    /// The rows a statement changed.
+    fn rows_affected(result: &Self::QueryResult) -> u64;
+
+    /// How a transaction that writes starts.
+    const BEGIN_WRITE: &'static str;
+
+    /// `SELECT ... FOR UPDATE` where the database has it: how a read locks the row it will
+    /// write.
+    const LOCK_ROW: &'static str;
+}
+
+/// Sessions in an SQL database: the authority. Use it as [`PgStore`] or [`SqliteStore`].
+///
+/// Tables: `larder_sessions` (the id stored only as its SHA-256, deleted sessions kept a
+/// while as tombstones) and `larder_session_outbox` (invalidations recorded by a trigger in
+/// the deleting transaction). Cheap to clone: clones share one connection pool.
+pub struct SqlStore<DB: Database> {
+    pub(crate) pool: Pool<DB>,
+    pub(crate) options: SqlOptions,
+}
+
+/// Sessions in PostgreSQL (feature `postgres`).
+///
+/// ```no_run
+/// # async fn demo() -> larder_cache_api::Result<()> {
+/// use larder_session_persist::PgStore;
+///
+/// // Connects and runs the embedded migrations.
+/// let store = PgStore::connect("postgres://postgres@127.0.0.1/app").await?;
+/// # Ok(()) }
+/// ```
+#[cfg(feature = "postgres")]
+pub type PgStore = SqlStore<sqlx::Postgres>;
+
+/// Sessions in an SQLite file, the embedded default (feature `sqlite`).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> larder_cache_api::Result<()> {
+/// use larder_session_persist::{SessionStore, SqliteStore};
+///
+/// let dir = std::env::temp_dir().join(format!("larder-doc-{}", std::process::id()));
+/// std::fs::create_dir_all(&dir).unwrap();
+/// let store = SqliteStore::open(&dir.join("sessions.db")).await?;
+/// assert_eq!(store.count().await?, 0);
+/// # Ok(()) }
+/// ```
+#[cfg(feature = "sqlite")]
+pub type SqliteStore = SqlStore<sqlx::Sqlite>;
+
+impl<DB: Database> Clone for SqlStore<DB> {
+    fn clone(&self) -> Self {
+        SqlStore {
+            pool: self.pool.clone(),
+            options: self.options.clone(),
+        }
+    }
+}
+
+impl<DB: Database> std::fmt::Debug for SqlStore<DB> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqlStore")
+            .field("database", &DB::NAME)
+            .field("pool", &self.pool)
+            .field("options", &self.options)
+            .finish()
+    }
+}
+
+impl<DB: Dialect> SqlStore<DB> {
+    /// Uses an existing pool; run [`migrate`](Self::migrate) once before use.
+    pub fn from_pool(pool: Pool<DB>) -> Self {
+        SqlStore {
+            pool,
+            options: SqlOptions::default(),
+        }
+    }
+
+    /// Replaces the options.
+    pub fn with_options(mut self, options: SqlOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Applies the embedded session migrations (idempotent; on PostgreSQL concurrent runs are
+    /// serialised by sqlx's migration lock).
+    pub async fn migrate(&self) -> Result<()> {
+        DB::migrator().run(&self.pool).await.map_err(|e| {
+            Error::new(ErrorKind::Backend, "running session migrations failed")
+                .with_backend(DB::BACKEND)
+                .with_source(e)
+        })
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &Pool<DB> {
+        &self.pool
+    }
+}
+
 /// Maps a database error: connection trouble is `Unavailable` (retryable), the rest
 /// `Backend`; the sqlx error is kept as the source.
 pub(crate) fn db_error(backend: &'static str, op: &'static str, e: sqlx::Error) -> Error {
@@ -73,410 +190,3 @@ pub(crate) fn db_error(backend: &'static str, op: &'static str, e: sqlx::Error) 
         .with_backend(backend)
         .with_source(e)
 }
-
-/// A row `(principal, data, version, expires_at)` of `larder_sessions` as a record.
-pub(crate) fn record(
-    id: &crate::id::SessionId,
-    (principal, data, version, expires_at): (Option<String>, Vec<u8>, i64, i64),
-) -> larder_cache_api::Result<crate::record::Record> {
-    Ok(crate::record::Record {
-        id: id.clone(),
-        data: crate::record::SessionData::from_bytes(&data)?,
-        principal,
-        expires_at: crate::record::Timestamp(expires_at),
-        version,
-    })
-}
-
-/// Implements [`SessionStore`](crate::SessionStore) for `$store` over database `$db`.
-macro_rules! sql_store {
-    ($store:ident, $db:ty, $name:literal) => {
-        #[async_trait::async_trait]
-        impl $crate::store::SessionStore for $store {
-            async fn create(
-                &self,
-                data: $crate::record::SessionData,
-                principal: Option<String>,
-                expires_at: $crate::record::Timestamp,
-            ) -> larder_cache_api::Result<$crate::record::Record> {
-                let blob = data.to_bytes()?;
-                let now = $crate::record::Timestamp::now();
-                for _ in 0..$crate::sql::MAX_ID_ATTEMPTS {
-                    let id = self.options.ids.generate()?;
-                    let inserted = sqlx::query(
-                        "INSERT INTO larder_sessions \
-                         (id_hash, principal, data, version, expires_at, deleted, updated_at) \
-                         VALUES ($1, $2, $3, 1, $4, FALSE, $5) ON CONFLICT (id_hash) DO NOTHING",
-                    )
-                    .bind(&id.hash().0[..])
-                    .bind(principal.as_deref())
-                    .bind(&blob[..])
-                    .bind(expires_at.0)
-                    .bind(now.0)
-                    .execute(&self.pool)
-                    .await
-                    .map_err(|e| $crate::sql::db_error($name, "create", e))?
-                    .rows_affected();
-                    if inserted == 1 {
-                        return Ok($crate::record::Record {
-                            id,
-                            data,
-                            principal,
-                            expires_at,
-                            version: 1,
-                        });
-                    }
-                    tracing::warn!("session id collision; generating another id");
-                    metrics::counter!("larder_session_id_collisions_total").increment(1);
-                }
-                Err(larder_cache_api::Error::new(
-                    larder_cache_api::ErrorKind::Backend,
-                    "could not find a free session id (is the id source random?)",
-                )
-                .with_backend($name))
-            }
-
-            async fn load(
-                &self,
-                id: &$crate::id::SessionId,
-            ) -> larder_cache_api::Result<Option<$crate::record::Record>> {
-                let row: Option<(Option<String>, Vec<u8>, i64, i64)> = sqlx::query_as(
-                    "SELECT principal, data, version, expires_at FROM larder_sessions \
-                     WHERE id_hash = $1 AND deleted = FALSE AND expires_at > $2",
-                )
-                .bind(&id.hash().0[..])
-                .bind($crate::record::Timestamp::now().0)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(|e| $crate::sql::db_error($name, "load", e))?;
-                row.map(|row| $crate::sql::record(id, row)).transpose()
-            }
-
-            async fn save_or_current(
-                &self,
-                record: &$crate::record::Record,
-            ) -> larder_cache_api::Result<$crate::store::SaveOutcome> {
-                let blob = record.data.to_bytes()?;
-                let hash = record.id.hash();
-                let now = $crate::record::Timestamp::now();
-                let updated: Option<(i64,)> = sqlx::query_as(
-                    "UPDATE larder_sessions SET principal = $1, data = $2, expires_at = $3, \
-                     version = version + 1, updated_at = $4 \
-                     WHERE id_hash = $5 AND version = $6 AND deleted = FALSE AND expires_at > $4 \
-                     RETURNING version",
-                )
-                .bind(record.principal.as_deref())
-                .bind(&blob[..])
-                .bind(record.expires_at.0)
-                .bind(now.0)
-                .bind(&hash.0[..])
-                .bind(record.version)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(|e| $crate::sql::db_error($name, "save", e))?;
-                if let Some((version,)) = updated {
-                    let mut saved = record.clone();
-                    saved.version = version;
-                    return Ok($crate::store::SaveOutcome::Saved(saved));
-                }
-                // A lost race or a session that is no more: one more statement tells which,
-                // and hands back the current record so the caller need not load it again.
-                let current: Option<(Option<String>, Vec<u8>, i64, i64)> = sqlx::query_as(
-                    "SELECT principal, data, version, expires_at FROM larder_sessions \
-                     WHERE id_hash = $1 AND deleted = FALSE AND expires_at > $2",
-                )
-                .bind(&hash.0[..])
-                .bind(now.0)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(|e| $crate::sql::db_error($name, "save", e))?;
-                match current {
-                    Some(row) => Ok($crate::store::SaveOutcome::Stale(
-                        $crate::sql::record(&record.id, row)?,
-                    )),
-                    None => Err(larder_cache_api::Error::new(
-                        larder_cache_api::ErrorKind::Gone,
-                        "session was deleted or has expired; it is not recreated",
-                    )
-                    .with_backend($name)),
-                }
-            }
-
-            async fn save_locked(
-                &self,
-                id: &$crate::id::SessionId,
-                apply: &$crate::store::ApplyFn,
-                expires_at: $crate::record::Timestamp,
-            ) -> larder_cache_api::Result<$crate::record::Record> {
-                let hash = id.hash();
-                let now = $crate::record::Timestamp::now();
-                let err = |e| $crate::sql::db_error($name, "save", e);
-                let mut tx = self.pool.begin_with(Self::BEGIN_WRITE).await.map_err(err)?;
-                let row: Option<(Option<String>, Vec<u8>, i64, i64)> = sqlx::query_as(
-                    sqlx::AssertSqlSafe(format!(
-                        "SELECT principal, data, version, expires_at FROM larder_sessions \
-                         WHERE id_hash = $1 AND deleted = FALSE AND expires_at > $2{}",
-                        Self::LOCK_ROW
-                    )),
-                )
-                .bind(&hash.0[..])
-                .bind(now.0)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(err)?;
-                let Some(row) = row else {
-                    return Err(larder_cache_api::Error::new(
-                        larder_cache_api::ErrorKind::Gone,
-                        "session was deleted or has expired; it is not recreated",
-                    )
-                    .with_backend($name));
-                };
-                let mut rec = $crate::sql::record(id, row)?;
-                apply(&mut rec)?;
-                rec.expires_at = rec.expires_at.max(expires_at);
-                let (version,): (i64,) = sqlx::query_as(
-                    "UPDATE larder_sessions SET principal = $1, data = $2, expires_at = $3, \
-                     version = version + 1, updated_at = $4 WHERE id_hash = $5 RETURNING version",
-                )
-                .bind(rec.principal.as_deref())
-                .bind(&rec.data.to_bytes()?[..])
-                .bind(rec.expires_at.0)
-                .bind(now.0)
-                .bind(&hash.0[..])
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(err)?;
-                tx.commit().await.map_err(err)?;
-                rec.version = version;
-                Ok(rec)
-            }
-
-            async fn touch(
-                &self,
-                id: &$crate::id::SessionId,
-                expires_at: $crate::record::Timestamp,
-            ) -> larder_cache_api::Result<Option<$crate::record::Record>> {
-                let row: Option<(Option<String>, Vec<u8>, i64, i64)> = sqlx::query_as(
-                    "UPDATE larder_sessions SET expires_at = $1, updated_at = $2 \
-                     WHERE id_hash = $3 AND deleted = FALSE AND expires_at > $2 \
-                     RETURNING principal, data, version, expires_at",
-                )
-                .bind(expires_at.0)
-                .bind($crate::record::Timestamp::now().0)
-                .bind(&id.hash().0[..])
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(|e| $crate::sql::db_error($name, "touch", e))?;
-                row.map(|row| $crate::sql::record(id, row)).transpose()
-            }
-
-            async fn delete(&self, id: &$crate::id::SessionId) -> larder_cache_api::Result<bool> {
-                let now = $crate::record::Timestamp::now();
-                let done = sqlx::query(
-                    "UPDATE larder_sessions SET deleted = TRUE, data = $1, principal = NULL, \
-                     version = version + 1, expires_at = $2, updated_at = $3 \
-                     WHERE id_hash = $4 AND deleted = FALSE AND expires_at > $3",
-                )
-                .bind(&[][..] as &[u8])
-                .bind(now.plus(self.options.tombstone_ttl).0)
-                .bind(now.0)
-                .bind(&id.hash().0[..])
-                .execute(&self.pool)
-                .await
-                .map_err(|e| $crate::sql::db_error($name, "delete", e))?;
-                Ok(done.rows_affected() == 1)
-            }
-
-            async fn rotate(
-                &self,
-                id: &$crate::id::SessionId,
-            ) -> larder_cache_api::Result<Option<$crate::record::Record>> {
-                let now = $crate::record::Timestamp::now();
-                let mut tx = self
-                    .pool
-                    .begin()
-                    .await
-                    .map_err(|e| $crate::sql::db_error($name, "rotate", e))?;
-                // Claim the old row first (a write, so SQLite takes its write lock at once and
-                // concurrent rotations serialise); RETURNING hands back its data.
-                let old: Option<(Option<String>, Vec<u8>, i64, i64)> = sqlx::query_as(
-                    "UPDATE larder_sessions SET version = version + 1, updated_at = $1 \
-                     WHERE id_hash = $2 AND deleted = FALSE AND expires_at > $1 \
-                     RETURNING principal, data, version, expires_at",
-                )
-                .bind(now.0)
-                .bind(&id.hash().0[..])
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(|e| $crate::sql::db_error($name, "rotate", e))?;
-                let Some((principal, data, version, expires_at)) = old else {
-                    return Ok(None);
-                };
-                let mut new_id = None;
-                for _ in 0..$crate::sql::MAX_ID_ATTEMPTS {
-                    let candidate = self.options.ids.generate()?;
-                    let inserted = sqlx::query(
-                        "INSERT INTO larder_sessions \
-                         (id_hash, principal, data, version, expires_at, deleted, updated_at) \
-                         VALUES ($1, $2, $3, $4, $5, FALSE, $6) ON CONFLICT (id_hash) DO NOTHING",
-                    )
-                    .bind(&candidate.hash().0[..])
-                    .bind(principal.as_deref())
-                    .bind(&data[..])
-                    .bind(version + 1)
-                    .bind(expires_at)
-                    .bind(now.0)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|e| $crate::sql::db_error($name, "rotate", e))?
-                    .rows_affected();
-                    if inserted == 1 {
-                        new_id = Some(candidate);
-                        break;
-                    }
-                    metrics::counter!("larder_session_id_collisions_total").increment(1);
-                }
-                let Some(new_id) = new_id else {
-                    return Err(larder_cache_api::Error::new(
-                        larder_cache_api::ErrorKind::Backend,
-                        "could not find a free session id (is the id source random?)",
-                    )
-                    .with_backend($name));
-                };
-                sqlx::query(
-                    "UPDATE larder_sessions SET deleted = TRUE, data = $1, principal = NULL, \
-                     version = version + 1, expires_at = $2 WHERE id_hash = $3",
-                )
-                .bind(&[][..] as &[u8])
-                .bind(now.plus(self.options.tombstone_ttl).0)
-                .bind(&id.hash().0[..])
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| $crate::sql::db_error($name, "rotate", e))?;
-                tx.commit()
-                    .await
-                    .map_err(|e| $crate::sql::db_error($name, "rotate", e))?;
-                Ok(Some($crate::record::Record {
-                    id: new_id,
-                    data: $crate::record::SessionData::from_bytes(&data)?,
-                    principal,
-                    expires_at: $crate::record::Timestamp(expires_at),
-                    version: version + 1,
-                }))
-            }
-
-            async fn delete_principal(
-                &self,
-                principal: &str,
-            ) -> larder_cache_api::Result<Vec<$crate::id::IdHash>> {
-                let now = $crate::record::Timestamp::now();
-                let rows: Vec<(Vec<u8>,)> = sqlx::query_as(
-                    "UPDATE larder_sessions SET deleted = TRUE, data = $1, principal = NULL, \
-                     version = version + 1, expires_at = $2, updated_at = $3 \
-                     WHERE principal = $4 AND deleted = FALSE AND expires_at > $3 \
-                     RETURNING id_hash",
-                )
-                .bind(&[][..] as &[u8])
-                .bind(now.plus(self.options.tombstone_ttl).0)
-                .bind(now.0)
-                .bind(principal)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(|e| $crate::sql::db_error($name, "delete_principal", e))?;
-                rows.iter()
-                    .map(|(h,)| $crate::id::IdHash::from_slice(h))
-                    .collect()
-            }
-
-            async fn sweep(&self, batch: u32) -> larder_cache_api::Result<u64> {
-                let batch = i64::from(batch.max(1));
-                let mut total = 0;
-                loop {
-                    let n = sqlx::query(
-                        "DELETE FROM larder_sessions WHERE id_hash IN \
-                         (SELECT id_hash FROM larder_sessions WHERE expires_at <= $1 LIMIT $2)",
-                    )
-                    .bind($crate::record::Timestamp::now().0)
-                    .bind(batch)
-                    .execute(&self.pool)
-                    .await
-                    .map_err(|e| $crate::sql::db_error($name, "sweep", e))?
-                    .rows_affected();
-                    total += n;
-                    if (n as i64) < batch {
-                        break;
-                    }
-                }
-                // Invalidations older than a tombstone's life are moot: every cache entry of
-                // the session has expired by then (cached stores cap entries below it).
-                sqlx::query("DELETE FROM larder_session_outbox WHERE created_at <= $1")
-                    .bind(
-                        $crate::record::Timestamp::now().0
-                            - i64::try_from(self.options.tombstone_ttl.as_millis())
-                                .unwrap_or(i64::MAX / 2),
-                    )
-                    .execute(&self.pool)
-                    .await
-                    .map_err(|e| $crate::sql::db_error($name, "sweep", e))?;
-                Ok(total)
-            }
-
-            async fn count(&self) -> larder_cache_api::Result<u64> {
-                let (n,): (i64,) = sqlx::query_as(
-                    "SELECT COUNT(*) FROM larder_sessions WHERE deleted = FALSE AND expires_at > $1",
-                )
-                .bind($crate::record::Timestamp::now().0)
-                .fetch_one(&self.pool)
-                .await
-                .map_err(|e| $crate::sql::db_error($name, "count", e))?;
-                Ok(n.max(0) as u64)
-            }
-
-            async fn outbox_pending(
-                &self,
-                limit: u32,
-            ) -> larder_cache_api::Result<Vec<$crate::store::Invalidation>> {
-                let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
-                    "SELECT seq, id_hash FROM larder_session_outbox ORDER BY seq LIMIT $1",
-                )
-                .bind(i64::from(limit.max(1)))
-                .fetch_all(&self.pool)
-                .await
-                .map_err(|e| $crate::sql::db_error($name, "outbox", e))?;
-                rows.into_iter()
-                    .map(|(seq, h)| {
-                        Ok($crate::store::Invalidation {
-                            seq,
-                            hash: $crate::id::IdHash::from_slice(&h)?,
-                        })
-                    })
-                    .collect()
-            }
-
-            async fn outbox_ack(&self, seqs: &[i64]) -> larder_cache_api::Result<()> {
-                // Bounded batches keep the statement's parameter list small.
-                for chunk in seqs.chunks(256) {
-                    let mut q = String::from("DELETE FROM larder_session_outbox WHERE seq IN (");
-                    for i in 0..chunk.len() {
-                        if i > 0 {
-                            q.push(',');
-                        }
-                        q.push_str(&format!("${}", i + 1));
-                    }
-                    q.push(')');
-                    // Only placeholders are spliced in: the values are bound.
-                    let mut query = sqlx::query(sqlx::AssertSqlSafe(q));
-                    for s in chunk {
-                        query = query.bind(*s);
-                    }
-                    query
-                        .execute(&self.pool)
-                        .await
-                        .map_err(|e| $crate::sql::db_error($name, "outbox", e))?;
-                }
-                Ok(())
-            }
-        }
-    };
-}
-pub(crate) use sql_store;

@@ -1,35 +1,35 @@
-//! The SQLite store.
+//! The SQLite store: its dialect and its constructors.
 
 use std::str::FromStr;
 use std::time::Duration;
 
 use larder_cache_api::{Error, ErrorKind, Result};
+use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteQueryResult,
+    SqliteSynchronous,
 };
+use sqlx::Sqlite;
 
-use super::{db_error, sql_store, SqlOptions};
+use super::{db_error, Dialect, SqlStore};
 
-/// Sessions in an SQLite file: the embedded default.
-///
-/// ```
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> larder_cache_api::Result<()> {
-/// use larder_session_persist::{SessionStore, SqliteStore};
-///
-/// let dir = std::env::temp_dir().join(format!("larder-doc-{}", std::process::id()));
-/// std::fs::create_dir_all(&dir).unwrap();
-/// let store = SqliteStore::open(&dir.join("sessions.db")).await?;
-/// assert_eq!(store.count().await?, 0);
-/// # Ok(()) }
-/// ```
-#[derive(Debug, Clone)]
-pub struct SqliteStore {
-    pub(crate) pool: SqlitePool,
-    pub(crate) options: SqlOptions,
+impl Dialect for Sqlite {
+    const BACKEND: &'static str = "sqlite";
+
+    fn migrator() -> Migrator {
+        sqlx::migrate!("./migrations/sqlite")
+    }
+
+    // The write lock at once: two such transactions queue instead of failing.
+    const BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
+    const LOCK_ROW: &'static str = "";
+
+    fn rows_affected(result: &SqliteQueryResult) -> u64 {
+        result.rows_affected()
+    }
 }
 
-impl SqliteStore {
+impl SqlStore<Sqlite> {
     /// Opens (creating it if needed) the database at `url` (`sqlite://path` or
     /// `sqlite::memory:`) and runs the migrations.
     pub async fn connect(url: &str) -> Result<Self> {
@@ -68,100 +68,4 @@ impl SqliteStore {
         store.migrate().await?;
         Ok(store)
     }
-
-    /// Uses an existing pool; run [`migrate`](Self::migrate) once before use.
-    pub fn from_pool(pool: SqlitePool) -> Self {
-        SqliteStore {
-            pool,
-            options: SqlOptions::default(),
-        }
-    }
-
-    /// Replaces the options.
-    pub fn with_options(mut self, options: SqlOptions) -> Self {
-        self.options = options;
-        self
-    }
-
-    /// Applies the embedded migrations (idempotent).
-    pub async fn migrate(&self) -> Result<()> {
-        sqlx::migrate!("./migrations/sqlite")
-            .run(&self.pool)
-            .await
-            .map_err(|e| {
-                Error::new(ErrorKind::Backend, "running session migrations failed")
-                    .with_backend("sqlite")
-                    .with_source(e)
-            })
-    }
-
-    /// The pool.
-    pub fn pool(&self) -> &SqlitePool {
-        &self.pool
-    }
 }
-
-impl SqliteStore {
-    /// How a transaction that writes starts (taking the write lock at once, so two of them queue instead of failing).
-    const BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
-    /// How a read locks the row it will write.
-    const LOCK_ROW: &'static str = "";
-}
-
-sql_store!(SqliteStore, sqlx::Sqlite, "sqlite");
-
-/// The compare-and-swap key-value store in this database (table `larder_kv`): a larder
-/// cache backend with database-enforced versions and the database clock, on which
-/// coordination runs. Get one with [`SqliteStore::kv`].
-#[derive(Debug, Clone)]
-pub struct SqliteKv {
-    pool: SqlitePool,
-    caps: larder_cache_api::Capabilities,
-}
-
-impl SqliteStore {
-    /// The compare-and-swap key-value store sharing this store's pool.
-    pub fn kv(&self) -> SqliteKv {
-        let mut caps = larder_cache_api::Capabilities::full("sqlite");
-        caps.persistent = true;
-        caps.shared = true;
-        caps.max_value_size = 16 * 1024 * 1024;
-        SqliteKv {
-            pool: self.pool.clone(),
-            caps,
-        }
-    }
-}
-
-// SQLite has no sequences and no writes inside expressions: a version is 63 random bits,
-// drawn inside the one CAS statement (a repeat for one key has odds of 2^-63 per write; the
-// counter table of the first migration is no longer used).
-super::kv::sql_kv!(
-    SqliteKv,
-    sqlx::Sqlite,
-    "sqlite",
-    "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
-    "(random() & 9223372036854775807)"
-);
-
-/// A fence for one resource in this database (table `larder_fences`): see
-/// [`SqliteStore::fence`].
-#[derive(Debug, Clone)]
-pub struct SqliteFence {
-    pool: SqlitePool,
-    resource: String,
-}
-
-impl SqliteStore {
-    /// The fence of `resource`: make a write conditional on a fencing token (from a
-    /// [`Lease`](larder_cache_api::coord::Lease) or a task run) so that a holder paused past
-    /// its lease cannot overwrite its successor's work.
-    pub fn fence(&self, resource: &str) -> SqliteFence {
-        SqliteFence {
-            pool: self.pool.clone(),
-            resource: resource.to_owned(),
-        }
-    }
-}
-
-super::fence::sql_fence!(SqliteFence, sqlx::Sqlite, "sqlite");

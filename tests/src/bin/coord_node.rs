@@ -32,7 +32,7 @@ use larder::coord::{
     SchedulerConfig, TaskSpec,
 };
 use larder::DynBackend;
-use larder_session_persist::PgStore;
+use larder_backend_sql::PgKv;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
@@ -60,7 +60,7 @@ fn lease_config() -> LeaseConfig {
 }
 
 /// The body of one run of `tick`.
-async fn run_tick(pool: PgPool, store: PgStore, holder: String, ctx: RunContext) {
+async fn run_tick(pool: PgPool, kv: PgKv, holder: String, ctx: RunContext) {
     let token = ctx.token as i64;
     let period = ctx.period;
     // (a) The claim, first thing.
@@ -107,7 +107,7 @@ async fn run_tick(pool: PgPool, store: PgStore, holder: String, ctx: RunContext)
     // (c) The fenced write, after the sleep.
     let at = now_ms();
     let h2 = holder.clone();
-    let written = store
+    let written = kv
         .fence("tick")
         .run(ctx.token, move |tx| {
             Box::pin(async move {
@@ -163,9 +163,10 @@ async fn node(pg: &str, schema: &str, backend: &str, redis_url: &str, name: &str
         )
         .await
         .expect("connect postgres");
-    let store = PgStore::from_pool(pool.clone());
+    // The parent ran the store's migrations.
+    let kv = PgKv::from_pool(pool.clone());
     let coord: DynBackend = match backend {
-        "postgres" => Arc::new(store.kv()),
+        "postgres" => Arc::new(kv.clone()),
         "redis" => larder::connect(redis_url).await.expect("connect redis"),
         other => panic!("unknown backend {other:?} (postgres or redis)"),
     };
@@ -198,7 +199,7 @@ async fn node(pg: &str, schema: &str, backend: &str, redis_url: &str, name: &str
         }
     });
 
-    let (p2, s2, h2) = (pool.clone(), store.clone(), holder.as_str().to_owned());
+    let (p2, s2, h2) = (pool.clone(), kv.clone(), holder.as_str().to_owned());
     let task = TaskSpec::new(
         "tick",
         Schedule::Every(Duration::from_secs(1)),

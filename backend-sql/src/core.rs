@@ -1,0 +1,316 @@
+//! The database side: the tables, the SQL of each operation, and the few fragments in which
+//! PostgreSQL and SQLite differ ([`Dialect`]).
+//!
+//! # Stored layout
+//!
+//! One row per key in `larder_kv (key, value, version, expires_at)`; `expires_at` is in
+//! milliseconds since the Unix epoch by the **database** clock (`NULL`: never), so every
+//! process agrees on expiry whatever its own clock says. An expired row is absent for every
+//! operation; [`SqlKv::purge_expired`](crate::SqlKv::purge_expired) removes such rows.
+//! Fences are one row per resource in `larder_fences (name, token)`.
+//!
+//! # Versions
+//!
+//! Every write is **one statement** that draws the new version inside it, so a
+//! compare-and-swap is a single round trip and the database serialises concurrent ones.
+//! PostgreSQL draws versions from one sequence (`larder_kv_version`), so a key deleted and
+//! created again never reuses one. SQLite has no sequences and no writes inside
+//! expressions: a version is 63 random bits, and a repeat for one key has odds of 2^-63 per
+//! write.
+//!
+//! # Schema
+//!
+//! [`SqlKv::migrate`](crate::SqlKv::migrate) runs this crate's own migrations, tracked in
+//! the table [`MIGRATIONS_TABLE`] rather than sqlx's default `_sqlx_migrations`, so that they
+//! live beside the session migrations (or an application's) in one database. Every object is
+//! created with `IF NOT EXISTS`: databases where an earlier `larder-session-persist` created
+//! `larder_kv` and `larder_fences` keep them, rows included.
+
+use std::sync::LazyLock;
+
+use larder_cache_api::{Bytes, Entry, Error, ErrorKind, Key, PutMode, Result, Ttl, Version};
+use sqlx::migrate::{Migrate, Migrator};
+use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Type};
+
+use crate::error::{conflict, db_error};
+
+/// The table in which this crate's migrations are tracked.
+pub const MIGRATIONS_TABLE: &str = "_larder_kv_migrations";
+
+mod sealed {
+    pub trait Sealed {}
+    #[cfg(feature = "postgres")]
+    impl Sealed for sqlx::Postgres {}
+    #[cfg(feature = "sqlite")]
+    impl Sealed for sqlx::Sqlite {}
+}
+
+/// What differs between the databases the store runs on: a few SQL fragments, the
+/// migrations, and how a statement reports the rows it changed. Implemented for
+/// [`sqlx::Postgres`] (feature `postgres`) and [`sqlx::Sqlite`] (feature `sqlite`); sealed.
+pub trait Dialect:
+    Database<Connection: Migrate, Arguments: IntoArguments<Self>> + sealed::Sealed
+{
+    /// The backend's name in [`Capabilities`](larder_cache_api::Capabilities) and errors.
+    const BACKEND: &'static str;
+    /// An SQL expression for the database clock, in milliseconds since the Unix epoch.
+    const NOW_MS: &'static str;
+    /// An SQL expression for a fresh version, evaluated inside the statement that writes it.
+    const NEXT_VERSION: &'static str;
+
+    /// This crate's migrations for the database, tracked in [`MIGRATIONS_TABLE`].
+    fn migrator() -> Migrator;
+
+    /// The rows a statement changed.
+    fn rows_affected(result: &Self::QueryResult) -> u64;
+
+    /// The statements, built once from the fragments above.
+    #[doc(hidden)]
+    fn statements() -> &'static Statements;
+}
+
+#[cfg(feature = "postgres")]
+impl Dialect for sqlx::Postgres {
+    const BACKEND: &'static str = "postgres";
+    // clock_timestamp(), not now(): now() is frozen at the start of the transaction.
+    const NOW_MS: &'static str = "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT";
+    const NEXT_VERSION: &'static str = "nextval('larder_kv_version')";
+
+    fn migrator() -> Migrator {
+        let mut m = sqlx::migrate!("./migrations/postgres");
+        m.dangerous_set_table_name(MIGRATIONS_TABLE);
+        m
+    }
+
+    fn rows_affected(result: &sqlx::postgres::PgQueryResult) -> u64 {
+        result.rows_affected()
+    }
+
+    fn statements() -> &'static Statements {
+        static SQL: LazyLock<Statements> = LazyLock::new(Statements::of::<sqlx::Postgres>);
+        &SQL
+    }
+}
+
+#[cfg(feature = "sqlite")]
+impl Dialect for sqlx::Sqlite {
+    const BACKEND: &'static str = "sqlite";
+    const NOW_MS: &'static str = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)";
+    const NEXT_VERSION: &'static str = "(random() & 9223372036854775807)";
+
+    fn migrator() -> Migrator {
+        let mut m = sqlx::migrate!("./migrations/sqlite");
+        m.dangerous_set_table_name(MIGRATIONS_TABLE);
+        m
+    }
+
+    fn rows_affected(result: &sqlx::sqlite::SqliteQueryResult) -> u64 {
+        result.rows_affected()
+    }
+
+    fn statements() -> &'static Statements {
+        static SQL: LazyLock<Statements> = LazyLock::new(Statements::of::<sqlx::Sqlite>);
+        &SQL
+    }
+}
+
+/// The SQL of every operation for one dialect. Parameters are `$n` in both databases.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct Statements {
+    get: String,
+    overwrite: String,
+    create: String,
+    update: String,
+    delete: String,
+    delete_if: String,
+    touch: String,
+    purge: String,
+    clock: String,
+}
+
+impl Statements {
+    fn of<D: Dialect>() -> Self {
+        let (now, next) = (D::NOW_MS, D::NEXT_VERSION);
+        let live = format!("(expires_at IS NULL OR expires_at > {now})");
+        let expiry = format!("CASE WHEN $3 IS NULL THEN NULL ELSE {now} + $3 END");
+        let insert = format!(
+            "INSERT INTO larder_kv (key, value, version, expires_at) VALUES ($1, $2, {next}, \
+             {expiry}) ON CONFLICT (key) DO UPDATE SET value = excluded.value, \
+             version = excluded.version, expires_at = excluded.expires_at"
+        );
+        Statements {
+            get: format!("SELECT value, version FROM larder_kv WHERE key = $1 AND {live}"),
+            overwrite: format!("{insert} RETURNING version"),
+            // Create-only replaces a row only if it has expired.
+            create: format!(
+                "{insert} WHERE larder_kv.expires_at IS NOT NULL \
+                 AND larder_kv.expires_at <= {now} RETURNING version"
+            ),
+            update: format!(
+                "UPDATE larder_kv SET value = $2, version = {next}, expires_at = {expiry} \
+                 WHERE key = $1 AND version = $4 AND {live} RETURNING version"
+            ),
+            delete: format!("DELETE FROM larder_kv WHERE key = $1 AND {live}"),
+            delete_if: format!("DELETE FROM larder_kv WHERE key = $1 AND version = $2 AND {live}"),
+            touch: format!(
+                "UPDATE larder_kv SET expires_at = CASE WHEN $1 IS NULL THEN NULL ELSE {now} + $1 END \
+                 WHERE key = $2 AND {live}"
+            ),
+            purge: format!(
+                "DELETE FROM larder_kv WHERE key IN (SELECT key FROM larder_kv \
+                 WHERE expires_at IS NOT NULL AND expires_at <= {now} LIMIT $1)"
+            ),
+            clock: format!("SELECT {now}"),
+        }
+    }
+}
+
+/// The connection pool and one method per statement, for any [`Dialect`].
+#[derive(Debug)]
+pub(crate) struct Core<DB: Database> {
+    pub(crate) pool: Pool<DB>,
+}
+
+impl<DB: Database> Clone for Core<DB> {
+    fn clone(&self) -> Self {
+        Core {
+            pool: self.pool.clone(),
+        }
+    }
+}
+
+/// A TTL as the milliseconds the SQL adds to the database clock.
+fn ttl_ms(ttl: Option<Ttl>) -> Option<i64> {
+    ttl.map(|t| i64::try_from(t.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn version(raw: i64) -> Version {
+    Version::from_raw(raw as u64)
+}
+
+// What sqlx needs to run these statements on `DB`; PostgreSQL and SQLite provide all of it.
+impl<DB> Core<DB>
+where
+    DB: Dialect,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> &'q [u8]: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> Option<i64>: Encode<'q, DB>,
+    for<'r> Vec<u8>: Decode<'r, DB> + Type<DB>,
+    usize: ColumnIndex<DB::Row>,
+{
+    pub(crate) async fn migrate(&self) -> Result<()> {
+        DB::migrator().run(&self.pool).await.map_err(|e| {
+            Error::new(
+                ErrorKind::Backend,
+                "running the larder_kv migrations failed",
+            )
+            .with_backend(DB::BACKEND)
+            .with_source(e)
+        })
+    }
+
+    pub(crate) async fn get(&self, key: &Key) -> Result<Option<Entry>> {
+        let row: Option<(Vec<u8>, i64)> = sqlx::query_as(DB::statements().get.as_str())
+            .bind(key.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| db_error(DB::BACKEND, "get", e))?;
+        Ok(row.map(|(value, v)| Entry::new(value, version(v))))
+    }
+
+    /// One statement writes or refuses; a refusal reads what is stored to put it in the
+    /// conflict (read right after the refused write: it may already have moved on again).
+    pub(crate) async fn put(
+        &self,
+        key: &Key,
+        value: &Bytes,
+        ttl: Option<Ttl>,
+        mode: PutMode,
+    ) -> Result<Version> {
+        let sql = DB::statements();
+        let query = match mode {
+            PutMode::Overwrite => sqlx::query_as(sql.overwrite.as_str()),
+            PutMode::Create => sqlx::query_as(sql.create.as_str()),
+            PutMode::Update(_) => sqlx::query_as(sql.update.as_str()),
+        }
+        .bind(key.as_str())
+        .bind(&value[..])
+        .bind(ttl_ms(ttl));
+        let query = match mode {
+            PutMode::Update(expected) => query.bind(expected.into_raw() as i64),
+            PutMode::Overwrite | PutMode::Create => query,
+        };
+        let written: Option<(i64,)> = query
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| db_error(DB::BACKEND, "put", e))?;
+        match written {
+            Some((v,)) => Ok(version(v)),
+            None => Err(conflict(
+                DB::BACKEND,
+                matches!(mode, PutMode::Create),
+                self.get(key).await?,
+            )),
+        }
+    }
+
+    pub(crate) async fn delete(&self, key: &Key) -> Result<bool> {
+        let done = sqlx::query(DB::statements().delete.as_str())
+            .bind(key.as_str())
+            .execute(&self.pool)
+            .await
+            .map_err(|e| db_error(DB::BACKEND, "delete", e))?;
+        Ok(DB::rows_affected(&done) > 0)
+    }
+
+    pub(crate) async fn delete_if(&self, key: &Key, expected: Version) -> Result<bool> {
+        let done = sqlx::query(DB::statements().delete_if.as_str())
+            .bind(key.as_str())
+            .bind(expected.into_raw() as i64)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| db_error(DB::BACKEND, "delete", e))?;
+        if DB::rows_affected(&done) > 0 {
+            return Ok(true);
+        }
+        Err(conflict(DB::BACKEND, false, self.get(key).await?))
+    }
+
+    pub(crate) async fn touch(&self, key: &Key, ttl: Option<Ttl>) -> Result<bool> {
+        let done = sqlx::query(DB::statements().touch.as_str())
+            .bind(ttl_ms(ttl))
+            .bind(key.as_str())
+            .execute(&self.pool)
+            .await
+            .map_err(|e| db_error(DB::BACKEND, "touch", e))?;
+        Ok(DB::rows_affected(&done) > 0)
+    }
+
+    pub(crate) async fn purge_expired(&self, batch: u32) -> Result<u64> {
+        let batch = u64::from(batch.max(1));
+        let mut total = 0;
+        loop {
+            let done = sqlx::query(DB::statements().purge.as_str())
+                .bind(batch as i64)
+                .execute(&self.pool)
+                .await
+                .map_err(|e| db_error(DB::BACKEND, "purge", e))?;
+            let n = DB::rows_affected(&done);
+            total += n;
+            if n < batch {
+                return Ok(total);
+            }
+        }
+    }
+
+    pub(crate) async fn now_ms(&self) -> Result<i64> {
+        let (now,): (i64,) = sqlx::query_as(DB::statements().clock.as_str())
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| db_error(DB::BACKEND, "clock", e))?;
+        Ok(now)
+    }
+}

@@ -1,0 +1,46 @@
+//! How database errors map onto larder's [`Error`].
+
+use larder_cache_api::{Entry, Error, ErrorKind};
+
+/// Maps a database error of operation `op`: connection trouble is
+/// [`Unavailable`](ErrorKind::Unavailable) (retryable), the rest
+/// [`Backend`](ErrorKind::Backend); the sqlx error is kept as the source.
+pub(crate) fn db_error(backend: &'static str, op: &'static str, e: sqlx::Error) -> Error {
+    let kind = match &e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => ErrorKind::Unavailable,
+        _ => ErrorKind::Backend,
+    };
+    Error::new(kind, format!("{op} failed"))
+        .with_backend(backend)
+        .with_source(e)
+}
+
+/// The [`Conflict`](ErrorKind::Conflict) of a refused write: a create-only write that found
+/// the key live, or a conditional write or delete that found another version (or nothing).
+pub(crate) fn conflict(backend: &'static str, create: bool, current: Option<Entry>) -> Error {
+    let msg = match (create, &current) {
+        (true, _) => "key already exists",
+        (false, Some(_)) => "stored version differs",
+        (false, None) => "key is absent",
+    };
+    Error::conflict(msg, current).with_backend(backend)
+}
+
+/// A URL this backend cannot use.
+pub(crate) fn config(message: impl Into<std::borrow::Cow<'static, str>>) -> Error {
+    Error::new(ErrorKind::Config, message)
+}
+
+/// A fencing token the database cannot store (they are `BIGINT`).
+pub(crate) fn token_too_large(backend: &'static str) -> Error {
+    Error::new(
+        ErrorKind::Config,
+        "fencing token too large for the database",
+    )
+    .with_backend(backend)
+}
