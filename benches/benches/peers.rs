@@ -471,7 +471,9 @@ async fn drive(client: &reqwest::Client, base: &str, cookies: &[String], op: Op)
                 while n < MAX_REQUESTS_PER_CLIENT && Instant::now() < end {
                     let req = match op {
                         Op::Read => client.get(format!("{base}/read")),
-                        Op::Write => client.post(format!("{base}/write")).body(format!("v{c}-{n}")),
+                        Op::Write => client
+                            .post(format!("{base}/write"))
+                            .body(format!("v{c}-{n}")),
                     };
                     let t = Instant::now();
                     let good = ok(req.header("cookie", &cookie)).await;

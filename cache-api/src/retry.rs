@@ -115,7 +115,11 @@ mod tests {
     #[test]
     fn pauses_are_bounded_by_the_cap() {
         let mut b = Backoff::new(Duration::from_millis(1), Duration::from_millis(20));
-        assert_eq!(b.next_pause(), Duration::ZERO, "no pause before the first attempt");
+        assert_eq!(
+            b.next_pause(),
+            Duration::ZERO,
+            "no pause before the first attempt"
+        );
         for a in 1..100 {
             b.attempt = a;
             assert!(b.next_pause() <= Duration::from_millis(20));
@@ -127,7 +131,8 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread", start_paused = true)]
     async fn attempts_and_deadline_end_the_loop() {
-        let mut b = Backoff::new(Duration::from_millis(1), Duration::from_millis(8)).max_attempts(3);
+        let mut b =
+            Backoff::new(Duration::from_millis(1), Duration::from_millis(8)).max_attempts(3);
         let mut n = 0;
         while b.next_attempt().await {
             n += 1;

@@ -485,7 +485,11 @@ impl Session {
     /// Moves the expiry to `wanted` (expiry only: no data rewrite, no cache write) if that
     /// gains at least `touch_after` of the TTL.
     pub(crate) async fn touch_until(&mut self, wanted: Timestamp) -> Result<()> {
-        if !self.manager.config.touch_due(self.record.expires_at, wanted) {
+        if !self
+            .manager
+            .config
+            .touch_due(self.record.expires_at, wanted)
+        {
             return Ok(());
         }
         match self.manager.store.touch(&self.record.id, wanted).await? {

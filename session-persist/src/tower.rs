@@ -203,7 +203,12 @@ impl TowerStore {
     }
 
     /// Replays `changes` (already applied in `record`) with the request's expiry.
-    async fn commit(&self, record: Record, changes: Vec<Change>, exp: Timestamp) -> TowerResult<()> {
+    async fn commit(
+        &self,
+        record: Record,
+        changes: Vec<Change>,
+        exp: Timestamp,
+    ) -> TowerResult<()> {
         let touch_only = changes.is_empty();
         let mut s = self.manager.replay(record, changes);
         let res = if touch_only {
@@ -327,11 +332,12 @@ impl tower_sessions::SessionStore for TowerStore {
                 .filter(|k| encoded.get_raw(k).is_none())
                 .map(|k| Change::Remove(k.to_owned()))
                 .collect();
-            changes.extend(
-                encoded
-                    .keys()
-                    .map(|k| Change::Set(k.to_owned(), encoded.get_raw(k).unwrap_or_default().to_vec())),
-            );
+            changes.extend(encoded.keys().map(|k| {
+                Change::Set(
+                    k.to_owned(),
+                    encoded.get_raw(k).unwrap_or_default().to_vec(),
+                )
+            }));
             changes.push(Change::Principal(principal));
             for c in &changes {
                 c.apply(&mut base).map_err(to_tower_error)?;
