@@ -13,9 +13,9 @@ mod store;
 mod tower;
 mod write_through;
 
-pub use expiry::{expiry_task, EXPIRY_TASK};
 #[cfg(feature = "axum")]
 pub use axum::{AtomicSession, SessionError};
+pub use expiry::EXPIRY_TASK;
 pub use handle::{ConflictPolicy, Session, SessionConfig, SessionManager, ValueFormat};
 pub use id::{IdHash, IdSource, OsRandom, SessionId};
 pub use record::{Record, SessionData, Timestamp};

@@ -23,19 +23,11 @@ async fn sqlite_kv() -> DynBackend {
 }
 
 mod postgres_kv {
-    larder_cache_api::conformance_suite!(super::postgres_kv);
+    larder_coord::conformance_suite!(super::postgres_kv);
 }
 
 mod sqlite_kv {
-    larder_cache_api::conformance_suite!(super::sqlite_kv);
-}
-
-mod postgres_lease {
-    larder_cache_api::lease_suite!(super::postgres_kv);
-}
-
-mod sqlite_lease {
-    larder_cache_api::lease_suite!(super::sqlite_kv);
+    larder_coord::conformance_suite!(super::sqlite_kv);
 }
 
 #[tokio::test]

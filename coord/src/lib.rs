@@ -1,11 +1,4 @@
-//! Coordination across processes, built only on the compare-and-swap contract: leases with
-//! fencing tokens, an elector for singleton work, and periodic tasks claimed once per period.
-//!
-//! It runs on any backend whose [`Capabilities`](crate::Capabilities) declare linearizable
-//! compare-and-swap with versions that never repeat: the PostgreSQL and SQLite stores of
-//! `larder-session-persist` (the database enforces it), single-node Redis, and, within one
-//! process, memory and sled. memcached is refused with a clear error (it may evict, and its
-//! CAS counter restarts with the server).
+#![doc = include_str!("../README.md")]
 //!
 //! # Guarantees, and what each one assumes
 //!
@@ -33,12 +26,16 @@ mod clock;
 mod elector;
 mod holder;
 mod lease;
+mod random;
 mod task;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use elector::{Elector, Role, Term};
 pub use holder::HolderId;
-pub use lease::{check_backend, Held, Lease, LeaseConfig, LeaseRecord};
+pub use lease::{check_backend, check_capabilities, Held, Lease, LeaseConfig, LeaseRecord};
 pub use task::{
     Candidacy, Claim, RunContext, RunInfo, RunMode, Schedule, Scheduler, SchedulerConfig,
     TaskRecord, TaskSpec, TaskStatus,
