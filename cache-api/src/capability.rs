@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::{Error, PutMode, Result};
+use crate::{Error, Key, PutMode, Result};
 
 /// What a backend offers and how it behaves, declared once by the backend.
 ///
@@ -33,6 +33,11 @@ pub struct Capabilities {
     pub ttl_precision: Duration,
     /// Largest value in bytes that `put` accepts.
     pub max_value_size: usize,
+    /// Longest key in bytes that every operation accepts: [`Key::MAX_LEN`] for a store, less
+    /// behind a layer that adds to keys ([`Namespace`](crate::layer::Namespace) puts its
+    /// prefix in front). Longer keys are refused with
+    /// [`ErrorKind::InvalidKey`](crate::ErrorKind::InvalidKey).
+    pub max_key_len: usize,
 }
 
 impl Capabilities {
@@ -48,6 +53,7 @@ impl Capabilities {
             shared: false,
             ttl_precision: Duration::from_millis(1),
             max_value_size: 1024 * 1024,
+            max_key_len: Key::MAX_LEN,
         }
     }
 
@@ -71,6 +77,23 @@ impl Capabilities {
     pub fn check_touch(&self) -> Result<()> {
         if !self.touch {
             return Err(Error::unsupported("touch").with_backend(self.name));
+        }
+        Ok(())
+    }
+
+    /// `Err(InvalidKey)` if `key` is longer than [`max_key_len`](Self::max_key_len).
+    pub fn check_key_len(&self, key: &Key) -> Result<()> {
+        if key.len() > self.max_key_len {
+            return Err(Error::new(
+                crate::ErrorKind::InvalidKey,
+                format!(
+                    "key is {} bytes; {} accepts at most {}",
+                    key.len(),
+                    self.name,
+                    self.max_key_len
+                ),
+            )
+            .with_backend(self.name));
         }
         Ok(())
     }
