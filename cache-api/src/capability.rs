@@ -8,12 +8,16 @@ use crate::{Error, Key, PutMode, Result};
 ///
 /// The conformance suite tests every declared capability and checks that every undeclared
 /// one is refused with [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported).
-/// Coordination uses [`linearizable_cas`](Capabilities::linearizable_cas) and
-/// [`may_evict`](Capabilities::may_evict) to refuse backends that cannot fence.
+/// Coordination (`larder-coord`) refuses backends that cannot fence by
+/// [`linearizable_cas`](Capabilities::linearizable_cas), and says in its refusal whether the
+/// store [`may_evict`](Capabilities::may_evict) or is not
+/// [`persistent`](Capabilities::persistent). Every such question is answered here, never by
+/// comparing [`name`](Capabilities::name).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Capabilities {
-    /// Short backend name, used in errors and metrics (`"memory"`, `"redis"`, ...).
+    /// Short backend name, used in errors and metrics (`"memory"`, `"redis"`, ...); for
+    /// readers only, never to decide behaviour.
     pub name: &'static str,
     /// Conditional writes: [`PutMode::Create`], [`PutMode::Update`] and
     /// [`DeleteMode::IfVersion`](crate::DeleteMode::IfVersion).
