@@ -25,7 +25,9 @@
 //!   assumes the backend keeps the record: a backend that declares
 //!   [`may_evict`](larder_cache_api::Capabilities::may_evict) is accepted when its CAS is
 //!   linearizable (memory, Redis), so size it, or configure Redis with
-//!   `maxmemory-policy noeviction` and persistence, so the records are never evicted.
+//!   `maxmemory-policy noeviction` and persistence, so the records are never evicted. Nor
+//!   delete them yourself: invalidating a `Namespace` forgets every record in it, so keep
+//!   coordination outside namespaces you invalidate.
 //! * **One holder at a time** ([`Lease`], [`Elector`]): a candidate takes over only after
 //!   seeing the record unchanged for a whole lease by its own monotonic clock, and a holder
 //!   stops acting once its renew deadline passes without a renewal (which is shorter than
