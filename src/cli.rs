@@ -29,10 +29,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use larder_cache_api::coord::{
+use larder_cache_api::{Cache, DynBackend, Error, ErrorKind, Key, Result, Ttl};
+use larder_coord::{
     Candidacy, HolderId, LeaseRecord, RunInfo, Schedule, Scheduler, SchedulerConfig, TaskSpec,
 };
-use larder_cache_api::{Cache, DynBackend, Error, ErrorKind, Key, Result, Ttl};
 use larder_session_persist::{CachedStore, PgStore, SessionStore, SqliteStore, EXPIRY_TASK};
 
 /// The parsed command line. Build it with [`parse`]; run it with [`execute`].
@@ -618,7 +618,7 @@ async fn cache_stats(cli: &Cli) -> Result<String> {
     let _ = writeln!(
         out,
         "coordination       {}",
-        match larder_cache_api::coord::check_backend(&backend) {
+        match larder_coord::check_backend(&backend) {
             Ok(()) => "yes (leases and periodic tasks)".to_owned(),
             Err(e) => format!("no: {}", e.message()),
         }

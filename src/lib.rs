@@ -3,6 +3,11 @@
 
 pub use larder_cache_api::*;
 
+/// Coordination across processes: leases with fencing tokens, an elector, periodic tasks
+/// claimed once per period (the `larder-coord` crate; feature `cron` adds cron schedules).
+#[doc(inline)]
+pub use larder_coord as coord;
+
 /// Backends compiled into this build, one module per Cargo feature.
 pub mod backends {
     /// memcached, one or many servers (feature `memcached`).
@@ -23,10 +28,8 @@ pub mod backends {
     pub use larder_backend_sql as sql;
 }
 
-/// Sessions whose authority is SQL, with write-through caching (features `postgres`,
-/// `sqlite`, `tower-sessions`, `axum`).
 #[cfg(any(feature = "postgres", feature = "sqlite", feature = "tower-sessions"))]
-pub use larder_session_persist as sessions;
+pub mod sessions;
 
 /// The operator command line `larder` (feature `cli`).
 #[cfg(feature = "cli")]

@@ -1,4 +1,4 @@
-//! The whole conformance suite against the memory backend.
+//! The whole conformance suite against the memory backend, coordination cases included.
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
@@ -11,9 +11,5 @@ async fn backend() -> DynBackend {
 }
 
 mod memory {
-    larder_cache_api::conformance_suite!(super::backend);
-}
-
-mod memory_lease {
-    larder_cache_api::lease_suite!(super::backend);
+    larder_coord::conformance_suite!(super::backend);
 }

@@ -1,5 +1,5 @@
 //! Coordination on PostgreSQL, SQLite and Redis: lease acquire and renew
-//! (`larder_cache_api::coord::Lease`) beside the raw compare-and-swap doing the same write on
+//! (`larder_coord::Lease`) beside the raw compare-and-swap doing the same write on
 //! the same backend, and the latency of claiming a period (`Scheduler::claim`).
 //!
 //! Backends: the `larder_kv` table (`larder-backend-sql`) of a fresh PostgreSQL schema
@@ -31,10 +31,10 @@ use std::time::{Duration, Instant};
 use criterion::Criterion;
 use larder_backend_redis::RedisBackend;
 use larder_benches::harness::{self, alternate, report};
-use larder_cache_api::coord::{
+use larder_cache_api::{Bytes, DynBackend, Key, PutMode};
+use larder_coord::{
     Held, HolderId, Lease, LeaseConfig, ManualClock, Schedule, Scheduler, SchedulerConfig, TaskSpec,
 };
-use larder_cache_api::{Bytes, DynBackend, Key, PutMode};
 use larder_tests::server::ServerProcess;
 use redis::aio::MultiplexedConnection;
 use redis::{IntoConnectionInfo, Value};

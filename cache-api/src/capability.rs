@@ -2,18 +2,22 @@
 
 use std::time::Duration;
 
-use crate::{Error, PutMode, Result};
+use crate::{Error, Key, PutMode, Result};
 
 /// What a backend offers and how it behaves, declared once by the backend.
 ///
 /// The conformance suite tests every declared capability and checks that every undeclared
 /// one is refused with [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported).
-/// Coordination uses [`linearizable_cas`](Capabilities::linearizable_cas) and
-/// [`may_evict`](Capabilities::may_evict) to refuse backends that cannot fence.
+/// Coordination (`larder-coord`) refuses backends that cannot fence by
+/// [`linearizable_cas`](Capabilities::linearizable_cas), and says in its refusal whether the
+/// store [`may_evict`](Capabilities::may_evict) or is not
+/// [`persistent`](Capabilities::persistent). Every such question is answered here, never by
+/// comparing [`name`](Capabilities::name).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Capabilities {
-    /// Short backend name, used in errors and metrics (`"memory"`, `"redis"`, ...).
+    /// Short backend name, used in errors and metrics (`"memory"`, `"redis"`, ...); for
+    /// readers only, never to decide behaviour.
     pub name: &'static str,
     /// Conditional writes: [`PutMode::Create`], [`PutMode::Update`] and
     /// [`DeleteMode::IfVersion`](crate::DeleteMode::IfVersion).
@@ -33,6 +37,11 @@ pub struct Capabilities {
     pub ttl_precision: Duration,
     /// Largest value in bytes that `put` accepts.
     pub max_value_size: usize,
+    /// Longest key in bytes that every operation accepts: [`Key::MAX_LEN`] for a store, less
+    /// behind a layer that adds to keys ([`Namespace`](crate::layer::Namespace) puts its
+    /// prefix in front). Longer keys are refused with
+    /// [`ErrorKind::InvalidKey`](crate::ErrorKind::InvalidKey).
+    pub max_key_len: usize,
 }
 
 impl Capabilities {
@@ -48,6 +57,7 @@ impl Capabilities {
             shared: false,
             ttl_precision: Duration::from_millis(1),
             max_value_size: 1024 * 1024,
+            max_key_len: Key::MAX_LEN,
         }
     }
 
@@ -71,6 +81,23 @@ impl Capabilities {
     pub fn check_touch(&self) -> Result<()> {
         if !self.touch {
             return Err(Error::unsupported("touch").with_backend(self.name));
+        }
+        Ok(())
+    }
+
+    /// `Err(InvalidKey)` if `key` is longer than [`max_key_len`](Self::max_key_len).
+    pub fn check_key_len(&self, key: &Key) -> Result<()> {
+        if key.len() > self.max_key_len {
+            return Err(Error::new(
+                crate::ErrorKind::InvalidKey,
+                format!(
+                    "key is {} bytes; {} accepts at most {}",
+                    key.len(),
+                    self.name,
+                    self.max_key_len
+                ),
+            )
+            .with_backend(self.name));
         }
         Ok(())
     }

@@ -5,7 +5,6 @@ mod backend;
 mod cache;
 mod capability;
 pub mod codec;
-pub mod coord;
 pub mod envelope;
 mod error;
 mod key;

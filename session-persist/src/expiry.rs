@@ -1,65 +1,7 @@
-//! Session expiry as a coordinated periodic task: one process sweeps per period, in batches.
+//! The name of the session-expiry task.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
-
-use larder_cache_api::coord::{Schedule, TaskSpec};
-
-use crate::store::SessionStore;
-
-/// The name of the expiry task in the scheduler and its status view.
+/// The name of the periodic task that sweeps expired sessions, in the scheduler and its
+/// status view. The task itself ([`SessionStore::sweep`](crate::SessionStore::sweep) run
+/// once per period across all processes) is built where sessions meet coordination:
+/// `larder::sessions::expiry_task` in the facade.
 pub const EXPIRY_TASK: &str = "larder.session-expiry";
-
-/// A periodic task that sweeps expired sessions and tombstones every `every`, in batches of
-/// `batch` rows. Add it to every process's [`Scheduler`](larder_cache_api::coord::Scheduler):
-/// each period is claimed by exactly one of them. `removed` counts the rows this process
-/// removed.
-///
-/// ```
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> larder_cache_api::Result<()> {
-/// # let dir = std::env::temp_dir().join(format!("larder-expiry-doc-{}", std::process::id()));
-/// # std::fs::create_dir_all(&dir).unwrap();
-/// use std::{sync::Arc, sync::atomic::AtomicU64, time::Duration};
-/// use larder_cache_api::coord::{HolderId, Scheduler, SchedulerConfig};
-/// use larder_backend_sql::SqliteKv;
-/// use larder_session_persist::{expiry_task, SqliteStore};
-///
-/// let sql = SqliteStore::open(&dir.join("s.db")).await?;
-/// // Coordination state lives in the same database, in the SQL backend's table.
-/// let kv = Arc::new(SqliteKv::open(&dir.join("s.db")).await?);
-/// let removed = Arc::new(AtomicU64::new(0));
-/// let scheduler = Scheduler::new(kv, HolderId::generate(), SchedulerConfig::default())?
-///     .with_task(expiry_task(Arc::new(sql), Duration::from_secs(60), 1000, removed))?;
-/// let claims = scheduler.tick().await?; // spawn() runs this in a loop
-/// assert_eq!(claims.len(), 1);
-/// # Ok(()) }
-/// ```
-pub fn expiry_task(
-    store: Arc<dyn SessionStore>,
-    every: Duration,
-    batch: u32,
-    removed: Arc<AtomicU64>,
-) -> TaskSpec {
-    TaskSpec::new(EXPIRY_TASK, Schedule::Every(every), move |ctx| {
-        let store = store.clone();
-        let removed = removed.clone();
-        async move {
-            match store.sweep(batch).await {
-                Ok(n) => {
-                    removed.fetch_add(n, Ordering::Relaxed);
-                    metrics::counter!("larder_session_swept_total").increment(n);
-                    tracing::info!(
-                        period = ctx.period,
-                        token = ctx.token,
-                        removed = n,
-                        "session sweep"
-                    );
-                    Ok(())
-                }
-                Err(e) => Err(e.to_string()),
-            }
-        }
-    })
-}

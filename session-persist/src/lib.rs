@@ -16,7 +16,7 @@ mod tower;
 #[cfg(feature = "axum")]
 pub use axum::{AtomicSession, SessionError};
 pub use cached_store::{CachedStore, WriteThroughSnapshot, WriteThroughStats};
-pub use expiry::{expiry_task, EXPIRY_TASK};
+pub use expiry::EXPIRY_TASK;
 pub use id::{IdHash, IdSource, OsRandom, SessionId};
 pub use record::{Record, SessionData, Timestamp};
 pub use session::{ConflictPolicy, Session, SessionConfig, SessionManager, ValueFormat};

@@ -7,10 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use larder::coord::{HolderId, Lease, LeaseConfig, Scheduler, SchedulerConfig};
+use larder::sessions::{expiry_task, CachedStore, PgStore, SessionData, SessionStore, Timestamp};
 use larder::{DynBackend, ErrorKind};
-use larder_session_persist::{
-    expiry_task, CachedStore, PgStore, SessionData, SessionStore, Timestamp,
-};
 use larder_tests::db;
 use larder_tests::server::ServerProcess;
 

@@ -1,5 +1,5 @@
-//! Periodic tasks with an injected clock, and the elector, on a real memory backend; the
-//! lease suite on every backend that qualifies for coordination.
+//! Periodic tasks with an injected clock, and the elector, on a real memory backend. (The
+//! lease cases of the conformance suite run on every backend, in its own test file.)
 #![allow(clippy::unwrap_used)]
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -322,7 +322,7 @@ async fn concurrent_claims_of_one_period_have_one_winner() {
 /// Session expiry runs as a coordinated task: three processes, one sweep per period.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_expiry_sweeps_once_per_period_across_processes() {
-    use larder_session_persist::{expiry_task, SessionData, SessionStore, Timestamp};
+    use larder::sessions::{expiry_task, SessionData, SessionStore, Timestamp};
     let (store, _schema) = larder_tests::db::pg_store().await;
     let kv: DynBackend = Arc::new(larder_tests::db::pg_kv_beside(&store).await);
     for _ in 0..25 {
@@ -377,7 +377,7 @@ async fn session_expiry_sweeps_once_per_period_across_processes() {
     );
     assert!(store.load(&live.id).await.unwrap().is_some());
     let status = nodes[2].status().await.unwrap();
-    assert_eq!(status[0].name, larder_session_persist::EXPIRY_TASK);
+    assert_eq!(status[0].name, larder::sessions::EXPIRY_TASK);
     assert_eq!(status[0].last_run.as_ref().unwrap().outcome, Some(Ok(())));
     assert!(status[0].next_due_ms.unwrap() > 42 * MIN);
 }

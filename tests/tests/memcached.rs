@@ -36,11 +36,11 @@ async fn ring() -> DynBackend {
 }
 
 mod memcached {
-    larder_cache_api::conformance_suite!(super::single);
+    larder_coord::conformance_suite!(super::single);
 }
 
 mod memcached_ring {
-    larder_cache_api::conformance_suite!(super::ring);
+    larder_coord::conformance_suite!(super::ring);
 }
 
 /// memcached may evict and restarts its CAS counter: coordination refuses it, clearly.

@@ -47,15 +47,11 @@ async fn cluster_backend() -> DynBackend {
 }
 
 mod redis {
-    larder_cache_api::conformance_suite!(super::single_backend);
-}
-
-mod redis_lease {
-    larder_cache_api::lease_suite!(super::single_backend);
+    larder_coord::conformance_suite!(super::single_backend);
 }
 
 mod redis_cluster {
-    larder_cache_api::conformance_suite!(super::cluster_backend);
+    larder_coord::conformance_suite!(super::cluster_backend);
 }
 
 fn key(tag: &str) -> Key {

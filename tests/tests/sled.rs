@@ -39,15 +39,11 @@ async fn blocking_backend() -> DynBackend {
 }
 
 mod sled {
-    larder_cache_api::conformance_suite!(super::default_backend);
+    larder_coord::conformance_suite!(super::default_backend);
 }
 
 mod sled_spawn_blocking {
-    larder_cache_api::conformance_suite!(super::blocking_backend);
-}
-
-mod sled_lease {
-    larder_cache_api::lease_suite!(super::default_backend);
+    larder_coord::conformance_suite!(super::blocking_backend);
 }
 
 fn k(s: &str) -> Key {

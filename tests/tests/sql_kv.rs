@@ -25,19 +25,11 @@ async fn sqlite_kv() -> DynBackend {
 }
 
 mod postgres_kv {
-    larder_cache_api::conformance_suite!(super::postgres_kv);
+    larder_coord::conformance_suite!(super::postgres_kv);
 }
 
 mod sqlite_kv {
-    larder_cache_api::conformance_suite!(super::sqlite_kv);
-}
-
-mod postgres_lease {
-    larder_cache_api::lease_suite!(super::postgres_kv);
-}
-
-mod sqlite_lease {
-    larder_cache_api::lease_suite!(super::sqlite_kv);
+    larder_coord::conformance_suite!(super::sqlite_kv);
 }
 
 #[tokio::test]
@@ -119,7 +111,11 @@ async fn postgres_sessions_and_kv_share_a_database_in_either_order() {
     ))
     .unwrap()
     .count();
-    assert_eq!(sessions.len(), files, "every session migration ran: {sessions:?}");
+    assert_eq!(
+        sessions.len(),
+        files,
+        "every session migration ran: {sessions:?}"
+    );
     assert_eq!(own.len(), 1, "{own:?}");
 
     // The store first, in an empty schema; then the sessions; then both again.

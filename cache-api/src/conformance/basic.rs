@@ -179,12 +179,12 @@ pub async fn touch_keeps_version_and_value(b: DynBackend) {
 }
 
 /// Stamps this module's cases into the current module; used by
-/// [`conformance_suite!`](crate::conformance_suite), which stamps every module.
+/// [`contract_cases!`](crate::contract_cases), which stamps every module.
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __conformance_basic {
     ($make:path) => {
-        $crate::conformance_suite!(@cases $make;
+        $crate::contract_cases!(@cases $make;
             basic::get_absent_is_none,
             basic::put_then_get_roundtrips,
             basic::overwrite_replaces_value_and_version,

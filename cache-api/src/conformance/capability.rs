@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::{key, put};
 use crate::layer::Restrict;
-use crate::{Bytes, DeleteMode, DynBackend, ErrorKind, PutMode, Ttl, Version};
+use crate::{Bytes, DeleteMode, DynBackend, ErrorKind, Key, PutMode, Ttl, Version};
 
 pub async fn capabilities_are_sane(b: DynBackend) {
     let c = b.capabilities();
@@ -17,6 +17,12 @@ pub async fn capabilities_are_sane(b: DynBackend) {
         c.max_value_size
     );
     assert!(!c.linearizable_cas || c.cas, "linearizable CAS implies CAS");
+    assert!(
+        (1..=Key::MAX_LEN).contains(&c.max_key_len),
+        "declared key limit {} is within 1..{}",
+        c.max_key_len,
+        Key::MAX_LEN
+    );
 }
 
 pub(crate) async fn assert_cas_refused(b: &DynBackend) {
@@ -64,6 +70,7 @@ pub async fn undeclared_capabilities_are_refused(b: DynBackend) {
     less.linearizable_cas = false;
     less.touch = false;
     less.max_value_size = 1024;
+    less.max_key_len = less.max_key_len.min(100);
     let r: DynBackend = Arc::new(Restrict::new(b.clone(), less).unwrap());
     assert_cas_refused(&r).await;
     assert_touch_refused(&r).await;
@@ -77,26 +84,43 @@ pub async fn undeclared_capabilities_are_refused(b: DynBackend) {
         .await
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::ValueTooLarge);
+    let long = Key::new(format!("{}{}", key("restricted-long"), "k".repeat(100))).unwrap();
+    let e = r
+        .put(&long, Bytes::from_static(b"x"), None, PutMode::Overwrite)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidKey, "{e}");
+    assert_eq!(
+        r.get(&long).await.unwrap_err().kind(),
+        ErrorKind::InvalidKey
+    );
     // Overwrite is always offered.
     let k = key("restricted-ok");
     let v: Version = put(&r, &k, b"ok").await;
     assert_eq!(b.get(&k).await.unwrap().map(|e| e.version), Some(v));
-    let mut more = caps;
+    let mut more = caps.clone();
     more.max_value_size += 1;
     assert_eq!(
-        Restrict::new(b, more).unwrap_err().kind(),
+        Restrict::new(b.clone(), more).unwrap_err().kind(),
         ErrorKind::Config,
         "Restrict cannot widen"
+    );
+    let mut longer = caps;
+    longer.max_key_len += 1;
+    assert_eq!(
+        Restrict::new(b, longer).unwrap_err().kind(),
+        ErrorKind::Config,
+        "Restrict cannot widen the key limit"
     );
 }
 
 /// Stamps this module's cases into the current module; used by
-/// [`conformance_suite!`](crate::conformance_suite), which stamps every module.
+/// [`contract_cases!`](crate::contract_cases), which stamps every module.
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __conformance_capability {
     ($make:path) => {
-        $crate::conformance_suite!(@cases $make;
+        $crate::contract_cases!(@cases $make;
             capability::capabilities_are_sane,
             capability::undeclared_capabilities_are_refused,
         );

@@ -1,23 +1,24 @@
-//! The shared conformance suite: every backend runs every case.
+//! The shared conformance suite's contract cases: every backend runs every case.
 //!
 //! **Not a stable API**: cases are added as the contract is sharpened.
 //!
 //! Each case is a plain `async fn(DynBackend)` that panics on a violation. Cases use fresh
 //! random keys, so they run in parallel against one shared server. Timings derive from the
 //! backend's declared [`Capabilities::ttl_precision`](crate::Capabilities), so a
-//! second-precision backend gets second-scale TTLs. Capabilities a backend does not declare
-//! are checked for refusal ([`ErrorKind::Unsupported`](crate::ErrorKind)), never skipped.
+//! second-precision backend gets second-scale TTLs. Each case reads the declared
+//! capabilities and decides what to check: a capability a backend does not declare is
+//! checked for refusal ([`ErrorKind::Unsupported`](crate::ErrorKind)), never skipped.
 //!
-//! Stamp the suite into a backend's tests with [`conformance_suite!`](crate::conformance_suite),
-//! which makes one `#[tokio::test]` per case (the crate needs `tokio` with the `macros` and
-//! `rt-multi-thread` features as a dev-dependency):
+//! Backends stamp the whole suite (these cases and the coordination cases of
+//! `larder-coord`) into their tests with one macro, `larder_coord::conformance_suite!`
+//! (feature `conformance` of `larder-coord`), which makes one `#[tokio::test]` per case:
 //!
 //! ```text
 //! async fn backend() -> larder_cache_api::DynBackend {
 //!     std::sync::Arc::new(MyBackend::connect("...").await.unwrap())
 //! }
 //! mod my_backend {
-//!     larder_cache_api::conformance_suite!(super::backend);
+//!     larder_coord::conformance_suite!(super::backend);
 //! }
 //! ```
 #![allow(clippy::unwrap_used, missing_docs)]
@@ -33,7 +34,6 @@ pub mod capability;
 pub mod cas;
 pub mod envelope;
 pub mod keys;
-pub mod lease;
 pub mod namespace;
 pub mod ttl;
 pub mod typed;
@@ -75,12 +75,14 @@ pub async fn value(b: &DynBackend, key: &Key) -> Option<Bytes> {
         .map(|e| e.value)
 }
 
-/// Stamps every case of the suite into the current module as a `#[tokio::test]`.
+/// Stamps every contract case into the current module as a `#[tokio::test]`; used by
+/// `larder_coord::conformance_suite!`, which adds the coordination cases (call that one).
 ///
 /// `$make` is the path of an `async fn() -> DynBackend`, called once per case. Each module
 /// of the suite lists its own cases next to them (a hidden macro per module).
+#[doc(hidden)]
 #[macro_export]
-macro_rules! conformance_suite {
+macro_rules! contract_cases {
     ($make:path) => {
         $crate::__conformance_basic!($make);
         $crate::__conformance_cas!($make);

@@ -95,17 +95,35 @@ pub async fn key_too_long_after_prefix_rejected(b: DynBackend) {
     );
 }
 
+/// Invalidation is a delete of every entry: a version read before it is never accepted after
+/// it, even for the same key written again.
+pub async fn versions_not_reused_across_invalidation(b: DynBackend) {
+    let ns = Arc::new(Namespace::new(b.clone(), &ns_name()).unwrap());
+    let cache = Cache::new(ns.clone());
+    let k = key("ns-aba");
+    let old = cache.set(&k, &1u32, None).await.unwrap();
+    ns.invalidate().await.unwrap();
+    let new = cache.set(&k, &1u32, None).await.unwrap();
+    assert_ne!(old, new, "a version is never handed out twice for a key");
+    if b.capabilities().cas {
+        let e = cache.replace(&k, &2u32, None, old).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Conflict);
+        assert_eq!(cache.get::<u32>(&k).await.unwrap(), Some(1));
+    }
+}
+
 /// Stamps this module's cases into the current module; used by
-/// [`conformance_suite!`](crate::conformance_suite), which stamps every module.
+/// [`contract_cases!`](crate::contract_cases), which stamps every module.
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __conformance_namespace {
     ($make:path) => {
-        $crate::conformance_suite!(@cases $make;
+        $crate::contract_cases!(@cases $make;
             namespace::namespaces_are_isolated,
             namespace::invalidate_hides_old_entries,
             namespace::invalidation_seen_by_other_handle,
             namespace::key_too_long_after_prefix_rejected,
+            namespace::versions_not_reused_across_invalidation,
         );
     };
 }

@@ -14,6 +14,12 @@ use crate::{
 /// Puts every key under `name:<generation>:` and invalidates the whole namespace in O(1)
 /// by changing the generation.
 ///
+/// The prefix takes room from the key: the layer declares
+/// [`Capabilities::max_key_len`] as the backend's minus the prefix (the name, two `:` and
+/// the generation written as 16 hex digits, so the room is the same in every generation),
+/// and refuses longer keys with [`ErrorKind::InvalidKey`]. Every other capability is the
+/// backend's.
+///
 /// The generation is a random 64-bit number stored in the backend under `name:gen`, so
 /// every process sharing the backend shares it. Invalidation writes a new random number:
 /// entries under the old prefix become unreachable and expire or are evicted in their own
@@ -41,6 +47,7 @@ use crate::{
 /// ```
 pub struct Namespace {
     inner: DynBackend,
+    caps: Capabilities,
     name: String,
     gen_key: Key,
     refresh: Duration,
@@ -61,6 +68,9 @@ impl Namespace {
     /// Longest namespace name, so that keys keep room under the 250-byte limit.
     pub const MAX_NAME_LEN: usize = 64;
 
+    /// Bytes a prefix adds besides the name: `:`, 16 hex digits of generation, `:`.
+    const PREFIX_OVERHEAD: usize = 18;
+
     /// A namespace `name` (a valid key of at most 64 bytes, without `:`) over `inner`.
     pub fn new(inner: DynBackend, name: &str) -> Result<Self> {
         if name.len() > Self::MAX_NAME_LEN || name.contains(':') {
@@ -73,9 +83,24 @@ impl Namespace {
             ));
         }
         Key::new(name)?;
+        let mut caps = inner.capabilities().clone();
+        caps.max_key_len = caps
+            .max_key_len
+            .checked_sub(name.len() + Self::PREFIX_OVERHEAD)
+            .filter(|&n| n > 0)
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::InvalidKey,
+                    format!(
+                        "namespace {name:?} leaves no room for keys under the backend's limit of {} bytes",
+                        caps.max_key_len
+                    ),
+                )
+            })?;
         Ok(Namespace {
             gen_key: Key::new(format!("{name}:gen"))?,
             inner,
+            caps,
             name: name.to_owned(),
             refresh: Duration::from_secs(1),
             current: Mutex::new(None),
@@ -109,7 +134,7 @@ impl Namespace {
     }
 
     fn prefix_for(&self, gen: u64) -> String {
-        format!("{}:{gen:x}:", self.name)
+        format!("{}:{gen:016x}:", self.name)
     }
 
     async fn prefix(&self) -> Result<String> {
@@ -165,7 +190,26 @@ impl Namespace {
         }
     }
 
+    /// Refuses keys that would not fit once prefixed, the same in every generation.
+    fn check_key_len(&self, key: &Key) -> Result<()> {
+        if key.len() > self.caps.max_key_len {
+            return Err(Error::new(
+                ErrorKind::InvalidKey,
+                format!(
+                    "key is {} bytes; prefixed for namespace {:?} it would pass the backend's \
+                     limit: at most {} bytes fit (use Key::hashed for long keys)",
+                    key.len(),
+                    self.name,
+                    self.caps.max_key_len
+                ),
+            )
+            .with_backend(self.caps.name));
+        }
+        Ok(())
+    }
+
     async fn key(&self, key: &Key) -> Result<Key> {
+        self.check_key_len(key)?;
         key.prefixed(&self.prefix().await?)
     }
 }
@@ -174,7 +218,7 @@ impl Namespace {
 #[deny(clippy::missing_trait_methods)]
 impl CacheBackend for Namespace {
     fn capabilities(&self) -> &Capabilities {
-        (*self.inner).capabilities()
+        &self.caps
     }
 
     async fn get(&self, key: &Key) -> Result<Option<Entry>> {
@@ -186,7 +230,10 @@ impl CacheBackend for Namespace {
         let prefix = self.prefix().await?;
         let keys = keys
             .iter()
-            .map(|k| k.prefixed(&prefix))
+            .map(|k| {
+                self.check_key_len(k)?;
+                k.prefixed(&prefix)
+            })
             .collect::<Result<Vec<_>>>()?;
         (*self.inner).get_many(&keys).await
     }
@@ -206,7 +253,10 @@ impl CacheBackend for Namespace {
         let prefix = self.prefix().await?;
         let items = items
             .iter()
-            .map(|(k, v)| Ok((k.prefixed(&prefix)?, v.clone())))
+            .map(|(k, v)| {
+                self.check_key_len(k)?;
+                Ok((k.prefixed(&prefix)?, v.clone()))
+            })
             .collect::<Result<Vec<_>>>()?;
         (*self.inner).put_many(&items, ttl).await
     }

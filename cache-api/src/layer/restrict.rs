@@ -44,7 +44,8 @@ impl Restrict {
             || (caps.shared && !have.shared)
             || (!caps.may_evict && have.may_evict)
             || caps.ttl_precision < have.ttl_precision
-            || caps.max_value_size > have.max_value_size;
+            || caps.max_value_size > have.max_value_size
+            || caps.max_key_len > have.max_key_len;
         if widens {
             return Err(Error::new(
                 ErrorKind::Config,
@@ -63,10 +64,14 @@ impl CacheBackend for Restrict {
     }
 
     async fn get(&self, key: &Key) -> Result<Option<Entry>> {
+        self.caps.check_key_len(key)?;
         (*self.inner).get(key).await
     }
 
     async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Entry>>> {
+        for k in keys {
+            self.caps.check_key_len(k)?;
+        }
         (*self.inner).get_many(keys).await
     }
 
@@ -77,19 +82,22 @@ impl CacheBackend for Restrict {
         ttl: Option<Ttl>,
         mode: PutMode,
     ) -> Result<Version> {
+        self.caps.check_key_len(key)?;
         self.caps.check_put_mode(mode)?;
         self.caps.check_value_size(value.len())?;
         (*self.inner).put(key, value, ttl, mode).await
     }
 
     async fn put_many(&self, items: &[(Key, Bytes)], ttl: Option<Ttl>) -> Result<Vec<Version>> {
-        for (_, v) in items {
+        for (k, v) in items {
+            self.caps.check_key_len(k)?;
             self.caps.check_value_size(v.len())?;
         }
         (*self.inner).put_many(items, ttl).await
     }
 
     async fn delete(&self, key: &Key, mode: DeleteMode) -> Result<bool> {
+        self.caps.check_key_len(key)?;
         if let DeleteMode::IfVersion(_) = mode {
             self.caps.check_conditional_delete()?;
         }
@@ -97,6 +105,7 @@ impl CacheBackend for Restrict {
     }
 
     async fn touch(&self, key: &Key, ttl: Option<Ttl>) -> Result<bool> {
+        self.caps.check_key_len(key)?;
         self.caps.check_touch()?;
         (*self.inner).touch(key, ttl).await
     }

@@ -40,6 +40,11 @@ impl TimeoutStats {
 /// Writes are never failed open: a write that did not happen is reported. An operation that
 /// timed out may still have taken effect ([`ErrorKind::Timeout`] says so).
 ///
+/// Fail-open reads suit caching, not coordination: compare-and-swap stays safe behind them
+/// (a write based on a read that failed open loses its race), but a record that could not be
+/// read looks absent, so a task scheduler would take a failed heartbeat for a run taken over.
+/// Put leases and schedulers on the backend, or on a `Timeout` without fail-open reads.
+///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> larder_cache_api::Result<()> {

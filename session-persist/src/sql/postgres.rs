@@ -33,7 +33,10 @@ impl SqlStore<Postgres> {
             .map_err(|_| {
                 Error::new(
                     ErrorKind::Config,
-                    format!("invalid PostgreSQL URL {}", larder_cache_api::url::redact(url)),
+                    format!(
+                        "invalid PostgreSQL URL {}",
+                        larder_cache_api::url::redact(url)
+                    ),
                 )
             })?;
         let pool = PgPoolOptions::new()

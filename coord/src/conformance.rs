@@ -1,13 +1,41 @@
-//! The lease suite: run on every backend that qualifies for coordination.
+//! The coordination cases of the shared conformance suite, and
+//! [`conformance_suite!`](crate::conformance_suite), the one macro that stamps the **whole** suite into a
+//! backend's tests: every case of `larder_cache_api::conformance` (the contract) and every
+//! case here.
+//!
+//! **Not a stable API**: cases are added as the contract is sharpened.
+//!
+//! Each case reads the backend's declared [`Capabilities`] and decides what to check: on a
+//! backend that declares linearizable compare-and-swap it exercises leases; on any other it
+//! checks that coordination refuses the backend with the documented
+//! [`ErrorKind::Unsupported`] error (see [`check_capabilities`](crate::check_capabilities)),
+//! never skipping silently.
+//!
+//! ```text
+//! async fn backend() -> larder_cache_api::DynBackend {
+//!     std::sync::Arc::new(MyBackend::connect("...").await.unwrap())
+//! }
+//! mod my_backend {
+//!     larder_coord::conformance_suite!(super::backend);
+//! }
+//! ```
+//!
+//! The crate using it needs `tokio` with the `macros` and `rt-multi-thread` features as a
+//! dev-dependency, and `larder-coord` with the `conformance` feature.
+#![allow(clippy::unwrap_used, missing_docs)]
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::coord::{check_backend, HolderId, Lease, LeaseConfig};
-use crate::layer::Restrict;
+use larder_cache_api::layer::Restrict;
+use larder_cache_api::{Cache, Capabilities, DynBackend, ErrorKind, Key};
+
 use crate::random::random_u64;
-use crate::{Cache, DynBackend, ErrorKind, Key};
+use crate::{check_backend, HolderId, Lease, LeaseConfig, Scheduler, SchedulerConfig};
+
+#[doc(hidden)]
+pub use larder_cache_api as __cache_api;
 
 /// Short timings so the suite runs in seconds.
 pub fn fast() -> LeaseConfig {
@@ -27,7 +55,54 @@ fn lease(b: &DynBackend, name: &str) -> Lease {
     Lease::new(b.clone(), name, HolderId::generate(), fast()).unwrap()
 }
 
+/// Whether the declaration allows coordination: linearizable compare-and-swap.
+pub fn coordinates(caps: &Capabilities) -> bool {
+    caps.cas && caps.linearizable_cas
+}
+
+/// Coordination refuses `b` with the documented error, built from its capabilities, and
+/// writes nothing.
+pub async fn assert_coordination_refused(b: &DynBackend) {
+    let caps = b.capabilities().clone();
+    let e = check_backend(b).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+    assert_eq!(e.backend(), Some(caps.name), "{e}");
+    let lacks = if caps.cas {
+        "not linearizable"
+    } else {
+        "no compare-and-swap"
+    };
+    assert!(e.message().contains(lacks), "says what is lacking: {e}");
+    if caps.may_evict {
+        assert!(e.message().contains("may evict"), "{e}");
+    }
+    if !caps.persistent {
+        assert!(e.message().contains("not persistent"), "{e}");
+    }
+    let n = name();
+    let l = Lease::new(b.clone(), &n, HolderId::generate(), fast());
+    assert_eq!(l.unwrap_err().kind(), ErrorKind::Unsupported);
+    let s = Scheduler::new(b.clone(), HolderId::generate(), SchedulerConfig::default());
+    assert_eq!(s.unwrap_err().kind(), ErrorKind::Unsupported);
+    let key = Key::new(format!("larder:lease:{n}")).unwrap();
+    assert!(
+        b.get(&key).await.unwrap().is_none(),
+        "a refusal writes nothing"
+    );
+}
+
+/// Runs the rest of the case only where the capabilities allow coordination; elsewhere
+/// checks the refusal instead.
+macro_rules! require_coordination {
+    ($b:expr) => {
+        if !coordinates($b.capabilities()) {
+            return assert_coordination_refused(&$b).await;
+        }
+    };
+}
+
 pub async fn lease_acquire_then_second_acquire_fails(b: DynBackend) {
+    require_coordination!(b);
     let n = name();
     let (a, c) = (lease(&b, &n), lease(&b, &n));
     let held = a
@@ -43,12 +118,14 @@ pub async fn lease_acquire_then_second_acquire_fails(b: DynBackend) {
 }
 
 pub async fn lease_names_are_independent(b: DynBackend) {
+    require_coordination!(b);
     let (n1, n2) = (name(), name());
     assert!(lease(&b, &n1).try_acquire().await.unwrap().is_some());
     assert!(lease(&b, &n2).try_acquire().await.unwrap().is_some());
 }
 
 pub async fn lease_expiry_then_takeover_with_higher_token(b: DynBackend) {
+    require_coordination!(b);
     let n = name();
     let (a, c) = (lease(&b, &n), lease(&b, &n));
     let first = a.try_acquire().await.unwrap().unwrap();
@@ -73,6 +150,7 @@ pub async fn lease_expiry_then_takeover_with_higher_token(b: DynBackend) {
 }
 
 pub async fn lease_renewal_keeps_it(b: DynBackend) {
+    require_coordination!(b);
     let n = name();
     let (a, c) = (lease(&b, &n), lease(&b, &n));
     let mut held = a.try_acquire().await.unwrap().unwrap();
@@ -89,6 +167,7 @@ pub async fn lease_renewal_keeps_it(b: DynBackend) {
 }
 
 pub async fn lease_renew_after_expiry_fails(b: DynBackend) {
+    require_coordination!(b);
     let n = name();
     let (a, c) = (lease(&b, &n), lease(&b, &n));
     let mut held = a.try_acquire().await.unwrap().unwrap();
@@ -103,6 +182,7 @@ pub async fn lease_renew_after_expiry_fails(b: DynBackend) {
 }
 
 pub async fn lease_release_then_reacquire_at_once(b: DynBackend) {
+    require_coordination!(b);
     let n = name();
     let (a, c) = (lease(&b, &n), lease(&b, &n));
     let held = a.try_acquire().await.unwrap().unwrap();
@@ -128,6 +208,7 @@ pub async fn lease_release_then_reacquire_at_once(b: DynBackend) {
 }
 
 pub async fn lease_stale_holder_renew_and_release_do_nothing(b: DynBackend) {
+    require_coordination!(b);
     let n = name();
     let (a, c) = (lease(&b, &n), lease(&b, &n));
     let mut stale = a.try_acquire().await.unwrap().unwrap();
@@ -151,6 +232,7 @@ pub async fn lease_stale_holder_renew_and_release_do_nothing(b: DynBackend) {
 /// 8 tasks × 100 increments, each made by a plain read and write while holding the lease:
 /// an exact count proves one holder at a time.
 pub async fn lease_guarded_increments_8_tasks_100_each(b: DynBackend) {
+    require_coordination!(b);
     let n = name();
     let counter = Key::new(format!("{n}-counter")).unwrap();
     let cache = Cache::new(b.clone());
@@ -189,18 +271,29 @@ pub async fn lease_guarded_increments_8_tasks_100_each(b: DynBackend) {
     assert_eq!(acquisitions.load(Ordering::SeqCst), 800);
 }
 
-pub async fn lease_refuses_backends_without_linearizable_cas(b: DynBackend) {
-    let mut caps = b.capabilities().clone();
-    caps.linearizable_cas = false;
-    let weak: DynBackend = Arc::new(Restrict::new(b.clone(), caps).unwrap());
-    let e = check_backend(&weak).unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::Unsupported);
-    assert!(Lease::new(weak, "x", HolderId::generate(), fast()).is_err());
-    assert!(
-        check_backend(&b).is_ok(),
-        "{} qualifies",
-        b.capabilities().name
-    );
+/// Coordination is allowed exactly where the capabilities say so: the backend as declared
+/// qualifies or is refused accordingly, and the same backend restricted to CAS that is not
+/// linearizable, or to no CAS at all, is always refused.
+pub async fn coordination_follows_capabilities(b: DynBackend) {
+    let caps = b.capabilities().clone();
+    if coordinates(&caps) {
+        assert!(check_backend(&b).is_ok(), "{} qualifies", caps.name);
+    } else {
+        assert_coordination_refused(&b).await;
+    }
+    let mut weak = caps.clone();
+    weak.linearizable_cas = false;
+    let weak: DynBackend = Arc::new(Restrict::new(b.clone(), weak).unwrap());
+    assert_coordination_refused(&weak).await;
+    let mut none = caps;
+    none.cas = false;
+    none.linearizable_cas = false;
+    let none: DynBackend = Arc::new(Restrict::new(b, none).unwrap());
+    assert_coordination_refused(&none).await;
+}
+
+/// Lease timings are validated whatever the backend.
+pub async fn lease_config_is_validated(_b: DynBackend) {
     for (l, r, p) in [(5, 5, 1), (5, 4, 4), (5, 4, 2), (0, 0, 0)] {
         let e = LeaseConfig::new(
             Duration::from_secs(l),
@@ -212,20 +305,36 @@ pub async fn lease_refuses_backends_without_linearizable_cas(b: DynBackend) {
     }
 }
 
-/// Stamps the lease suite into the current module.
+/// Stamps every case of the conformance suite into the current module as a
+/// `#[tokio::test]`: the contract's cases (`larder_cache_api::conformance`) and the
+/// coordination cases of this module. Each case picks what to check from the backend's
+/// declared capabilities.
+///
+/// `$make` is the path of an `async fn() -> DynBackend`, called once per case.
 #[macro_export]
-macro_rules! lease_suite {
+macro_rules! conformance_suite {
     ($make:path) => {
+        $crate::conformance::__cache_api::contract_cases!($make);
         $crate::conformance_suite!(@cases $make;
-            lease::lease_acquire_then_second_acquire_fails,
-            lease::lease_names_are_independent,
-            lease::lease_expiry_then_takeover_with_higher_token,
-            lease::lease_renewal_keeps_it,
-            lease::lease_renew_after_expiry_fails,
-            lease::lease_release_then_reacquire_at_once,
-            lease::lease_stale_holder_renew_and_release_do_nothing,
-            lease::lease_guarded_increments_8_tasks_100_each,
-            lease::lease_refuses_backends_without_linearizable_cas,
+            lease_acquire_then_second_acquire_fails,
+            lease_names_are_independent,
+            lease_expiry_then_takeover_with_higher_token,
+            lease_renewal_keeps_it,
+            lease_renew_after_expiry_fails,
+            lease_release_then_reacquire_at_once,
+            lease_stale_holder_renew_and_release_do_nothing,
+            lease_guarded_increments_8_tasks_100_each,
+            coordination_follows_capabilities,
+            lease_config_is_validated,
         );
+    };
+    (@cases $make:path; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let backend: $crate::conformance::__cache_api::DynBackend = $make().await;
+                $crate::conformance::$case(backend).await;
+            }
+        )*
     };
 }

@@ -11,10 +11,10 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use super::clock::{Clock, SystemClock};
-use super::holder::HolderId;
-use super::lease::{check_backend, LeaseConfig};
-use crate::{Cache, DynBackend, Error, ErrorKind, Key, Result, Version};
+use crate::clock::{Clock, SystemClock};
+use crate::holder::HolderId;
+use crate::lease::{check_backend, LeaseConfig};
+use larder_cache_api::{Cache, DynBackend, Error, ErrorKind, Key, Result, Version};
 
 /// When a task is due.
 #[derive(Clone)]
@@ -374,7 +374,7 @@ impl Scheduler {
         })
     }
 
-    /// Replaces the wall clock (tests inject a [`ManualClock`](super::ManualClock)).
+    /// Replaces the wall clock (tests inject a [`ManualClock`](crate::ManualClock)).
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
         self

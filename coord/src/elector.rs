@@ -7,7 +7,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::lease::Lease;
+use crate::lease::Lease;
 use crate::random::random_u64;
 
 /// A term of leadership.
@@ -49,7 +49,7 @@ impl Role {
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> larder_cache_api::Result<()> {
 /// use std::{sync::Arc, time::Duration};
-/// use larder_cache_api::coord::{Elector, HolderId, Lease, LeaseConfig};
+/// use larder_coord::{Elector, HolderId, Lease, LeaseConfig};
 /// # let backend: larder_cache_api::DynBackend = Arc::new(larder_backend_memory::MemoryBackend::default());
 /// let cfg = LeaseConfig::new(Duration::from_secs(3), Duration::from_secs(2), Duration::from_millis(500))?;
 /// let lease = Arc::new(Lease::new(backend, "reports", HolderId::generate(), cfg)?);

@@ -1,12 +1,19 @@
-//! Coordination across processes, built only on the compare-and-swap contract: leases with
-//! fencing tokens, an elector for singleton work, and periodic tasks claimed once per period.
+#![doc = include_str!("../README.md")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 //!
-//! It runs on any backend whose [`Capabilities`](crate::Capabilities) declare linearizable
-//! compare-and-swap with versions that never repeat: the SQL store of `larder-backend-sql`
-//! (recommended: the database enforces it and keeps every record; open it with
-//! `larder::connect("postgres://...")` or `connect("sqlite://path")`), single-node Redis,
-//! and, within one process, memory and sled. memcached is refused with a clear error (it
-//! may evict, and its CAS counter restarts with the server).
+//! # Which backends qualify
+//!
+//! Only the backend's declared [`Capabilities`](larder_cache_api::Capabilities) decide
+//! ([`check_capabilities`]): coordination needs compare-and-swap that is linearizable, with
+//! versions that never repeat for a key. [`Lease::new`] and [`Scheduler::new`] refuse any
+//! other backend with [`ErrorKind::Unsupported`](larder_cache_api::ErrorKind::Unsupported),
+//! and the message says what the capabilities lack (no CAS, CAS not linearizable) and what
+//! else makes the store a poor home for coordination records (it may evict entries, it is
+//! not persistent). Qualify: the SQL stores (`larder_kv` in PostgreSQL or SQLite, where the
+//! database enforces it), single-node Redis and, within one process, memory and sled.
+//! Refused: memcached (CAS counters restart with the server) and Redis Cluster
+//! (asynchronous failover). Open the SQL store with `larder::connect("postgres://...")` or
+//! `connect("sqlite://path")` (crate `larder-backend-sql`).
 //!
 //! # Guarantees, and what each one assumes
 //!
@@ -16,8 +23,12 @@
 //!   assumes only the backend's linearizable CAS.
 //! * **Tokens only grow**: every change of lease holder and every task claim increments a
 //!   token stored in a record that is never deleted (release marks it released). It
-//!   assumes the backend keeps the record: do not put coordination on a cache that evicts
-//!   under memory pressure.
+//!   assumes the backend keeps the record: a backend that declares
+//!   [`may_evict`](larder_cache_api::Capabilities::may_evict) is accepted when its CAS is
+//!   linearizable (memory, Redis), so size it, or configure Redis with
+//!   `maxmemory-policy noeviction` and persistence, so the records are never evicted. Nor
+//!   delete them yourself: invalidating a `Namespace` forgets every record in it, so keep
+//!   coordination outside namespaces you invalidate.
 //! * **One holder at a time** ([`Lease`], [`Elector`]): a candidate takes over only after
 //!   seeing the record unchanged for a whole lease by its own monotonic clock, and a holder
 //!   stops acting once its renew deadline passes without a renewal (which is shorter than
@@ -35,12 +46,16 @@ mod clock;
 mod elector;
 mod holder;
 mod lease;
+mod random;
 mod task;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use elector::{Elector, Role, Term};
 pub use holder::HolderId;
-pub use lease::{check_backend, Held, Lease, LeaseConfig, LeaseRecord};
+pub use lease::{check_backend, check_capabilities, Held, Lease, LeaseConfig, LeaseRecord};
 pub use task::{
     Candidacy, Claim, RunContext, RunInfo, RunMode, Schedule, Scheduler, SchedulerConfig,
     TaskRecord, TaskSpec, TaskStatus,

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-use super::clock::{Clock, SystemClock};
-use super::holder::HolderId;
-use crate::{Cache, DynBackend, Error, ErrorKind, Key, Result, Version};
+use crate::clock::{Clock, SystemClock};
+use crate::holder::HolderId;
+use larder_cache_api::{Cache, Capabilities, DynBackend, Error, ErrorKind, Key, Result, Version};
 
 /// Timing of a lease. Validated so that a holder always renews well before others may
 /// take over: `lease > renew_deadline > 1.2 × retry_period`, and `lease ≥ renew_deadline +
@@ -135,26 +135,51 @@ impl fmt::Debug for Lease {
     }
 }
 
-/// Refuses backends that cannot fence: coordination needs linearizable compare-and-swap
-/// with versions that never repeat.
+/// Refuses backends that cannot fence, judged by their declared
+/// [`Capabilities`](larder_cache_api::Capabilities) alone (see [`check_capabilities`]).
 pub fn check_backend(backend: &DynBackend) -> Result<()> {
-    let caps = backend.capabilities();
-    if !caps.cas || !caps.linearizable_cas {
-        return Err(Error::new(
-            ErrorKind::Unsupported,
-            format!(
-                "{} cannot hold leases: coordination needs linearizable compare-and-swap with versions that never repeat{}",
-                caps.name,
-                if caps.name == "memcached" {
-                    " (memcached may evict entries and restarts its CAS counter); use PostgreSQL, SQLite or Redis"
-                } else {
-                    ""
-                }
-            ),
-        )
-        .with_backend(caps.name));
+    check_capabilities(backend.capabilities())
+}
+
+/// Refuses a declaration that cannot fence: coordination needs compare-and-swap
+/// ([`cas`](Capabilities::cas)) that is linearizable, with versions that never repeat
+/// ([`linearizable_cas`](Capabilities::linearizable_cas)).
+///
+/// The refusal is an [`ErrorKind::Unsupported`] error whose message says, from the
+/// capabilities, what the store lacks (no CAS, CAS not linearizable) and what else makes it
+/// unfit to keep coordination records (it may evict entries, it is not persistent); the
+/// backend's name is there only for the reader.
+///
+/// Eviction and persistence alone do not refuse a store: memory and sled (within one
+/// process) and single-node Redis qualify. The guarantee that tokens only grow then assumes
+/// that the lease and task records are not evicted (size the memory backend, or run Redis
+/// with `maxmemory-policy noeviction` and persistence).
+pub fn check_capabilities(caps: &Capabilities) -> Result<()> {
+    if caps.cas && caps.linearizable_cas {
+        return Ok(());
     }
-    Ok(())
+    let mut why = vec![if caps.cas {
+        "its compare-and-swap is not linearizable (a version may repeat)"
+    } else {
+        "it offers no compare-and-swap"
+    }];
+    if caps.may_evict {
+        why.push("it may evict entries");
+    }
+    if !caps.persistent {
+        why.push("it is not persistent");
+    }
+    Err(Error::new(
+        ErrorKind::Unsupported,
+        format!(
+            "{} cannot hold leases: {}; coordination needs linearizable compare-and-swap with \
+             versions that never repeat, on a store that keeps its records (a SQL store, \
+             single-node Redis, or memory or sled within one process)",
+            caps.name,
+            why.join(", ")
+        ),
+    )
+    .with_backend(caps.name))
 }
 
 impl Lease {

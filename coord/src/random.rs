@@ -1,0 +1,16 @@
+//! Non-cryptographic randomness for holder ids, jitter and test names (never for secrets).
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// 64 random bits from std's per-process hash keys mixed with the clock.
+pub(crate) fn random_u64() -> u64 {
+    let mut h = RandomState::new().build_hasher();
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    h.write_u64(nanos);
+    h.finish()
+}
