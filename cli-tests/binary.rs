@@ -120,3 +120,27 @@ fn passwords_never_appear_in_any_output() {
         }
     }
 }
+
+#[test]
+fn intervals_of_any_size_are_errors_not_panics() {
+    for every in [
+        "2305843009213693952",
+        "18446744073709551615d",
+        "213503982334601d",
+        "0s",
+    ] {
+        let out = larder(&[
+            "--cache-url",
+            "memory://",
+            "tasks",
+            "status",
+            "--every",
+            every,
+        ]);
+        let stderr = text(&out.stderr);
+        assert!(!out.status.success(), "--every {every} succeeded");
+        assert!(!stderr.contains("panicked"), "--every {every}: {stderr}");
+        let first = stderr.lines().next().unwrap_or_default();
+        assert!(first.contains("error"), "--every {every}: {stderr}");
+    }
+}

@@ -139,6 +139,15 @@ impl CacheBackend for MemcachedBackend {
         &self.caps
     }
 
+    fn details(&self) -> Vec<(&'static str, String)> {
+        let c = &self.config;
+        vec![
+            ("servers", c.servers.join(",")),
+            ("connect timeout", format!("{:?}", c.connect_timeout)),
+            ("timeout", format!("{:?}", c.timeout)),
+        ]
+    }
+
     async fn get(&self, key: &Key) -> Result<Option<Entry>> {
         self.fetch(key).await
     }

@@ -119,6 +119,19 @@ impl CacheBackend for MemoryBackend {
         &self.caps
     }
 
+    fn details(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("capacity", format!("{} entries", self.config.max_entries)),
+            ("max bytes", self.config.max_bytes.to_string()),
+            (
+                "note",
+                "memory:// lives inside one process: a tool that opens it sees a new, empty \
+                 instance, not the application's"
+                    .to_owned(),
+            ),
+        ]
+    }
+
     async fn get(&self, key: &Key) -> Result<Option<Entry>> {
         Ok(self.store.get(key))
     }

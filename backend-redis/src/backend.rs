@@ -70,6 +70,19 @@ impl CacheBackend for RedisBackend {
         &self.caps
     }
 
+    fn details(&self) -> Vec<(&'static str, String)> {
+        let c = &self.config;
+        let nodes: Vec<String> = c.nodes.iter().map(|(h, p)| format!("{h}:{p}")).collect();
+        vec![
+            ("topology", format!("{:?}", c.topology)),
+            ("nodes", nodes.join(",")),
+            ("db", c.db.to_string()),
+            ("tls", if c.tls { "yes" } else { "no" }.to_owned()),
+            ("connect timeout", format!("{:?}", c.connect_timeout)),
+            ("response timeout", format!("{:?}", c.response_timeout)),
+        ]
+    }
+
     async fn get(&self, key: &Key) -> Result<Option<Entry>> {
         self.core.get(key).await
     }

@@ -158,6 +158,13 @@ impl CacheBackend for SledBackend {
         &self.caps
     }
 
+    fn details(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("path", self.config.path.display().to_string()),
+            ("flush", format!("{:?}", self.config.flush)),
+        ]
+    }
+
     async fn get(&self, key: &Key) -> Result<Option<Entry>> {
         let key = key.clone();
         self.run(move |core| core.get(&key)).await

@@ -4,6 +4,7 @@ use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
+use larder_cache_api::url::redact;
 use larder_cache_api::{Error, ErrorKind, Result};
 
 use crate::error::config;
@@ -136,20 +137,26 @@ impl SqlConfig {
     #[cfg(feature = "postgres")]
     pub(crate) fn pg_options(&self) -> Result<sqlx::postgres::PgConnectOptions> {
         use std::str::FromStr as _;
-        sqlx::postgres::PgConnectOptions::from_str(&self.url).map_err(|e| {
-            Error::new(ErrorKind::Config, "invalid PostgreSQL URL")
-                .with_backend("postgres")
-                .with_source(e)
+        sqlx::postgres::PgConnectOptions::from_str(&self.url).map_err(|_| {
+            // sqlx's message quotes pieces of the URL, which may be the password.
+            Error::new(
+                ErrorKind::Config,
+                format!("invalid PostgreSQL URL {}", self.redacted_url()),
+            )
+            .with_backend("postgres")
         })
     }
 
     #[cfg(feature = "sqlite")]
     pub(crate) fn sqlite_options(&self) -> Result<sqlx::sqlite::SqliteConnectOptions> {
         use std::str::FromStr as _;
-        let options = sqlx::sqlite::SqliteConnectOptions::from_str(&self.url).map_err(|e| {
-            Error::new(ErrorKind::Config, "invalid SQLite URL")
-                .with_backend("sqlite")
-                .with_source(e)
+        let options = sqlx::sqlite::SqliteConnectOptions::from_str(&self.url).map_err(|_| {
+            // sqlx's message quotes pieces of the URL, which may be the password.
+            Error::new(
+                ErrorKind::Config,
+                format!("invalid SQLite URL {}", self.redacted_url()),
+            )
+            .with_backend("sqlite")
         })?;
         Ok(sqlite_defaults(options))
     }
@@ -201,23 +208,6 @@ pub fn sqlite_url(path: &Path) -> String {
         }
     }
     url
-}
-
-/// `url` with the password (between `user:` and `@`) replaced by `***`.
-fn redact(url: &str) -> String {
-    let Some(start) = url.find("://").map(|i| i + 3) else {
-        return url.to_owned();
-    };
-    let authority_end = url[start..]
-        .find(['/', '?'])
-        .map_or(url.len(), |i| start + i);
-    let Some(at) = url[start..authority_end].rfind('@').map(|i| start + i) else {
-        return url.to_owned();
-    };
-    match url[start..at].find(':') {
-        Some(colon) => format!("{}:***{}", &url[..start + colon], &url[at..]),
-        None => url.to_owned(),
-    }
 }
 
 #[cfg(test)]

@@ -45,6 +45,12 @@ pub trait CacheBackend: Send + Sync + Debug {
     /// What this backend offers.
     fn capabilities(&self) -> &Capabilities;
 
+    /// Facts about this backend's configuration for an operator (`larder cache stats`), as
+    /// label and value pairs; never a secret. Layers pass their backend's on.
+    fn details(&self) -> Vec<(&'static str, String)> {
+        Vec::new()
+    }
+
     /// The entry under `key`, or `None` if absent or expired.
     async fn get(&self, key: &Key) -> Result<Option<Entry>>;
 

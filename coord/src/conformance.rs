@@ -84,7 +84,7 @@ pub async fn assert_coordination_refused(b: &DynBackend) {
     assert_eq!(l.unwrap_err().kind(), ErrorKind::Unsupported);
     let s = Scheduler::new(b.clone(), HolderId::generate(), SchedulerConfig::default());
     assert_eq!(s.unwrap_err().kind(), ErrorKind::Unsupported);
-    let key = Key::new(format!("larder:lease:{n}")).unwrap();
+    let key = crate::Lease::key_for(&n).unwrap();
     assert!(
         b.get(&key).await.unwrap().is_none(),
         "a refusal writes nothing"

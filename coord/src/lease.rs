@@ -183,6 +183,11 @@ pub fn check_capabilities(caps: &Capabilities) -> Result<()> {
 }
 
 impl Lease {
+    /// The key under which the lease `name` keeps its record (for tools that read it).
+    pub fn key_for(name: &str) -> Result<Key> {
+        Key::new(format!("larder:lease:{name}"))
+    }
+
     /// The lease `name` on `backend`, held as `holder`.
     pub fn new(
         backend: DynBackend,
@@ -194,7 +199,7 @@ impl Lease {
         config.validate()?;
         Ok(Lease {
             cache: Cache::new(backend),
-            key: Key::new(format!("larder:lease:{name}"))?,
+            key: Self::key_for(name)?,
             name: name.to_owned(),
             holder,
             config,

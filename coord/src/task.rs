@@ -37,6 +37,9 @@ impl fmt::Debug for Schedule {
     }
 }
 
+/// The longest interval a schedule accepts.
+const MAX_INTERVAL: Duration = Duration::from_secs(100 * 366 * 24 * 3600);
+
 impl Schedule {
     /// A cron schedule (seconds field included), checked.
     #[cfg(feature = "cron")]
@@ -53,11 +56,17 @@ impl Schedule {
             })
     }
 
-    fn check(&self) -> Result<()> {
+    pub(crate) fn check(&self) -> Result<()> {
         match self {
             Schedule::Every(d) if d.as_millis() == 0 => Err(Error::new(
                 ErrorKind::Config,
                 "a task interval must be at least 1 ms",
+            )),
+            // Periods are milliseconds since the epoch in an i64: beyond a century the
+            // arithmetic has no room, and no deployment waits that long.
+            Schedule::Every(d) if *d > MAX_INTERVAL => Err(Error::new(
+                ErrorKind::Config,
+                format!("a task interval must be at most 100 years, not {d:?}"),
             )),
             _ => Ok(()),
         }
@@ -67,8 +76,8 @@ impl Schedule {
     pub fn period_at(&self, now_ms: i64) -> Option<i64> {
         match self {
             Schedule::Every(d) => {
-                let i = d.as_millis() as i64;
-                Some(now_ms.div_euclid(i) * i)
+                let i = i64::try_from(d.as_millis()).ok().filter(|i| *i > 0)?;
+                now_ms.div_euclid(i).checked_mul(i)
             }
             #[cfg(feature = "cron")]
             Schedule::Cron(c) => {
@@ -84,7 +93,7 @@ impl Schedule {
     /// The period after the one starting at `period`.
     pub fn next(&self, period: i64) -> Option<i64> {
         match self {
-            Schedule::Every(d) => Some(period + d.as_millis() as i64),
+            Schedule::Every(d) => period.checked_add(i64::try_from(d.as_millis()).ok()?),
             #[cfg(feature = "cron")]
             Schedule::Cron(c) => {
                 let at = chrono::DateTime::from_timestamp_millis(period)?;

@@ -24,7 +24,7 @@ pub use session::{ConflictPolicy, Session, SessionConfig, SessionManager, ValueF
 pub use sql::PgStore;
 #[cfg(feature = "sqlite")]
 pub use sql::SqliteStore;
-pub use sql::{Dialect, SqlOptions, SqlStore};
+pub use sql::{connect, open_existing, Dialect, SqlOptions, SqlStore};
 pub use store::{ApplyFn, Invalidation, SaveOutcome, SessionStore, DEFAULT_TOMBSTONE_TTL};
 #[cfg(feature = "tower-sessions")]
 pub use tower::{TowerStore, RESERVED_KEY};

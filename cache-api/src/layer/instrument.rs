@@ -125,6 +125,10 @@ impl CacheBackend for Instrumented {
         (*self.inner).capabilities()
     }
 
+    fn details(&self) -> Vec<(&'static str, String)> {
+        self.inner.details()
+    }
+
     async fn get(&self, key: &Key) -> Result<Option<Entry>> {
         let r = self.observe("get", (*self.inner).get(key)).await?;
         let hit = u64::from(r.is_some());

@@ -221,6 +221,10 @@ impl CacheBackend for Namespace {
         &self.caps
     }
 
+    fn details(&self) -> Vec<(&'static str, String)> {
+        self.inner.details()
+    }
+
     async fn get(&self, key: &Key) -> Result<Option<Entry>> {
         let k = self.key(key).await?;
         (*self.inner).get(&k).await

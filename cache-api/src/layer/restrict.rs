@@ -63,6 +63,10 @@ impl CacheBackend for Restrict {
         &self.caps
     }
 
+    fn details(&self) -> Vec<(&'static str, String)> {
+        self.inner.details()
+    }
+
     async fn get(&self, key: &Key) -> Result<Option<Entry>> {
         self.caps.check_key_len(key)?;
         (*self.inner).get(key).await

@@ -140,6 +140,10 @@ impl CacheBackend for Timeout {
         (*self.inner).capabilities()
     }
 
+    fn details(&self) -> Vec<(&'static str, String)> {
+        self.inner.details()
+    }
+
     async fn get(&self, key: &Key) -> Result<Option<Entry>> {
         let r = self.run("get", (*self.inner).get(key)).await;
         self.fail_open("get", r, || None)

@@ -25,9 +25,8 @@ use larder::coord::{
     Elector, HolderId, Lease, LeaseConfig, Role, Scheduler, SchedulerConfig, TaskStatus,
 };
 use larder::sessions::{
-    expiry_task, AtomicSession, CachedStore, IdHash, Invalidation, PgStore, Record, SaveOutcome,
-    SessionData, SessionError, SessionId, SessionStore, SqliteStore, Timestamp, TowerStore,
-    WriteThroughStats,
+    expiry_task, AtomicSession, CachedStore, IdHash, Invalidation, Record, SaveOutcome,
+    SessionData, SessionError, SessionId, SessionStore, Timestamp, TowerStore, WriteThroughStats,
 };
 use larder::url::redact;
 use larder::DynBackend;
@@ -237,37 +236,16 @@ impl App {
             format!("{host}:{}", config.port)
         });
 
-        // The authority: SQL, through the session crate's own constructors.
-        let (sql, database): (Arc<dyn SessionStore>, String) = match config.database_url.as_deref()
-        {
-            None => {
-                let path = data_dir.join("sessions.db");
-                let s = SqliteStore::open(&path).await?;
-                (Arc::new(s), format!("sqlite {}", path.display()))
-            }
-            Some(url) if url.starts_with("sqlite:") => (
-                Arc::new(SqliteStore::connect(url).await?),
-                format!("sqlite {url}"),
-            ),
-            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => (
-                Arc::new(PgStore::connect(url).await?),
-                format!("postgres {}", redact(url)),
-            ),
-            Some(url) => {
-                return Err(format!(
-                    "unsupported database URL {:?} (use sqlite://path or postgres://...)",
-                    redact(url)
-                )
-                .into())
-            }
-        };
-        // Coordination state lives in the same database: the SQL compare-and-swap store,
-        // opened by URL like any backend.
-        let kv = larder::connect(&match config.database_url.as_deref() {
+        // The authority: SQL, through the session crate's own constructor; coordination
+        // state lives in the same database, in the SQL compare-and-swap store, opened by URL
+        // like any backend.
+        let db_url = match config.database_url.as_deref() {
             Some(url) => url.to_owned(),
             None => larder::backends::sql::sqlite_url(&data_dir.join("sessions.db")),
-        })
-        .await?;
+        };
+        let sql = larder::sessions::connect(&db_url).await?;
+        let kv = larder::connect(&db_url).await?;
+        let database = format!("{} {}", kv.capabilities().name, redact(&db_url));
 
         // The cache in front of it.
         let cache_url = match &config.cache_url {
@@ -281,7 +259,10 @@ impl App {
             redact(&cache_url)
         );
         let mut cached = CachedStore::new(sql.clone(), cache_backend);
-        let multi_instance = database.starts_with("postgres");
+        // A database other processes reach: the instances share the cache key through it.
+        let multi_instance = larder::url::BackendUrl::parse(&db_url)?
+            .scheme()
+            .starts_with("postgres");
         let key = match &config.cache_key {
             Some(k) => Some(k.as_bytes().to_vec()),
             None if multi_instance => Some(shared_cache_key(&kv).await?),

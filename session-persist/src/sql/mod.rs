@@ -54,6 +54,78 @@ impl SqlOptions {
     }
 }
 
+pub(crate) fn no_session_tables(backend: &'static str) -> Error {
+    Error::new(
+        ErrorKind::Config,
+        "no larder_sessions table in this database (wrong database or schema, or the \
+         application has not run its migrations yet)",
+    )
+    .with_backend(backend)
+}
+
+/// Which database a URL names, by its scheme; anything else is [`ErrorKind::Config`].
+fn database_of(url: &str) -> Result<&'static str> {
+    let parsed = larder_cache_api::url::BackendUrl::parse(url)?;
+    match parsed.scheme() {
+        "postgres" | "postgresql" => Ok("postgres"),
+        "sqlite" => Ok("sqlite"),
+        _ => Err(Error::new(
+            ErrorKind::Config,
+            format!(
+                "{parsed} is not a session database URL (postgres://..., postgresql://... or \
+                 sqlite://path)"
+            ),
+        )),
+    }
+}
+
+fn not_built(feature: &str) -> Error {
+    Error::new(
+        ErrorKind::Unsupported,
+        format!("this build has no `{feature}` feature of larder-session-persist"),
+    )
+}
+
+/// The session store a database URL names (`postgres://`, `postgresql://` or
+/// `sqlite://path`), its migrations run.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> larder_cache_api::Result<()> {
+/// # let dir = std::env::temp_dir().join(format!("larder-doc-connect-{}", std::process::id()));
+/// # std::fs::create_dir_all(&dir).unwrap();
+/// let url = format!("sqlite://{}", dir.join("s.db").display());
+/// let store = larder_session_persist::connect(&url).await?;
+/// assert_eq!(store.count().await?, 0);
+/// // A tool opens it without migrating, and refuses a database without the tables.
+/// let again = larder_session_persist::open_existing(&url).await?;
+/// assert_eq!(again.count().await?, 0);
+/// let other = format!("sqlite://{}", dir.join("other.db").display());
+/// assert!(larder_session_persist::open_existing(&other).await.is_err());
+/// # Ok(()) }
+/// ```
+pub async fn connect(url: &str) -> Result<Arc<dyn crate::SessionStore>> {
+    match database_of(url)? {
+        #[cfg(feature = "postgres")]
+        "postgres" => Ok(Arc::new(PgStore::connect(url).await?)),
+        #[cfg(feature = "sqlite")]
+        "sqlite" => Ok(Arc::new(SqliteStore::connect(url).await?)),
+        other => Err(not_built(other)),
+    }
+}
+
+/// Like [`connect`], without running migrations: a database without the session tables is
+/// [`ErrorKind::Config`] (for operator tools, which must create nothing).
+pub async fn open_existing(url: &str) -> Result<Arc<dyn crate::SessionStore>> {
+    match database_of(url)? {
+        #[cfg(feature = "postgres")]
+        "postgres" => Ok(Arc::new(PgStore::open_existing(url).await?)),
+        #[cfg(feature = "sqlite")]
+        "sqlite" => Ok(Arc::new(SqliteStore::open_existing(url).await?)),
+        other => Err(not_built(other)),
+    }
+}
+
 mod sealed {
     pub trait Sealed {}
     #[cfg(feature = "postgres")]

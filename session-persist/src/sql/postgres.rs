@@ -50,3 +50,43 @@ impl SqlStore<Postgres> {
         Ok(store)
     }
 }
+
+impl SqlStore<Postgres> {
+    /// Opens an existing database at `url` without running migrations: a database (or
+    /// schema) without the session table is [`ErrorKind::Config`], so a tool pointed at the
+    /// wrong one creates nothing in it.
+    pub async fn open_existing(url: &str) -> Result<Self> {
+        use sqlx::Connection as _;
+        let opts = PgConnectOptions::from_str(url).map_err(|_| {
+            Error::new(
+                ErrorKind::Config,
+                format!(
+                    "invalid PostgreSQL URL {}",
+                    larder_cache_api::url::redact(url)
+                ),
+            )
+        })?;
+        // One direct connection first: its error says why (a pool's only says it timed out).
+        let mut probe = sqlx::postgres::PgConnection::connect_with(&opts)
+            .await
+            .map_err(|e| {
+                Error::new(ErrorKind::Unavailable, "cannot connect to the database")
+                    .with_backend("postgres")
+                    .with_source(e)
+            })?;
+        let found: Option<String> =
+            sqlx::query_scalar("SELECT to_regclass('larder_sessions')::text")
+                .fetch_one(&mut probe)
+                .await
+                .map_err(|e| db_error("postgres", "open", e))?;
+        let _ = probe.close().await;
+        if found.is_none() {
+            return Err(super::no_session_tables("postgres"));
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(std::time::Duration::from_secs(10))
+            .connect_lazy_with(opts);
+        Ok(Self::from_pool(pool))
+    }
+}

@@ -69,3 +69,39 @@ impl SqlStore<Sqlite> {
         Ok(store)
     }
 }
+
+impl SqlStore<Sqlite> {
+    /// Opens an existing database at `url` without running migrations: a database without
+    /// the session table is [`ErrorKind::Config`], so a tool pointed at the wrong file creates
+    /// nothing in it.
+    pub async fn open_existing(url: &str) -> Result<Self> {
+        let opts = SqliteConnectOptions::from_str(url)
+            .map_err(|_| {
+                Error::new(
+                    ErrorKind::Config,
+                    format!("invalid SQLite URL {}", larder_cache_api::url::redact(url)),
+                )
+            })?
+            .create_if_missing(false)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(2)
+            .connect_with(opts)
+            .await
+            .map_err(|e| {
+                Error::new(ErrorKind::Unavailable, "cannot open the database")
+                    .with_backend("sqlite")
+                    .with_source(e)
+            })?;
+        let found: Option<String> = sqlx::query_scalar(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'larder_sessions'",
+        )
+        .fetch_optional(&pool)
+        .await
+        .map_err(|e| db_error("sqlite", "open", e))?;
+        if found.is_none() {
+            return Err(super::no_session_tables("sqlite"));
+        }
+        Ok(Self::from_pool(pool))
+    }
+}
