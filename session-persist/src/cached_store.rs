@@ -12,6 +12,7 @@ use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use larder_cache_api::codec::Postcard;
 use larder_cache_api::layer::Timeout;
+use larder_cache_api::retry::Backoff;
 use larder_cache_api::{
     envelope, DeleteMode, DynBackend, Error, ErrorKind, Key, PutMode, Result, Ttl, Version,
 };
@@ -434,7 +435,10 @@ impl<S: SessionStore> CachedStore<S> {
             Some((_, v)) => PutMode::Update(v),
             None => PutMode::Create,
         };
-        for _ in 0..4 {
+        // No pause between attempts: each one writes over the entry the last conflict
+        // reported, which is as fresh as a read.
+        let mut tries = Backoff::new(Duration::ZERO, Duration::ZERO).max_attempts(4);
+        while tries.next_attempt_now() {
             match self
                 .call(
                     "put",
@@ -510,7 +514,8 @@ impl<S: SessionStore> CachedStore<S> {
     }
 
     async fn try_invalidate(&self, key: &Key) -> bool {
-        for _ in 0..3 {
+        let mut tries = Backoff::new(Duration::ZERO, Duration::ZERO).max_attempts(3);
+        while tries.next_attempt_now() {
             let entry = match self.call("get", false, self.cache.get(key)).await {
                 Call::Done(Some(e)) => e,
                 Call::Done(None) => return true,

@@ -45,7 +45,8 @@ pub struct Cli {
     /// The session database: postgres://user@host/db or sqlite://path.
     #[arg(long, env = "LARDER_DATABASE_URL", global = true, value_name = "URL")]
     database_url: Option<String>,
-    /// The cache backend: memory://, redis://, rediss://, redis+cluster://, memcache://, sled://.
+    /// The cache backend, by any URL `larder::connect` knows (`larder cache stats` on an
+    /// unknown scheme lists them).
     #[arg(long, env = "LARDER_CACHE_URL", global = true, value_name = "URL")]
     cache_url: Option<String>,
     /// Give up after this many seconds.
