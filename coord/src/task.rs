@@ -37,6 +37,12 @@ impl fmt::Debug for Schedule {
     }
 }
 
+/// The retries of a read-and-compare-and-swap on a task record that lost a race.
+fn cas_retries() -> larder_cache_api::retry::Backoff {
+    larder_cache_api::retry::Backoff::new(Duration::from_micros(100), Duration::from_millis(20))
+        .max_attempts(16)
+}
+
 /// The longest interval a schedule accepts.
 const MAX_INTERVAL: Duration = Duration::from_secs(100 * 366 * 24 * 3600);
 
@@ -558,7 +564,8 @@ impl Scheduler {
             finished_at_ms: Some(self.clock.now_ms()),
             outcome: Some(outcome),
         };
-        for _ in 0..16 {
+        let mut tries = cas_retries();
+        while tries.next_attempt().await {
             let Some((mut rec, v)) = self.cache.get_versioned::<TaskRecord>(&key).await? else {
                 return Ok(false);
             };
@@ -590,7 +597,8 @@ impl Scheduler {
     /// process has taken it over.
     pub async fn heartbeat(&self, claim: &Claim) -> Result<bool> {
         let key = Self::key(&claim.task)?;
-        for _ in 0..16 {
+        let mut tries = cas_retries();
+        while tries.next_attempt().await {
             let Some((mut rec, v)) = self.cache.get_versioned::<TaskRecord>(&key).await? else {
                 return Ok(false);
             };

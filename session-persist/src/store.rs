@@ -95,7 +95,12 @@ pub trait SessionStore: Send + Sync + Debug {
             )
         };
         let mut current = self.load_authoritative(id).await?.ok_or_else(gone)?;
-        loop {
+        let mut tries = larder_cache_api::retry::Backoff::new(
+            std::time::Duration::from_millis(1),
+            std::time::Duration::from_millis(32),
+        )
+        .deadline(std::time::Duration::from_secs(10));
+        while tries.next_attempt().await {
             let mut next = current.clone();
             apply(&mut next)?;
             next.expires_at = next.expires_at.max(expires_at);
@@ -104,6 +109,10 @@ pub trait SessionStore: Send + Sync + Debug {
                 SaveOutcome::Stale(fresh) => current = fresh,
             }
         }
+        Err(larder_cache_api::Error::new(
+            larder_cache_api::ErrorKind::Conflict,
+            "session save kept losing races with concurrent requests",
+        ))
     }
 
     /// Writes `record` if the stored version is still `record.version`; returns the stored

@@ -108,7 +108,7 @@ async fn revoke_deletes_in_the_database_and_tombstones_the_cache() {
     .await
     .unwrap();
     assert!(
-        out.contains("revoked 1 session(s)") && out.contains("database only"),
+        out.contains("revoked 1 session(s)") && out.contains("outbox"),
         "{out}"
     );
     assert!(store.load(&b.id).await.unwrap().is_none());
@@ -304,7 +304,7 @@ async fn bad_input_is_a_clear_error() {
     let e = cli(&["--database-url", "mysql://x/y", "sessions", "count"])
         .await
         .unwrap_err();
-    assert!(e.message().contains("not a database URL"), "{e}");
+    assert!(e.message().contains("not a session database URL"), "{e}");
 
     let e = cli(&["--cache-url", "carrier-pigeon://coop", "cache", "ping"])
         .await

@@ -518,3 +518,79 @@ async fn tower_save_without_changes_only_touches_when_due() {
         "no data rewrite"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_entry_failing_its_integrity_tag_is_a_counted_miss() {
+    let (pg, _schema) = larder_tests::db::pg_store().await;
+    let cache: DynBackend = Arc::new(larder_backend_memory::MemoryBackend::default());
+    let tagged = CachedStore::new(pg.clone(), cache.clone())
+        .integrity_key(b"sixteen+ bytes of shared key")
+        .unwrap();
+    let stats = tagged.stats();
+    let r = tagged
+        .create(
+            data_of("user", "ada"),
+            None,
+            Timestamp::now().plus(Duration::from_secs(600)),
+        )
+        .await
+        .unwrap();
+    assert!(tagged.load(&r.id).await.unwrap().is_some());
+    assert_eq!(stats.snapshot().hits, 1, "its own tagged entries are hits");
+
+    // Someone without the key (another app, an attacker with cache access) puts a session
+    // of their own under the same cache key: untagged, then tagged with another key. Each
+    // time the entry is a miss, counted, and the database answers.
+    #[derive(Debug)]
+    struct Fixed(SessionId);
+    impl larder_session_persist::IdSource for Fixed {
+        fn generate(&self) -> larder::Result<SessionId> {
+            Ok(self.0.clone())
+        }
+    }
+    for (i, other_key) in [None, Some(&b"another key of sixteen+ bytes"[..])]
+        .into_iter()
+        .enumerate()
+    {
+        let (elsewhere, _dir) = larder_tests::db::sqlite_store().await;
+        let elsewhere = elsewhere.with_options(
+            larder_session_persist::SqlOptions::default().ids(Arc::new(Fixed(r.id.clone()))),
+        );
+        let forger = match other_key {
+            None => CachedStore::new(elsewhere, cache.clone()),
+            Some(k) => CachedStore::new(elsewhere, cache.clone())
+                .integrity_key(k)
+                .unwrap(),
+        };
+        cache
+            .delete(&r.id.hash().cache_key(), larder::DeleteMode::Any)
+            .await
+            .unwrap();
+        let forged = forger
+            .create(
+                data_of("user", "mallory"),
+                None,
+                Timestamp::now().plus(Duration::from_secs(600)),
+            )
+            .await
+            .unwrap();
+        assert_eq!(forged.id, r.id);
+        assert!(
+            cache.get(&r.id.hash().cache_key()).await.unwrap().is_some(),
+            "forged entry in place"
+        );
+        let back = tagged.load(&r.id).await.unwrap().unwrap();
+        assert_eq!(
+            back.data,
+            data_of("user", "ada"),
+            "the database's data, not the forger's"
+        );
+        assert_eq!(stats.snapshot().integrity_failures, i as u64 + 1);
+    }
+}
+
+fn data_of(k: &str, v: &str) -> SessionData {
+    let mut d = SessionData::new();
+    d.insert(k, v).unwrap();
+    d
+}
