@@ -31,7 +31,8 @@ use crate::coord::{Schedule, TaskSpec};
 /// use larder::sessions::{expiry_task, SqliteStore};
 ///
 /// let sql = SqliteStore::open(&dir.join("s.db")).await?;
-/// let kv = Arc::new(sql.kv()); // coordination state lives in the same database
+/// // Coordination state lives in the same database, in the SQL compare-and-swap store.
+/// let kv = larder::connect(&larder::backends::sql::sqlite_url(&dir.join("s.db"))).await?;
 /// let removed = Arc::new(AtomicU64::new(0));
 /// let scheduler = Scheduler::new(kv, HolderId::generate(), SchedulerConfig::default())?
 ///     .with_task(expiry_task(Arc::new(sql), Duration::from_secs(60), 1000, removed))?;
