@@ -51,7 +51,8 @@ pub struct Namespace {
     name: String,
     gen_key: Key,
     refresh: Duration,
-    current: Mutex<Option<(String, Instant)>>,
+    /// The prefix of the current generation, its version mask, and when it was read.
+    current: Mutex<Option<(String, u64, Instant)>>,
 }
 
 impl fmt::Debug for Namespace {
@@ -129,7 +130,7 @@ impl Namespace {
                 PutMode::Overwrite,
             )
             .await?;
-        *self.current.lock() = Some((self.prefix_for(gen), Instant::now()));
+        *self.current.lock() = Some((self.prefix_for(gen), mask_for(gen), Instant::now()));
         Ok(())
     }
 
@@ -137,16 +138,18 @@ impl Namespace {
         format!("{}:{gen:016x}:", self.name)
     }
 
-    async fn prefix(&self) -> Result<String> {
-        if let Some((p, at)) = &*self.current.lock() {
+    /// The current prefix and version mask.
+    async fn prefix(&self) -> Result<(String, u64)> {
+        if let Some((p, m, at)) = &*self.current.lock() {
             if at.elapsed() < self.refresh {
-                return Ok(p.clone());
+                return Ok((p.clone(), *m));
             }
         }
         let gen = self.load_generation().await?;
         let p = self.prefix_for(gen);
-        *self.current.lock() = Some((p.clone(), Instant::now()));
-        Ok(p)
+        let m = mask_for(gen);
+        *self.current.lock() = Some((p.clone(), m, Instant::now()));
+        Ok((p, m))
     }
 
     async fn load_generation(&self) -> Result<u64> {
@@ -208,9 +211,44 @@ impl Namespace {
         Ok(())
     }
 
-    async fn key(&self, key: &Key) -> Result<Key> {
+    /// The physical key and the version mask of its generation.
+    async fn key(&self, key: &Key) -> Result<(Key, u64)> {
         self.check_key_len(key)?;
-        key.prefixed(&self.prefix().await?)
+        let (prefix, mask) = self.prefix().await?;
+        Ok((key.prefixed(&prefix)?, mask))
+    }
+}
+
+/// Versions are handed out masked by their generation, so that the same key written again
+/// after an invalidation (a different physical key, maybe on another server with its own
+/// counter) never shows a version it showed before, and a version from an old generation
+/// never matches a new entry. The mask is a bijection, so versions round-trip.
+fn mask_for(gen: u64) -> u64 {
+    // splitmix64's finaliser: generations that differ in one bit give unrelated masks.
+    let mut z = gen.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+fn masked(v: Version, mask: u64) -> Version {
+    Version::from_raw(v.into_raw() ^ mask)
+}
+
+fn masked_entry(mut e: Entry, mask: u64) -> Entry {
+    e.version = masked(e.version, mask);
+    e
+}
+
+/// A conflict's current entry, masked like every version this layer hands out.
+fn masked_error(e: Error, mask: u64, create: bool) -> Error {
+    if e.kind() != ErrorKind::Conflict {
+        return e;
+    }
+    let current = e.into_current().map(|c| masked_entry(c, mask));
+    match current {
+        Some(c) if create => Error::already_exists(c),
+        other => Error::version_mismatch(other),
     }
 }
 
@@ -226,12 +264,12 @@ impl CacheBackend for Namespace {
     }
 
     async fn get(&self, key: &Key) -> Result<Option<Entry>> {
-        let k = self.key(key).await?;
-        (*self.inner).get(&k).await
+        let (k, mask) = self.key(key).await?;
+        Ok((*self.inner).get(&k).await?.map(|e| masked_entry(e, mask)))
     }
 
     async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Entry>>> {
-        let prefix = self.prefix().await?;
+        let (prefix, mask) = self.prefix().await?;
         let keys = keys
             .iter()
             .map(|k| {
@@ -239,7 +277,12 @@ impl CacheBackend for Namespace {
                 k.prefixed(&prefix)
             })
             .collect::<Result<Vec<_>>>()?;
-        (*self.inner).get_many(&keys).await
+        Ok((*self.inner)
+            .get_many(&keys)
+            .await?
+            .into_iter()
+            .map(|e| e.map(|e| masked_entry(e, mask)))
+            .collect())
     }
 
     async fn put(
@@ -249,12 +292,19 @@ impl CacheBackend for Namespace {
         ttl: Option<Ttl>,
         mode: PutMode,
     ) -> Result<Version> {
-        let k = self.key(key).await?;
-        (*self.inner).put(&k, value, ttl, mode).await
+        let (k, mask) = self.key(key).await?;
+        let inner_mode = match mode {
+            PutMode::Update(v) => PutMode::Update(masked(v, mask)),
+            other => other,
+        };
+        match (*self.inner).put(&k, value, ttl, inner_mode).await {
+            Ok(v) => Ok(masked(v, mask)),
+            Err(e) => Err(masked_error(e, mask, mode == PutMode::Create)),
+        }
     }
 
     async fn put_many(&self, items: &[(Key, Bytes)], ttl: Option<Ttl>) -> Result<Vec<Version>> {
-        let prefix = self.prefix().await?;
+        let (prefix, mask) = self.prefix().await?;
         let items = items
             .iter()
             .map(|(k, v)| {
@@ -262,16 +312,28 @@ impl CacheBackend for Namespace {
                 Ok((k.prefixed(&prefix)?, v.clone()))
             })
             .collect::<Result<Vec<_>>>()?;
-        (*self.inner).put_many(&items, ttl).await
+        Ok((*self.inner)
+            .put_many(&items, ttl)
+            .await?
+            .into_iter()
+            .map(|v| masked(v, mask))
+            .collect())
     }
 
     async fn delete(&self, key: &Key, mode: DeleteMode) -> Result<bool> {
-        let k = self.key(key).await?;
-        (*self.inner).delete(&k, mode).await
+        let (k, mask) = self.key(key).await?;
+        let inner_mode = match mode {
+            DeleteMode::IfVersion(v) => DeleteMode::IfVersion(masked(v, mask)),
+            other => other,
+        };
+        (*self.inner)
+            .delete(&k, inner_mode)
+            .await
+            .map_err(|e| masked_error(e, mask, false))
     }
 
     async fn touch(&self, key: &Key, ttl: Option<Ttl>) -> Result<bool> {
-        let k = self.key(key).await?;
+        let (k, _) = self.key(key).await?;
         (*self.inner).touch(&k, ttl).await
     }
 }
