@@ -91,7 +91,7 @@ where
     }
 
     /// The fence of `resource`: make a write conditional on a fencing token (from a
-    /// [`Lease`](larder_cache_api::coord::Lease) or a task run) so that a holder paused past
+    /// lease of `larder-coord` or a task run) so that a holder paused past
     /// its lease cannot overwrite its successor's work.
     pub fn fence(&self, resource: &str) -> Fence<DB> {
         Fence::new(self.core.clone(), resource)
