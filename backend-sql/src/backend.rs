@@ -103,7 +103,9 @@ where
         self.core.purge_expired(batch).await
     }
 
-    /// Milliseconds since the Unix epoch by the database clock, the clock of every expiry.
+    /// Milliseconds since the Unix epoch by the database clock, the clock of every expiry
+    /// (whole milliseconds, as expiry compares them: an entry expires once this is past its
+    /// `expires_at`).
     pub async fn now_ms(&self) -> Result<i64> {
         self.core.now_ms().await
     }

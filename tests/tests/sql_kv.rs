@@ -183,3 +183,21 @@ async fn urls_are_checked() {
         .unwrap_err();
     assert!(e.is_retryable(), "{e}");
 }
+
+/// A TTL never ends early on PostgreSQL: an entry with a 1 ms TTL read 0.2 ms after it was
+/// written is always there (10,000 times). The database clock has microseconds; a write
+/// rounds it up, a read expires the row only once the clock is past `expires_at`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_kv_a_one_millisecond_ttl_is_never_early() {
+    let (kv, _schema) = db::pg_kv().await;
+    let b: DynBackend = std::sync::Arc::new(kv);
+    assert_eq!(larder_tests::early_ttl_misses(&b, 10_000).await, 0);
+}
+
+/// The same on SQLite, whose clock is the time truncated to the millisecond.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_kv_a_one_millisecond_ttl_is_never_early() {
+    let (kv, _dir) = db::sqlite_kv().await;
+    let b: DynBackend = std::sync::Arc::new(kv);
+    assert_eq!(larder_tests::early_ttl_misses(&b, 10_000).await, 0);
+}
