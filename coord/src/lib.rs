@@ -39,8 +39,29 @@
 //!   refused by the store itself; `larder-backend-sql`'s fences (`PgKv::fence`) do this for
 //!   SQL effects.
 //! * **At-least-once runs** ([`RunMode::AtLeastOnce`]): a run whose holder stopped
-//!   heartbeating for a whole lease is taken over with a higher token and run again. Such
-//!   runs may therefore execute twice for one period; make them idempotent or fenced.
+//!   heartbeating for a whole lease (by the monotonic clock of the process that looks) is
+//!   taken over with a higher token and run again. Such runs may therefore execute twice for
+//!   one period; make them idempotent or fenced.
+//! * **A run stops before it is taken over** ([`RunContext::cancel`]): a runner whose
+//!   heartbeats have not succeeded for the renew deadline, or that finds its run taken over,
+//!   cancels the run's token at once and drops the run by halfway to the end of the lease,
+//!   and records nothing; others take over only after a whole lease. Like the lease
+//!   guarantee, this assumes pauses and clock drift within `lease - renew_deadline`, and it
+//!   reaches only what the job does through its future or watches the token for: fence the
+//!   effects anyway. Tests: `coord_runs::*_a_run_whose_heartbeats_fail_is_cancelled_before_it_is_taken_over`.
+//! * **A finished run is recorded** ([`Scheduler`]): the end of a run is retried with
+//!   backoff for up to a lease until it is recorded or the run is found taken over, so one
+//!   failed write does not leave it `running` to be run again (test
+//!   `coord_runs::a_finish_that_fails_once_is_retried_and_the_run_is_not_left_running`); if
+//!   every attempt fails, the run is treated as dead (taken over, or recorded as abandoned).
+//! * **Overlapping runs are tracked one by one** ([`TaskSpec::allow_overlap`]): each run in
+//!   progress is in the task's record with its own heartbeat (at most
+//!   [`MAX_RUNS_IN_PROGRESS`]), so a dead one is taken over, once, while live ones go on, and
+//!   the activity of other runs never passes for its own (tests
+//!   `coord_runs::a_dead_overlapping_run_is_taken_over_once_and_the_live_one_is_not`,
+//!   `coord_runs::a_dead_run_is_taken_over_while_later_periods_come_and_go`). The record of a
+//!   task whose runs never overlap keeps the layout earlier versions wrote, and records in
+//!   that layout are read (`coord_runs::records_keep_the_earlier_layout_unless_runs_overlap`).
 
 mod clock;
 mod elector;
@@ -57,6 +78,6 @@ pub use elector::{Elector, Role, Term};
 pub use holder::HolderId;
 pub use lease::{check_backend, check_capabilities, Held, Lease, LeaseConfig, LeaseRecord};
 pub use task::{
-    Candidacy, Claim, RunContext, RunInfo, RunMode, Schedule, Scheduler, SchedulerConfig,
-    TaskRecord, TaskSpec, TaskStatus,
+    Candidacy, Claim, Heartbeat, RunContext, RunInfo, RunMode, Schedule, Scheduler,
+    SchedulerConfig, TaskRecord, TaskSpec, TaskStatus, MAX_RUNS_IN_PROGRESS,
 };
