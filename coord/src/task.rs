@@ -371,8 +371,11 @@ pub struct RunContext {
     /// run found taken over is dropped at once; otherwise its future is dropped once it
     /// returns or, at the latest, halfway from the renew deadline to the end of the lease
     /// (counted from the same start), before the earliest moment another process may take
-    /// it over. Work the job spawned must watch this token itself. See
-    /// [`RunMode::AtLeastOnce`] for what holds and the tests.
+    /// it over. Work the job spawned must watch this token itself. Tests:
+    /// `coord_runs::redis_a_run_whose_heartbeats_fail_is_cancelled_before_it_is_taken_over`
+    /// and `coord_runs::postgres_a_run_whose_heartbeats_fail_is_cancelled_before_it_is_taken_over`
+    /// (heartbeats failing for two leases: the token fires, then the run is dropped, before
+    /// another process starts the period); see [`RunMode::AtLeastOnce`] for what holds.
     pub cancel: CancellationToken,
 }
 
@@ -1009,6 +1012,8 @@ impl Scheduler {
                 }
             }
         };
+        // A heartbeat still in flight is abandoned: the end is recorded by compare-and-swap.
+        drop(pending);
         if let Err(e) = &outcome {
             tracing::warn!(task = %claim.task, period = claim.period, error = %e, "task run failed");
         }
