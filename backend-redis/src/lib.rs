@@ -4,6 +4,8 @@ mod backend;
 mod config;
 mod core;
 mod error;
+mod tracking;
 
 pub use backend::RedisBackend;
+pub use tracking::RedisTracking;
 pub use config::{RedisConfig, Topology, DEFAULT_MAX_VALUE_SIZE, MAX_VALUE_SIZE_LIMIT};
