@@ -7,8 +7,8 @@ use larder_cache_api::{
 
 use crate::config::{RedisConfig, Topology};
 use crate::core::Core;
-use crate::tracking::RedisTracking;
 use crate::error::BACKEND;
+use crate::tracking::RedisTracking;
 
 /// The Redis backend: one server or a Redis Cluster. See the [crate docs](crate).
 ///

@@ -160,7 +160,11 @@ fn tcp_settings() -> redis::io::tcp::TcpSettings {
     s
 }
 
-pub(crate) fn node_info(config: &RedisConfig, host: &str, port: u16) -> Result<redis::ConnectionInfo> {
+pub(crate) fn node_info(
+    config: &RedisConfig,
+    host: &str,
+    port: u16,
+) -> Result<redis::ConnectionInfo> {
     use redis::IntoConnectionInfo;
     let addr = if config.tls {
         redis::ConnectionAddr::TcpTls {
@@ -302,7 +306,10 @@ impl Core {
     }
 
     #[cfg_attr(not(feature = "tls"), allow(unused_variables))]
-    pub(crate) fn single_client(config: &RedisConfig, info: redis::ConnectionInfo) -> Result<redis::Client> {
+    pub(crate) fn single_client(
+        config: &RedisConfig,
+        info: redis::ConnectionInfo,
+    ) -> Result<redis::Client> {
         #[cfg(feature = "tls")]
         if let (true, Some(pem)) = (config.tls, config.tls_root_cert()) {
             return redis::Client::build_with_tls(

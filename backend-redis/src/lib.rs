@@ -7,5 +7,5 @@ mod error;
 mod tracking;
 
 pub use backend::RedisBackend;
-pub use tracking::RedisTracking;
 pub use config::{RedisConfig, Topology, DEFAULT_MAX_VALUE_SIZE, MAX_VALUE_SIZE_LIMIT};
+pub use tracking::RedisTracking;

@@ -208,7 +208,11 @@ async fn masters(tracking: &RedisTracking) -> Result<Vec<(String, u16)>> {
 }
 
 /// The masters as `CLUSTER SLOTS` on `host:port` lists them, sorted.
-async fn cluster_masters(config: &RedisConfig, host: &str, port: u16) -> Result<Vec<(String, u16)>> {
+async fn cluster_masters(
+    config: &RedisConfig,
+    host: &str,
+    port: u16,
+) -> Result<Vec<(String, u16)>> {
     let client = Core::single_client(config, node_info(config, host, port)?)?;
     let cfg = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(config.connect_timeout))
@@ -260,7 +264,8 @@ async fn slots_masters(
     out.dedup();
     if out.is_empty() {
         return Err(
-            Error::new(ErrorKind::Unavailable, "CLUSTER SLOTS lists no master").with_backend(BACKEND),
+            Error::new(ErrorKind::Unavailable, "CLUSTER SLOTS lists no master")
+                .with_backend(BACKEND),
         );
     }
     Ok(out)
@@ -295,8 +300,10 @@ async fn session(tracking: &RedisTracking, sink: &InvalidationSink) -> Result<()
             .map_err(|e| error::map("PING", e))?;
             let _ = pong;
             if t.lost.load(Ordering::SeqCst) {
-                return Err(Error::new(ErrorKind::Unavailable, "tracking connection closed")
-                    .with_backend(BACKEND));
+                return Err(
+                    Error::new(ErrorKind::Unavailable, "tracking connection closed")
+                        .with_backend(BACKEND),
+                );
             }
         }
         if tracking.config.topology == Topology::Cluster

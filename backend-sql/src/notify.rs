@@ -170,7 +170,9 @@ async fn session(notify: &PgNotify, sink: &InvalidationSink, id: u64) -> Result<
                 Ok(Some(n)) => {
                     let payload = n.payload();
                     if let Some(seq) = payload.strip_prefix(&prefix) {
-                        let Ok(seq) = seq.parse::<u64>() else { continue };
+                        let Ok(seq) = seq.parse::<u64>() else {
+                            continue;
+                        };
                         let mut p = lock(&pending);
                         let mut sent = None;
                         while let Some(&(s, at)) = p.front() {

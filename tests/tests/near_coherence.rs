@@ -217,16 +217,19 @@ fn analyse(writes: &[u64], reads: &[(u64, u64)]) -> Report {
 fn check(r: &Report, cut: bool) {
     assert_eq!(r.writes as u64, WRITES);
     assert!(r.reads > r.writes, "the reader hardly read: {r:#?}");
-    assert_eq!(
-        r.stale_outside, 0,
-        "reads stale beyond {BOUND:?}: {r:#?}"
-    );
+    assert_eq!(r.stale_outside, 0, "reads stale beyond {BOUND:?}: {r:#?}");
     assert_eq!(r.last_value, WRITES, "the reader never saw the last write");
     assert!(r.local_hits > 0, "the local tier was never used: {r:#?}");
     assert!(r.invalidations > 0, "no invalidation arrived: {r:#?}");
     if cut {
-        assert!(r.bypassed > 0, "the cut channel did not make reads bypass: {r:#?}");
-        assert!(r.flushes > 0, "the cut channel did not flush the local tier: {r:#?}");
+        assert!(
+            r.bypassed > 0,
+            "the cut channel did not make reads bypass: {r:#?}"
+        );
+        assert!(
+            r.flushes > 0,
+            "the cut channel did not flush the local tier: {r:#?}"
+        );
     }
 }
 
@@ -311,7 +314,11 @@ async fn backends_without_channel_are_refused_unless_staleness_is_accepted() {
         assert!(msg.contains("no invalidation channel"), "{name}: {msg}");
         assert!(msg.contains("accept_staleness"), "{name}: {msg}");
         assert!(msg.contains(name), "{name}: {msg}");
-        config_error(Near::builder(b.clone()).accept_staleness(Duration::ZERO).build());
+        config_error(
+            Near::builder(b.clone())
+                .accept_staleness(Duration::ZERO)
+                .build(),
+        );
         let near = Near::builder(b)
             .accept_staleness(Duration::from_millis(500))
             .build()

@@ -36,7 +36,10 @@ async fn with_channel(b: DynBackend, channel: impl InvalidationChannel + 'static
     let near = Near::builder(b).channel(channel).build().unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while near.channel_state() != ChannelState::Up {
-        assert!(Instant::now() < deadline, "invalidation channel never came up");
+        assert!(
+            Instant::now() < deadline,
+            "invalidation channel never came up"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     Arc::new(near)

@@ -10,17 +10,17 @@
 
 mod instrument;
 mod invalidation;
-mod near;
 mod namespace;
+mod near;
 mod restrict;
 mod timeout;
 
 pub use instrument::{CacheStats, Instrumented, StatsSnapshot};
 pub use invalidation::{InvalidationChannel, InvalidationSink, Subscription};
+pub use namespace::Namespace;
 pub use near::{
     ChannelState, Near, NearBuilder, NearStats, DEFAULT_CAPACITY, DEFAULT_MAX_AGE,
     DEFAULT_MAX_STALENESS,
 };
-pub use namespace::Namespace;
 pub use restrict::Restrict;
 pub use timeout::{Timeout, TimeoutStats};

@@ -162,7 +162,9 @@ impl Coherence {
         self.cache.clear();
         if was_up {
             self.stats.flushes.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!("near cache: invalidation channel down; local tier flushed and bypassed");
+            tracing::warn!(
+                "near cache: invalidation channel down; local tier flushed and bypassed"
+            );
         }
     }
 
@@ -485,10 +487,7 @@ impl CacheBackend for Near {
         let s = &self.coherence.stats;
         d.push(("near channel", self.channel_name.clone()));
         d.push(("near state", format!("{:?}", self.coherence.state())));
-        d.push((
-            "near capacity",
-            self.coherence.cache.capacity().to_string(),
-        ));
+        d.push(("near capacity", self.coherence.cache.capacity().to_string()));
         d.push(("near max age", format!("{:?}", self.max_age)));
         d.push((
             "near hits local/shared",

@@ -90,7 +90,10 @@ async fn write_loop(b: DynBackend, key: Key, writes: u64, pace: Duration, out: &
 async fn read_loop(near: Near, key: Key, out: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while near.channel_state() != ChannelState::Up {
-        assert!(Instant::now() < deadline, "invalidation channel never came up");
+        assert!(
+            Instant::now() < deadline,
+            "invalidation channel never came up"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let stop = Arc::new(AtomicBool::new(false));
