@@ -53,7 +53,8 @@ impl RedisTracking {
     }
 
     /// Only report keys starting with one of `prefixes` (`BCAST PREFIX ...`): less traffic
-    /// when the server holds much else. Every key the near cache holds must match one.
+    /// when the server holds much else. The near cache then keeps only keys that match one
+    /// (others are always read from the server).
     pub fn prefixes<I, S>(mut self, prefixes: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -94,6 +95,10 @@ impl InvalidationChannel for RedisTracking {
         }
         s.push(')');
         s
+    }
+
+    fn covers(&self, key: &[u8]) -> bool {
+        self.prefixes.is_empty() || self.prefixes.iter().any(|p| key.starts_with(p.as_bytes()))
     }
 }
 

@@ -44,8 +44,8 @@ pub struct PgNotify {
 }
 
 impl PgNotify {
-    /// A channel whose pings go through `pool` and whose listening connection is opened with
-    /// the pool's options.
+    /// A channel whose pings go through `pool` and whose listening connection (one of its
+    /// own, outside the pool) is opened with the pool's options.
     pub fn new(pool: PgPool) -> Self {
         PgNotify {
             pool,
@@ -137,19 +137,17 @@ fn down(msg: &'static str) -> Error {
 /// One listening connection, until it fails; `Ok` when the near cache is gone.
 async fn session(notify: &PgNotify, sink: &InvalidationSink, id: u64) -> Result<()> {
     let deadline = notify.ping_timeout * 5;
-    let listen_pool;
-    let pool = match &notify.listen {
-        Some(o) => {
-            listen_pool = PgPoolOptions::new()
-                .max_connections(1)
-                .acquire_timeout(deadline)
-                .connect_lazy_with(o.clone());
-            &listen_pool
-        }
-        None => &notify.pool,
+    // A connection of its own, not one of the application's pool.
+    let options = match &notify.listen {
+        Some(o) => o.clone(),
+        None => PgConnectOptions::clone(&notify.pool.connect_options()),
     };
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(deadline)
+        .connect_lazy_with(options);
     let mut listener = tokio::time::timeout(deadline, async {
-        let mut l = PgListener::connect_with(pool).await?;
+        let mut l = PgListener::connect_with(&pool).await?;
         // A lost connection is reported (try_recv returns None), never silently replaced.
         l.eager_reconnect(false);
         l.listen(NOTIFY_CHANNEL).await?;

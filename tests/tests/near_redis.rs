@@ -1,7 +1,7 @@
 //! The near cache over Redis beyond the conformance suite: sessions written through
 //! (`CachedStore`) over `Near(Redis)` on two instances, where a logout on one is seen by the
-//! other once the staleness bound has passed; and on a Redis Cluster, invalidations arrive
-//! from every master.
+//! other once the staleness bound has passed; on a Redis Cluster, invalidations arrive
+//! from every master; and tracking limited to key prefixes keeps only the keys it covers.
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use larder::layer::{ChannelState, Near, NearStats, DEFAULT_MAX_STALENESS};
 use larder::{Bytes, CacheBackend, DynBackend, Key, PutMode};
-use larder_backend_redis::RedisBackend;
+use larder_backend_redis::{RedisBackend, RedisTracking};
 use larder_session_persist::{CachedStore, SessionManager};
 use larder_tests::cluster::RedisCluster;
 use larder_tests::db;
@@ -120,5 +120,69 @@ async fn cluster_invalidations_arrive_from_every_master() {
         "invalidations missing: {} for {} writes",
         stats.invalidations(),
         20 * keys.len()
+    );
+}
+
+/// With `BCAST PREFIX`, the server reports only the listed prefixes: keys outside them are
+/// never kept in process (they would not be invalidated), keys inside are, and both stay
+/// fresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracking_prefixes_keep_only_covered_keys() {
+    let server = ServerProcess::redis();
+    let url = format!("redis://{}", server.addr());
+    let redis = RedisBackend::connect(&url).await.unwrap();
+    let tracking = RedisTracking::new(redis.config().clone()).prefixes(["near-p:"]);
+    let near = Near::builder(Arc::new(redis))
+        .channel(tracking)
+        .build()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while near.channel_state() != ChannelState::Up {
+        assert!(Instant::now() < deadline, "tracking never came up");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let stats = near.stats();
+    let other = RedisBackend::connect(&url).await.unwrap();
+    let inside = Key::new("near-p:a").unwrap();
+    let outside = Key::new("near-q:a").unwrap();
+    for round in 0u64..10 {
+        for k in [&inside, &outside] {
+            other
+                .put(
+                    k,
+                    Bytes::copy_from_slice(&round.to_be_bytes()),
+                    None,
+                    PutMode::Overwrite,
+                )
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(DEFAULT_MAX_STALENESS).await;
+        let before = stats.local_hits();
+        for _ in 0..3 {
+            let e = near.get(&outside).await.unwrap().unwrap();
+            assert_eq!(
+                e.value[..],
+                round.to_be_bytes(),
+                "round {round}: outside key stale"
+            );
+        }
+        assert_eq!(
+            stats.local_hits(),
+            before,
+            "an uncovered key was served locally"
+        );
+        for _ in 0..3 {
+            let e = near.get(&inside).await.unwrap().unwrap();
+            assert_eq!(
+                e.value[..],
+                round.to_be_bytes(),
+                "round {round}: inside key stale"
+            );
+        }
+    }
+    assert!(
+        stats.local_hits() > 0,
+        "the covered key was never served locally"
     );
 }

@@ -38,6 +38,13 @@ pub trait InvalidationChannel: Send + Sync + fmt::Debug {
 
     /// A short description for operators (`"redis client tracking (bcast)"`).
     fn describe(&self) -> String;
+
+    /// Whether changes of `key` (as the backend stores it) are reported; the near cache
+    /// never keeps a key that is not covered (a channel limited to key prefixes, say).
+    fn covers(&self, key: &[u8]) -> bool {
+        let _ = key;
+        true
+    }
 }
 
 /// Keeps an [`InvalidationChannel`] running; dropping it stops the channel.

@@ -241,6 +241,7 @@ pub struct Near {
     insert_locks: Box<[Mutex<()>]>,
     max_age: Duration,
     channel_name: String,
+    channel: Option<Arc<dyn InvalidationChannel>>,
     _subscription: Option<Subscription>,
 }
 
@@ -372,6 +373,7 @@ impl NearBuilder {
             insert_locks: (0..256).map(|_| Mutex::new(())).collect(),
             max_age,
             channel_name,
+            channel,
             _subscription: subscription,
         })
     }
@@ -415,6 +417,11 @@ impl Near {
     /// Keeps `entry`, read with `tag` taken before the read was sent, unless the key was
     /// invalidated since or another read of the same window saw another version.
     fn remember(&self, key: &Key, entry: &Entry, tag: (u64, u64)) {
+        if let Some(ch) = &self.channel {
+            if !ch.covers(key.as_bytes()) {
+                return;
+            }
+        }
         let c = &self.coherence;
         let now = c.now();
         let mut until = now.saturating_add(nanos(self.max_age));
