@@ -1,7 +1,8 @@
 //! The near cache over Redis beyond the conformance suite: sessions written through
 //! (`CachedStore`) over `Near(Redis)` on two instances, where a logout on one is seen by the
 //! other once the staleness bound has passed; on a Redis Cluster, invalidations arrive
-//! from every master; and tracking limited to key prefixes keeps only the keys it covers.
+//! from every master; tracking works over TLS; and tracking limited to key prefixes keeps
+//! only the keys it covers.
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
@@ -9,11 +10,12 @@ use std::time::{Duration, Instant};
 
 use larder::layer::{ChannelState, Near, NearStats, DEFAULT_MAX_STALENESS};
 use larder::{Bytes, CacheBackend, DynBackend, Key, PutMode};
-use larder_backend_redis::{RedisBackend, RedisTracking};
+use larder_backend_redis::{RedisBackend, RedisConfig, RedisTracking};
 use larder_session_persist::{CachedStore, SessionManager};
 use larder_tests::cluster::RedisCluster;
 use larder_tests::db;
 use larder_tests::server::ServerProcess;
+use larder_tests::tls::TlsRedis;
 
 /// `Near(Redis)` with its channel up.
 async fn near(url: &str) -> (DynBackend, Arc<NearStats>) {
@@ -184,5 +186,55 @@ async fn tracking_prefixes_keep_only_covered_keys() {
     assert!(
         stats.local_hits() > 0,
         "the covered key was never served locally"
+    );
+}
+
+/// Over TLS with a private CA, tracking connects with the backend's certificate settings
+/// and another client's writes are seen through the near cache within the bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracking_over_tls() {
+    let srv = TlsRedis::start();
+    let config = RedisConfig::from_url(&format!("rediss://127.0.0.1:{}", srv.port()))
+        .unwrap()
+        .with_tls_root_cert(srv.ca_pem().to_vec());
+    let redis = RedisBackend::new(config.clone()).await.unwrap();
+    let tracking = redis.tracking();
+    let near = Near::builder(Arc::new(redis))
+        .channel(tracking)
+        .build()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while near.channel_state() != ChannelState::Up {
+        assert!(Instant::now() < deadline, "tracking never came up over TLS");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let stats = near.stats();
+    let other = RedisBackend::new(config).await.unwrap();
+    let k = Key::new("near-tls").unwrap();
+    for round in 0u64..10 {
+        other
+            .put(
+                &k,
+                Bytes::copy_from_slice(&round.to_be_bytes()),
+                None,
+                PutMode::Overwrite,
+            )
+            .await
+            .unwrap();
+        tokio::time::sleep(DEFAULT_MAX_STALENESS).await;
+        for _ in 0..2 {
+            let e = near.get(&k).await.unwrap().unwrap();
+            assert_eq!(
+                e.value[..],
+                round.to_be_bytes(),
+                "round {round}: stale over TLS"
+            );
+        }
+    }
+    assert!(stats.local_hits() > 0, "the local tier was never used");
+    assert!(
+        stats.invalidations() >= 9,
+        "invalidations: {}",
+        stats.invalidations()
     );
 }
