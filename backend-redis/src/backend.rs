@@ -8,6 +8,7 @@ use larder_cache_api::{
 use crate::config::{RedisConfig, Topology};
 use crate::core::Core;
 use crate::error::BACKEND;
+use crate::tracking::RedisTracking;
 
 /// The Redis backend: one server or a Redis Cluster. See the [crate docs](crate).
 ///
@@ -61,6 +62,13 @@ impl RedisBackend {
     /// The configuration in force.
     pub fn config(&self) -> &RedisConfig {
         &self.config
+    }
+
+    /// This server's (or cluster's) invalidation channel, for a
+    /// [`Near`](larder_cache_api::layer::Near) cache in front of this backend: Redis client
+    /// tracking on a connection of its own per master (see [`RedisTracking`]).
+    pub fn tracking(&self) -> RedisTracking {
+        RedisTracking::new(self.config.clone())
     }
 }
 

@@ -160,7 +160,11 @@ fn tcp_settings() -> redis::io::tcp::TcpSettings {
     s
 }
 
-fn node_info(config: &RedisConfig, host: &str, port: u16) -> Result<redis::ConnectionInfo> {
+pub(crate) fn node_info(
+    config: &RedisConfig,
+    host: &str,
+    port: u16,
+) -> Result<redis::ConnectionInfo> {
     use redis::IntoConnectionInfo;
     let addr = if config.tls {
         redis::ConnectionAddr::TcpTls {
@@ -187,7 +191,7 @@ fn node_info(config: &RedisConfig, host: &str, port: u16) -> Result<redis::Conne
 }
 
 #[cfg(feature = "tls")]
-fn ensure_crypto_provider() {
+pub(crate) fn ensure_crypto_provider() {
     // rustls needs a process-wide crypto provider; install ring unless the application
     // already installed one (a second install fails harmlessly).
     if rustls::crypto::CryptoProvider::get_default().is_none() {
@@ -302,7 +306,10 @@ impl Core {
     }
 
     #[cfg_attr(not(feature = "tls"), allow(unused_variables))]
-    fn single_client(config: &RedisConfig, info: redis::ConnectionInfo) -> Result<redis::Client> {
+    pub(crate) fn single_client(
+        config: &RedisConfig,
+        info: redis::ConnectionInfo,
+    ) -> Result<redis::Client> {
         #[cfg(feature = "tls")]
         if let (true, Some(pem)) = (config.tls, config.tls_root_cert()) {
             return redis::Client::build_with_tls(
