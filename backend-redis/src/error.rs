@@ -88,6 +88,10 @@ fn classify(e: &RedisError) -> (ErrorKind, &'static str) {
             | ServerErrorKind::TryAgain
             | ServerErrorKind::BusyLoading,
         ) => (ErrorKind::Unavailable, "server not ready"),
+        // A replica (a demoted primary, under Sentinel) refused the write: not applied.
+        RK::Server(ServerErrorKind::ReadOnly) => {
+            (ErrorKind::Unavailable, "server is a read-only replica")
+        }
         _ if e.is_connection_dropped() || e.is_connection_refusal() => {
             (ErrorKind::Unavailable, "connection lost")
         }
