@@ -33,7 +33,10 @@
 //! Operations share one multiplexed connection to the primary. When it fails — the
 //! connection is lost, a reply times out, or the server answers `READONLY` (it was demoted
 //! to a replica) — the sentinels are asked again, once, in the background, and later
-//! operations wait for that answer (within their own deadline). A write refused with
+//! operations wait for that answer (within their own deadline). Besides, a sentinel is asked
+//! every `sentinel_check_ms` (default 1000) whether the primary moved: a failover with the
+//! old primary still alive (`SENTINEL FAILOVER`, a partition) breaks no connection, and the
+//! sentinels demote the old primary only seconds later. A write refused with
 //! `READONLY` was not applied and is sent once more to the newly found primary; any other
 //! failed operation returns its error, since it may or may not have been applied.
 //!
@@ -70,6 +73,9 @@ pub struct SentinelConfig {
     /// ACL user name for the sentinels (`sentinel_username=`); `None` is `default`.
     pub username: Option<String>,
     password: Option<String>,
+    /// How often a sentinel is asked whether the primary moved while the one in use still
+    /// answers (`sentinel_check_ms=`, default 1000).
+    pub check_interval: std::time::Duration,
 }
 
 impl fmt::Debug for SentinelConfig {
@@ -78,6 +84,7 @@ impl fmt::Debug for SentinelConfig {
             .field("service_name", &self.service_name)
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("check_interval", &self.check_interval)
             .finish()
     }
 }
@@ -89,6 +96,7 @@ impl SentinelConfig {
             service_name: service_name.into(),
             username: None,
             password: None,
+            check_interval: std::time::Duration::from_secs(1),
         }
     }
 
@@ -110,6 +118,9 @@ impl SentinelConfig {
     }
 
     pub(crate) fn validate(&self) -> Result<()> {
+        if self.check_interval < std::time::Duration::from_millis(10) {
+            return Err(config_err("sentinel_check_ms must be at least 10"));
+        }
         let name = &self.service_name;
         if name.is_empty() {
             return Err(config_err(
@@ -158,7 +169,11 @@ pub(crate) fn parse_path(path: &str) -> Result<(String, Option<u32>)> {
 }
 
 /// The URL options only a Sentinel URL takes.
-pub(crate) const OPTIONS: [&str; 2] = ["sentinel_username", "sentinel_password"];
+pub(crate) const OPTIONS: [&str; 3] = [
+    "sentinel_username",
+    "sentinel_password",
+    "sentinel_check_ms",
+];
 
 /// The Sentinel parts of a parsed `redis+sentinel://` URL: service name, database, and the
 /// sentinels' credentials. The caller fills in hosts, the primary's credentials and the
@@ -168,6 +183,9 @@ pub(crate) fn from_url(u: &BackendUrl) -> Result<RedisConfig> {
     let mut s = SentinelConfig::new(service);
     s.username = u.option("sentinel_username").map(str::to_owned);
     s.password = u.option("sentinel_password").map(str::to_owned);
+    if let Some(ms) = u.option_parsed::<u64>("sentinel_check_ms")? {
+        s.check_interval = std::time::Duration::from_millis(ms);
+    }
     Ok(RedisConfig::sentinel(Vec::new(), s).with_db(db.unwrap_or(0)))
 }
 
@@ -268,6 +286,10 @@ impl SentinelConn {
             Err(e) => return Err(crate::error::deadline("connect", limit, e)),
         };
         shared.phase.send_replace(Phase::Ready(Arc::new(primary)));
+        tokio::spawn(watch_sentinels(
+            Arc::downgrade(&shared),
+            shared.sentinel.check_interval,
+        ));
         Ok(SentinelConn { shared })
     }
 
@@ -371,6 +393,60 @@ impl SentinelConn {
     }
 }
 
+/// Every `interval`, asks a sentinel which node is the primary, and moves over when the
+/// answer differs from the primary in use. A failover with the old primary alive
+/// (`SENTINEL FAILOVER`, a partition) breaks no connection, and the sentinels demote the
+/// old primary only some seconds later: until then writes would go on to it, and be lost.
+/// Ends with the last handle on the connection.
+async fn watch_sentinels(weak: std::sync::Weak<Shared>, interval: std::time::Duration) {
+    let mut cached: Option<MultiplexedConnection> = None;
+    let mut next = 0usize;
+    loop {
+        tokio::time::sleep(interval).await;
+        let Some(shared) = weak.upgrade() else {
+            return;
+        };
+        let current = match &*shared.phase.borrow() {
+            Phase::Ready(p) => Some((p.addr.clone(), p.generation)),
+            _ => None,
+        };
+        let Some((addr, generation)) = current else {
+            continue;
+        };
+        let step = shared.config.connect_timeout + shared.config.response_timeout;
+        let answer = tokio::time::timeout(step, async {
+            let conn = match &mut cached {
+                Some(c) => c,
+                None => {
+                    let list = shared
+                        .sentinels
+                        .lock()
+                        .map(|s| s.clone())
+                        .unwrap_or_else(|p| p.into_inner().clone());
+                    let (host, port) = &list[next % list.len()];
+                    cached.insert(open_sentinel(&shared, host, *port).await?)
+                }
+            };
+            master_addr(&shared, conn).await
+        })
+        .await;
+        match answer {
+            Ok(Ok(Some(named))) if named != addr => {
+                SentinelConn {
+                    shared: shared.clone(),
+                }
+                .invalidate(generation);
+            }
+            Ok(Ok(_)) => {}
+            _ => {
+                // Ask the next sentinel next time.
+                cached = None;
+                next = next.wrapping_add(1);
+            }
+        }
+    }
+}
+
 /// A write refused by a replica.
 fn is_readonly(e: &RedisError) -> bool {
     e.kind() == RK::Server(ServerErrorKind::ReadOnly) || e.code() == Some("READONLY")
@@ -420,7 +496,7 @@ async fn discover(shared: &Shared) -> std::result::Result<Primary, Failure> {
                 continue;
             }
             Ok(Err(p)) => {
-                problems.push(p.prefixed(&at));
+                problems.push(p.prefixed(&at, ": "));
                 continue;
             }
             Ok(Ok(None)) => {
@@ -436,7 +512,7 @@ async fn discover(shared: &Shared) -> std::result::Result<Primary, Failure> {
             Err(_) => problems.push(Problem::Slow(format!(
                 "{named}, which gave no reply within {step:?}"
             ))),
-            Ok(Err(p)) => problems.push(p.prefixed(&format!("{named}, but"))),
+            Ok(Err(p)) => problems.push(p.prefixed(&format!("{named}, but"), " ")),
             Ok(Ok(conn)) => {
                 if i > 0 {
                     if let Ok(mut s) = shared.sentinels.lock() {
@@ -484,11 +560,11 @@ async fn discover(shared: &Shared) -> std::result::Result<Primary, Failure> {
 }
 
 impl Problem {
-    fn prefixed(self, at: &str) -> Problem {
+    fn prefixed(self, at: &str, sep: &str) -> Problem {
         match self {
-            Problem::Down(s) => Problem::Down(format!("{at}: {s}")),
-            Problem::Slow(s) => Problem::Slow(format!("{at}: {s}")),
-            Problem::Misconfigured(s) => Problem::Misconfigured(format!("{at}: {s}")),
+            Problem::Down(s) => Problem::Down(format!("{at}{sep}{s}")),
+            Problem::Slow(s) => Problem::Slow(format!("{at}{sep}{s}")),
+            Problem::Misconfigured(s) => Problem::Misconfigured(format!("{at}{sep}{s}")),
         }
     }
 }
@@ -501,29 +577,75 @@ fn host_port(host: &str, port: u16) -> String {
     }
 }
 
+/// Which node a problem is about, for the hint in its message.
+#[derive(Clone, Copy)]
+enum Node {
+    Sentinel,
+    Primary,
+}
+
+impl Node {
+    fn what(self) -> &'static str {
+        match self {
+            Node::Sentinel => "a Redis Sentinel",
+            Node::Primary => "a Redis primary",
+        }
+    }
+
+    fn credentials(self) -> &'static str {
+        match self {
+            Node::Sentinel => "check sentinel_password and sentinel_username",
+            Node::Primary => "check the user and password in the URL",
+        }
+    }
+}
+
+/// A client error on one line, at most 300 characters: a reply that is not Redis protocol
+/// is quoted by the client, newlines and all.
+fn one_line(e: &RedisError) -> String {
+    let mut s = e
+        .to_string()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    if let Some((cut, _)) = s.char_indices().nth(300) {
+        s.truncate(cut);
+        s.push_str("...");
+    }
+    s
+}
+
 /// Describes a client error from a node that should be a sentinel or a primary. Messages
 /// carry server replies and I/O errors only, never credentials.
-fn problem(e: &RedisError, what: &str) -> Problem {
+fn problem(e: &RedisError, node: Node) -> Problem {
+    let what = node.what();
+    let text = one_line(e);
     if e.is_timeout() {
-        return Problem::Slow(format!("no reply in time ({e})"));
+        return Problem::Slow(format!("no reply in time ({text})"));
     }
+    let auth = || {
+        Problem::Misconfigured(format!(
+            "authentication failed ({text}; {})",
+            node.credentials()
+        ))
+    };
     match e.code() {
-        Some("NOAUTH") | Some("WRONGPASS") => {
-            return Problem::Misconfigured(format!("authentication failed ({e})"))
-        }
-        Some("NOPERM") => return Problem::Misconfigured(format!("permission denied ({e})")),
+        Some("NOAUTH") | Some("WRONGPASS") => return auth(),
+        Some("NOPERM") => return Problem::Misconfigured(format!("permission denied ({text})")),
         _ => {}
     }
     match e.kind() {
-        RK::AuthenticationFailed => Problem::Misconfigured(format!("authentication failed ({e})")),
+        RK::AuthenticationFailed => auth(),
         RK::Parse | RK::UnexpectedReturnType | RK::RESP3NotSupported => Problem::Misconfigured(
-            format!("the reply is not that of {what} (not Redis protocol: {e})"),
+            format!("the reply is not that of {what} (not Redis protocol: {text})"),
         ),
         RK::Server(ServerErrorKind::ResponseError) | RK::Extension => {
-            Problem::Misconfigured(format!("refused: {e} (is it {what}?)"))
+            Problem::Misconfigured(format!("refused: {text} (is it {what}?)"))
         }
-        RK::InvalidClientConfig => Problem::Misconfigured(format!("invalid configuration ({e})")),
-        _ => Problem::Down(format!("unreachable ({e})")),
+        RK::InvalidClientConfig => {
+            Problem::Misconfigured(format!("invalid configuration ({text})"))
+        }
+        _ => Problem::Down(format!("unreachable ({text})")),
     }
 }
 
@@ -540,24 +662,40 @@ async fn ask_sentinel(
     host: &str,
     port: u16,
 ) -> std::result::Result<Option<(String, u16)>, Problem> {
+    let mut conn = open_sentinel(shared, host, port).await?;
+    master_addr(shared, &mut conn).await
+}
+
+/// A connection to the sentinel at `host:port`.
+async fn open_sentinel(
+    shared: &Shared,
+    host: &str,
+    port: u16,
+) -> std::result::Result<MultiplexedConnection, Problem> {
     // The sentinel's own credentials, database 0; TLS as for the primary.
     let mut sc = shared.config.clone().with_db(0);
     sc.username = shared.sentinel.username.clone();
     sc.set_password(shared.sentinel.password.clone());
-    const SENTINEL: &str = "a Redis Sentinel";
     let info = crate::core::node_info(&sc, host, port).map_err(|e| Problem::Down(e.to_string()))?;
     let client = crate::core::Core::single_client(&sc, info)
         .map_err(|e| Problem::Misconfigured(e.to_string()))?;
-    let mut conn = client
+    client
         .get_multiplexed_async_connection_with_config(&async_config(&sc))
         .await
-        .map_err(|e| problem(&e, SENTINEL))?;
+        .map_err(|e| problem(&e, Node::Sentinel))
+}
+
+/// `SENTINEL GET-MASTER-ADDR-BY-NAME` on a sentinel connection.
+async fn master_addr(
+    shared: &Shared,
+    conn: &mut MultiplexedConnection,
+) -> std::result::Result<Option<(String, u16)>, Problem> {
     let reply: Value = redis::cmd("SENTINEL")
         .arg("GET-MASTER-ADDR-BY-NAME")
         .arg(&shared.sentinel.service_name)
-        .query_async(&mut conn)
+        .query_async(conn)
         .await
-        .map_err(|e| problem(&e, SENTINEL))?;
+        .map_err(|e| problem(&e, Node::Sentinel))?;
     match reply {
         Value::Nil => Ok(None),
         Value::Array(items) if items.len() == 2 => {
@@ -571,7 +709,7 @@ async fn ask_sentinel(
             }
         }
         _ => Err(Problem::Misconfigured(format!(
-            "the reply is not that of {SENTINEL} (no address, no nil)"
+            "the reply is not that of a Redis Sentinel (no address, no nil)"
         ))),
     }
 }
@@ -592,7 +730,6 @@ async fn connect_primary(
     host: &str,
     port: u16,
 ) -> std::result::Result<MultiplexedConnection, Problem> {
-    const PRIMARY: &str = "a Redis primary";
     let config = &shared.config;
     let info =
         crate::core::node_info(config, host, port).map_err(|e| Problem::Down(e.to_string()))?;
@@ -601,11 +738,11 @@ async fn connect_primary(
     let mut conn = client
         .get_multiplexed_async_connection_with_config(&async_config(config))
         .await
-        .map_err(|e| problem(&e, PRIMARY))?;
+        .map_err(|e| problem(&e, Node::Primary))?;
     let role: Value = redis::cmd("ROLE")
         .query_async(&mut conn)
         .await
-        .map_err(|e| problem(&e, PRIMARY))?;
+        .map_err(|e| problem(&e, Node::Primary))?;
     let first = match &role {
         Value::Array(items) => items.first().and_then(text),
         _ => None,
@@ -617,7 +754,7 @@ async fn connect_primary(
             "it is a {other}, not a primary (failover in progress?)"
         ))),
         None => Err(Problem::Misconfigured(format!(
-            "the reply to ROLE is not that of {PRIMARY}"
+            "the reply to ROLE is not that of a Redis primary"
         ))),
     }
 }
