@@ -46,7 +46,21 @@ pub enum Topology {
 ///
 /// For Sentinel the hosts are the sentinels (default port 26379), the URL's credentials are
 /// the primary's, and `sentinel_username` / `sentinel_password` authenticate to the
-/// sentinels (see [`SentinelConfig`]).
+/// sentinels; `sentinel_check_ms` (default 1000) is how often a sentinel is asked whether
+/// the primary moved (see [`SentinelConfig`]).
+///
+/// ```
+/// use larder_backend_redis::{RedisConfig, Topology};
+///
+/// let c = RedisConfig::from_url(
+///     "redis+sentinel://:pw@s1:26379,s2:26380/mymaster/2?sentinel_password=spw",
+/// )?;
+/// assert_eq!(c.topology, Topology::Sentinel);
+/// assert_eq!(c.sentinel.as_ref().map(|s| s.service_name.as_str()), Some("mymaster"));
+/// assert_eq!(c.db, 2);
+/// assert!(!format!("{c:?}").contains("spw"));
+/// # Ok::<(), larder_cache_api::Error>(())
+/// ```
 ///
 /// Parameters: `response_timeout_ms`, `connect_timeout_ms` (both default 1000),
 /// `max_value_size` (bytes, default 16 MiB, at most 64 MiB) and `tls_insecure=true` (or the

@@ -65,6 +65,17 @@ pub(crate) const DEFAULT_SENTINEL_PORT: u16 = 26379;
 
 /// The Sentinel part of a [`RedisConfig`]: which service, and how to authenticate to the
 /// sentinels themselves. `Debug` never shows the password.
+///
+/// Parsed from `redis+sentinel://[user[:password]@]s1:p1,s2:p2/service_name[/db]`: the
+/// hosts are sentinels (default port 26379). The URL's user and password authenticate to
+/// the **primary**; the sentinels get none of them, only `sentinel_username` and
+/// `sentinel_password` when given (both options, the password hidden wherever the URL is
+/// printed). `sentinel_check_ms` (default 1000) is how often a sentinel is asked whether
+/// the primary moved while the one in use still answers.
+///
+/// A Sentinel backend declares `linearizable_cas = false`: replication to the replica that
+/// gets promoted is asynchronous, so a failover can lose writes the old primary
+/// acknowledged, and coordination (`larder-coord`) refuses it.
 #[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct SentinelConfig {
@@ -708,9 +719,9 @@ async fn master_addr(
                 )),
             }
         }
-        _ => Err(Problem::Misconfigured(format!(
-            "the reply is not that of a Redis Sentinel (no address, no nil)"
-        ))),
+        _ => Err(Problem::Misconfigured(
+            "the reply is not that of a Redis Sentinel (no address, no nil)".to_owned(),
+        )),
     }
 }
 
@@ -753,9 +764,9 @@ async fn connect_primary(
         Some(other) => Err(Problem::Down(format!(
             "it is a {other}, not a primary (failover in progress?)"
         ))),
-        None => Err(Problem::Misconfigured(format!(
-            "the reply to ROLE is not that of a Redis primary"
-        ))),
+        None => Err(Problem::Misconfigured(
+            "the reply to ROLE is not that of a Redis primary".to_owned(),
+        )),
     }
 }
 
