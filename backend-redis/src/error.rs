@@ -46,7 +46,7 @@ pub(crate) fn map_connect(e: RedisError) -> Error {
 }
 
 /// The kind of the I/O error inside `e`, if it is one.
-fn io_kind(e: &RedisError) -> Option<std::io::ErrorKind> {
+pub(crate) fn io_kind(e: &RedisError) -> Option<std::io::ErrorKind> {
     type Shared = std::sync::Arc<dyn std::error::Error + Send + Sync>;
     let src = std::error::Error::source(e)?;
     let inner: &(dyn std::error::Error + 'static) = match src.downcast_ref::<Shared>() {

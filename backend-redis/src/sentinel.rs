@@ -634,6 +634,13 @@ fn problem(e: &RedisError, node: Node) -> Problem {
     if e.is_timeout() {
         return Problem::Slow(format!("no reply in time ({text})"));
     }
+    // rustls reports an untrusted or mismatched certificate, and a TLS client talking to a
+    // plain server, as invalid data (see `error::map_connect`).
+    if crate::error::io_kind(e) == Some(std::io::ErrorKind::InvalidData) {
+        return Problem::Misconfigured(format!(
+            "TLS handshake failed ({text}; is the certificate trusted and the scheme right?)"
+        ));
+    }
     let auth = || {
         Problem::Misconfigured(format!(
             "authentication failed ({text}; {})",

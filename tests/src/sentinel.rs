@@ -231,3 +231,77 @@ pub fn wait_until(limit: Duration, what: &str, mut ok: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// One sentinel that speaks only TLS, monitoring the TLS-only redis-server `primary` (quorum
+/// 1), with the same certificates; killed on drop.
+#[derive(Debug)]
+pub struct TlsSentinel {
+    port: u16,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl TlsSentinel {
+    /// Starts it and waits until it answers with the primary's address.
+    pub fn start(primary: &crate::tls::TlsRedis) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let certs = primary.cert_dir();
+        let port = free_port();
+        let conf = dir.path().join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port 0\ntls-port {port}\nbind 127.0.0.1\ndir {dir}\n\
+                 tls-cert-file {c}/server.crt\ntls-key-file {c}/server.key\n\
+                 tls-ca-cert-file {c}/ca.crt\ntls-auth-clients no\ntls-replication yes\n\
+                 sentinel monitor {SERVICE} 127.0.0.1 {p} 1\n",
+                dir = dir.path().display(),
+                c = certs.display(),
+                p = primary.port(),
+            ),
+        )
+        .expect("sentinel config written");
+        let child = Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server --sentinel starts");
+        let s = TlsSentinel {
+            port,
+            child,
+            _dir: dir,
+        };
+        let ca = certs.join("ca.crt");
+        wait_until(
+            Duration::from_secs(20),
+            "the TLS sentinel names the primary",
+            || {
+                let out = Command::new("redis-cli")
+                    .args(["--tls", "--cacert"])
+                    .arg(&ca)
+                    .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+                    .args(["SENTINEL", "GET-MASTER-ADDR-BY-NAME", SERVICE])
+                    .stdin(Stdio::null())
+                    .output()
+                    .expect("redis-cli runs");
+                String::from_utf8_lossy(&out.stdout).contains(&primary.port().to_string())
+            },
+        );
+        s
+    }
+
+    /// The sentinel's TLS port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl Drop for TlsSentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
