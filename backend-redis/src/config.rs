@@ -46,7 +46,7 @@ pub enum Topology {
 ///
 /// For Sentinel the hosts are the sentinels (default port 26379), the URL's credentials are
 /// the primary's, and `sentinel_username` / `sentinel_password` authenticate to the
-/// sentinels; `sentinel_check_ms` (default 1000) is how often a sentinel is asked whether
+/// sentinels; `sentinel_check_ms` (default 250) is how often a sentinel is asked whether
 /// the primary moved (see [`SentinelConfig`]).
 ///
 /// ```

@@ -34,7 +34,7 @@
 //! connection is lost, a reply times out, or the server answers `READONLY` (it was demoted
 //! to a replica) — the sentinels are asked again, once, in the background, and later
 //! operations wait for that answer (within their own deadline). Besides, a sentinel is asked
-//! every `sentinel_check_ms` (default 1000) whether the primary moved: a failover with the
+//! every `sentinel_check_ms` (default 250) whether the primary moved: a failover with the
 //! old primary still alive (`SENTINEL FAILOVER`, a partition) breaks no connection, and the
 //! sentinels demote the old primary only seconds later. A write refused with
 //! `READONLY` was not applied and is sent once more to the newly found primary; any other
@@ -70,7 +70,7 @@ pub(crate) const DEFAULT_SENTINEL_PORT: u16 = 26379;
 /// hosts are sentinels (default port 26379). The URL's user and password authenticate to
 /// the **primary**; the sentinels get none of them, only `sentinel_username` and
 /// `sentinel_password` when given (both options, the password hidden wherever the URL is
-/// printed). `sentinel_check_ms` (default 1000) is how often a sentinel is asked whether
+/// printed). `sentinel_check_ms` (default 250) is how often a sentinel is asked whether
 /// the primary moved while the one in use still answers.
 ///
 /// A Sentinel backend declares `linearizable_cas = false`: replication to the replica that
@@ -85,7 +85,7 @@ pub struct SentinelConfig {
     pub username: Option<String>,
     password: Option<String>,
     /// How often a sentinel is asked whether the primary moved while the one in use still
-    /// answers (`sentinel_check_ms=`, default 1000).
+    /// answers (`sentinel_check_ms=`, default 250).
     pub check_interval: std::time::Duration,
 }
 
@@ -107,7 +107,7 @@ impl SentinelConfig {
             service_name: service_name.into(),
             username: None,
             password: None,
-            check_interval: std::time::Duration::from_secs(1),
+            check_interval: std::time::Duration::from_millis(250),
         }
     }
 

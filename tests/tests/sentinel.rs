@@ -550,7 +550,7 @@ async fn manual_failover_with_the_old_primary_alive_is_followed() {
     let asked = Instant::now();
     set.failover();
     // The old primary keeps answering, and the sentinels demote it only seconds later: the
-    // backend must move over on the sentinels' word alone (it asks every second).
+    // backend must move over on the sentinels' word alone (it asks every 250 ms).
     let limit = FAILOVER_TIMEOUT + Duration::from_secs(2);
     let named_new = format!("127.0.0.1 {}", set.replica_port());
     while set.primary_by_sentinel(set.sentinel_ports()[2]) != named_new {
