@@ -1,8 +1,10 @@
 //! The Redis backend behind Redis Sentinel, against real servers: one primary, one replica
-//! and three sentinels (quorum 2). The conformance suite over the Sentinel backend, a
-//! failover under a writing client (SIGKILL of the primary), what coordination makes of it,
-//! authentication, and bad input: URLs, sentinels that are down, stalled, speak garbage or
-//! are no sentinels at all.
+//! and three sentinels (quorum 2). The conformance suite over the Sentinel backend,
+//! failovers under a writing client (SIGKILL of the primary; `SENTINEL FAILOVER` with the
+//! old primary alive), what coordination makes of it, authentication, TLS, and bad input:
+//! URLs, sentinels that are down, stalled, speak garbage or are no sentinels at all. The
+//! `READONLY` path (a primary demoted behind the client's back) runs against a small fake
+//! that speaks the protocol, in front of a real server.
 //!
 //! The shared deployment lives in a `static` for the whole test binary, with a watchdog
 //! that stops it once the test process has exited (see `larder_tests::cluster`).
