@@ -45,9 +45,10 @@ impl RedisBackend {
         let core = Core::connect(&config).await?;
         let mut caps = Capabilities::full(BACKEND);
         // CAS runs as one script on the key's master, so it is linearizable on one server.
-        // A cluster replicates asynchronously: a failover can lose an acknowledged CAS, and
-        // a lease granted on it could be granted again, so CAS there is not declared
-        // linearizable (it is still atomic per key while no failover happens).
+        // A cluster, and a Sentinel-monitored primary, replicate asynchronously: a failover
+        // can lose an acknowledged CAS, and a lease granted on it could be granted again,
+        // so CAS there is not declared linearizable (it is still atomic per key while no
+        // failover happens), and coordination refuses them.
         caps.linearizable_cas = config.topology == Topology::Single;
         // maxmemory policies evict keys, TTL or not.
         caps.may_evict = true;
@@ -81,14 +82,23 @@ impl CacheBackend for RedisBackend {
     fn details(&self) -> Vec<(&'static str, String)> {
         let c = &self.config;
         let nodes: Vec<String> = c.nodes.iter().map(|(h, p)| format!("{h}:{p}")).collect();
-        vec![
+        let mut d = vec![
             ("topology", format!("{:?}", c.topology)),
             ("nodes", nodes.join(",")),
             ("db", c.db.to_string()),
             ("tls", if c.tls { "yes" } else { "no" }.to_owned()),
             ("connect timeout", format!("{:?}", c.connect_timeout)),
             ("response timeout", format!("{:?}", c.response_timeout)),
-        ]
+        ];
+        if let Some(s) = &c.sentinel {
+            d.push(("sentinel service", s.service_name.clone()));
+            let primary = self.core.sentinel_primary();
+            d.push((
+                "primary",
+                primary.unwrap_or_else(|| "(being looked up)".into()),
+            ));
+        }
+        d
     }
 
     async fn get(&self, key: &Key) -> Result<Option<Entry>> {

@@ -110,6 +110,7 @@ enum Conn {
     Single(redis::aio::ConnectionManager),
     #[cfg(feature = "cluster")]
     Cluster(redis::cluster_async::ClusterConnection),
+    Sentinel(crate::sentinel::SentinelConn),
 }
 
 impl Conn {
@@ -118,6 +119,7 @@ impl Conn {
             Conn::Single(c) => cmd.query_async(&mut c.clone()).await,
             #[cfg(feature = "cluster")]
             Conn::Cluster(c) => cmd.query_async(&mut c.clone()).await,
+            Conn::Sentinel(s) => s.query(cmd).await,
         }
     }
 }
@@ -281,6 +283,9 @@ impl Core {
                     .map_err(error::map_connect)?;
                 Conn::Cluster(c)
             }
+            Topology::Sentinel => {
+                Conn::Sentinel(crate::sentinel::SentinelConn::connect(config).await?)
+            }
             #[cfg(not(feature = "cluster"))]
             Topology::Cluster => {
                 // `validate` refuses this already; kept for exhaustiveness.
@@ -322,6 +327,14 @@ impl Core {
             .map_err(error::map_connect);
         }
         redis::Client::open(info).map_err(error::map_connect)
+    }
+
+    /// With Sentinel: `host:port` of the primary in use, if one is known right now.
+    pub(crate) fn sentinel_primary(&self) -> Option<String> {
+        match &self.conn {
+            Conn::Sentinel(s) => s.primary_addr(),
+            _ => None,
+        }
     }
 
     /// Runs `cmd` within the operation deadline.
@@ -416,6 +429,16 @@ impl Core {
                 let mut m = m.clone();
                 let fut = p.exec_async(&mut m);
                 match tokio::time::timeout(self.deadline, fut).await {
+                    Ok(r) => r.map_err(|e| map("SET (pipeline)", e))?,
+                    Err(e) => return Err(error::deadline("SET (pipeline)", self.deadline, e)),
+                }
+            }
+            Conn::Sentinel(s) => {
+                let mut p = redis::pipe();
+                for ((k, v), ver) in items.iter().zip(&versions) {
+                    p.add_command(set_cmd(k, *ver, v, ttl)).ignore();
+                }
+                match tokio::time::timeout(self.deadline, s.exec_pipeline(&p)).await {
                     Ok(r) => r.map_err(|e| map("SET (pipeline)", e))?,
                     Err(e) => return Err(error::deadline("SET (pipeline)", self.deadline, e)),
                 }

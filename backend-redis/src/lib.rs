@@ -4,8 +4,11 @@ mod backend;
 mod config;
 mod core;
 mod error;
+mod sentinel;
 mod tracking;
 
 pub use backend::RedisBackend;
-pub use config::{RedisConfig, Topology, DEFAULT_MAX_VALUE_SIZE, MAX_VALUE_SIZE_LIMIT};
+pub use config::{
+    RedisConfig, SentinelConfig, Topology, DEFAULT_MAX_VALUE_SIZE, MAX_VALUE_SIZE_LIMIT,
+};
 pub use tracking::RedisTracking;

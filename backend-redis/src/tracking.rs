@@ -33,8 +33,9 @@ use redis::{ProtocolVersion, PushInfo, PushKind, Value};
 use crate::config::{RedisConfig, Topology};
 use crate::core::{node_info, Core};
 use crate::error::{self, BACKEND};
+use crate::sentinel::SentinelConn;
 
-/// The invalidation channel of a Redis server or Cluster, for
+/// The invalidation channel of a Redis server, Cluster or Sentinel-monitored primary, for
 /// [`Near`](larder_cache_api::layer::Near): see [`RedisBackend::tracking`](crate::RedisBackend::tracking).
 #[derive(Debug, Clone)]
 pub struct RedisTracking {
@@ -196,16 +197,29 @@ fn on_push(sink: &InvalidationSink, lost: &AtomicBool, p: PushInfo) {
     }
 }
 
-/// The masters to track: the server, or every master of the cluster.
-async fn masters(tracking: &RedisTracking) -> Result<Vec<(String, u16)>> {
+/// The masters to track: the server, the Sentinel service's primary (with the connection
+/// that follows it, to notice a failover), or every master of the cluster.
+async fn masters(tracking: &RedisTracking) -> Result<(Vec<(String, u16)>, Option<SentinelConn>)> {
     let config = &tracking.config;
-    if config.topology == Topology::Single {
-        return Ok(vec![config.nodes[0].clone()]);
+    match config.topology {
+        Topology::Single => return Ok((vec![config.nodes[0].clone()], None)),
+        Topology::Sentinel => {
+            let s = SentinelConn::connect(config).await?;
+            let primary = s.primary_node().ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Unavailable,
+                    "the Sentinel service has no primary",
+                )
+                .with_backend(BACKEND)
+            })?;
+            return Ok((vec![primary], Some(s)));
+        }
+        Topology::Cluster => {}
     }
     let mut last = None;
     for (host, port) in &config.nodes {
         match cluster_masters(config, host, *port).await {
-            Ok(m) => return Ok(m),
+            Ok(m) => return Ok((m, None)),
             Err(e) => last = Some(e),
         }
     }
@@ -278,7 +292,7 @@ async fn slots_masters(
 
 /// Tracks every master until something fails; `Ok` when the near cache is gone.
 async fn session(tracking: &RedisTracking, sink: &InvalidationSink) -> Result<()> {
-    let nodes = masters(tracking).await?;
+    let (nodes, sentinel) = masters(tracking).await?;
     let mut conns = Vec::with_capacity(nodes.len());
     for (host, port) in &nodes {
         conns.push(connect(tracking, host, *port, sink).await?);
@@ -320,6 +334,17 @@ async fn session(tracking: &RedisTracking, sink: &InvalidationSink) -> Result<()
                 return Err(Error::new(
                     ErrorKind::Unavailable,
                     "cluster topology changed; tracking every master anew",
+                )
+                .with_backend(BACKEND));
+            }
+        }
+        // A failover moved the primary: what this connection tracked is no longer where
+        // writes go, so the channel goes down (the near cache is flushed) and starts anew.
+        if let Some(s) = &sentinel {
+            if s.primary_node().as_ref() != Some(&nodes[0]) {
+                return Err(Error::new(
+                    ErrorKind::Unavailable,
+                    "the Sentinel service's primary moved; tracking the new one",
                 )
                 .with_backend(BACKEND));
             }

@@ -10,6 +10,8 @@
 //!   `+` as a space.
 //! * Nothing derived from a URL ever shows the password: [`BackendUrl`]'s `Debug` and
 //!   `Display`, its errors, and [`redact`] (which works on text that does not parse too).
+//!   The same holds for the value of any option whose name contains `password`
+//!   (`?sentinel_password=...`), shown as `***`.
 //!
 //! ```
 //! use larder_cache_api::url::BackendUrl;
@@ -312,6 +314,7 @@ impl fmt::Display for BackendUrl {
         }
         write!(f, "{}", self.path)?;
         for (i, (k, v)) in self.options.iter().enumerate() {
+            let v = if is_secret_option(k) { "***" } else { v };
             write!(f, "{}{k}={v}", if i == 0 { '?' } else { '&' })?;
         }
         if let Some(fr) = &self.fragment {
@@ -342,19 +345,51 @@ impl fmt::Debug for BackendUrl {
 pub fn redact(url: &str) -> String {
     if let Ok(u) = BackendUrl::parse(url) {
         if u.password.is_none() {
-            return url.to_owned();
+            return hide_secret_options(url);
         }
         // Keep the text as written, hiding only the password.
         if let Some((scheme, rest)) = url.split_once("://") {
             if let Some(at) = rest.rfind('@') {
                 let info = &rest[..at];
                 let user = info.split_once(':').map_or(info, |(u, _)| u);
-                return format!("{scheme}://{user}:***@{}", &rest[at + 1..]);
+                return hide_secret_options(&format!("{scheme}://{user}:***@{}", &rest[at + 1..]));
             }
         }
         return u.to_string();
     }
-    redact_unparsed(url)
+    hide_secret_options(&redact_unparsed(url))
+}
+
+/// Whether the value of option `name` is a secret (`password`, `sentinel_password`, ...).
+fn is_secret_option(name: &str) -> bool {
+    name.to_ascii_lowercase().contains("password")
+}
+
+/// `text` with the value of every `...password...=value` query parameter replaced by `***`
+/// (up to the next `&` or `#`), as written otherwise.
+fn hide_secret_options(text: &str) -> String {
+    let Some(q) = text.find('?') else {
+        return text.to_owned();
+    };
+    let (head, query) = text.split_at(q + 1);
+    let (query, fragment) = match query.find('#') {
+        Some(h) => query.split_at(h),
+        None => (query, ""),
+    };
+    let params: Vec<String> = query
+        .split('&')
+        .map(|p| match p.split_once('=') {
+            Some((k, _)) if is_secret_option(&percent_decode_lossy(k)) => format!("{k}=***"),
+            _ => p.to_owned(),
+        })
+        .collect();
+    format!("{head}{}{fragment}", params.join("&"))
+}
+
+fn percent_decode_lossy(s: &str) -> String {
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// [`redact`] for text that does not parse as a URL.
@@ -401,6 +436,33 @@ mod tests {
                 assert!(!shown.contains(&want) && !shown.contains(pw), "{shown}");
             }
         }
+    }
+
+    #[test]
+    fn password_options_never_print() {
+        for url in [
+            "redis+sentinel://h:1/m?sentinel_password=opt-secret-1&connect_timeout_ms=5",
+            "redis+sentinel://:main-pw@h:1/m?connect_timeout_ms=5&Sentinel_Password=opt-secret-1#x",
+            "redis+sentinel://h:notaport/m?sentinel_%70assword=opt-secret-1",
+            "no scheme?sentinel_password=opt-secret-1",
+        ] {
+            let mut shown = vec![redact(url)];
+            if let Ok(u) = BackendUrl::parse(url) {
+                assert!(u.options().iter().any(|(_, v)| v == "opt-secret-1"));
+                shown.push(u.to_string());
+                shown.push(format!("{u:?}"));
+            }
+            for s in shown {
+                assert!(!s.contains("opt-secret-1"), "{url}: {s}");
+                assert!(!s.contains("main-pw"), "{url}: {s}");
+                assert!(s.contains("***"), "{url}: {s}");
+            }
+        }
+        let kept = redact("redis+sentinel://h:1/m?connect_timeout_ms=5&sentinel_password=x#frag");
+        assert_eq!(
+            kept,
+            "redis+sentinel://h:1/m?connect_timeout_ms=5&sentinel_password=***#frag"
+        );
     }
 
     #[test]

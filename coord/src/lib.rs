@@ -11,8 +11,9 @@
 //! else makes the store a poor home for coordination records (it may evict entries, it is
 //! not persistent). Qualify: the SQL stores (`larder_kv` in PostgreSQL or SQLite, where the
 //! database enforces it), single-node Redis and, within one process, memory and sled.
-//! Refused: memcached (CAS counters restart with the server) and Redis Cluster
-//! (asynchronous failover). Open the SQL store with `larder::connect("postgres://...")` or
+//! Refused: memcached (CAS counters restart with the server), Redis Cluster and Redis
+//! Sentinel (asynchronous replication: a failover can lose acknowledged writes, so both
+//! declare `linearizable_cas = false`). Open the SQL store with `larder::connect("postgres://...")` or
 //! `connect("sqlite://path")` (crate `larder-backend-sql`).
 //!
 //! # Guarantees, and what each one assumes

@@ -194,6 +194,11 @@ impl Drop for RedisCluster {
     }
 }
 
+/// Kills the processes `pids` (SIGKILL) when the current process exits.
+pub fn kill_at_exit(pids: &[String]) {
+    watchdog(&format!("kill -9 {}", pids.join(" ")));
+}
+
 /// Stops the redis-server on `port` (`SHUTDOWN NOSAVE`) when the current process exits.
 ///
 /// For servers kept in a `static`: statics are never dropped, so without this the server

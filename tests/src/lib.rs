@@ -11,6 +11,7 @@ pub mod db;
 pub mod fault;
 pub mod owning;
 pub mod proxy;
+pub mod sentinel;
 pub mod server;
 pub mod tls;
 
