@@ -13,7 +13,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::{Clock, SystemClock};
 use crate::holder::HolderId;
-use crate::lease::{check_backend, LeaseConfig};
+use crate::lease::{check_backend, Durability, LeaseConfig};
+use crate::token;
 use larder_cache_api::{Cache, DynBackend, Error, ErrorKind, Key, Result, Version};
 
 /// When a task is due.
@@ -277,7 +278,8 @@ pub struct SchedulerConfig {
     /// How often due periods are checked.
     pub poll: Duration,
     /// Heartbeat and abandonment timing of runs (its `lease`: how long a run's record must
-    /// stay unchanged before it counts as abandoned).
+    /// stay unchanged before it counts as abandoned), and the [`Durability`] required of the
+    /// store.
     pub lease: LeaseConfig,
 }
 
@@ -308,9 +310,14 @@ impl SchedulerConfig {
         self.poll = d;
         self
     }
-    /// Sets the run lease timing.
+    /// Sets the run lease timing (and the [`Durability`] it carries).
     pub fn lease(mut self, l: LeaseConfig) -> Self {
         self.lease = l;
+        self
+    }
+    /// Sets the [`Durability`] required of the store (kept in [`lease`](Self::lease)).
+    pub fn durability(mut self, d: Durability) -> Self {
+        self.lease.durability = d;
         self
     }
 }
@@ -375,9 +382,10 @@ impl fmt::Debug for Scheduler {
 }
 
 impl Scheduler {
-    /// A scheduler on `backend` (which must offer linearizable CAS).
+    /// A scheduler on `backend`, which must offer linearizable CAS and keep its records
+    /// (unless `config` accepts their loss: [`SchedulerConfig::durability`]).
     pub fn new(backend: DynBackend, holder: HolderId, config: SchedulerConfig) -> Result<Self> {
-        check_backend(&backend)?;
+        check_backend(&backend, config.lease.durability)?;
         config.lease.validate()?;
         Ok(Scheduler {
             cache: Cache::new(backend),
@@ -466,7 +474,7 @@ impl Scheduler {
                 .unwrap_or(false);
             if abandoned && task.mode == RunMode::AtLeastOnce {
                 // Take the dead run over, same period, higher token.
-                rec.token += 1;
+                rec.token = token::after(rec.token);
                 rec.running = Some(RunInfo {
                     period: run.period,
                     holder: me,
@@ -509,7 +517,9 @@ impl Scheduler {
             return Ok(None);
         }
         rec.last_period = Some(period);
-        rec.token += 1;
+        // A record created now (first claim, or the store lost it) starts at a time-based
+        // token, above every token of a lost record (see `token`).
+        rec.token = token::next(version.map(|_| rec.token), now);
         rec.running = Some(RunInfo {
             period,
             holder: me,
