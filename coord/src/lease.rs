@@ -60,9 +60,10 @@ pub enum Durability {
     /// * **a period may run twice**: the task record that said it was claimed is gone, so
     ///   the period is claimed again (at most once per period holds only while the store
     ///   keeps its data);
-    /// * **two holders of a lease at once**, for up to one lease: a lost lease record is free
-    ///   to be taken at once, while its holder may still act until its renew deadline;
-    ///   fenced writes still refuse the older holder once the newer one has written;
+    /// * **two holders of a lease at once**, briefly: a lost lease record is free to be taken
+    ///   at once, while its holder acts on until its next renewal fails (at most its renew
+    ///   deadline); fenced writes still refuse the older holder once the newer one has
+    ///   written;
     /// * tokens still never go backwards, because a re-created record starts at a
     ///   time-based epoch, but only while the processes' wall clocks disagree by less than
     ///   the lifetime of the lost record (see the crate docs, "Tokens only grow").

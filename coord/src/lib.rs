@@ -62,8 +62,11 @@
 //!   replica promoted after asynchronous replication) instead of losing it; its tokens go on
 //!   from the old copy and repeat. Tests: `conformance`
 //!   (`lease_tokens_grow_across_loss_of_the_record`, record deleted between two holders),
-//!   `tests/tests/coord_faults.rs` (`redis_without_persistence_...`: Redis restarted empty
-//!   under five processes; every token after the restart is above every token before it).
+//!   `tests/tests/coord_faults.rs`
+//!   (`redis_without_persistence_keeps_tokens_growing_across_a_restart`: Redis restarted
+//!   empty under five processes that accept the loss; every lease and task token after the
+//!   restart is above every one before it, and the new runs' fenced writes are accepted at
+//!   once), `coord/src/token.rs` (unit tests of the arithmetic).
 //! * **One holder at a time** ([`Lease`], [`Elector`]): a candidate takes over only after
 //!   seeing the record unchanged for a whole lease by its own monotonic clock, and a holder
 //!   stops acting once its renew deadline passes without a renewal (which is shorter than
@@ -83,8 +86,12 @@
 //! * **Refusal of stores that can lose records**, unless accepted: `conformance`
 //!   (`coordination_requires_durability_or_opt_in`), `tests/tests/redis.rs`
 //!   (`durability_is_measured_at_connect`: default, AOF + noeviction, allkeys-lru, INFO
-//!   forbidden), `tests/tests/coord_faults.rs` (five processes on a default Redis refuse to
-//!   start, with the documented message).
+//!   forbidden), `tests/tests/coord_faults.rs`
+//!   (`five_processes_refuse_a_redis_without_persistence`: five processes on a default Redis
+//!   refuse to start, with the documented message, and write nothing), `tests/tests/coord.rs`
+//!   (`memory_is_refused_unless_loss_is_accepted`,
+//!   `a_lost_task_record_runs_the_period_again_with_a_higher_token`: what the opt-in gives
+//!   up and what it keeps).
 //!
 //! Do not delete the records yourself either: invalidating a `Namespace` forgets every
 //! record in it, so keep coordination outside namespaces you invalidate.
