@@ -7,6 +7,7 @@ use larder_cache_api::{
 
 use crate::config::{RedisConfig, Topology};
 use crate::core::Core;
+use crate::durability::{combine, node_report, Measured};
 use crate::error::BACKEND;
 use crate::tracking::RedisTracking;
 
@@ -18,6 +19,8 @@ pub struct RedisBackend {
     core: Core,
     caps: Capabilities,
     config: RedisConfig,
+    /// `appendonly ..., maxmemory-policy ...` per node, as read at connect.
+    durability: String,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -41,6 +44,16 @@ impl RedisBackend {
     }
 
     /// Connects with `config`.
+    ///
+    /// At connect it reads `INFO persistence` and `INFO memory` (of every master, for a
+    /// cluster) and declares what it found: [`persistent`](Capabilities::persistent) only
+    /// with an append-only file (`appendonly yes`; RDB snapshots alone restore an older
+    /// state), [`may_evict`](Capabilities::may_evict) unless `maxmemory-policy` is
+    /// `noeviction`. Where `INFO` cannot be read (an ACL that forbids it), it declares the
+    /// safe answer: not persistent, may evict. The notes say why
+    /// ([`persistence_note`](Capabilities::persistence_note),
+    /// [`eviction_note`](Capabilities::eviction_note)). A server reconfigured later (`CONFIG
+    /// SET`) is not measured again.
     pub async fn new(config: RedisConfig) -> Result<Self> {
         let core = Core::connect(&config).await?;
         let mut caps = Capabilities::full(BACKEND);
@@ -50,14 +63,22 @@ impl RedisBackend {
         // so CAS there is not declared linearizable (it is still atomic per key while no
         // failover happens), and coordination refuses them.
         caps.linearizable_cas = config.topology == Topology::Single;
-        // maxmemory policies evict keys, TTL or not.
-        caps.may_evict = true;
-        // Whether the server persists (RDB/AOF) is its configuration, not ours to promise.
-        caps.persistent = false;
+        // Whether the server keeps what it is given is its configuration, not ours to
+        // promise: measured now, and reported as measured (see `durability`).
+        let measured = measure(&core).await;
+        caps.persistent = measured.persistent;
+        caps.persistence_note = Some(measured.persistence_note.clone());
+        caps.may_evict = measured.may_evict;
+        caps.eviction_note = Some(measured.eviction_note.clone());
         caps.shared = true;
         caps.ttl_precision = std::time::Duration::from_millis(1);
         caps.max_value_size = config.max_value_size;
-        Ok(RedisBackend { core, caps, config })
+        Ok(RedisBackend {
+            core,
+            caps,
+            config,
+            durability: measured.summary,
+        })
     }
 
     /// The configuration in force.
@@ -71,6 +92,24 @@ impl RedisBackend {
     pub fn tracking(&self) -> RedisTracking {
         RedisTracking::new(self.config.clone())
     }
+}
+
+/// Reads `INFO persistence` and `INFO memory` and judges them (see [`crate::durability`]).
+async fn measure(core: &Core) -> Measured {
+    let persistence = core.info("persistence").await;
+    let memory = core.info("memory").await;
+    let nodes: Vec<_> = persistence
+        .into_iter()
+        .map(|(node, p)| {
+            let m = memory
+                .iter()
+                .find(|(n, _)| *n == node)
+                .map(|(_, m)| m.clone())
+                .unwrap_or_else(|| Err("no INFO memory reply from this node".to_owned()));
+            node_report(node, p, m)
+        })
+        .collect();
+    combine(&nodes)
 }
 
 #[async_trait]
@@ -87,6 +126,7 @@ impl CacheBackend for RedisBackend {
             ("nodes", nodes.join(",")),
             ("db", c.db.to_string()),
             ("tls", if c.tls { "yes" } else { "no" }.to_owned()),
+            ("durability (at connect)", self.durability.clone()),
             ("connect timeout", format!("{:?}", c.connect_timeout)),
             ("response timeout", format!("{:?}", c.response_timeout)),
         ];

@@ -310,6 +310,20 @@ impl Core {
         Ok(core)
     }
 
+    /// `INFO <section>` of the server, or of every master of a cluster: `(node, text)`, with
+    /// `Err(why)` for a node (or the only server) that did not answer it.
+    pub(crate) async fn info(
+        &self,
+        section: &str,
+    ) -> Vec<(String, std::result::Result<String, String>)> {
+        let mut c = redis::cmd("INFO");
+        c.arg(section);
+        match self.run("INFO", &c).await {
+            Ok(v) => crate::durability::per_node(v),
+            Err(e) => vec![(String::new(), Err(e.to_string()))],
+        }
+    }
+
     #[cfg_attr(not(feature = "tls"), allow(unused_variables))]
     pub(crate) fn single_client(
         config: &RedisConfig,

@@ -3,6 +3,7 @@
 mod backend;
 mod config;
 mod core;
+mod durability;
 mod error;
 mod sentinel;
 mod tracking;

@@ -69,6 +69,7 @@ where
         let mut caps = Capabilities::full(DB::BACKEND);
         // The database keeps every row until it expires or is deleted, for every process.
         caps.persistent = true;
+        caps.persistence_note = Some("rows in a database table".into());
         caps.shared = true;
         caps.max_value_size = MAX_VALUE_SIZE;
         SqlKv {

@@ -13,7 +13,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::{Clock, SystemClock};
 use crate::holder::HolderId;
-use crate::lease::{check_backend, LeaseConfig};
+use crate::lease::{check_backend, Durability, LeaseConfig};
+use crate::token;
 use larder_cache_api::codec::Postcard;
 use larder_cache_api::{envelope, Cache, DynBackend, Error, ErrorKind, Key, Result, Version};
 
@@ -484,7 +485,8 @@ pub struct SchedulerConfig {
     /// How often due periods are checked.
     pub poll: Duration,
     /// Heartbeat and abandonment timing of runs (its `lease`: how long a run's record must
-    /// stay unchanged before it counts as abandoned).
+    /// stay unchanged before it counts as abandoned), and the [`Durability`] required of the
+    /// store.
     pub lease: LeaseConfig,
 }
 
@@ -515,9 +517,14 @@ impl SchedulerConfig {
         self.poll = d;
         self
     }
-    /// Sets the run lease timing.
+    /// Sets the run lease timing (and the [`Durability`] it carries).
     pub fn lease(mut self, l: LeaseConfig) -> Self {
         self.lease = l;
+        self
+    }
+    /// Sets the [`Durability`] required of the store (kept in [`lease`](Self::lease)).
+    pub fn durability(mut self, d: Durability) -> Self {
+        self.lease.durability = d;
         self
     }
 }
@@ -593,9 +600,10 @@ impl fmt::Debug for Scheduler {
 }
 
 impl Scheduler {
-    /// A scheduler on `backend` (which must offer linearizable CAS).
+    /// A scheduler on `backend`, which must offer linearizable CAS and keep its records
+    /// (unless `config` accepts their loss: [`SchedulerConfig::durability`]).
     pub fn new(backend: DynBackend, holder: HolderId, config: SchedulerConfig) -> Result<Self> {
-        check_backend(&backend)?;
+        check_backend(&backend, config.lease.durability)?;
         config.lease.validate()?;
         Ok(Scheduler {
             cache: Cache::new(backend),
@@ -722,7 +730,7 @@ impl Scheduler {
                     .iter()
                     .position(|r| r.token == dead[0])
                     .unwrap_or_default();
-                rec.token += 1;
+                rec.token = token::after(rec.token);
                 let claim = Claim {
                     task: task.name.clone(),
                     period: runs[i].period,
@@ -778,7 +786,9 @@ impl Scheduler {
             return Ok(None);
         }
         rec.last_period = Some(period);
-        rec.token += 1;
+        // A record created now (first claim, or the store lost it) starts at a time-based
+        // token, above every token of a lost record (see `token`).
+        rec.token = token::next(version.map(|_| rec.token), now);
         let claim = Claim {
             task: task.name.clone(),
             period,
