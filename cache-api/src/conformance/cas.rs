@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use super::capability::assert_cas_refused;
+use super::linearizability::{assert_linearizable, Recorder};
 use super::{key, put, short_ttl, value};
 use crate::{Bytes, Cache, DeleteMode, DynBackend, ErrorKind, PutMode, Version};
 
@@ -211,16 +212,22 @@ pub async fn cas_race_16_tasks_50_increments(b: DynBackend) {
     assert_eq!(cache.get::<u64>(&k).await.unwrap(), Some(800));
 }
 
-/// 16 tasks create one key at once: exactly one wins, the others see its entry.
+/// 16 tasks create one key at once: exactly one wins, the others see its entry; the
+/// recorded history (the creates and a get by each task) is linearizable.
 pub async fn create_race_has_one_winner(b: DynBackend) {
     require_cas!(b);
+    let rec = Recorder::new(b.clone());
+    let recorded: DynBackend = rec.clone();
+    let b = recorded;
     let k = key("create-race");
     let wins = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for i in 0..16u8 {
         let (b, k, wins) = (b.clone(), k.clone(), wins.clone());
         tasks.push(tokio::spawn(async move {
-            match b.put(&k, Bytes::from(vec![i]), None, PutMode::Create).await {
+            let res = b.put(&k, Bytes::from(vec![i]), None, PutMode::Create).await;
+            b.get(&k).await.unwrap().expect("created by someone");
+            match res {
                 Ok(v) => {
                     wins.fetch_add(1, Ordering::SeqCst);
                     Some((i, v))
@@ -242,6 +249,9 @@ pub async fn create_race_has_one_winner(b: DynBackend) {
     let (i, v) = winner.unwrap();
     let e = b.get(&k).await.unwrap().unwrap();
     assert_eq!((&e.value[..], e.version), (&[i][..], v));
+    let history = rec.history(&k);
+    assert_eq!(history.len(), 16 * 2 + 1, "every operation recorded");
+    assert_linearizable(&b, &[(k, history)]);
 }
 
 /// Stamps this module's cases into the current module; used by
