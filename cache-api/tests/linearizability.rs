@@ -36,7 +36,13 @@ impl CacheBackend for NoVersionCheck {
     async fn get(&self, key: &Key) -> Result<Option<Entry>> {
         self.inner.get(key).await
     }
-    async fn put(&self, key: &Key, value: Bytes, ttl: Option<Ttl>, mode: PutMode) -> Result<Version> {
+    async fn put(
+        &self,
+        key: &Key,
+        value: Bytes,
+        ttl: Option<Ttl>,
+        mode: PutMode,
+    ) -> Result<Version> {
         if let PutMode::Update(_) = mode {
             if self.inner.get(key).await?.is_none() {
                 return Err(Error::conflict("absent", None));
@@ -74,7 +80,13 @@ impl CacheBackend for LaggingReads {
             None => self.inner.get(key).await,
         }
     }
-    async fn put(&self, key: &Key, value: Bytes, ttl: Option<Ttl>, mode: PutMode) -> Result<Version> {
+    async fn put(
+        &self,
+        key: &Key,
+        value: Bytes,
+        ttl: Option<Ttl>,
+        mode: PutMode,
+    ) -> Result<Version> {
         let before = self.inner.get(key).await?;
         let v = self.inner.put(key, value, ttl, mode).await?;
         self.before_last.lock().insert(key.clone(), before);
@@ -112,9 +124,16 @@ async fn cas_without_version_check_fails_the_check() {
     // One task alone: a stale update succeeds, which no order explains.
     let rec = Recorder::new(Arc::new(NoVersionCheck::default()));
     let k = key("broken-seq");
-    let v1 = rec.put(&k, Bytes::from_static(b"1"), None, PutMode::Create).await.unwrap();
-    rec.put(&k, Bytes::from_static(b"2"), None, PutMode::Update(v1)).await.unwrap();
-    rec.put(&k, Bytes::from_static(b"3"), None, PutMode::Update(v1)).await.unwrap();
+    let v1 = rec
+        .put(&k, Bytes::from_static(b"1"), None, PutMode::Create)
+        .await
+        .unwrap();
+    rec.put(&k, Bytes::from_static(b"2"), None, PutMode::Update(v1))
+        .await
+        .unwrap();
+    rec.put(&k, Bytes::from_static(b"3"), None, PutMode::Update(v1))
+        .await
+        .unwrap();
     let err = check(&rec.history(&k)).unwrap_err();
     assert!(err.reason.contains("not linearizable"), "{err}");
 
@@ -136,16 +155,24 @@ async fn cas_without_version_check_fails_the_check() {
 async fn lagging_reads_fail_the_check() {
     let rec = Recorder::new(Arc::new(LaggingReads::default()));
     let k = key("lagging-seq");
-    let v1 = rec.put(&k, Bytes::from_static(b"1"), None, PutMode::Create).await.unwrap();
-    rec.put(&k, Bytes::from_static(b"2"), None, PutMode::Update(v1)).await.unwrap();
+    let v1 = rec
+        .put(&k, Bytes::from_static(b"1"), None, PutMode::Create)
+        .await
+        .unwrap();
+    rec.put(&k, Bytes::from_static(b"2"), None, PutMode::Update(v1))
+        .await
+        .unwrap();
     let stale = rec.get(&k).await.unwrap().unwrap();
     assert_eq!(stale.version, v1, "the test backend does lag");
     let h = rec.history(&k);
-    assert!(matches!(h[2], larder_cache_api::conformance::linearizability::Operation {
-        call: Call::Get,
-        outcome: Outcome::Got(Some(_)),
-        ..
-    }));
+    assert!(matches!(
+        h[2],
+        larder_cache_api::conformance::linearizability::Operation {
+            call: Call::Get,
+            outcome: Outcome::Got(Some(_)),
+            ..
+        }
+    ));
     let err = check(&h).unwrap_err();
     assert!(err.reason.contains("not linearizable"), "{err}");
 

@@ -149,7 +149,9 @@ impl Search<'_> {
                 PutMode::Create => conflict_ok(cur.is_none()),
                 PutMode::Update(v) => conflict_ok(cur == Some(*v)),
             },
-            (Call::Delete(DeleteMode::Any), Outcome::Deleted(d)) => (*d == cur.is_some()).then_some(None),
+            (Call::Delete(DeleteMode::Any), Outcome::Deleted(d)) => {
+                (*d == cur.is_some()).then_some(None)
+            }
             (Call::Delete(DeleteMode::IfVersion(v)), Outcome::Deleted(true)) => {
                 (cur == Some(*v)).then_some(None)
             }
@@ -160,7 +162,12 @@ impl Search<'_> {
         }
     }
 
-    fn run(&mut self, done: &mut Vec<u64>, count: usize, s: State) -> std::result::Result<bool, ()> {
+    fn run(
+        &mut self,
+        done: &mut Vec<u64>,
+        count: usize,
+        s: State,
+    ) -> std::result::Result<bool, ()> {
         if count == self.ops.len() {
             return Ok(true);
         }
@@ -357,12 +364,16 @@ impl Recorder {
 
     fn record(&self, key: &Key, call: Call, outcome: Outcome, invoked: u64) {
         let returned = self.now();
-        self.log.lock().entry(key.clone()).or_default().push(Operation {
-            call,
-            outcome,
-            invoked,
-            returned,
-        });
+        self.log
+            .lock()
+            .entry(key.clone())
+            .or_default()
+            .push(Operation {
+                call,
+                outcome,
+                invoked,
+                returned,
+            });
     }
 
     /// The history recorded for `key`.
@@ -386,12 +397,20 @@ impl CacheBackend for Recorder {
         r
     }
 
-    async fn put(&self, key: &Key, value: Bytes, ttl: Option<Ttl>, mode: PutMode) -> Result<Version> {
+    async fn put(
+        &self,
+        key: &Key,
+        value: Bytes,
+        ttl: Option<Ttl>,
+        mode: PutMode,
+    ) -> Result<Version> {
         let t = self.now();
         let r = self.inner.put(key, value.clone(), ttl, mode).await;
         let outcome = match &r {
             Ok(v) => Some(Outcome::Written(*v)),
-            Err(e) if e.kind() == ErrorKind::Conflict => Some(Outcome::Conflict(e.current().cloned())),
+            Err(e) if e.kind() == ErrorKind::Conflict => {
+                Some(Outcome::Conflict(e.current().cloned()))
+            }
             Err(_) => None,
         };
         if let Some(o) = outcome {
@@ -405,7 +424,9 @@ impl CacheBackend for Recorder {
         let r = self.inner.delete(key, mode).await;
         let outcome = match &r {
             Ok(d) => Some(Outcome::Deleted(*d)),
-            Err(e) if e.kind() == ErrorKind::Conflict => Some(Outcome::Conflict(e.current().cloned())),
+            Err(e) if e.kind() == ErrorKind::Conflict => {
+                Some(Outcome::Conflict(e.current().cloned()))
+            }
             Err(_) => None,
         };
         if let Some(o) = outcome {
@@ -490,15 +511,13 @@ pub async fn mixed_workload(
                             Err(e) => panic!("{name}: update: {e}"),
                         }
                     }
-                    (16..=18, Some(v)) => {
-                        match rec.delete(key, DeleteMode::IfVersion(v)).await {
-                            Ok(_) => seen(None),
-                            Err(e) if e.kind() == ErrorKind::Conflict => {
-                                seen(e.current().map(|c| c.version))
-                            }
-                            Err(e) => panic!("{name}: delete: {e}"),
+                    (16..=18, Some(v)) => match rec.delete(key, DeleteMode::IfVersion(v)).await {
+                        Ok(_) => seen(None),
+                        Err(e) if e.kind() == ErrorKind::Conflict => {
+                            seen(e.current().map(|c| c.version))
                         }
-                    }
+                        Err(e) => panic!("{name}: delete: {e}"),
+                    },
                     _ => {
                         let v = rec
                             .put(key, value, None, PutMode::Overwrite)
@@ -574,7 +593,11 @@ pub async fn mixed_history_is_linearizable(b: DynBackend) {
     if !b.capabilities().cas {
         return super::capability::assert_cas_refused(&b).await;
     }
-    let keys = if b.capabilities().linearizable_cas { 2 } else { 1 };
+    let keys = if b.capabilities().linearizable_cas {
+        2
+    } else {
+        1
+    };
     let histories = mixed_workload(b.clone(), keys, 6, 30).await;
     let total: usize = histories.iter().map(|(_, h)| h.len()).sum();
     assert_eq!(total, 6 * 30, "every operation recorded");
@@ -588,7 +611,12 @@ pub async fn increment_race_history_is_linearizable(b: DynBackend) {
         return super::capability::assert_cas_refused(&b).await;
     }
     let (total, (k, history)) = increment_workload(b.clone(), 6, 15).await;
-    assert_eq!(total, Some(90), "{}: increments lost", b.capabilities().name);
+    assert_eq!(
+        total,
+        Some(90),
+        "{}: increments lost",
+        b.capabilities().name
+    );
     let writes = history
         .iter()
         .filter(|o| matches!(o.outcome, Outcome::Written(_)))
@@ -663,7 +691,12 @@ mod tests {
             put("a", PutMode::Create, Outcome::Written(v(1)), (0, 1)),
             get(e("a", 1), (2, 3)),
             put("b", PutMode::Update(v(1)), Outcome::Written(v(2)), (4, 5)),
-            put("c", PutMode::Update(v(1)), Outcome::Conflict(e("b", 2)), (6, 7)),
+            put(
+                "c",
+                PutMode::Update(v(1)),
+                Outcome::Conflict(e("b", 2)),
+                (6, 7),
+            ),
             del(DeleteMode::IfVersion(v(2)), Outcome::Deleted(true), (8, 9)),
             get(None, (10, 11)),
         ];
@@ -680,7 +713,11 @@ mod tests {
             get(e("a", 7), (1, 3)),
         ];
         let order = check(&h).unwrap();
-        assert_eq!(order.iter().position(|&i| i == 1), Some(0), "the winner first");
+        assert_eq!(
+            order.iter().position(|&i| i == 1),
+            Some(0),
+            "the winner first"
+        );
     }
 
     #[test]
@@ -747,7 +784,12 @@ mod tests {
         // A conflict while the expected version is current is a violation.
         let spurious = vec![
             put("a", PutMode::Create, Outcome::Written(v(1)), (0, 1)),
-            put("b", PutMode::Update(v(1)), Outcome::Conflict(e("a", 1)), (2, 3)),
+            put(
+                "b",
+                PutMode::Update(v(1)),
+                Outcome::Conflict(e("a", 1)),
+                (2, 3),
+            ),
         ];
         assert!(check(&spurious).is_err());
     }
@@ -793,7 +835,11 @@ mod tests {
         let mut t = 0;
         for n in 1..=200u64 {
             let val = Bytes::from(n.to_string());
-            let expected = if n == 1 { PutMode::Create } else { PutMode::Update(v(n - 1)) };
+            let expected = if n == 1 {
+                PutMode::Create
+            } else {
+                PutMode::Update(v(n - 1))
+            };
             let prev = (n > 1).then(|| Entry::new(Bytes::from((n - 1).to_string()), v(n - 1)));
             h.push(get(prev.clone(), (t, t + 30)));
             if n % 3 == 0 && n > 1 {
@@ -808,7 +854,10 @@ mod tests {
                 });
             }
             h.push(Operation {
-                call: Call::Put { value: val, mode: expected },
+                call: Call::Put {
+                    value: val,
+                    mode: expected,
+                },
                 outcome: Outcome::Written(v(n)),
                 invoked: t + 2,
                 returned: t + 40,
