@@ -163,18 +163,31 @@ impl Search<'_> {
     }
 
     /// The operations that may be linearized next: the pending ones invoked no later than
-    /// the earliest return among the pending ones (operations are sorted by invocation).
+    /// the earliest return among the pending ones. Operations are sorted by invocation, so
+    /// the scan starts at the first pending one and stops at the first invoked after that
+    /// earliest return (none further on can return earlier): it looks at the window of
+    /// overlapping operations, not at the whole history.
     fn candidates(&self, done: &[u64]) -> Vec<usize> {
         let pending = |i: usize| done[i / 64] & (1 << (i % 64)) == 0;
-        let min_ret = (0..self.ops.len())
-            .filter(|&i| pending(i))
-            .map(|i| self.ops[i].returned)
-            .min()
-            .unwrap_or(u64::MAX);
-        (0..self.ops.len())
-            .take_while(|&i| self.ops[i].invoked <= min_ret)
-            .filter(|&i| pending(i))
-            .collect()
+        let lo = done
+            .iter()
+            .position(|w| *w != u64::MAX)
+            .map_or(self.ops.len(), |w| {
+                w * 64 + done[w].trailing_ones() as usize
+            });
+        let mut min_ret = u64::MAX;
+        let mut out = Vec::new();
+        for i in lo..self.ops.len() {
+            if self.ops[i].invoked > min_ret {
+                break;
+            }
+            if pending(i) {
+                min_ret = min_ret.min(self.ops[i].returned);
+                out.push(i);
+            }
+        }
+        out.retain(|&i| self.ops[i].invoked <= min_ret);
+        out
     }
 
     /// The depth-first search, with an explicit stack (histories run to thousands of
@@ -590,10 +603,19 @@ pub async fn increment_workload(
     (total, (k, history))
 }
 
-/// Panics with the violation and the backend's name unless every history is linearizable.
+/// Panics with the violation and the backend's name unless every history is linearizable;
+/// prints each history's size and how long its check took (shown with `--nocapture`).
 pub fn assert_linearizable(b: &DynBackend, histories: &[(Key, Vec<Operation>)]) {
     for (k, h) in histories {
-        if let Err(v) = check(h) {
+        let start = Instant::now();
+        let checked = check(h);
+        eprintln!(
+            "{}: {} operations on {k} checked in {:?}",
+            b.capabilities().name,
+            h.len(),
+            start.elapsed()
+        );
+        if let Err(v) = checked {
             panic!(
                 "{}: the history of {} operations on {k} is not linearizable as a versioned \
                  register: {v}",
