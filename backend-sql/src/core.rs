@@ -256,6 +256,13 @@ where
 
     /// One statement writes or refuses; a refusal reads what is stored to put it in the
     /// conflict (read right after the refused write: it may already have moved on again).
+    ///
+    /// That read is a second instant, which is harmless for an update (the expected version,
+    /// gone at the refusal, never comes back, so the conflict holds at the read too) but not
+    /// for a create: if the entry that refused it was deleted before the read, the conflict
+    /// would say "absent", which no order of the operations explains (a create loses only to
+    /// a present entry). The create is then simply tried again; it can only go round while
+    /// deletes keep landing between the two statements.
     pub(crate) async fn put(
         &self,
         key: &Key,
@@ -263,30 +270,36 @@ where
         ttl: Option<Ttl>,
         mode: PutMode,
     ) -> Result<Version> {
+        const CREATE_ATTEMPTS: u32 = 8;
         let sql = DB::statements();
-        let query = match mode {
-            PutMode::Overwrite => sqlx::query_as(sql.overwrite.as_str()),
-            PutMode::Create => sqlx::query_as(sql.create.as_str()),
-            PutMode::Update(_) => sqlx::query_as(sql.update.as_str()),
-        }
-        .bind(key.as_str())
-        .bind(&value[..])
-        .bind(ttl_ms(ttl));
-        let query = match mode {
-            PutMode::Update(expected) => query.bind(expected.into_raw() as i64),
-            PutMode::Overwrite | PutMode::Create => query,
-        };
-        let written: Option<(i64,)> = query
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|e| db_error(DB::BACKEND, "put", e))?;
-        match written {
-            Some((v,)) => Ok(version(v)),
-            None => Err(conflict(
-                DB::BACKEND,
-                matches!(mode, PutMode::Create),
-                self.get(key).await?,
-            )),
+        let mut attempt = 1;
+        loop {
+            let query = match mode {
+                PutMode::Overwrite => sqlx::query_as(sql.overwrite.as_str()),
+                PutMode::Create => sqlx::query_as(sql.create.as_str()),
+                PutMode::Update(_) => sqlx::query_as(sql.update.as_str()),
+            }
+            .bind(key.as_str())
+            .bind(&value[..])
+            .bind(ttl_ms(ttl));
+            let query = match mode {
+                PutMode::Update(expected) => query.bind(expected.into_raw() as i64),
+                PutMode::Overwrite | PutMode::Create => query,
+            };
+            let written: Option<(i64,)> = query
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| db_error(DB::BACKEND, "put", e))?;
+            if let Some((v,)) = written {
+                return Ok(version(v));
+            }
+            let current = self.get(key).await?;
+            let create = matches!(mode, PutMode::Create);
+            if create && current.is_none() && attempt < CREATE_ATTEMPTS {
+                attempt += 1;
+                continue;
+            }
+            return Err(conflict(DB::BACKEND, create, current));
         }
     }
 
