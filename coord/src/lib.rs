@@ -57,6 +57,6 @@ pub use elector::{Elector, Role, Term};
 pub use holder::HolderId;
 pub use lease::{check_backend, check_capabilities, Held, Lease, LeaseConfig, LeaseRecord};
 pub use task::{
-    Candidacy, Claim, RunContext, RunInfo, RunMode, Schedule, Scheduler, SchedulerConfig,
-    TaskRecord, TaskSpec, TaskStatus,
+    parse_interval, Candidacy, Claim, RunContext, RunInfo, RunMode, Schedule, Scheduler,
+    SchedulerConfig, TaskRecord, TaskSpec, TaskStatus,
 };
