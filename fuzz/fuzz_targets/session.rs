@@ -110,6 +110,8 @@ enum Forged<'a> {
 struct Input<'a> {
     /// A cookie's session id.
     id_text: &'a str,
+    /// The same as tower-sessions reads it (its own parser), then handed to the adapter.
+    cookie: &'a str,
     /// Stored session data, as the database returns it.
     data_bytes: &'a [u8],
     /// A cache entry at the session's key (sealed behind a valid header if asked).
@@ -160,6 +162,13 @@ async fn session_paths(input: Input<'_>) {
             assert!(!canonical(input.id_text), "refused {:?}", input.id_text);
             assert_eq!(e.kind(), ErrorKind::InvalidId);
         }
+    }
+
+    // tower-sessions parses the cookie; the adapter maps any id it yields (unknown here).
+    if let Ok(cookie_id) = input.cookie.parse::<Id>() {
+        let store = TowerStore::new(std::sync::Arc::new(MemStore::default()));
+        assert!(matches!(store.load(&cookie_id).await, Ok(None)));
+        assert!(store.delete(&cookie_id).await.is_ok());
     }
 
     // Stored data straight from the database.
@@ -226,10 +235,10 @@ async fn session_paths(input: Input<'_>) {
             let field = ["v", "e", "t", "d"][usize::from(*which) % 4];
             let changed = match g.get(field) {
                 Some(Value::Number(n)) => {
-                    Value::from(n.as_i64().unwrap_or(0).wrapping_add(by.max(&1).to_owned()))
+                    Value::from(n.as_i64().unwrap_or(0).wrapping_add(*by.max(&1)))
                 }
                 Some(Value::String(s)) => Value::from(format!("{s}{by}")),
-                _ => Value::from(serde_json::json!({ "x": by })),
+                _ => serde_json::json!({ "x": by }),
             };
             g.insert(field.to_owned(), changed);
             Some(Value::Object(g))
