@@ -77,11 +77,7 @@ impl BackendUrl {
                 redact_unparsed(url)
             ))
         })?;
-        if scheme.is_empty()
-            || !scheme
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
-        {
+        if !valid_scheme(scheme) {
             return Err(config(format!(
                 "invalid URL scheme in {:?}",
                 redact_unparsed(url)
@@ -392,9 +388,20 @@ fn percent_decode_lossy(s: &str) -> String {
         .into_owned()
 }
 
-/// [`redact`] for text that does not parse as a URL.
+fn valid_scheme(scheme: &str) -> bool {
+    !scheme.is_empty()
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+}
+
+/// [`redact`] for text that does not parse as a URL. A `://` counts only after a valid
+/// scheme: in `redis:/:pa://ss@h` (a slash missing) it is part of the password.
 fn redact_unparsed(url: &str) -> String {
-    match url.split_once("://") {
+    match url
+        .split_once("://")
+        .filter(|(scheme, _)| valid_scheme(scheme))
+    {
         Some((scheme, rest)) => match rest.rfind('@') {
             Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
             None => url.to_owned(),
@@ -481,6 +488,26 @@ mod tests {
         }
     }
 
+    /// Found by fuzzing: with the scheme's `//` mistyped, the password's own `://` was taken
+    /// for the scheme separator and everything before it was shown.
+    #[test]
+    fn a_separator_inside_the_password_of_a_broken_url_is_hidden() {
+        for url in [
+            "x-custom.v1:/:\u{2603}://Url%28r:***@\u{2603}[\u{2603}@/%5D%2F%3F#",
+            "redis:/:se://cret@h:6379",
+            "redis::se://cret@h",
+            "re dis://:se/cret@h",
+        ] {
+            let shown = redact(url);
+            assert!(
+                !shown.contains("se") && !shown.contains('\u{2603}'),
+                "{url} -> {shown}"
+            );
+            let e = BackendUrl::parse(url).unwrap_err();
+            assert!(!e.to_string().contains("se"), "{url}: {e}");
+        }
+    }
+
     #[test]
     fn hosts_paths_and_options() {
         let u = BackendUrl::parse("memcache://a:1,b,[::1]:3?timeout_ms=9#frag").unwrap();
@@ -530,5 +557,75 @@ mod tests {
             .is_err());
         assert!(BackendUrl::parse("x://h:70000").is_err());
         assert!(BackendUrl::parse("x://::1").is_err(), "IPv6 needs brackets");
+    }
+}
+
+#[cfg(test)]
+mod props {
+    use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Starts and ends every password and appears nowhere else in a built URL.
+    const MARK: char = '\u{2603}';
+
+    fn leaks(shown: &str, pw: &str) -> bool {
+        shown.contains(MARK)
+            || shown.to_ascii_uppercase().contains("%E2%98%83")
+            || shown.contains(pw)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1000))]
+
+        #[test]
+        fn any_text_parses_or_is_a_config_error(s in "\\PC{0,80}|[a-z]{1,6}://[:@/?#a-z0-9\\[\\],%]{0,40}") {
+            let _ = redact(&s);
+            match BackendUrl::parse(&s) {
+                Ok(u) => {
+                    let _ = (u.to_string(), format!("{u:?}"));
+                }
+                Err(e) => prop_assert_eq!(e.kind(), ErrorKind::Config),
+            }
+        }
+
+        #[test]
+        fn redact_never_shows_the_password(
+            scheme in "redis|rediss|redis\\+cluster|memcache|postgres|sled|x-y\\.z|re dis",
+            sep in prop_oneof![4 => Just("://"), 1 => Just(":/"), 1 => Just("")],
+            user in "[a-zé]{0,6}",
+            body in "[/?#@:a-zé\u{1F600} %]{0,16}",
+            encode in any::<bool>(),
+            hosts in "[a-z0-9.]{0,8}(:[0-9]{1,5})?(,\\[::1\\](:[0-9]{1,4})?)?|h:port|\\[::1",
+            path in "(/[a-z0-9]{0,6})?",
+            query in "(\\?[a-z]{1,4}=[a-z0-9%]{0,6}(&[a-z]{1,4}=[a-z0-9]{0,4})?)?",
+            fragment in "(#[a-z]{0,4})?",
+        ) {
+            let pw = format!("{MARK}{body}{MARK}");
+            let pw_text = if encode {
+                utf8_percent_encode(&pw, NON_ALPHANUMERIC).to_string()
+            } else {
+                pw.clone()
+            };
+            let url = format!("{scheme}{sep}{user}:{pw_text}@{hosts}{path}{query}{fragment}");
+            let red = redact(&url);
+            prop_assert!(!leaks(&red, &pw), "{} -> {}", url, red);
+            match BackendUrl::parse(&url) {
+                Ok(u) => {
+                    prop_assert!(!leaks(&u.to_string(), &pw), "{}", u);
+                    let debug = format!("{u:?}");
+                    prop_assert!(!leaks(&debug, &pw), "{}", debug);
+                    if encode || !body.contains('%') {
+                        prop_assert_eq!(u.password(), Some(pw.as_str()));
+                        prop_assert_eq!(u.username(), (!user.is_empty()).then_some(user.as_str()));
+                    }
+                }
+                Err(e) => {
+                    prop_assert_eq!(e.kind(), ErrorKind::Config);
+                    prop_assert!(!leaks(&e.to_string(), &pw), "{}", e);
+                }
+            }
+        }
     }
 }

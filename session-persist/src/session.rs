@@ -274,6 +274,7 @@ impl SessionManager {
 
     /// A handle whose `record` already holds `changes` (made by a request elsewhere, e.g.
     /// through tower-sessions) on top of the version it loaded.
+    #[cfg(feature = "tower-sessions")]
     pub(crate) fn replay(&self, record: Record, changes: Vec<Change>) -> Session {
         Session {
             manager: self.clone(),
@@ -408,6 +409,7 @@ impl Session {
     }
 
     /// Saves the changes without moving the expiry.
+    #[cfg(feature = "axum")]
     pub(crate) async fn save_keeping_expiry(&mut self) -> Result<()> {
         let keep = self.record.expires_at;
         self.save_until(keep).await
