@@ -34,9 +34,10 @@
 //! * **Delete-if-version:** once the key is gone there is no record left to carry an id,
 //!   so the script leaves a marker: a small key next to the entry (same hash slot, a name
 //!   no valid [`Key`] can take, see [`marker_key`]) holding the caller's random request id
-//!   for [`MARKER_TTL_MIN`] or four operation deadlines, whichever is longer. A retry that finds the key absent or replaced, and the marker
-//!   holding its own id, reports success (`Ok(true)`); any other caller still gets the
-//!   conflict. One `SET` more inside the same script; no extra round trip.
+//!   for [`MARKER_TTL_MIN`] or four operation deadlines, whichever is longer. A retry that
+//!   finds the key absent or replaced, and the marker holding its own id, reports success
+//!   (`Ok(true)`); any other caller still gets the conflict. One `SET` more inside the same
+//!   script; no extra round trip.
 
 use std::io::Write;
 
