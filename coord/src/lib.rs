@@ -158,6 +158,6 @@ pub use lease::{
     check_backend, check_capabilities, Durability, Held, Lease, LeaseConfig, LeaseRecord,
 };
 pub use task::{
-    parse_interval, Candidacy, Claim, Heartbeat, RunContext, RunInfo, RunMode, Schedule,
-    Scheduler, SchedulerConfig, TaskRecord, TaskSpec, TaskStatus, MAX_RUNS_IN_PROGRESS,
+    parse_interval, Candidacy, Claim, Heartbeat, RunContext, RunInfo, RunMode, Schedule, Scheduler,
+    SchedulerConfig, TaskRecord, TaskSpec, TaskStatus, MAX_RUNS_IN_PROGRESS,
 };

@@ -10,7 +10,7 @@
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use larder::{Bytes, CacheBackend, DynBackend, ErrorKind, Key, PutMode};
+use larder::{Bytes, CacheBackend, DeleteMode, DynBackend, ErrorKind, Key, PutMode};
 use larder_backend_redis::{RedisBackend, RedisConfig};
 use larder_tests::cluster::{shutdown_redis_at_exit, RedisCluster};
 use larder_tests::proxy::{FaultProxy, Mode};
@@ -492,4 +492,34 @@ async fn durability_is_measured_at_connect() {
         "{c:?}"
     );
     assert!(note(&c.persistence_note).contains("permission"), "{c:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_if_version_works_for_every_key_shape() {
+    // Delete-if-version also writes a marker key next to the entry (see
+    // `backend-redis/src/core.rs`), which must share the entry's cluster slot whatever the
+    // key looks like: with a hash tag, without one, with braces that make no hash tag.
+    let n = rand_u64();
+    let shapes = [
+        format!("plain-{n:x}"),
+        format!("{{user{n:x}}}:profile"),
+        format!("pre{{{n:x}}}post{{x}}"),
+        format!("closing}}only-{n:x}"),
+        format!("{{}}empty-tag}}-{n:x}"),
+        format!("}}{{{n:x}"),
+        format!("open{{-{n:x}"),
+    ];
+    for b in [single_backend().await, cluster_backend().await] {
+        for s in &shapes {
+            let k = Key::new(s.as_str()).unwrap();
+            let v = b
+                .put(&k, Bytes::from_static(b"v"), None, PutMode::Overwrite)
+                .await
+                .unwrap();
+            assert!(b.delete(&k, DeleteMode::IfVersion(v)).await.unwrap(), "{s}");
+            assert!(b.get(&k).await.unwrap().is_none(), "{s}");
+            let e = b.delete(&k, DeleteMode::IfVersion(v)).await.unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Conflict, "{s}: {e}");
+        }
+    }
 }
