@@ -24,6 +24,20 @@ pub(super) fn run_info(r: &RunInfo) -> String {
     )
 }
 
+/// The runs in progress: the latest, then how many earlier ones still run (tasks that allow
+/// overlap) with their tokens, so a stuck earlier run is visible.
+pub(super) fn running(latest: Option<&RunInfo>, earlier: &[RunInfo]) -> String {
+    let Some(latest) = latest else {
+        return "-".to_owned();
+    };
+    let mut s = run_info(latest);
+    if !earlier.is_empty() {
+        let tokens: Vec<String> = earlier.iter().map(|r| format!("#{}", r.token)).collect();
+        let _ = write!(s, " (+{} earlier: {})", earlier.len(), tokens.join(" "));
+    }
+    s
+}
+
 pub(super) fn table(out: &mut String, rows: &[Vec<String>]) {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..cols)
@@ -93,6 +107,30 @@ pub(super) fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn run(token: u64) -> RunInfo {
+        RunInfo {
+            period: 0,
+            holder: "a@h:1".into(),
+            token,
+            started_at_ms: 0,
+            finished_at_ms: None,
+            outcome: None,
+        }
+    }
+
+    #[test]
+    fn overlapping_runs_are_listed_with_their_tokens() {
+        assert_eq!(running(None, &[]), "-");
+        assert_eq!(
+            running(Some(&run(9)), &[]),
+            "a@h:1 #9 1970-01-01T00:00:00.000Z - running"
+        );
+        assert_eq!(
+            running(Some(&run(9)), &[run(7), run(8)]),
+            "a@h:1 #9 1970-01-01T00:00:00.000Z - running (+2 earlier: #7 #8)"
+        );
+    }
 
     #[test]
     fn timestamps_are_utc() {

@@ -10,7 +10,7 @@ use larder_coord::{
 };
 use larder_session_persist::{open_existing, EXPIRY_TASK};
 
-use super::render::{now_ms, run_info, table, ts};
+use super::render::{now_ms, run_info, running, table, ts};
 use super::{database_url, open_cache, Cli, Source, StatusArgs};
 
 pub(super) async fn status(cli: &Cli, args: &StatusArgs) -> Result<String> {
@@ -159,7 +159,7 @@ pub(super) async fn status(cli: &Cli, args: &StatusArgs) -> Result<String> {
                 st.token.to_string()
             },
             st.last_period.map_or("never".to_owned(), ts),
-            st.running.as_ref().map_or("-".to_owned(), run_info),
+            running(st.running.as_ref(), &st.overlapping),
             st.last_run.as_ref().map_or("-".to_owned(), run_info),
             next,
         ]);

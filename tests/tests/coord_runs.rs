@@ -196,7 +196,8 @@ async fn heartbeats_fail(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_a_run_whose_heartbeats_fail_is_cancelled_before_it_is_taken_over() {
-    let srv = ServerProcess::redis();
+    // A Redis that keeps its records (append-only file), as coordination requires.
+    let srv = ServerProcess::redis_with(&["--appendonly", "yes"]);
     let proxy = FaultProxy::start(&srv.addr()).await;
     let fast = "response_timeout_ms=200&connect_timeout_ms=200";
     let first: DynBackend = Arc::new(

@@ -22,6 +22,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 static SET: OnceLock<SentinelSet> = OnceLock::new();
 
+/// The tests that fail a primary over run one at a time: each has its own deployment, and
+/// on two cores two failovers at once would measure each other.
+static FAILOVERS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn set() -> &'static SentinelSet {
     SET.get_or_init(|| {
         let s = SentinelSet::start();
@@ -126,15 +130,21 @@ async fn facade_opens_sentinel_urls() {
         .await
         .unwrap();
     assert_eq!(many.len(), 2);
-    // TLS Sentinel needs the facade's `redis-tls` feature, which this build lacks.
+    // TLS Sentinel needs the facade's `redis-tls` feature: without it the scheme is refused
+    // as not built; with it, these plain-text sentinels cannot complete a TLS handshake.
+    let tls_built = larder::schemes().any(|(s, _, built)| s == "rediss+sentinel" && built);
     let e = larder::connect(&format!(
-        "rediss+sentinel://{}/{SERVICE}",
+        "rediss+sentinel://{}/{SERVICE}?{FAST}",
         set().sentinels()
     ))
     .await
     .unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
-    assert!(e.message().contains("redis-tls"), "{e}");
+    if tls_built {
+        assert_ne!(e.kind(), ErrorKind::Unsupported, "{e}");
+    } else {
+        assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+        assert!(e.message().contains("redis-tls"), "{e}");
+    }
 }
 
 /// One write of the failover test: its index, when it started and ended, and its result.
@@ -187,6 +197,7 @@ fn write_loop(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_under_a_writing_client() {
+    let _serial = FAILOVERS.lock().await;
     let mut set = SentinelSet::start();
     let url = format!(
         "redis+sentinel://{}/{SERVICE}?response_timeout_ms=300&connect_timeout_ms=300",
@@ -536,6 +547,7 @@ async fn primary_and_sentinel_passwords_are_separate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn manual_failover_with_the_old_primary_alive_is_followed() {
+    let _serial = FAILOVERS.lock().await;
     let set = SentinelSet::start();
     let url = format!(
         "redis+sentinel://{}/{SERVICE}?response_timeout_ms=300&connect_timeout_ms=300",
@@ -719,6 +731,9 @@ async fn fake_node(
                     let reply = match verb.as_deref() {
                         Some("CLIENT") | Some("SELECT") => "+OK\r\n".to_owned(),
                         Some("PING") => "+PONG\r\n".to_owned(),
+                        // The backend reads INFO at connect to judge durability: an empty
+                        // reply (nothing known) keeps it off the write path counted here.
+                        Some("INFO") if !sentinel => "$0\r\n\r\n".to_owned(),
                         Some("SENTINEL") if sentinel => {
                             let p = target.load(std::sync::atomic::Ordering::SeqCst).to_string();
                             format!("*2\r\n$9\r\n127.0.0.1\r\n${}\r\n{p}\r\n", p.len())
@@ -817,6 +832,7 @@ async fn a_primary_that_stays_read_only_is_an_error_after_one_retry() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_near_cache_over_sentinel_is_flushed_and_follows_a_failover() {
     use larder::layer::{ChannelState, Near};
+    let _serial = FAILOVERS.lock().await;
     let set = SentinelSet::start();
     let url = format!(
         "redis+sentinel://{}/{SERVICE}?response_timeout_ms=300&connect_timeout_ms=300",
@@ -845,12 +861,14 @@ async fn a_near_cache_over_sentinel_is_flushed_and_follows_a_failover() {
     near.put(&k, Bytes::from_static(b"before"), None, PutMode::Overwrite)
         .await
         .unwrap();
-    // Twice: the second read is a local hit.
-    for _ in 0..2 {
+    // Read until one read is a local hit (a read is served locally only while the channel
+    // has synced within the bound, which a loaded machine may miss now and then).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stats.local_hits() == 0 {
         let e = near.get(&k).await.unwrap().unwrap();
         assert_eq!(&e.value[..], b"before");
+        assert!(Instant::now() < deadline, "the local tier was never used");
     }
-    assert!(stats.local_hits() > 0, "the local tier was never used");
     let flushes_before = stats.flushes();
 
     set.failover();

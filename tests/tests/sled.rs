@@ -171,8 +171,10 @@ async fn manual_sweep_removes_only_due_entries() {
     )
     .await
     .unwrap();
+    // TTLs of 2 s: long enough that a loaded machine still touches the entries before they
+    // are due, short enough to wait for.
     for i in 0..500 {
-        put(&b, &format!("due-{i}"), b"v", Some(ms(50))).await;
+        put(&b, &format!("due-{i}"), b"v", Some(ms(2000))).await;
     }
     for i in 0..20 {
         put(
@@ -185,14 +187,14 @@ async fn manual_sweep_removes_only_due_entries() {
     }
     // Overwrites and touches move entries in the index; none may be left behind.
     for i in 0..20 {
-        put(&b, &format!("due-{i}"), b"w", Some(ms(50))).await;
+        put(&b, &format!("due-{i}"), b"w", Some(ms(2000))).await;
         assert!(b
-            .touch(&k(&format!("due-{}", 20 + i)), Some(ms(60)))
+            .touch(&k(&format!("due-{}", 20 + i)), Some(ms(2100)))
             .await
             .unwrap());
     }
     assert_eq!(tree_len(&b, EXPIRY_TREE), 520);
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    tokio::time::sleep(Duration::from_millis(2300)).await;
     assert_eq!(b.sweep_expired().await.unwrap(), 500);
     assert_eq!(tree_len(&b, ENTRIES_TREE), 20);
     assert_eq!(tree_len(&b, EXPIRY_TREE), 20);

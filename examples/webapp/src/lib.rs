@@ -24,6 +24,7 @@ use axum::{Json, Router};
 use larder::coord::{
     Elector, HolderId, Lease, LeaseConfig, Role, Scheduler, SchedulerConfig, TaskStatus,
 };
+use larder::layer::{ChannelState, Near};
 use larder::sessions::{
     expiry_task, AtomicSession, CachedStore, IdHash, Invalidation, Record, SaveOutcome,
     SessionData, SessionError, SessionId, SessionStore, Timestamp, TowerStore, WriteThroughStats,
@@ -170,6 +171,7 @@ struct Shared {
     scheduler: Arc<Scheduler>,
     expiry_runs: Arc<AtomicU64>,
     expired_removed: Arc<AtomicU64>,
+    near: Option<Arc<Near>>,
 }
 
 /// A built app: the router plus the background coordination it started.
@@ -252,17 +254,34 @@ impl App {
             Some(u) => u.clone(),
             None => format!("sled://{}", data_dir.join("cache").display()),
         };
-        let cache_backend = larder::connect(&cache_url).await?;
-        let cache = format!(
-            "{} {}",
-            cache_backend.capabilities().name,
-            redact(&cache_url)
-        );
-        let mut cached = CachedStore::new(sql.clone(), cache_backend);
         // A database other processes reach: the instances share the cache key through it.
         let multi_instance = larder::url::BackendUrl::parse(&db_url)?
             .scheme()
             .starts_with("postgres");
+        let cache_scheme = larder::url::BackendUrl::parse(&cache_url)?
+            .scheme()
+            .to_owned();
+        // Many instances on a shared Redis: a near cache in each process answers repeated
+        // loads from memory, kept coherent by Redis client tracking (see `layer::Near`).
+        let (cache_backend, near) = if multi_instance && cache_scheme.starts_with("redis") {
+            let redis = larder::backends::redis::RedisBackend::connect(&cache_url).await?;
+            let tracking = redis.tracking();
+            let near = Arc::new(Near::builder(Arc::new(redis)).channel(tracking).build()?);
+            (near.clone() as DynBackend, Some(near))
+        } else {
+            (larder::connect(&cache_url).await?, None)
+        };
+        let cache = format!(
+            "{}{} {}",
+            cache_backend.capabilities().name,
+            if near.is_some() {
+                " behind a near cache"
+            } else {
+                ""
+            },
+            redact(&cache_url)
+        );
+        let mut cached = CachedStore::new(sql.clone(), cache_backend);
         let key = match &config.cache_key {
             Some(k) => Some(k.as_bytes().to_vec()),
             None if multi_instance => Some(shared_cache_key(&kv).await?),
@@ -319,6 +338,7 @@ impl App {
             scheduler,
             expiry_runs,
             expired_removed,
+            near,
         });
         let tower_store = TowerStore::new(store).principal_key(USER_KEY);
         let sessions = SessionManagerLayer::new(tower_store.clone())
@@ -763,6 +783,22 @@ async fn status_value(s: &Shared) -> Value {
             "integrity_failures": st.integrity_failures,
             "outbox_drained": st.outbox_drained,
         },
+        "near_cache": s.near.as_ref().map(|n| {
+            let ns = n.stats();
+            json!({
+                "channel": match n.channel_state() {
+                    ChannelState::Up => "up",
+                    ChannelState::Down => "down",
+                    _ => "accepted staleness",
+                },
+                "local_hits": ns.local_hits(),
+                "shared_hits": ns.shared_hits(),
+                "misses": ns.misses(),
+                "invalidations": ns.invalidations(),
+                "bypassed": ns.bypassed(),
+                "flushes": ns.flushes(),
+            })
+        }),
         "sessions": sessions,
         "leader": leader,
         "this_instance_is_leader": is_leader,
@@ -824,6 +860,17 @@ async fn status_html(State(s): AppState) -> Html<String> {
             ""
         },
     );
+    let n = &v["near_cache"];
+    if !n.is_null() {
+        body.push_str(&format!(
+            "<tr><td>near cache: channel / local hits / shared hits / invalidations received</td>\
+             <td id=\"near\">{ch} / {lh} / {sh} / {inv}</td></tr>",
+            ch = str_of(&n["channel"]),
+            lh = n["local_hits"],
+            sh = n["shared_hits"],
+            inv = n["invalidations"],
+        ));
+    }
     if let Value::Array(tasks) = &v["tasks"] {
         for t in tasks {
             let lr = &t["last_run"];

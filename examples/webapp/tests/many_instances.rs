@@ -1,5 +1,6 @@
 //! Three instances on PostgreSQL and one Redis, no sticky sessions: a scripted client
-//! spreads its requests over all of them, through an instance crash and a Redis outage.
+//! spreads its requests over all of them, through an instance crash and a Redis outage. Each
+//! instance keeps a near cache in front of Redis (coherent within `DEFAULT_MAX_STALENESS`).
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -8,6 +9,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use common::{AppProcess, Client};
+use larder::layer::DEFAULT_MAX_STALENESS;
 use larder_tests::server::ServerProcess;
 
 fn pg_url_with_schema(schema: &str) -> String {
@@ -61,11 +63,23 @@ async fn three_instances_share_sessions_and_coordinate() {
             bases[i % 3]
         );
     }
-    for b in &bases {
-        let v = c.whoami(b).await;
-        assert_eq!(v["user"], "ada");
-        assert_eq!(v["counter"], 30, "counter seen by {b}");
+    // Each instance has a near cache in front of Redis, coherent within its staleness bound:
+    // once the bound has passed, every instance sees the last increment.
+    tokio::time::sleep(DEFAULT_MAX_STALENESS).await;
+    for _ in 0..2 {
+        for b in &bases {
+            let v = c.whoami(b).await;
+            assert_eq!(v["user"], "ada");
+            assert_eq!(v["counter"], 30, "counter seen by {b}");
+        }
     }
+    let mut local_hits = 0;
+    for b in &bases {
+        let near = c.status(b).await["near_cache"].clone();
+        assert_eq!(near["channel"], "up", "{b}: {near}");
+        local_hits += near["local_hits"].as_u64().unwrap();
+    }
+    assert!(local_hits > 0, "no instance answered from its near cache");
 
     // Crash one instance and restart it: still logged in there.
     apps[1].kill();
@@ -197,6 +211,7 @@ async fn three_instances_share_sessions_and_coordinate() {
         .post_json(&format!("{}/logout-everywhere", bases[2]), "")
         .await;
     assert_eq!(v["sessions_deleted"], 2);
+    tokio::time::sleep(DEFAULT_MAX_STALENESS).await;
     for b in &bases {
         c.cookie = first_cookie.clone();
         other.cookie = other_cookie.clone();
