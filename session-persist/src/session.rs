@@ -408,6 +408,7 @@ impl Session {
     }
 
     /// Saves the changes without moving the expiry.
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
     pub(crate) async fn save_keeping_expiry(&mut self) -> Result<()> {
         let keep = self.record.expires_at;
         self.save_until(keep).await
