@@ -2,7 +2,6 @@
 //! larder with no glue code, and concurrent requests on one session keep each other's keys.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use actix_session::storage::{LoadError, SaveError, SessionKey, UpdateError};
@@ -10,12 +9,10 @@ use actix_web::cookie::time::Duration as TtlDuration;
 use larder_cache_api::{Error, ErrorKind};
 
 use crate::id::SessionId;
-use crate::merge::KeyMerge;
+use crate::merge::{adapter_methods, KeyMerge};
 use crate::record::{SessionData, Timestamp};
-use crate::session::SessionManager;
-use crate::store::SessionStore;
 
-/// Adapts any larder [`SessionStore`] (an SQL store, or a [`CachedStore`](crate::CachedStore)
+/// Adapts any larder [`SessionStore`](crate::SessionStore) (an SQL store, or a [`CachedStore`](crate::CachedStore)
 /// over one) to actix-session, for `actix_session::SessionMiddleware`.
 ///
 /// What actix-session calls the session key is larder's session id: 128 bits from the OS
@@ -62,17 +59,16 @@ use crate::store::SessionStore;
 ///   session: actix-session would otherwise let the request overwrite it.
 ///
 /// actix-session values are JSON text, kept as they are inside larder's session data: the
-/// same format as the tower-sessions adapter and a [`SessionManager`] with
+/// same format as the tower-sessions adapter and a [`SessionManager`](crate::SessionManager) with
 /// [`ValueFormat::Json`](crate::ValueFormat::Json). When
 /// [`principal_key`](ActixStore::principal_key) is set, the string under that key is the
 /// session's principal, so "log out everywhere"
-/// ([`SessionStore::delete_principal`]) works for actix-web apps too.
+/// ([`SessionStore::delete_principal`](crate::SessionStore::delete_principal)) works for actix-web apps too.
 ///
 /// ```
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// # actix_web::rt::System::new().block_on(async {
-/// use std::sync::Arc;
-/// use actix_session::{Session, SessionMiddleware};
+/// /// use actix_session::{Session, SessionMiddleware};
 /// use actix_web::{cookie::Key, test, web, App};
 /// use larder_session_persist::{ActixStore, SessionStore, SqliteStore};
 ///
@@ -107,46 +103,7 @@ pub struct ActixStore {
     core: KeyMerge,
 }
 
-impl std::fmt::Debug for ActixStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ActixStore")
-            .field("store", self.core.store())
-            .field("principal_key", &self.core.principal_key())
-            .finish()
-    }
-}
-
-impl ActixStore {
-    /// Adapts `store`.
-    pub fn new(store: Arc<dyn SessionStore>) -> Self {
-        ActixStore {
-            core: KeyMerge::new(store),
-        }
-    }
-
-    /// The session key whose string value is the session's principal.
-    pub fn principal_key(mut self, key: impl Into<String>) -> Self {
-        self.core.set_principal_key(key.into());
-        self
-    }
-
-    /// How long an update may keep replaying its keys after lost races (default 10 s).
-    pub fn save_deadline(mut self, d: Duration) -> Self {
-        self.core.set_save_deadline(d);
-        self
-    }
-
-    /// The larder store underneath.
-    pub fn inner(&self) -> &Arc<dyn SessionStore> {
-        self.core.store()
-    }
-
-    /// larder's session handles over the same store, with the same JSON values: for code
-    /// that needs an update that re-runs on a conflict (load with the session key).
-    pub fn manager(&self) -> &SessionManager {
-        self.core.manager()
-    }
-}
+adapter_methods!(ActixStore, "an update");
 
 /// larder's id in actix-session's key, or `None` (logged) for anything else.
 fn parse(key: &SessionKey) -> Option<SessionId> {
@@ -194,6 +151,18 @@ fn decode(data: &SessionData) -> larder_cache_api::Result<HashMap<String, String
         .collect()
 }
 
+/// A larder error as actix-session's: an encoding failure as `serialization`, anything else
+/// as `other`.
+fn mapped<E>(
+    serialization: fn(anyhow::Error) -> E,
+    other: fn(anyhow::Error) -> E,
+) -> impl Fn(Error) -> E {
+    move |e| match e.kind() {
+        ErrorKind::Encode => serialization(e.into()),
+        _ => other(e.into()),
+    }
+}
+
 fn to_key(id: &SessionId) -> Result<SessionKey, anyhow::Error> {
     // 22 characters: always within actix-session's limit.
     SessionKey::try_from(id.as_str().to_owned()).map_err(anyhow::Error::new)
@@ -231,10 +200,7 @@ impl actix_session::storage::SessionStore for ActixStore {
             .core
             .create(encode(session_state), expiry(ttl))
             .await
-            .map_err(|e| match e.kind() {
-                ErrorKind::Encode => SaveError::Serialization(e.into()),
-                _ => SaveError::Other(e.into()),
-            })?;
+            .map_err(mapped(SaveError::Serialization, SaveError::Other))?;
         to_key(&created.id).map_err(SaveError::Other)
     }
 
@@ -252,10 +218,7 @@ impl actix_session::storage::SessionStore for ActixStore {
         self.core
             .save(id, encode(session_state), expiry(ttl))
             .await
-            .map_err(|e| match e.kind() {
-                ErrorKind::Encode => UpdateError::Serialization(e.into()),
-                _ => UpdateError::Other(e.into()),
-            })?;
+            .map_err(mapped(UpdateError::Serialization, UpdateError::Other))?;
         Ok(session_key)
     }
 

@@ -26,6 +26,54 @@ use crate::store::SessionStore;
 /// or forged is refused.
 pub const RESERVED_KEY: &str = "__larder_loaded";
 
+/// The constructor, settings and `Debug` of an adapter struct whose one field is
+/// `core: KeyMerge`; `$saves` names what the framework calls a save, for the docs.
+macro_rules! adapter_methods {
+    ($adapter:ident, $saves:literal) => {
+        impl std::fmt::Debug for $adapter {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($adapter))
+                    .field("store", self.core.store())
+                    .field("principal_key", &self.core.principal_key())
+                    .finish()
+            }
+        }
+
+        impl $adapter {
+            /// Adapts `store`.
+            pub fn new(store: std::sync::Arc<dyn $crate::SessionStore>) -> Self {
+                $adapter {
+                    core: $crate::merge::KeyMerge::new(store),
+                }
+            }
+
+            /// The session key whose string value is the session's principal.
+            pub fn principal_key(mut self, key: impl Into<String>) -> Self {
+                self.core.set_principal_key(key.into());
+                self
+            }
+
+            #[doc = concat!("How long ", $saves, " may keep replaying its keys after lost races (default 10 s).")]
+            pub fn save_deadline(mut self, d: std::time::Duration) -> Self {
+                self.core.set_save_deadline(d);
+                self
+            }
+
+            /// The larder store underneath.
+            pub fn inner(&self) -> &std::sync::Arc<dyn $crate::SessionStore> {
+                self.core.store()
+            }
+
+            /// larder's session handles over the same store, with the same JSON values: for
+            /// code that needs an update that re-runs on a conflict.
+            pub fn manager(&self) -> &$crate::SessionManager {
+                self.core.manager()
+            }
+        }
+    };
+}
+pub(crate) use adapter_methods;
+
 /// What the reserved entry holds.
 #[derive(Debug, Serialize, Deserialize)]
 struct Loaded {

@@ -2,8 +2,6 @@
 //! with no glue code, and concurrent requests on one session keep each other's keys.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use larder_cache_api::ErrorKind;
@@ -12,12 +10,10 @@ use tower_sessions::session::{Id, Record as TowerRecord};
 use tower_sessions::session_store::{Error as TowerError, Result as TowerResult};
 
 use crate::id::SessionId;
-use crate::merge::{KeyMerge, RESERVED_KEY};
+use crate::merge::{adapter_methods, KeyMerge, RESERVED_KEY};
 use crate::record::{SessionData, Timestamp};
-use crate::session::SessionManager;
-use crate::store::SessionStore;
 
-/// Adapts any larder [`SessionStore`] (an SQL store, or a [`CachedStore`](crate::CachedStore)
+/// Adapts any larder [`SessionStore`](crate::SessionStore) (an SQL store, or a [`CachedStore`](crate::CachedStore)
 /// over one) to `tower_sessions`.
 ///
 /// # What holds on this path
@@ -46,12 +42,11 @@ use crate::store::SessionStore;
 /// tower-sessions values are kept as JSON inside larder's session data. When
 /// [`principal_key`](TowerStore::principal_key) is set, the string under that key is the
 /// session's principal, so "log out everywhere"
-/// ([`SessionStore::delete_principal`]) works for tower-sessions apps too.
+/// ([`SessionStore::delete_principal`](crate::SessionStore::delete_principal)) works for tower-sessions apps too.
 ///
 /// ```no_run
 /// # async fn demo() -> larder_cache_api::Result<()> {
-/// use std::sync::Arc;
-/// use larder_session_persist::{CachedStore, SqliteStore, TowerStore};
+/// /// use larder_session_persist::{CachedStore, SqliteStore, TowerStore};
 /// use tower_sessions::SessionManagerLayer;
 ///
 /// let sql = SqliteStore::connect("sqlite://sessions.db").await?;
@@ -65,46 +60,7 @@ pub struct TowerStore {
     core: KeyMerge,
 }
 
-impl std::fmt::Debug for TowerStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TowerStore")
-            .field("store", self.core.store())
-            .field("principal_key", &self.core.principal_key())
-            .finish()
-    }
-}
-
-impl TowerStore {
-    /// Adapts `store`.
-    pub fn new(store: Arc<dyn SessionStore>) -> Self {
-        TowerStore {
-            core: KeyMerge::new(store),
-        }
-    }
-
-    /// The session key whose string value is the session's principal.
-    pub fn principal_key(mut self, key: impl Into<String>) -> Self {
-        self.core.set_principal_key(key.into());
-        self
-    }
-
-    /// How long a save may keep replaying its keys after lost races (default 10 s).
-    pub fn save_deadline(mut self, d: Duration) -> Self {
-        self.core.set_save_deadline(d);
-        self
-    }
-
-    /// The larder store underneath.
-    pub fn inner(&self) -> &Arc<dyn SessionStore> {
-        self.core.store()
-    }
-
-    /// larder's session handles over the same store, with the same JSON values: for code
-    /// that needs an update that re-runs on a conflict.
-    pub fn manager(&self) -> &SessionManager {
-        self.core.manager()
-    }
-}
+adapter_methods!(TowerStore, "a save");
 
 fn json_bytes(v: &Value) -> Vec<u8> {
     // Serialising a `Value` cannot fail (its map keys are strings).

@@ -18,13 +18,6 @@ use larder_actix_app::{Running, COOKIE};
 use reqwest::cookie::{CookieStore as _, Jar};
 use reqwest::StatusCode;
 
-/// A new PostgreSQL schema: its URL and a pool working in it.
-async fn database() -> (String, sqlx::PgPool) {
-    let schema = larder_tests::db::pg_schema().await;
-    let pool = larder_tests::db::pg_pool_in(&schema).await;
-    (larder_tests::db::schema_url(&schema), pool)
-}
-
 fn bind(port: u16) -> TcpListener {
     TcpListener::bind(("127.0.0.1", port)).unwrap()
 }
@@ -59,6 +52,51 @@ async fn text(r: reqwest::RequestBuilder) -> String {
     r.text().await.unwrap()
 }
 
+/// The app serving on a free port, on a new PostgreSQL schema (`db`, and `pool` in it).
+struct Served {
+    db: String,
+    pool: sqlx::PgPool,
+    key: Key,
+    port: u16,
+    base: String,
+    app: Running,
+}
+
+async fn serve() -> Served {
+    let schema = larder_tests::db::pg_schema().await;
+    let pool = larder_tests::db::pg_pool_in(&schema).await;
+    let db = larder_tests::db::schema_url(&schema);
+    let key = Key::generate();
+    let listener = bind(0);
+    let port = listener.local_addr().unwrap().port();
+    let app = Running::start(&db, key.clone(), listener).unwrap();
+    Served {
+        db,
+        pool,
+        key,
+        port,
+        base: format!("http://127.0.0.1:{port}"),
+        app,
+    }
+}
+
+/// Logs `user` in with a client of its own; the session cookie (`name=value`).
+async fn login(base: &str, user: &str) -> String {
+    let r = reqwest::Client::new()
+        .post(format!("{base}/login"))
+        .body(user.to_owned())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    session_cookie(r.headers()["set-cookie"].to_str().unwrap())
+}
+
+/// `req` sent with the session cookie `cookie`.
+async fn with_cookie(req: reqwest::RequestBuilder, cookie: &str) -> reqwest::Response {
+    req.header("cookie", cookie).send().await.unwrap()
+}
+
 async fn live_rows(pool: &sqlx::PgPool) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM larder_sessions WHERE NOT deleted")
         .fetch_one(pool)
@@ -68,13 +106,15 @@ async fn live_rows(pool: &sqlx::PgPool) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_counter_restart_logout_over_http() {
-    let (db, pool) = database().await;
-    let key = Key::generate();
-    let listener = bind(0);
-    let port = listener.local_addr().unwrap().port();
-    let base = format!("http://127.0.0.1:{port}");
+    let Served {
+        db,
+        pool,
+        key,
+        port,
+        base,
+        app,
+    } = serve().await;
     let url: reqwest::Url = base.parse().unwrap();
-    let app = Running::start(&db, key.clone(), listener).unwrap();
     let jar = Arc::new(Jar::default());
     let client = reqwest::Client::builder()
         .cookie_provider(jar.clone())
@@ -129,19 +169,9 @@ async fn login_counter_restart_logout_over_http() {
     assert_eq!(text(client.post(format!("{base}/logout"))).await, "bye");
     assert_eq!(text(client.get(format!("{base}/me"))).await, "anonymous");
     let replay = reqwest::Client::new();
-    let me = replay
-        .get(format!("{base}/me"))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap();
+    let me = with_cookie(replay.get(format!("{base}/me")), &cookie).await;
     assert_eq!(me.text().await.unwrap(), "anonymous");
-    let r = replay
-        .post(format!("{base}/counter"))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap();
+    let r = with_cookie(replay.post(format!("{base}/counter")), &cookie).await;
     let fresh = session_cookie(r.headers()["set-cookie"].to_str().unwrap());
     assert_eq!(r.text().await.unwrap(), "1", "a new session starts at 1");
     assert_ne!(id_in(&key, &fresh), id, "under a new id");
@@ -159,19 +189,9 @@ const REQUESTS: usize = 25;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_on_one_session_lose_no_key() {
-    let (db, pool) = database().await;
-    let key = Key::generate();
-    let listener = bind(0);
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let app = Running::start(&db, key.clone(), listener).unwrap();
-
-    let login = reqwest::Client::new()
-        .post(format!("{base}/login"))
-        .body("ada")
-        .send()
-        .await
-        .unwrap();
-    let cookie = session_cookie(login.headers()["set-cookie"].to_str().unwrap());
+    let s = serve().await;
+    let (pool, key, base) = (&s.pool, &s.key, s.base.as_str());
+    let cookie = login(&base, "ada").await;
     let id = SessionId::parse(&id_in(&key, &cookie)).unwrap();
     let send = {
         let cookie = cookie.clone();
@@ -267,16 +287,13 @@ async fn concurrent_requests_on_one_session_lose_no_key() {
         CLIENTS * REQUESTS + 2,
         "user + counter + the keys"
     );
-    app.stop().await;
+    s.app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_unknown_and_foreign_cookies_are_no_session() {
-    let (db, pool) = database().await;
-    let key = Key::generate();
-    let listener = bind(0);
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let app = Running::start(&db, key.clone(), listener).unwrap();
+    let s = serve().await;
+    let (pool, key, base) = (&s.pool, &s.key, s.base.as_str());
     let unknown = SessionId::random().unwrap();
     let cookies = [
         // Sealed with the app's key, but not a larder id.
@@ -292,20 +309,10 @@ async fn malformed_unknown_and_foreign_cookies_are_no_session() {
     ];
     let client = reqwest::Client::new();
     for cookie in &cookies {
-        let me = client
-            .get(format!("{base}/me"))
-            .header("cookie", cookie)
-            .send()
-            .await
-            .unwrap();
+        let me = with_cookie(client.get(format!("{base}/me")), cookie).await;
         assert_eq!(me.status(), StatusCode::OK, "{cookie:.40}");
         assert_eq!(me.text().await.unwrap(), "anonymous");
-        let r = client
-            .post(format!("{base}/counter"))
-            .header("cookie", cookie)
-            .send()
-            .await
-            .unwrap();
+        let r = with_cookie(client.post(format!("{base}/counter")), cookie).await;
         assert_eq!(r.status(), StatusCode::OK, "{cookie:.40}");
         let fresh = session_cookie(r.headers()["set-cookie"].to_str().unwrap());
         assert_eq!(r.text().await.unwrap(), "1");
@@ -315,24 +322,15 @@ async fn malformed_unknown_and_foreign_cookies_are_no_session() {
     assert_eq!(live_rows(&pool).await, cookies.len() as i64);
     let store = PgStore::from_pool(pool.clone());
     assert!(store.load(&unknown).await.unwrap().is_none());
-    app.stop().await;
+    s.app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_database_is_an_opaque_500() {
-    let (db, pool) = database().await;
-    let key = Key::generate();
-    let listener = bind(0);
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let app = Running::start(&db, key.clone(), listener).unwrap();
+    let s = serve().await;
+    let (pool, key, base) = (&s.pool, &s.key, s.base.as_str());
     let client = reqwest::Client::new();
-    let login = client
-        .post(format!("{base}/login"))
-        .body("ada")
-        .send()
-        .await
-        .unwrap();
-    let cookie = session_cookie(login.headers()["set-cookie"].to_str().unwrap());
+    let cookie = login(&base, "ada").await;
 
     sqlx::query("DROP TABLE larder_sessions CASCADE")
         .execute(&pool)
@@ -349,7 +347,7 @@ async fn a_failing_database_is_an_opaque_500() {
     }
     // A request that needs no store still works.
     assert_eq!(text(client.get(format!("{base}/me"))).await, "anonymous");
-    app.stop().await;
+    s.app.stop().await;
 }
 
 // ---- The adapter called directly ------------------------------------------------------
@@ -369,6 +367,25 @@ fn secs(n: i64) -> time::Duration {
     time::Duration::seconds(n)
 }
 
+/// A new session of `user` living `ttl` seconds: actix-session's key and larder's id.
+async fn user_session(store: &ActixStore, user: &str, ttl: i64) -> (SessionKey, SessionId) {
+    let key = store
+        .save(state(&[("user", user.into())]), &secs(ttl))
+        .await
+        .unwrap();
+    let id = SessionId::parse(key.as_ref()).unwrap();
+    (key, id)
+}
+
+/// What a request that changed `state` asks of the store at its end.
+async fn update(
+    store: &ActixStore,
+    key: &SessionKey,
+    state: HashMap<String, String>,
+) -> Result<SessionKey, UpdateError> {
+    store.update(key_of(key.as_ref()), state, &secs(600)).await
+}
+
 async fn adapter() -> (ActixStore, Arc<PgStore>, sqlx::PgPool) {
     let (pg, schema) = larder_tests::db::pg_store().await;
     let pool = larder_tests::db::pg_pool_in(&schema).await;
@@ -379,11 +396,7 @@ async fn adapter() -> (ActixStore, Arc<PgStore>, sqlx::PgPool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_requests_keep_each_others_keys_and_a_late_update_never_resurrects() {
     let (store, pg, _pool) = adapter().await;
-    let key = store
-        .save(state(&[("user", "ada".into())]), &secs(600))
-        .await
-        .unwrap();
-    let id = SessionId::parse(key.as_ref()).unwrap();
+    let (key, id) = user_session(&store, "ada", 600).await;
     assert_eq!(
         pg.load(&id).await.unwrap().unwrap().principal.as_deref(),
         Some("ada")
@@ -396,15 +409,9 @@ async fn two_requests_keep_each_others_keys_and_a_late_update_never_resurrects()
     a.insert("theme".into(), "\"dark\"".into());
     b.insert("lang".into(), "\"fr\"".into());
     b.remove("user");
-    let k = store
-        .update(key_of(key.as_ref()), a, &secs(600))
-        .await
-        .unwrap();
+    let k = update(&store, &key, a).await.unwrap();
     assert_eq!(k.as_ref(), key.as_ref());
-    store
-        .update(key_of(key.as_ref()), b, &secs(600))
-        .await
-        .unwrap();
+    update(&store, &key, b).await.unwrap();
     let now = store.load(&key).await.unwrap().unwrap();
     assert_eq!(now.get("theme").map(String::as_str), Some("\"dark\""));
     assert_eq!(now.get("lang").map(String::as_str), Some("\"fr\""));
@@ -419,16 +426,10 @@ async fn two_requests_keep_each_others_keys_and_a_late_update_never_resurrects()
     let mut late = store.load(&key).await.unwrap().unwrap();
     store.delete(&key).await.unwrap();
     late.insert("x".into(), "1".into());
-    store
-        .update(key_of(key.as_ref()), late, &secs(600))
-        .await
-        .unwrap();
+    update(&store, &key, late).await.unwrap();
     let mut cleared = HashMap::new();
     cleared.insert("y".to_owned(), "2".to_owned());
-    store
-        .update(key_of(key.as_ref()), cleared, &secs(600))
-        .await
-        .unwrap();
+    update(&store, &key, cleared).await.unwrap();
     assert!(store.load(&key).await.unwrap().is_none());
     assert!(pg.load(&id).await.unwrap().is_none());
     assert_eq!(pg.count().await.unwrap(), 0);
@@ -437,11 +438,7 @@ async fn two_requests_keep_each_others_keys_and_a_late_update_never_resurrects()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_entries_and_foreign_values_are_refused_and_change_nothing() {
     let (store, pg, _pool) = adapter().await;
-    let key = store
-        .save(state(&[("user", "ada".into())]), &secs(600))
-        .await
-        .unwrap();
-    let id = SessionId::parse(key.as_ref()).unwrap();
+    let (key, id) = user_session(&store, "ada", 600).await;
     let before = pg.load(&id).await.unwrap().unwrap();
     assert_eq!(
         before.data.keys().collect::<Vec<_>>(),
@@ -449,10 +446,7 @@ async fn forged_entries_and_foreign_values_are_refused_and_change_nothing() {
         "the entry is never stored"
     );
 
-    let other = store
-        .save(state(&[("user", "bob".into())]), &secs(600))
-        .await
-        .unwrap();
+    let (other, _) = user_session(&store, "bob", 600).await;
     let other_entry = store.load(&other).await.unwrap().unwrap()[RESERVED_KEY].clone();
     for forged in [
         "\"not an entry\"".to_owned(),
@@ -503,11 +497,7 @@ fn anyhow_of_load(e: &LoadError) -> &anyhow::Error {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ttls_and_malformed_keys() {
     let (store, pg, pool) = adapter().await;
-    let key = store
-        .save(state(&[("user", "ada".into())]), &secs(100))
-        .await
-        .unwrap();
-    let id = SessionId::parse(key.as_ref()).unwrap();
+    let (key, id) = user_session(&store, "ada", 100).await;
     let v0 = pg.load(&id).await.unwrap().unwrap();
     let life = v0.expires_at.0 - larder::sessions::Timestamp::now().0;
     assert!((95_000..=100_000).contains(&life), "{life}");
