@@ -18,6 +18,10 @@
 //! (see [`ActixStore`]); the counter is a read-modify-write of one key, so concurrent
 //! increments of it are last writer wins.
 
+// actix-web runs each request on one worker thread: handler futures need not be `Send`, and
+// cannot be with `actix_session::Session` (an `Rc`).
+#![allow(clippy::future_not_send)]
+
 use std::net::TcpListener;
 use std::sync::Arc;
 

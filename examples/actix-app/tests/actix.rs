@@ -190,7 +190,7 @@ const REQUESTS: usize = 25;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_on_one_session_lose_no_key() {
     let s = serve().await;
-    let (pool, key, base) = (&s.pool, &s.key, s.base.as_str());
+    let (pool, key, base) = (s.pool.clone(), s.key.clone(), s.base.clone());
     let cookie = login(&base, "ada").await;
     let id = SessionId::parse(&id_in(&key, &cookie)).unwrap();
     let send = {
@@ -293,7 +293,7 @@ async fn concurrent_requests_on_one_session_lose_no_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_unknown_and_foreign_cookies_are_no_session() {
     let s = serve().await;
-    let (pool, key, base) = (&s.pool, &s.key, s.base.as_str());
+    let (pool, key, base) = (s.pool.clone(), s.key.clone(), s.base.clone());
     let unknown = SessionId::random().unwrap();
     let cookies = [
         // Sealed with the app's key, but not a larder id.
@@ -328,7 +328,7 @@ async fn malformed_unknown_and_foreign_cookies_are_no_session() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_database_is_an_opaque_500() {
     let s = serve().await;
-    let (pool, key, base) = (&s.pool, &s.key, s.base.as_str());
+    let (pool, base) = (s.pool.clone(), s.base.clone());
     let client = reqwest::Client::new();
     let cookie = login(&base, "ada").await;
 
