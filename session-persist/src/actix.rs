@@ -12,8 +12,9 @@ use crate::id::SessionId;
 use crate::merge::{adapter_methods, KeyMerge};
 use crate::record::{SessionData, Timestamp};
 
-/// Adapts any larder [`SessionStore`](crate::SessionStore) (an SQL store, or a [`CachedStore`](crate::CachedStore)
-/// over one) to actix-session, for `actix_session::SessionMiddleware`.
+/// Adapts any larder [`SessionStore`](crate::SessionStore) (an SQL store, or a
+/// [`CachedStore`](crate::CachedStore) over one) to actix-session, for
+/// `actix_session::SessionMiddleware`.
 ///
 /// What actix-session calls the session key is larder's session id: 128 bits from the OS
 /// CSPRNG, chosen by larder at creation, of which only the SHA-256 is stored (in the
@@ -63,12 +64,14 @@ use crate::record::{SessionData, Timestamp};
 /// [`ValueFormat::Json`](crate::ValueFormat::Json). When
 /// [`principal_key`](ActixStore::principal_key) is set, the string under that key is the
 /// session's principal, so "log out everywhere"
-/// ([`SessionStore::delete_principal`](crate::SessionStore::delete_principal)) works for actix-web apps too.
+/// ([`SessionStore::delete_principal`](crate::SessionStore::delete_principal)) works for
+/// actix-web apps too.
 ///
 /// ```
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// # actix_web::rt::System::new().block_on(async {
-/// /// use actix_session::{Session, SessionMiddleware};
+/// use std::sync::Arc;
+/// use actix_session::{Session, SessionMiddleware};
 /// use actix_web::{cookie::Key, test, web, App};
 /// use larder_session_persist::{ActixStore, SessionStore, SqliteStore};
 ///
@@ -141,8 +144,8 @@ fn decode(data: &SessionData) -> larder_cache_api::Result<HashMap<String, String
                     Error::new(
                         ErrorKind::Decode,
                         format!(
-                            "the session value under {k:?} is not JSON text (written by larder's handle \
-                             in postcard?); actix-session cannot read it"
+                            "the session value under {k:?} is not JSON text (written by \
+                             larder's handle in postcard?); actix-session cannot read it"
                         ),
                     )
                 })?;

@@ -53,7 +53,10 @@ macro_rules! adapter_methods {
                 self
             }
 
-            #[doc = concat!("How long ", $saves, " may keep replaying its keys after lost races (default 10 s).")]
+            #[doc = concat!(
+                        "How long ", $saves, " may keep replaying its keys after lost races ",
+                        "(default 10 s)."
+                    )]
             pub fn save_deadline(mut self, d: std::time::Duration) -> Self {
                 self.core.set_save_deadline(d);
                 self

@@ -13,8 +13,8 @@ use crate::id::SessionId;
 use crate::merge::{adapter_methods, KeyMerge, RESERVED_KEY};
 use crate::record::{SessionData, Timestamp};
 
-/// Adapts any larder [`SessionStore`](crate::SessionStore) (an SQL store, or a [`CachedStore`](crate::CachedStore)
-/// over one) to `tower_sessions`.
+/// Adapts any larder [`SessionStore`](crate::SessionStore) (an SQL store, or a
+/// [`CachedStore`](crate::CachedStore) over one) to `tower_sessions`.
 ///
 /// # What holds on this path
 ///
@@ -42,11 +42,13 @@ use crate::record::{SessionData, Timestamp};
 /// tower-sessions values are kept as JSON inside larder's session data. When
 /// [`principal_key`](TowerStore::principal_key) is set, the string under that key is the
 /// session's principal, so "log out everywhere"
-/// ([`SessionStore::delete_principal`](crate::SessionStore::delete_principal)) works for tower-sessions apps too.
+/// ([`SessionStore::delete_principal`](crate::SessionStore::delete_principal)) works for
+/// tower-sessions apps too.
 ///
 /// ```no_run
 /// # async fn demo() -> larder_cache_api::Result<()> {
-/// /// use larder_session_persist::{CachedStore, SqliteStore, TowerStore};
+/// use std::sync::Arc;
+/// use larder_session_persist::{CachedStore, SqliteStore, TowerStore};
 /// use tower_sessions::SessionManagerLayer;
 ///
 /// let sql = SqliteStore::connect("sqlite://sessions.db").await?;
