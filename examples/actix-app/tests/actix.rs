@@ -165,6 +165,21 @@ async fn login_counter_restart_logout_over_http() {
     assert_eq!(text(client.get(format!("{base}/me"))).await, "ada");
     assert_eq!(text(client.post(format!("{base}/counter"))).await, "4");
 
+    // Logging in again renews the id (against fixation): the state moves to a new id (the
+    // reserved entry is not stored with it), the old id is dead.
+    assert_eq!(
+        text(client.post(format!("{base}/login")).body("bob")).await,
+        "logged in"
+    );
+    let renewed = session_cookie(jar.cookies(&url).unwrap().to_str().unwrap());
+    assert_ne!(id_in(&key, &renewed), id);
+    assert_eq!(text(client.get(format!("{base}/me"))).await, "bob");
+    assert_eq!(text(client.post(format!("{base}/counter"))).await, "5");
+    let old = with_cookie(reqwest::Client::new().get(format!("{base}/me")), &cookie).await;
+    assert_eq!(old.text().await.unwrap(), "anonymous");
+    let id = id_in(&key, &renewed);
+    let cookie = renewed;
+
     // Logout: the cookie goes, and the old cookie, sent again, is no session.
     assert_eq!(text(client.post(format!("{base}/logout"))).await, "bye");
     assert_eq!(text(client.get(format!("{base}/me"))).await, "anonymous");
