@@ -214,8 +214,10 @@ async fn concurrent_requests_on_one_session_lose_no_key() {
             let cookie = cookie.clone();
             async move {
                 let r = req.header("cookie", cookie).send().await.unwrap();
-                assert!(r.status().is_success(), "{}", r.status());
-                r.text().await.unwrap()
+                let (status, head) = (r.status(), format!("{:?}", r.headers()));
+                let body = r.text().await.unwrap();
+                assert!(status.is_success(), "{status} {head} {body:?}");
+                body
             }
         }
     };
