@@ -404,8 +404,9 @@ async fn update(
 }
 
 async fn adapter() -> (ActixStore, Arc<PgStore>, sqlx::PgPool) {
-    let (pg, schema) = larder_tests::db::pg_store().await;
-    let pool = larder_tests::db::pg_pool_in(&schema).await;
+    let (pg, _schema) = larder_tests::db::pg_store().await;
+    // The store's own pool: no more connections than the store needs.
+    let pool = pg.pool().clone();
     let pg = Arc::new(pg);
     (ActixStore::new(pg.clone()).principal_key("user"), pg, pool)
 }
