@@ -48,6 +48,16 @@ const SCHEMES: &[Scheme] = &[
         open: CLUSTER,
     },
     Scheme {
+        name: "redis+sentinel",
+        feature: "redis",
+        open: REDIS,
+    },
+    Scheme {
+        name: "rediss+sentinel",
+        feature: "redis-tls",
+        open: REDIS_TLS,
+    },
+    Scheme {
         name: "memcache",
         feature: "memcached",
         open: MEMCACHED,
@@ -169,6 +179,7 @@ pub fn schemes() -> impl Iterator<Item = (&'static str, &'static str, bool)> {
 /// | `redis://[:password@]host:port/db` | Redis | `redis` |
 /// | `rediss://...` | Redis over TLS | `redis-tls` |
 /// | `redis+cluster://host:port,host:port` | Redis Cluster | `cluster` |
+/// | `redis+sentinel://s1:p1,s2:p2/service[/db]`, `rediss+sentinel://...` | the primary Redis Sentinel names | `redis`, `redis-tls` |
 /// | `memcache://h1:p1,h2:p2` | memcached | `memcached` |
 /// | `sled:///path/to/dir` | sled | `sled` |
 /// | `postgres://user@host/db`, `postgresql://...` | the `larder_kv` table in PostgreSQL | `postgres` |

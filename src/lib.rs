@@ -16,7 +16,7 @@ pub mod backends {
     /// The in-process backend (feature `memory`, on by default).
     #[cfg(feature = "memory")]
     pub use larder_backend_memory as memory;
-    /// Redis, single node or cluster (feature `redis`; `redis-tls`, `cluster`).
+    /// Redis, single node, cluster or Sentinel (feature `redis`; `redis-tls`, `cluster`).
     #[cfg(feature = "redis")]
     pub use larder_backend_redis as redis;
     /// sled, embedded and persistent (feature `sled`).

@@ -63,7 +63,9 @@ impl MemcachedBackend {
         caps.linearizable_cas = false;
         caps.touch = true;
         caps.may_evict = true;
+        caps.eviction_note = Some("memcached evicts least-recently-used items when full".into());
         caps.persistent = false;
+        caps.persistence_note = Some("memcached keeps items in memory only".into());
         caps.shared = true;
         caps.ttl_precision = Duration::from_secs(1);
         caps.max_value_size = max_value_size;

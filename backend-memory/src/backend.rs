@@ -52,6 +52,15 @@ impl MemoryBackend {
     fn build(config: MemoryConfig) -> Result<Self> {
         let mut caps = Capabilities::full(BACKEND);
         caps.may_evict = true;
+        caps.persistent = false;
+        caps.persistence_note = Some("entries live in this process's memory only".into());
+        caps.eviction_note = Some(
+            format!(
+                "it evicts least-recently-used entries beyond {} entries or {} bytes",
+                config.max_entries, config.max_bytes
+            )
+            .into(),
+        );
         caps.max_value_size = config.max_value_size;
         Ok(MemoryBackend {
             store: Store::new(config.max_entries, config.max_bytes, config.max_value_size)?,

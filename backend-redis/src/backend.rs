@@ -7,7 +7,9 @@ use larder_cache_api::{
 
 use crate::config::{RedisConfig, Topology};
 use crate::core::Core;
+use crate::durability::{combine, node_report, Measured};
 use crate::error::BACKEND;
+use crate::tracking::RedisTracking;
 
 /// The Redis backend: one server or a Redis Cluster. See the [crate docs](crate).
 ///
@@ -17,6 +19,8 @@ pub struct RedisBackend {
     core: Core,
     caps: Capabilities,
     config: RedisConfig,
+    /// `appendonly ..., maxmemory-policy ...` per node, as read at connect.
+    durability: String,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -40,28 +44,72 @@ impl RedisBackend {
     }
 
     /// Connects with `config`.
+    ///
+    /// At connect it reads `INFO persistence` and `INFO memory` (of every master, for a
+    /// cluster) and declares what it found: [`persistent`](Capabilities::persistent) only
+    /// with an append-only file (`appendonly yes`; RDB snapshots alone restore an older
+    /// state), [`may_evict`](Capabilities::may_evict) unless `maxmemory-policy` is
+    /// `noeviction`. Where `INFO` cannot be read (an ACL that forbids it), it declares the
+    /// safe answer: not persistent, may evict. The notes say why
+    /// ([`persistence_note`](Capabilities::persistence_note),
+    /// [`eviction_note`](Capabilities::eviction_note)). A server reconfigured later (`CONFIG
+    /// SET`) is not measured again.
     pub async fn new(config: RedisConfig) -> Result<Self> {
         let core = Core::connect(&config).await?;
         let mut caps = Capabilities::full(BACKEND);
         // CAS runs as one script on the key's master, so it is linearizable on one server.
-        // A cluster replicates asynchronously: a failover can lose an acknowledged CAS, and
-        // a lease granted on it could be granted again, so CAS there is not declared
-        // linearizable (it is still atomic per key while no failover happens).
+        // A cluster, and a Sentinel-monitored primary, replicate asynchronously: a failover
+        // can lose an acknowledged CAS, and a lease granted on it could be granted again,
+        // so CAS there is not declared linearizable (it is still atomic per key while no
+        // failover happens), and coordination refuses them.
         caps.linearizable_cas = config.topology == Topology::Single;
-        // maxmemory policies evict keys, TTL or not.
-        caps.may_evict = true;
-        // Whether the server persists (RDB/AOF) is its configuration, not ours to promise.
-        caps.persistent = false;
+        // Whether the server keeps what it is given is its configuration, not ours to
+        // promise: measured now, and reported as measured (see `durability`).
+        let measured = measure(&core).await;
+        caps.persistent = measured.persistent;
+        caps.persistence_note = Some(measured.persistence_note.clone());
+        caps.may_evict = measured.may_evict;
+        caps.eviction_note = Some(measured.eviction_note.clone());
         caps.shared = true;
         caps.ttl_precision = std::time::Duration::from_millis(1);
         caps.max_value_size = config.max_value_size;
-        Ok(RedisBackend { core, caps, config })
+        Ok(RedisBackend {
+            core,
+            caps,
+            config,
+            durability: measured.summary,
+        })
     }
 
     /// The configuration in force.
     pub fn config(&self) -> &RedisConfig {
         &self.config
     }
+
+    /// This server's (or cluster's) invalidation channel, for a
+    /// [`Near`](larder_cache_api::layer::Near) cache in front of this backend: Redis client
+    /// tracking on a connection of its own per master (see [`RedisTracking`]).
+    pub fn tracking(&self) -> RedisTracking {
+        RedisTracking::new(self.config.clone())
+    }
+}
+
+/// Reads `INFO persistence` and `INFO memory` and judges them (see [`crate::durability`]).
+async fn measure(core: &Core) -> Measured {
+    let persistence = core.info("persistence").await;
+    let memory = core.info("memory").await;
+    let nodes: Vec<_> = persistence
+        .into_iter()
+        .map(|(node, p)| {
+            let m = memory
+                .iter()
+                .find(|(n, _)| *n == node)
+                .map(|(_, m)| m.clone())
+                .unwrap_or_else(|| Err("no INFO memory reply from this node".to_owned()));
+            node_report(node, p, m)
+        })
+        .collect();
+    combine(&nodes)
 }
 
 #[async_trait]
@@ -73,14 +121,24 @@ impl CacheBackend for RedisBackend {
     fn details(&self) -> Vec<(&'static str, String)> {
         let c = &self.config;
         let nodes: Vec<String> = c.nodes.iter().map(|(h, p)| format!("{h}:{p}")).collect();
-        vec![
+        let mut d = vec![
             ("topology", format!("{:?}", c.topology)),
             ("nodes", nodes.join(",")),
             ("db", c.db.to_string()),
             ("tls", if c.tls { "yes" } else { "no" }.to_owned()),
+            ("durability (at connect)", self.durability.clone()),
             ("connect timeout", format!("{:?}", c.connect_timeout)),
             ("response timeout", format!("{:?}", c.response_timeout)),
-        ]
+        ];
+        if let Some(s) = &c.sentinel {
+            d.push(("sentinel service", s.service_name.clone()));
+            let primary = self.core.sentinel_primary();
+            d.push((
+                "primary",
+                primary.unwrap_or_else(|| "(being looked up)".into()),
+            ));
+        }
+        d
     }
 
     async fn get(&self, key: &Key) -> Result<Option<Entry>> {

@@ -6,6 +6,8 @@ use std::time::Duration;
 use larder_cache_api::url::BackendUrl;
 use larder_cache_api::{Error, ErrorKind, Result};
 
+pub use crate::sentinel::SentinelConfig;
+
 /// Default largest value: 16 MiB.
 pub const DEFAULT_MAX_VALUE_SIZE: usize = 16 * 1024 * 1024;
 /// Largest value the backend can be configured to accept: 64 MiB.
@@ -23,6 +25,10 @@ pub enum Topology {
     /// A Redis Cluster reached through one or more seed nodes (`redis+cluster://`,
     /// `rediss+cluster://`).
     Cluster,
+    /// The primary of a service monitored by Redis Sentinel, found through the sentinels
+    /// and followed across failovers (`redis+sentinel://`, `rediss+sentinel://`; see
+    /// [`SentinelConfig`]).
+    Sentinel,
 }
 
 /// How to reach Redis, and the limits of a [`RedisBackend`](crate::RedisBackend).
@@ -34,6 +40,26 @@ pub enum Topology {
 /// rediss://...                                   (TLS, feature `tls`)
 /// redis+cluster://[user][:password@]h1:p1,h2:p2[?param=value&...]   (feature `cluster`)
 /// rediss+cluster://...                           (both)
+/// redis+sentinel://[user][:password@]s1:p1,s2:p2/service_name[/db][?param=value&...]
+/// rediss+sentinel://...                          (TLS, feature `tls`)
+/// ```
+///
+/// For Sentinel the hosts are the sentinels (default port 26379), the URL's credentials are
+/// the primary's, and `sentinel_username` / `sentinel_password` authenticate to the
+/// sentinels; `sentinel_check_ms` (default 250) is how often a sentinel is asked whether
+/// the primary moved (see [`SentinelConfig`]).
+///
+/// ```
+/// use larder_backend_redis::{RedisConfig, Topology};
+///
+/// let c = RedisConfig::from_url(
+///     "redis+sentinel://:pw@s1:26379,s2:26380/mymaster/2?sentinel_password=spw",
+/// )?;
+/// assert_eq!(c.topology, Topology::Sentinel);
+/// assert_eq!(c.sentinel.as_ref().map(|s| s.service_name.as_str()), Some("mymaster"));
+/// assert_eq!(c.db, 2);
+/// assert!(!format!("{c:?}").contains("spw"));
+/// # Ok::<(), larder_cache_api::Error>(())
 /// ```
 ///
 /// Parameters: `response_timeout_ms`, `connect_timeout_ms` (both default 1000),
@@ -60,9 +86,9 @@ pub enum Topology {
 #[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RedisConfig {
-    /// One server, or a cluster.
+    /// One server, a cluster, or a Sentinel-monitored primary.
     pub topology: Topology,
-    /// `(host, port)` of the server, or of the cluster's seed nodes.
+    /// `(host, port)` of the server, of the cluster's seed nodes, or of the sentinels.
     pub nodes: Vec<(String, u16)>,
     /// Connect with TLS (`rediss://`).
     pub tls: bool,
@@ -82,6 +108,8 @@ pub struct RedisConfig {
     pub connect_timeout: Duration,
     /// Largest value `put` accepts (bytes, 1 KiB to 64 MiB).
     pub max_value_size: usize,
+    /// With [`Topology::Sentinel`]: the service and the sentinels' credentials.
+    pub sentinel: Option<SentinelConfig>,
 }
 
 impl fmt::Debug for RedisConfig {
@@ -101,6 +129,7 @@ impl fmt::Debug for RedisConfig {
             .field("response_timeout", &self.response_timeout)
             .field("connect_timeout", &self.connect_timeout)
             .field("max_value_size", &self.max_value_size)
+            .field("sentinel", &self.sentinel)
             .finish()
     }
 }
@@ -120,6 +149,7 @@ impl RedisConfig {
             response_timeout: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(1),
             max_value_size: DEFAULT_MAX_VALUE_SIZE,
+            sentinel: None,
         }
     }
 
@@ -128,6 +158,20 @@ impl RedisConfig {
         RedisConfig {
             topology: Topology::Cluster,
             nodes: nodes.into_iter().collect(),
+            ..Self::single(String::new(), DEFAULT_PORT)
+        }
+    }
+
+    /// The primary of the service `sentinel` names, found through the sentinels at
+    /// `sentinels`.
+    pub fn sentinel(
+        sentinels: impl IntoIterator<Item = (String, u16)>,
+        sentinel: SentinelConfig,
+    ) -> Self {
+        RedisConfig {
+            topology: Topology::Sentinel,
+            nodes: sentinels.into_iter().collect(),
+            sentinel: Some(sentinel),
             ..Self::single(String::new(), DEFAULT_PORT)
         }
     }
@@ -189,6 +233,10 @@ impl RedisConfig {
         self.password.as_deref()
     }
 
+    pub(crate) fn set_password(&mut self, password: Option<String>) {
+        self.password = password;
+    }
+
     #[cfg_attr(not(feature = "tls"), allow(dead_code))]
     pub(crate) fn tls_root_cert(&self) -> Option<&[u8]> {
         self.tls_root_cert.as_deref()
@@ -196,7 +244,13 @@ impl RedisConfig {
 
     /// The longest a single operation may take: one connection attempt plus one reply.
     pub(crate) fn op_deadline(&self) -> Duration {
-        self.connect_timeout + self.response_timeout
+        let one = self.connect_timeout + self.response_timeout;
+        // Sentinel: asking a sentinel for the primary may come first.
+        if self.topology == Topology::Sentinel {
+            one * 2
+        } else {
+            one
+        }
     }
 
     /// Parses a `redis://`, `rediss://`, `redis+cluster://` or `rediss+cluster://` URL (see
@@ -212,25 +266,34 @@ impl RedisConfig {
             "rediss" => (Topology::Single, true),
             "redis+cluster" => (Topology::Cluster, false),
             "rediss+cluster" => (Topology::Cluster, true),
+            "redis+sentinel" => (Topology::Sentinel, false),
+            "rediss+sentinel" => (Topology::Sentinel, true),
             other => {
                 return Err(config_err(format!(
-                    "unsupported scheme {other:?} (expected redis, rediss, redis+cluster or rediss+cluster)"
+                    "unsupported scheme {other:?} (expected redis, rediss, redis+cluster, rediss+cluster, redis+sentinel or rediss+sentinel)"
                 )))
             }
         };
         let mut c = match topology {
             Topology::Single => RedisConfig::single(String::new(), DEFAULT_PORT),
             Topology::Cluster => RedisConfig::cluster(Vec::new()),
+            Topology::Sentinel => crate::sentinel::from_url(u)?,
         };
         c.tls = tls;
+        let default_port = match topology {
+            Topology::Sentinel => crate::sentinel::DEFAULT_SENTINEL_PORT,
+            _ => DEFAULT_PORT,
+        };
         c.nodes = u
             .hosts()
             .iter()
-            .map(|h| (h.host.clone(), h.port.unwrap_or(DEFAULT_PORT)))
+            .map(|h| (h.host.clone(), h.port.unwrap_or(default_port)))
             .collect();
         c.username = u.username().map(str::to_owned);
         c.password = u.password().map(str::to_owned);
         match u.path().trim_matches('/') {
+            // Sentinel: `/service_name[/db]`, read by `sentinel::from_url`.
+            _ if topology == Topology::Sentinel => {}
             "" => {}
             db => {
                 c.db = db.parse().map_err(|e| {
@@ -241,13 +304,17 @@ impl RedisConfig {
                 })?;
             }
         }
-        u.check_options(&[
+        let mut known = vec![
             "response_timeout_ms",
             "timeout_ms",
             "connect_timeout_ms",
             "max_value_size",
             "tls_insecure",
-        ])?;
+        ];
+        if topology == Topology::Sentinel {
+            known.extend(crate::sentinel::OPTIONS);
+        }
+        u.check_options(&known)?;
         for name in ["response_timeout_ms", "timeout_ms"] {
             if let Some(n) = u.option_parsed::<u64>(name)? {
                 c.response_timeout = Duration::from_millis(n);
@@ -290,6 +357,10 @@ impl RedisConfig {
             }
         }
         match self.topology {
+            Topology::Sentinel => match &self.sentinel {
+                Some(s) => s.validate()?,
+                None => return Err(config_err("a Sentinel topology needs a service name")),
+            },
             Topology::Single if self.nodes.len() > 1 => return Err(config_err(
                 "several hosts given for a single Redis server; use redis+cluster:// for a cluster",
             )),
@@ -414,6 +485,70 @@ mod tests {
                     .kind(),
                 ErrorKind::Config
             );
+        } else {
+            assert_eq!(r.unwrap_err().kind(), ErrorKind::Config);
+        }
+    }
+
+    #[test]
+    fn sentinel_urls() {
+        let c = RedisConfig::from_url(
+            "redis+sentinel://app:main-pw-1@s1:5000,s2,[::1]:5002/mymaster/4?sentinel_password=sent-pw-2&sentinel_username=watch&connect_timeout_ms=300",
+        )
+        .unwrap();
+        assert_eq!(c.topology, Topology::Sentinel);
+        assert_eq!(
+            c.nodes,
+            vec![
+                ("s1".into(), 5000),
+                ("s2".into(), 26379),
+                ("::1".into(), 5002)
+            ]
+        );
+        assert_eq!(c.db, 4);
+        assert_eq!(c.username.as_deref(), Some("app"));
+        assert_eq!(c.password(), Some("main-pw-1"));
+        assert_eq!(c.connect_timeout, Duration::from_millis(300));
+        let s = c.sentinel.as_ref().unwrap();
+        assert_eq!(s.service_name, "mymaster");
+        assert_eq!(s.username.as_deref(), Some("watch"));
+        assert!(s.has_password());
+        let d = format!("{c:?}");
+        assert!(!d.contains("main-pw-1") && !d.contains("sent-pw-2"), "{d}");
+        let c = RedisConfig::from_url("redis+sentinel://h/svc").unwrap();
+        assert_eq!((c.db, c.nodes[0].1), (0, 26379));
+        assert!(!c.sentinel.unwrap().has_password());
+
+        for (bad, says) in [
+            ("redis+sentinel://h:1", "service name"),
+            ("redis+sentinel://h:1/", "service name"),
+            ("redis+sentinel://h:1//2", "service name"),
+            ("redis+sentinel:///svc", "no Redis host"),
+            ("redis+sentinel://,h:1/svc", "empty Redis host"),
+            ("redis+sentinel://h:1/svc/abc", "database"),
+            ("redis+sentinel://h:1/svc/-1", "database"),
+            ("redis+sentinel://h:1/svc/99999999999", "database"),
+            ("redis+sentinel://h:1/svc/1/2", "path"),
+            (
+                "redis+sentinel://h:1/svc?sentinel_pasword=x",
+                "unknown option",
+            ),
+            ("redis+sentinel://h:port/svc", "port"),
+            ("redis+sentinel://h:1/sv%20c", "service name"),
+            ("redis://h:1?sentinel_password=x", "unknown option"),
+        ] {
+            let e = RedisConfig::from_url(bad).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Config, "{bad}: {e}");
+            assert!(e.to_string().contains(says), "{bad}: {e}");
+        }
+        let e = RedisConfig::from_url(
+            "redis+sentinel://:pw-secret-3@h:1?sentinel_password=sp-secret-4",
+        )
+        .unwrap_err();
+        assert!(!e.to_string().contains("secret"), "{e}");
+        let r = RedisConfig::from_url("rediss+sentinel://h:1/svc");
+        if cfg!(feature = "tls") {
+            assert!(r.unwrap().tls);
         } else {
             assert_eq!(r.unwrap_err().kind(), ErrorKind::Config);
         }

@@ -13,6 +13,31 @@
 //! Redis Cluster, where a script may touch keys of one slot only. With random versions a
 //! version reappears for a key only by a 2^-64 coincidence per write, and an update never
 //! reuses the version it replaces (redrawn in that case).
+//!
+//! # Retried compare-and-swap
+//!
+//! A reply can be lost after the server ran the command (a connection cut at the wrong
+//! moment). The cluster client then sends the same command again, and so does this backend
+//! for its scripts (see [`Core::eval`]); the single-server connection manager does not.
+//! Without care, a create or update retried that way finds its own write, reports
+//! `Conflict`, and [`Cache::update`](larder_cache_api::Cache::update) runs its closure a
+//! second time (a counter goes up by 2). So every conditional write is idempotent:
+//!
+//! * **Create and update:** the new version the client drew doubles as the request id (64
+//!   random bits drawn once per call, sent unchanged by every retry). When the stored
+//!   version is not the expected one (or, for a create, the key is present) but *is* the
+//!   new version, the write already happened: the script answers success, and the caller
+//!   gets the version stored. This costs nothing on the common path and changes nothing in
+//!   the stored layout. The check sees the current record only: if another client
+//!   overwrote or deleted the entry between the lost reply and the retry, the retry reports
+//!   the conflict it finds (the first write did take effect, and was replaced since).
+//! * **Delete-if-version:** once the key is gone there is no record left to carry an id,
+//!   so the script leaves a marker: a small key next to the entry (same hash slot, a name
+//!   no valid [`Key`] can take, see [`marker_key`]) holding the caller's random request id
+//!   for [`MARKER_TTL_MIN`] or four operation deadlines, whichever is longer. A retry that
+//!   finds the key absent or replaced, and the marker holding its own id, reports success
+//!   (`Ok(true)`); any other caller still gets the conflict. One `SET` more inside the same
+//!   script; no extra round trip.
 
 use std::io::Write;
 
@@ -25,10 +50,14 @@ use crate::error::{self, map};
 /// Bytes of the version header in front of every stored value.
 const HEADER: usize = 8;
 
-/// Set-if-absent. Replies 1 when written, else the stored string.
+/// Set-if-absent. Replies 1 when written (or when the stored entry is this very write,
+/// retried: its version is the one in ARGV[1]), else the stored string.
 const CREATE: &str = r"
 local cur = redis.call('GET', KEYS[1])
-if cur then return cur end
+if cur then
+  if string.sub(cur, 1, 8) == string.sub(ARGV[1], 1, 8) then return 1 end
+  return cur
+end
 if ARGV[2] == '0' then
   redis.call('SET', KEYS[1], ARGV[1])
 else
@@ -37,11 +66,16 @@ end
 return 1
 ";
 
-/// Set-if-version. Replies 1 when written, 0 when absent, else the stored string.
+/// Set-if-version. Replies 1 when written (or when the stored entry is this very write,
+/// retried), 0 when absent, else the stored string.
 const UPDATE: &str = r"
 local cur = redis.call('GET', KEYS[1])
 if not cur then return 0 end
-if string.sub(cur, 1, 8) ~= ARGV[1] then return cur end
+local v = string.sub(cur, 1, 8)
+if v ~= ARGV[1] then
+  if v == string.sub(ARGV[2], 1, 8) then return 1 end
+  return cur
+end
 if ARGV[3] == '0' then
   redis.call('SET', KEYS[1], ARGV[2])
 else
@@ -50,14 +84,27 @@ end
 return 1
 ";
 
-/// Delete-if-version. Replies 1 when deleted, 0 when absent, else the stored string.
+/// Delete-if-version. KEYS[2] is the entry's delete marker, ARGV[2] the caller's request id,
+/// ARGV[3] the marker's lifetime in milliseconds. Replies 1 when deleted (or when the marker
+/// shows that this very request deleted it, retried), 0 when absent, else the stored string.
 const DELETE_IF: &str = r"
 local cur = redis.call('GET', KEYS[1])
-if not cur then return 0 end
-if string.sub(cur, 1, 8) ~= ARGV[1] then return cur end
+if not cur or string.sub(cur, 1, 8) ~= ARGV[1] then
+  if redis.call('GET', KEYS[2]) == ARGV[2] then return 1 end
+  if not cur then return 0 end
+  return cur
+end
 redis.call('DEL', KEYS[1])
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 return 1
 ";
+
+/// How many times [`Core::eval`] sends a script whose reply may have been lost.
+const SCRIPT_ATTEMPTS: u32 = 3;
+
+/// The shortest life of a delete marker (see the module docs): longer than any resend of
+/// the delete can come late.
+const MARKER_TTL_MIN: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Removes the expiry. PERSIST alone replies 0 both for an absent key and for a key without
 /// expiry; the contract needs to tell them apart.
@@ -110,6 +157,7 @@ enum Conn {
     Single(redis::aio::ConnectionManager),
     #[cfg(feature = "cluster")]
     Cluster(redis::cluster_async::ClusterConnection),
+    Sentinel(crate::sentinel::SentinelConn),
 }
 
 impl Conn {
@@ -118,6 +166,7 @@ impl Conn {
             Conn::Single(c) => cmd.query_async(&mut c.clone()).await,
             #[cfg(feature = "cluster")]
             Conn::Cluster(c) => cmd.query_async(&mut c.clone()).await,
+            Conn::Sentinel(s) => s.query(cmd).await,
         }
     }
 }
@@ -130,6 +179,8 @@ pub(crate) struct Core {
     delete_if: Lua,
     persist: Lua,
     deadline: std::time::Duration,
+    /// Lifetime of a delete marker, in milliseconds.
+    marker_ttl_ms: u64,
 }
 
 impl std::fmt::Debug for Core {
@@ -160,7 +211,11 @@ fn tcp_settings() -> redis::io::tcp::TcpSettings {
     s
 }
 
-fn node_info(config: &RedisConfig, host: &str, port: u16) -> Result<redis::ConnectionInfo> {
+pub(crate) fn node_info(
+    config: &RedisConfig,
+    host: &str,
+    port: u16,
+) -> Result<redis::ConnectionInfo> {
     use redis::IntoConnectionInfo;
     let addr = if config.tls {
         redis::ConnectionAddr::TcpTls {
@@ -187,7 +242,7 @@ fn node_info(config: &RedisConfig, host: &str, port: u16) -> Result<redis::Conne
 }
 
 #[cfg(feature = "tls")]
-fn ensure_crypto_provider() {
+pub(crate) fn ensure_crypto_provider() {
     // rustls needs a process-wide crypto provider; install ring unless the application
     // already installed one (a second install fails harmlessly).
     if rustls::crypto::CryptoProvider::get_default().is_none() {
@@ -277,6 +332,9 @@ impl Core {
                     .map_err(error::map_connect)?;
                 Conn::Cluster(c)
             }
+            Topology::Sentinel => {
+                Conn::Sentinel(crate::sentinel::SentinelConn::connect(config).await?)
+            }
             #[cfg(not(feature = "cluster"))]
             Topology::Cluster => {
                 // `validate` refuses this already; kept for exhaustiveness.
@@ -294,6 +352,8 @@ impl Core {
             delete_if: Lua::new(DELETE_IF),
             persist: Lua::new(PERSIST),
             deadline,
+            marker_ttl_ms: u64::try_from(MARKER_TTL_MIN.max(deadline * 4).as_millis())
+                .unwrap_or(u64::MAX),
         };
         // Surface a missing password or an unusable database at connect time, not on the
         // first operation.
@@ -301,8 +361,25 @@ impl Core {
         Ok(core)
     }
 
+    /// `INFO <section>` of the server, or of every master of a cluster: `(node, text)`, with
+    /// `Err(why)` for a node (or the only server) that did not answer it.
+    pub(crate) async fn info(
+        &self,
+        section: &str,
+    ) -> Vec<(String, std::result::Result<String, String>)> {
+        let mut c = redis::cmd("INFO");
+        c.arg(section);
+        match self.run("INFO", &c).await {
+            Ok(v) => crate::durability::per_node(v),
+            Err(e) => vec![(String::new(), Err(e.to_string()))],
+        }
+    }
+
     #[cfg_attr(not(feature = "tls"), allow(unused_variables))]
-    fn single_client(config: &RedisConfig, info: redis::ConnectionInfo) -> Result<redis::Client> {
+    pub(crate) fn single_client(
+        config: &RedisConfig,
+        info: redis::ConnectionInfo,
+    ) -> Result<redis::Client> {
         #[cfg(feature = "tls")]
         if let (true, Some(pem)) = (config.tls, config.tls_root_cert()) {
             return redis::Client::build_with_tls(
@@ -317,6 +394,14 @@ impl Core {
         redis::Client::open(info).map_err(error::map_connect)
     }
 
+    /// With Sentinel: `host:port` of the primary in use, if one is known right now.
+    pub(crate) fn sentinel_primary(&self) -> Option<String> {
+        match &self.conn {
+            Conn::Sentinel(s) => s.primary_addr(),
+            _ => None,
+        }
+    }
+
     /// Runs `cmd` within the operation deadline.
     async fn run(&self, op: &'static str, cmd: &Cmd) -> Result<Value> {
         match tokio::time::timeout(self.deadline, self.conn.query(cmd)).await {
@@ -325,21 +410,33 @@ impl Core {
         }
     }
 
-    /// Runs a script: EVALSHA, then EVAL if the server does not have it.
+    /// Runs a script on `keys` (all in one hash slot): EVALSHA, then EVAL if the server
+    /// does not have it.
+    ///
+    /// Every script is idempotent under a resend of the same arguments (see the module
+    /// docs), so a failure that may have lost the reply of an applied script (connection
+    /// dropped, no reply in time) is retried with the very same command, up to
+    /// [`SCRIPT_ATTEMPTS`] sends in all, within the one operation deadline. The retry is
+    /// what turns a lost reply into the caller's own success: on a single server nothing
+    /// else would resend, and on a cluster the client's own resend lands on the same
+    /// scripts.
     async fn eval(
         &self,
         op: &'static str,
         lua: &Lua,
-        key: &Key,
+        keys: &[&[u8]],
         args: impl Fn(&mut Cmd) + Sync,
     ) -> Result<Value> {
         let build = |verb: &str, body: &str| {
             let mut c = redis::cmd(verb);
-            c.arg(body).arg(1).arg(key.as_bytes());
+            c.arg(body).arg(keys.len());
+            for k in keys {
+                c.arg(*k);
+            }
             args(&mut c);
             c
         };
-        let fut = async {
+        let once = || async {
             match self.conn.query(&build("EVALSHA", &lua.sha)).await {
                 Err(e)
                     if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
@@ -347,6 +444,21 @@ impl Core {
                     self.conn.query(&build("EVAL", lua.src)).await
                 }
                 r => r,
+            }
+        };
+        let fut = async {
+            let mut sent = 1;
+            loop {
+                match once().await {
+                    Err(e) if sent < SCRIPT_ATTEMPTS && may_have_lost_reply(&e) => {
+                        sent += 1;
+                        // A dropped single-server connection is being replaced by the
+                        // manager; the next query waits for it. A short pause spares a
+                        // server that is not back yet a burst of attempts.
+                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    }
+                    r => return r,
+                }
             }
         };
         match tokio::time::timeout(self.deadline, fut).await {
@@ -413,6 +525,16 @@ impl Core {
                     Err(e) => return Err(error::deadline("SET (pipeline)", self.deadline, e)),
                 }
             }
+            Conn::Sentinel(s) => {
+                let mut p = redis::pipe();
+                for ((k, v), ver) in items.iter().zip(&versions) {
+                    p.add_command(set_cmd(k, *ver, v, ttl)).ignore();
+                }
+                match tokio::time::timeout(self.deadline, s.exec_pipeline(&p)).await {
+                    Ok(r) => r.map_err(|e| map("SET (pipeline)", e))?,
+                    Err(e) => return Err(error::deadline("SET (pipeline)", self.deadline, e)),
+                }
+            }
             #[cfg(feature = "cluster")]
             Conn::Cluster(_) => {
                 // Keys live on different nodes, and a cluster pipeline must stay in one slot;
@@ -440,7 +562,7 @@ impl Core {
     ) -> Result<Version> {
         let version = new_version(None);
         let reply = self
-            .eval("create", &self.create, key, |c| {
+            .eval("create", &self.create, &[key.as_bytes()], |c| {
                 c.arg(Stored { version, value }).arg(ttl_arg(ttl));
             })
             .await?;
@@ -461,7 +583,7 @@ impl Core {
         let expected = expected.into_raw();
         let version = new_version(Some(expected));
         let reply = self
-            .eval("update", &self.update, key, |c| {
+            .eval("update", &self.update, &[key.as_bytes()], |c| {
                 c.arg(&expected.to_be_bytes()[..])
                     .arg(Stored { version, value })
                     .arg(ttl_arg(ttl));
@@ -486,10 +608,20 @@ impl Core {
 
     pub(crate) async fn delete_if(&self, key: &Key, expected: Version) -> Result<bool> {
         let expected = expected.into_raw().to_be_bytes();
+        // Drawn once for this call: every resend carries the same id.
+        let request: [u8; 8] = rand::random();
+        let marker = marker_key(key.as_bytes());
         let reply = self
-            .eval("delete_if_version", &self.delete_if, key, |c| {
-                c.arg(&expected[..]);
-            })
+            .eval(
+                "delete_if_version",
+                &self.delete_if,
+                &[key.as_bytes(), &marker],
+                |c| {
+                    c.arg(&expected[..])
+                        .arg(&request[..])
+                        .arg(self.marker_ttl_ms);
+                },
+            )
             .await?;
         match reply {
             Value::Int(1) => Ok(true),
@@ -506,13 +638,116 @@ impl Core {
                 c.arg(key.as_bytes()).arg(t.as_millis());
                 self.run("PEXPIRE", &c).await?
             }
-            None => self.eval("PERSIST", &self.persist, key, |_| {}).await?,
+            None => {
+                self.eval("PERSIST", &self.persist, &[key.as_bytes()], |_| {})
+                    .await?
+            }
         };
         match reply {
             Value::Int(n) => Ok(n == 1),
             other => Err(error::unexpected("touch", &other)),
         }
     }
+}
+
+/// Whether `e` may hide a reply lost after the server ran the command, so that sending it
+/// again is the way to learn the outcome: the connection dropped or failed, or no reply came
+/// in time. Errors the server answered (a script error, `NOSCRIPT`, a refusal) are final.
+fn may_have_lost_reply(e: &redis::RedisError) -> bool {
+    e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_io_error()
+        || e.kind() == redis::ErrorKind::ClusterConnectionNotFound
+}
+
+/// The name of `key`'s delete marker (see the module docs): in the same Redis Cluster hash
+/// slot as `key`, so that one script can touch both, and never a valid [`Key`] (it holds a
+/// space), so that it cannot collide with an entry.
+///
+/// Redis hashes the part between the first `{` and the next `}` when that part is not
+/// empty (the hash tag), else the whole key. Three shapes, told apart by their suffix:
+///
+/// * a key with a hash tag: `key ␠larder:del` (appending keeps the tag);
+/// * a key without one and without `}`: `{key}␠larder:del:w` (the whole key becomes the tag);
+/// * otherwise: `{t}␠larder:del:s␠key`, where `t` is a short tag of the key's slot.
+fn marker_key(key: &[u8]) -> Vec<u8> {
+    const TAGGED: &[u8] = b" larder:del";
+    const WRAPPED: &[u8] = b" larder:del:w";
+    const SLOTTED: &[u8] = b" larder:del:s ";
+    let mut m = Vec::with_capacity(key.len() + 24);
+    if hash_tag(key).is_some() {
+        m.extend_from_slice(key);
+        m.extend_from_slice(TAGGED);
+    } else if !key.contains(&b'}') {
+        m.push(b'{');
+        m.extend_from_slice(key);
+        m.push(b'}');
+        m.extend_from_slice(WRAPPED);
+    } else {
+        m.push(b'{');
+        m.extend_from_slice(slot_tag(slot(key)));
+        m.push(b'}');
+        m.extend_from_slice(SLOTTED);
+        m.extend_from_slice(key);
+    }
+    m
+}
+
+/// The hash tag of `key`, as Redis Cluster defines it.
+fn hash_tag(key: &[u8]) -> Option<&[u8]> {
+    let open = key.iter().position(|b| *b == b'{')?;
+    let len = key[open + 1..].iter().position(|b| *b == b'}')?;
+    let tag = &key[open + 1..open + 1 + len];
+    (!tag.is_empty()).then_some(tag)
+}
+
+/// The Redis Cluster hash slot of `key`: CRC16 (XMODEM) of its hash tag or of the whole key,
+/// modulo 16384.
+fn slot(key: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for &b in hash_tag(key).unwrap_or(key) {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc & 0x3FFF
+}
+
+/// A short string (letters and digits) whose slot is `slot`: the first such string in
+/// length-then-alphabet order, from a table built on first use (16384 entries).
+fn slot_tag(want: u16) -> &'static [u8] {
+    static TABLE: std::sync::OnceLock<Vec<Vec<u8>>> = std::sync::OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
+        let mut table = vec![Vec::new(); 16384];
+        let mut missing = table.len();
+        let mut n: u64 = 0;
+        while missing > 0 {
+            // The n-th string in bijective base 62: every length, every string, once.
+            let mut s = Vec::new();
+            let mut i = n;
+            loop {
+                s.push(ALPHABET[(i % 62) as usize]);
+                if i < 62 {
+                    break;
+                }
+                i = i / 62 - 1;
+            }
+            n += 1;
+            let t = &mut table[usize::from(slot(&s))];
+            if t.is_empty() {
+                *t = s;
+                missing -= 1;
+            }
+        }
+        table
+    });
+    &table[usize::from(want)]
 }
 
 #[cfg(feature = "cluster")]
@@ -602,6 +837,67 @@ mod tests {
     fn update_never_reuses_the_replaced_version() {
         for _ in 0..1000 {
             assert_ne!(new_version(Some(7)), 7);
+        }
+    }
+
+    #[test]
+    fn slot_matches_the_cluster_spec() {
+        // The examples of the Redis Cluster specification, and CRC16("123456789") = 0x31C3.
+        assert_eq!(slot(b"123456789"), 0x31C3 & 0x3FFF);
+        assert_eq!(slot(b"{user1000}.following"), slot(b"user1000"));
+        assert_ne!(slot(b"foo{}{bar}"), slot(b"bar"));
+        assert_eq!(slot(b"foo{{bar}}zap"), slot(b"{bar"));
+        assert_eq!(slot(b"foo{bar}{zap}"), slot(b"bar"));
+        assert_eq!(hash_tag(b"foo{}{bar}"), None);
+        assert_eq!(hash_tag(b"foo{{bar}}zap"), Some(&b"{bar"[..]));
+    }
+
+    #[test]
+    fn every_slot_has_a_short_tag() {
+        for s in 0..16384u16 {
+            let t = slot_tag(s);
+            assert!(!t.is_empty() && t.len() <= 4, "slot {s}: {t:?}");
+            assert!(t.iter().all(u8::is_ascii_alphanumeric));
+            assert_eq!(slot(t), s);
+        }
+    }
+
+    #[test]
+    fn markers_share_the_slot_and_never_collide() {
+        let keys: [&[u8]; 9] = [
+            b"plain",
+            b"{plain}",
+            b"{user1}:profile",
+            b"pre{tag}post{x}",
+            b"closing}only",
+            b"{}empty}",
+            b"}{x",
+            b"open{",
+            b"{",
+        ];
+        let mut seen = std::collections::HashSet::new();
+        for k in keys {
+            let m = marker_key(k);
+            assert_eq!(slot(&m), slot(k), "{:?}", String::from_utf8_lossy(k));
+            assert!(m.contains(&b' '), "not a valid larder key");
+            assert!(seen.insert(m), "{:?}", String::from_utf8_lossy(k));
+        }
+    }
+
+    #[cfg(feature = "cluster")]
+    #[test]
+    fn slot_agrees_with_the_cluster_client() {
+        use redis::cluster_routing::Slot;
+        for k in [
+            &b"plain"[..],
+            b"{a}b",
+            b"a}b",
+            b"{}x}",
+            b"x{y",
+            b"\xff{\x00}",
+        ] {
+            assert_eq!(Slot::for_key(k), Slot::new(slot(k)).unwrap());
+            assert_eq!(Slot::for_key(marker_key(k)), Slot::for_key(k));
         }
     }
 

@@ -46,7 +46,7 @@ pub(crate) fn map_connect(e: RedisError) -> Error {
 }
 
 /// The kind of the I/O error inside `e`, if it is one.
-fn io_kind(e: &RedisError) -> Option<std::io::ErrorKind> {
+pub(crate) fn io_kind(e: &RedisError) -> Option<std::io::ErrorKind> {
     type Shared = std::sync::Arc<dyn std::error::Error + Send + Sync>;
     let src = std::error::Error::source(e)?;
     let inner: &(dyn std::error::Error + 'static) = match src.downcast_ref::<Shared>() {
@@ -88,6 +88,10 @@ fn classify(e: &RedisError) -> (ErrorKind, &'static str) {
             | ServerErrorKind::TryAgain
             | ServerErrorKind::BusyLoading,
         ) => (ErrorKind::Unavailable, "server not ready"),
+        // A replica (a demoted primary, under Sentinel) refused the write: not applied.
+        RK::Server(ServerErrorKind::ReadOnly) => {
+            (ErrorKind::Unavailable, "server is a read-only replica")
+        }
         _ if e.is_connection_dropped() || e.is_connection_refusal() => {
             (ErrorKind::Unavailable, "connection lost")
         }

@@ -69,6 +69,7 @@ impl SledBackend {
         };
         let mut caps = Capabilities::full(BACKEND);
         caps.persistent = true;
+        caps.persistence_note = Some("an embedded database on disk".into());
         caps.shared = false;
         caps.may_evict = false;
         caps.ttl_precision = Duration::from_millis(1);

@@ -69,6 +69,7 @@ where
         let mut caps = Capabilities::full(DB::BACKEND);
         // The database keeps every row until it expires or is deleted, for every process.
         caps.persistent = true;
+        caps.persistence_note = Some("rows in a database table".into());
         caps.shared = true;
         caps.max_value_size = MAX_VALUE_SIZE;
         SqlKv {
@@ -103,7 +104,9 @@ where
         self.core.purge_expired(batch).await
     }
 
-    /// Milliseconds since the Unix epoch by the database clock, the clock of every expiry.
+    /// Milliseconds since the Unix epoch by the database clock, the clock of every expiry
+    /// (whole milliseconds, as expiry compares them: an entry expires once this is past its
+    /// `expires_at`).
     pub async fn now_ms(&self) -> Result<i64> {
         self.core.now_ms().await
     }
@@ -140,6 +143,13 @@ impl SqlKv<sqlx::Postgres> {
         let kv = Self::from_pool(pool);
         kv.migrate().await?;
         Ok(kv)
+    }
+
+    /// This database's invalidation channel, for a
+    /// [`Near`](larder_cache_api::layer::Near) cache in front of this store: `LISTEN
+    /// larder_kv` on a connection of its own (see [`PgNotify`](crate::PgNotify)).
+    pub fn notify(&self) -> crate::PgNotify {
+        crate::PgNotify::new(self.core.pool.clone())
     }
 }
 

@@ -7,6 +7,20 @@
 //! milliseconds since the Unix epoch by the **database** clock (`NULL`: never), so every
 //! process agrees on expiry whatever its own clock says. An expired row is absent for every
 //! operation; [`SqlKv::purge_expired`](crate::SqlKv::purge_expired) removes such rows.
+//!
+//! # Expiry is never early
+//!
+//! A TTL never ends before it has fully passed by the database clock. A write stores
+//! `expires_at` = the database clock **rounded up** to the millisecond plus the TTL
+//! ([`Dialect::EXPIRY_BASE_MS`]), never rounded to nearest or truncated; a row counts as
+//! expired only once the clock is **past** `expires_at` (`now > expires_at`, compared at the
+//! clock's own precision, [`Dialect::NOW_MS`]), never when it merely reaches it. PostgreSQL's
+//! clock has microseconds: `expires_at` is its ceiling in milliseconds, and `now >
+//! expires_at` exactly when the ceiling of now is. SQLite's `'now'` is truncated to the
+//! millisecond: the true time may be up to 1 ms later, so a write adds one millisecond, and a
+//! row expires once the truncated clock is past `expires_at`. An entry can so outlive its TTL
+//! by up to 2 ms, never fall short of it (tests `sql_kv::*_a_one_millisecond_ttl_is_never_early`:
+//! a 1 ms TTL read 0.2 ms later, 10,000 times, never missing).
 //! Fences are one row per resource in `larder_fences (name, token)`.
 //!
 //! # Versions
@@ -53,8 +67,13 @@ pub trait Dialect:
 {
     /// The backend's name in [`Capabilities`](larder_cache_api::Capabilities) and errors.
     const BACKEND: &'static str;
-    /// An SQL expression for the database clock, in milliseconds since the Unix epoch.
+    /// An SQL expression for the database clock, in whole milliseconds since the Unix epoch,
+    /// such that `NOW_MS > expires_at` exactly when the clock (at its own precision) is past
+    /// `expires_at`: what reads compare with.
     const NOW_MS: &'static str;
+    /// An SQL expression for whole milliseconds since the Unix epoch never before the
+    /// database clock (its ceiling): the base to which writes add the TTL.
+    const EXPIRY_BASE_MS: &'static str;
     /// An SQL expression for a fresh version, evaluated inside the statement that writes it.
     const NEXT_VERSION: &'static str;
 
@@ -72,8 +91,13 @@ pub trait Dialect:
 #[cfg(feature = "postgres")]
 impl Dialect for sqlx::Postgres {
     const BACKEND: &'static str = "postgres";
-    // clock_timestamp(), not now(): now() is frozen at the start of the transaction.
-    const NOW_MS: &'static str = "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT";
+    // clock_timestamp(), not now(): now() is frozen at the start of the transaction. EXTRACT
+    // gives an exact numeric with microseconds; its ceiling in milliseconds is above the
+    // clock only when the clock is past the millisecond below (`::BIGINT` alone rounds to
+    // nearest, which could end a TTL up to 0.5 ms early).
+    const NOW_MS: &'static str = "CEIL(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT";
+    const EXPIRY_BASE_MS: &'static str =
+        "CEIL(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT";
     const NEXT_VERSION: &'static str = "nextval('larder_kv_version')";
 
     fn migrator() -> Migrator {
@@ -95,7 +119,14 @@ impl Dialect for sqlx::Postgres {
 #[cfg(feature = "sqlite")]
 impl Dialect for sqlx::Sqlite {
     const BACKEND: &'static str = "sqlite";
-    const NOW_MS: &'static str = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)";
+    // SQLite's 'now' is a whole number of milliseconds (the true time truncated); as a Julian
+    // day in a double it comes back a few hundredths of a millisecond off, so it is rounded
+    // back to that whole number (a plain CAST truncates it, up to 1 ms early). The true time
+    // may be up to 1 ms past it: a write adds that millisecond.
+    const NOW_MS: &'static str =
+        "CAST(ROUND((julianday('now') - 2440587.5) * 86400000.0) AS INTEGER)";
+    const EXPIRY_BASE_MS: &'static str =
+        "(CAST(ROUND((julianday('now') - 2440587.5) * 86400000.0) AS INTEGER) + 1)";
     const NEXT_VERSION: &'static str = "(random() & 9223372036854775807)";
 
     fn migrator() -> Migrator {
@@ -131,9 +162,11 @@ pub struct Statements {
 
 impl Statements {
     fn of<D: Dialect>() -> Self {
-        let (now, next) = (D::NOW_MS, D::NEXT_VERSION);
-        let live = format!("(expires_at IS NULL OR expires_at > {now})");
-        let expiry = format!("CASE WHEN $3 IS NULL THEN NULL ELSE {now} + $3 END");
+        let (now, base, next) = (D::NOW_MS, D::EXPIRY_BASE_MS, D::NEXT_VERSION);
+        // Expired only once the clock is past `expires_at`; the TTL added to a clock rounded
+        // up (see the module docs: never early).
+        let live = format!("(expires_at IS NULL OR expires_at >= {now})");
+        let expiry = format!("CASE WHEN $3 IS NULL THEN NULL ELSE {base} + $3 END");
         let insert = format!(
             "INSERT INTO larder_kv (key, value, version, expires_at) VALUES ($1, $2, {next}, \
              {expiry}) ON CONFLICT (key) DO UPDATE SET value = excluded.value, \
@@ -145,7 +178,7 @@ impl Statements {
             // Create-only replaces a row only if it has expired.
             create: format!(
                 "{insert} WHERE larder_kv.expires_at IS NOT NULL \
-                 AND larder_kv.expires_at <= {now} RETURNING version"
+                 AND larder_kv.expires_at < {now} RETURNING version"
             ),
             update: format!(
                 "UPDATE larder_kv SET value = $2, version = {next}, expires_at = {expiry} \
@@ -154,12 +187,12 @@ impl Statements {
             delete: format!("DELETE FROM larder_kv WHERE key = $1 AND {live}"),
             delete_if: format!("DELETE FROM larder_kv WHERE key = $1 AND version = $2 AND {live}"),
             touch: format!(
-                "UPDATE larder_kv SET expires_at = CASE WHEN $1 IS NULL THEN NULL ELSE {now} + $1 END \
+                "UPDATE larder_kv SET expires_at = CASE WHEN $1 IS NULL THEN NULL ELSE {base} + $1 END \
                  WHERE key = $2 AND {live}"
             ),
             purge: format!(
                 "DELETE FROM larder_kv WHERE key IN (SELECT key FROM larder_kv \
-                 WHERE expires_at IS NOT NULL AND expires_at <= {now} LIMIT $1)"
+                 WHERE expires_at IS NOT NULL AND expires_at < {now} LIMIT $1)"
             ),
             clock: format!("SELECT {now}"),
         }
@@ -223,6 +256,13 @@ where
 
     /// One statement writes or refuses; a refusal reads what is stored to put it in the
     /// conflict (read right after the refused write: it may already have moved on again).
+    ///
+    /// That read is a second instant, which is harmless for an update (the expected version,
+    /// gone at the refusal, never comes back, so the conflict holds at the read too) but not
+    /// for a create: if the entry that refused it was deleted before the read, the conflict
+    /// would say "absent", which no order of the operations explains (a create loses only to
+    /// a present entry). The create is then simply tried again; it can only go round while
+    /// deletes keep landing between the two statements.
     pub(crate) async fn put(
         &self,
         key: &Key,
@@ -230,30 +270,36 @@ where
         ttl: Option<Ttl>,
         mode: PutMode,
     ) -> Result<Version> {
+        const CREATE_ATTEMPTS: u32 = 8;
         let sql = DB::statements();
-        let query = match mode {
-            PutMode::Overwrite => sqlx::query_as(sql.overwrite.as_str()),
-            PutMode::Create => sqlx::query_as(sql.create.as_str()),
-            PutMode::Update(_) => sqlx::query_as(sql.update.as_str()),
-        }
-        .bind(key.as_str())
-        .bind(&value[..])
-        .bind(ttl_ms(ttl));
-        let query = match mode {
-            PutMode::Update(expected) => query.bind(expected.into_raw() as i64),
-            PutMode::Overwrite | PutMode::Create => query,
-        };
-        let written: Option<(i64,)> = query
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|e| db_error(DB::BACKEND, "put", e))?;
-        match written {
-            Some((v,)) => Ok(version(v)),
-            None => Err(conflict(
-                DB::BACKEND,
-                matches!(mode, PutMode::Create),
-                self.get(key).await?,
-            )),
+        let mut attempt = 1;
+        loop {
+            let query = match mode {
+                PutMode::Overwrite => sqlx::query_as(sql.overwrite.as_str()),
+                PutMode::Create => sqlx::query_as(sql.create.as_str()),
+                PutMode::Update(_) => sqlx::query_as(sql.update.as_str()),
+            }
+            .bind(key.as_str())
+            .bind(&value[..])
+            .bind(ttl_ms(ttl));
+            let query = match mode {
+                PutMode::Update(expected) => query.bind(expected.into_raw() as i64),
+                PutMode::Overwrite | PutMode::Create => query,
+            };
+            let written: Option<(i64,)> = query
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| db_error(DB::BACKEND, "put", e))?;
+            if let Some((v,)) = written {
+                return Ok(version(v));
+            }
+            let current = self.get(key).await?;
+            let create = matches!(mode, PutMode::Create);
+            if create && current.is_none() && attempt < CREATE_ATTEMPTS {
+                attempt += 1;
+                continue;
+            }
+            return Err(conflict(DB::BACKEND, create, current));
         }
     }
 

@@ -11,6 +11,8 @@ mod config;
 mod core;
 mod error;
 mod fence;
+#[cfg(feature = "postgres")]
+mod notify;
 
 pub use crate::core::{Dialect, MIGRATIONS_TABLE};
 #[cfg(feature = "postgres")]
@@ -24,3 +26,5 @@ pub use fence::PgFence;
 #[cfg(feature = "sqlite")]
 pub use fence::SqliteFence;
 pub use fence::{Effect, Fence};
+#[cfg(feature = "postgres")]
+pub use notify::{PgNotify, NOTIFY_CHANNEL};

@@ -314,6 +314,23 @@ impl<C: Codec> Cache<C> {
     /// otherwise `f` runs again on the fresh value, with a short randomised back-off, up to
     /// [`max_update_attempts`](Cache::max_update_attempts) times, then the last
     /// [`ErrorKind::Conflict`] is returned. Returns the value stored.
+    ///
+    /// # When a write's outcome is unknown
+    ///
+    /// A conditional write can be applied by the server and its reply lost (a connection
+    /// cut at the wrong moment). Backends that send such a write again make the resend
+    /// recognise the caller's own write and report success rather than a conflict with it:
+    /// the Redis backend does, on one server and on a cluster (see `larder-backend-redis`).
+    /// Then `update` sees `Ok`, and `f` has run once for that value.
+    ///
+    /// When the backend gives up instead and returns [`ErrorKind::Timeout`] or
+    /// [`ErrorKind::Unavailable`], `update` returns that error as it is, without running `f`
+    /// again: the new value may or may not be stored (read it to find out), and the error
+    /// is retryable. `update` does not re-read to decide by itself, because a read tells
+    /// what is stored, not who stored it: equal bytes may be another caller's write of the
+    /// same value, and guessing wrong would lose an update or apply one twice. Callers that
+    /// need an exactly-once effect across such errors can record the operation in the value
+    /// (say, the ids of the last operations applied) and have `f` skip one it finds there.
     pub async fn update<T, F>(&self, key: &Key, ttl: Option<Ttl>, mut f: F) -> Result<T>
     where
         T: Serialize + DeserializeOwned + Send,

@@ -1,5 +1,6 @@
 //! What a backend declares it can do.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use crate::{Error, Key, PutMode, Result};
@@ -9,10 +10,16 @@ use crate::{Error, Key, PutMode, Result};
 /// The conformance suite tests every declared capability and checks that every undeclared
 /// one is refused with [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported).
 /// Coordination (`larder-coord`) refuses backends that cannot fence by
-/// [`linearizable_cas`](Capabilities::linearizable_cas), and says in its refusal whether the
-/// store [`may_evict`](Capabilities::may_evict) or is not
-/// [`persistent`](Capabilities::persistent). Every such question is answered here, never by
-/// comparing [`name`](Capabilities::name).
+/// [`linearizable_cas`](Capabilities::linearizable_cas), and, unless told to accept the loss
+/// of its records, backends that [`may_evict`](Capabilities::may_evict) or are not
+/// [`persistent`](Capabilities::persistent); its refusal quotes the backend's
+/// [`persistence_note`](Capabilities::persistence_note) and
+/// [`eviction_note`](Capabilities::eviction_note). Every such question is answered here, never
+/// by comparing [`name`](Capabilities::name).
+///
+/// `persistent` and `may_evict` are what the backend **measured** where the answer depends on
+/// the server's configuration (Redis reads its `INFO` at connect), and the safe answer
+/// (not persistent, may evict) where it could not tell.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Capabilities {
@@ -31,6 +38,14 @@ pub struct Capabilities {
     pub may_evict: bool,
     /// Entries survive a restart of the process (and of the server, where there is one).
     pub persistent: bool,
+    /// Why the store is not persistent, or how it persists, in a few words for people (Redis:
+    /// `"no append-only file (appendonly no)"`); `None` where there is nothing to add to
+    /// [`persistent`](Self::persistent). Quoted in errors, never used to decide anything.
+    pub persistence_note: Option<Cow<'static, str>>,
+    /// Why the store may evict, in a few words for people (Redis: `"maxmemory-policy
+    /// allkeys-lru evicts"`); `None` where there is nothing to add to
+    /// [`may_evict`](Self::may_evict). Quoted in errors, never used to decide anything.
+    pub eviction_note: Option<Cow<'static, str>>,
     /// Several processes see the same data.
     pub shared: bool,
     /// TTLs are rounded up to this granularity (1 ms, 1 s, ...).
@@ -54,6 +69,8 @@ impl Capabilities {
             touch: true,
             may_evict: false,
             persistent: false,
+            persistence_note: None,
+            eviction_note: None,
             shared: false,
             ttl_precision: Duration::from_millis(1),
             max_value_size: 1024 * 1024,

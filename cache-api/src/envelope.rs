@@ -144,3 +144,86 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod props {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::codec::Postcard;
+
+    type Value = (String, Vec<u8>, Option<i64>, BTreeMap<String, u32>);
+
+    fn opens_or_decode_error<C: Codec>(
+        codec: &C,
+        bytes: &[u8],
+    ) -> std::result::Result<(), TestCaseError> {
+        match open::<C, Value>(codec, bytes) {
+            Ok(v) => {
+                let again: Value = open(codec, &seal(codec, &v).unwrap()).unwrap();
+                prop_assert_eq!(again, v);
+            }
+            Err(e) => prop_assert_eq!(e.kind(), ErrorKind::Decode),
+        }
+        match open::<C, String>(codec, bytes) {
+            Ok(_) => {}
+            Err(e) => prop_assert_eq!(e.kind(), ErrorKind::Decode),
+        }
+        Ok(())
+    }
+
+    fn all_codecs(bytes: &[u8]) -> std::result::Result<(), TestCaseError> {
+        opens_or_decode_error(&Postcard, bytes)?;
+        #[cfg(feature = "json")]
+        opens_or_decode_error(&crate::codec::Json, bytes)?;
+        #[cfg(feature = "bincode")]
+        opens_or_decode_error(&crate::codec::Bincode, bytes)?;
+        Ok(())
+    }
+
+    fn header(id: u8) -> Vec<u8> {
+        vec![MAGIC[0], MAGIC[1], FORMAT_VERSION, id, 0]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            all_codecs(&bytes)?;
+        }
+
+        #[test]
+        fn arbitrary_payloads_behind_a_valid_header(
+            id in prop_oneof![Just(1u8), Just(2), Just(3), any::<u8>()],
+            payload in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let mut bytes = header(id);
+            bytes.extend_from_slice(&payload);
+            all_codecs(&bytes)?;
+        }
+
+        #[test]
+        fn sealed_values_roundtrip(v in (
+            "\\PC{0,24}",
+            proptest::collection::vec(any::<u8>(), 0..48),
+            any::<Option<i64>>(),
+            proptest::collection::btree_map("\\PC{0,8}", any::<u32>(), 0..6),
+        )) {
+            let sealed = seal(&Postcard, &v).unwrap();
+            prop_assert_eq!(open::<_, Value>(&Postcard, &sealed).unwrap(), v.clone());
+            #[cfg(feature = "json")]
+            {
+                let sealed = seal(&crate::codec::Json, &v).unwrap();
+                prop_assert_eq!(open::<_, Value>(&crate::codec::Json, &sealed).unwrap(), v.clone());
+            }
+            #[cfg(feature = "bincode")]
+            {
+                let sealed = seal(&crate::codec::Bincode, &v).unwrap();
+                prop_assert_eq!(open::<_, Value>(&crate::codec::Bincode, &sealed).unwrap(), v);
+            }
+        }
+    }
+}

@@ -234,3 +234,68 @@ mod tests {
         assert_eq!(k.prefixed("ns:").unwrap().strip_prefix("ns:").unwrap(), k);
     }
 }
+
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// The documented rule, written independently of `validate`.
+    fn rule(s: &str) -> bool {
+        !s.is_empty()
+            && s.len() <= Key::MAX_LEN
+            && !s.chars().any(|c| c.is_ascii_whitespace() || c.is_control())
+    }
+
+    /// Mostly printable text, with whitespace and controls (ASCII and C1) mixed in.
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "\\PC{0,260}",
+            "[a-z:é\u{2603} \t\n\u{0}\u{7f}\u{85}\u{9f}]{0,20}",
+            any::<String>(),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn new_accepts_exactly_the_rule(s in text()) {
+            match Key::new(&s) {
+                Ok(k) => {
+                    prop_assert!(rule(&s), "accepted {s:?}");
+                    prop_assert_eq!(k.as_str(), s.as_str());
+                }
+                Err(e) => {
+                    prop_assert!(!rule(&s), "refused {s:?}");
+                    prop_assert_eq!(e.kind(), ErrorKind::InvalidKey);
+                }
+            }
+        }
+
+        #[test]
+        fn hashed_is_always_a_valid_key(s in text()) {
+            let h = Key::hashed(&s);
+            prop_assert!(Key::new(h.as_str()).is_ok(), "{s:?} -> {h:?}");
+            prop_assert!(h.len() <= Key::MAX_LEN);
+            prop_assert_eq!(h.as_str() == s, rule(&s));
+        }
+
+        #[test]
+        fn prefix_roundtrip(prefix in "[a-z:]{0,12}", s in "\\PC{1,250}") {
+            if let Ok(k) = Key::new(&s) {
+                match k.prefixed(&prefix) {
+                    Ok(p) => {
+                        prop_assert_eq!(p.len(), prefix.len() + k.len());
+                        prop_assert_eq!(p.strip_prefix(&prefix), Some(k));
+                    }
+                    Err(e) => {
+                        prop_assert_eq!(e.kind(), ErrorKind::InvalidKey);
+                        prop_assert!(prefix.len() + s.len() > Key::MAX_LEN);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -10,6 +10,8 @@
 //!   `+` as a space.
 //! * Nothing derived from a URL ever shows the password: [`BackendUrl`]'s `Debug` and
 //!   `Display`, its errors, and [`redact`] (which works on text that does not parse too).
+//!   The same holds for the value of any option whose name contains `password`
+//!   (`?sentinel_password=...`), shown as `***`.
 //!
 //! ```
 //! use larder_cache_api::url::BackendUrl;
@@ -75,11 +77,7 @@ impl BackendUrl {
                 redact_unparsed(url)
             ))
         })?;
-        if scheme.is_empty()
-            || !scheme
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
-        {
+        if !valid_scheme(scheme) {
             return Err(config(format!(
                 "invalid URL scheme in {:?}",
                 redact_unparsed(url)
@@ -312,6 +310,7 @@ impl fmt::Display for BackendUrl {
         }
         write!(f, "{}", self.path)?;
         for (i, (k, v)) in self.options.iter().enumerate() {
+            let v = if is_secret_option(k) { "***" } else { v };
             write!(f, "{}{k}={v}", if i == 0 { '?' } else { '&' })?;
         }
         if let Some(fr) = &self.fragment {
@@ -342,24 +341,67 @@ impl fmt::Debug for BackendUrl {
 pub fn redact(url: &str) -> String {
     if let Ok(u) = BackendUrl::parse(url) {
         if u.password.is_none() {
-            return url.to_owned();
+            return hide_secret_options(url);
         }
         // Keep the text as written, hiding only the password.
         if let Some((scheme, rest)) = url.split_once("://") {
             if let Some(at) = rest.rfind('@') {
                 let info = &rest[..at];
                 let user = info.split_once(':').map_or(info, |(u, _)| u);
-                return format!("{scheme}://{user}:***@{}", &rest[at + 1..]);
+                return hide_secret_options(&format!("{scheme}://{user}:***@{}", &rest[at + 1..]));
             }
         }
         return u.to_string();
     }
-    redact_unparsed(url)
+    hide_secret_options(&redact_unparsed(url))
 }
 
-/// [`redact`] for text that does not parse as a URL.
+/// Whether the value of option `name` is a secret (`password`, `sentinel_password`, ...).
+fn is_secret_option(name: &str) -> bool {
+    name.to_ascii_lowercase().contains("password")
+}
+
+/// `text` with the value of every `...password...=value` query parameter replaced by `***`
+/// (up to the next `&` or `#`), as written otherwise.
+fn hide_secret_options(text: &str) -> String {
+    let Some(q) = text.find('?') else {
+        return text.to_owned();
+    };
+    let (head, query) = text.split_at(q + 1);
+    let (query, fragment) = match query.find('#') {
+        Some(h) => query.split_at(h),
+        None => (query, ""),
+    };
+    let params: Vec<String> = query
+        .split('&')
+        .map(|p| match p.split_once('=') {
+            Some((k, _)) if is_secret_option(&percent_decode_lossy(k)) => format!("{k}=***"),
+            _ => p.to_owned(),
+        })
+        .collect();
+    format!("{head}{}{fragment}", params.join("&"))
+}
+
+fn percent_decode_lossy(s: &str) -> String {
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+fn valid_scheme(scheme: &str) -> bool {
+    !scheme.is_empty()
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+}
+
+/// [`redact`] for text that does not parse as a URL. A `://` counts only after a valid
+/// scheme: in `redis:/:pa://ss@h` (a slash missing) it is part of the password.
 fn redact_unparsed(url: &str) -> String {
-    match url.split_once("://") {
+    match url
+        .split_once("://")
+        .filter(|(scheme, _)| valid_scheme(scheme))
+    {
         Some((scheme, rest)) => match rest.rfind('@') {
             Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
             None => url.to_owned(),
@@ -404,6 +446,33 @@ mod tests {
     }
 
     #[test]
+    fn password_options_never_print() {
+        for url in [
+            "redis+sentinel://h:1/m?sentinel_password=opt-secret-1&connect_timeout_ms=5",
+            "redis+sentinel://:main-pw@h:1/m?connect_timeout_ms=5&Sentinel_Password=opt-secret-1#x",
+            "redis+sentinel://h:notaport/m?sentinel_%70assword=opt-secret-1",
+            "no scheme?sentinel_password=opt-secret-1",
+        ] {
+            let mut shown = vec![redact(url)];
+            if let Ok(u) = BackendUrl::parse(url) {
+                assert!(u.options().iter().any(|(_, v)| v == "opt-secret-1"));
+                shown.push(u.to_string());
+                shown.push(format!("{u:?}"));
+            }
+            for s in shown {
+                assert!(!s.contains("opt-secret-1"), "{url}: {s}");
+                assert!(!s.contains("main-pw"), "{url}: {s}");
+                assert!(s.contains("***"), "{url}: {s}");
+            }
+        }
+        let kept = redact("redis+sentinel://h:1/m?connect_timeout_ms=5&sentinel_password=x#frag");
+        assert_eq!(
+            kept,
+            "redis+sentinel://h:1/m?connect_timeout_ms=5&sentinel_password=***#frag"
+        );
+    }
+
+    #[test]
     fn broken_urls_are_config_errors_without_the_password() {
         for url in [
             "redis://:se/cret@h:notaport",
@@ -416,6 +485,26 @@ mod tests {
             assert_eq!(e.kind(), ErrorKind::Config, "{url}");
             assert!(!e.to_string().contains("cret"), "{url}: {e}");
             assert!(!redact(url).contains("cret"), "{url}: {}", redact(url));
+        }
+    }
+
+    /// Found by fuzzing: with the scheme's `//` mistyped, the password's own `://` was taken
+    /// for the scheme separator and everything before it was shown.
+    #[test]
+    fn a_separator_inside_the_password_of_a_broken_url_is_hidden() {
+        for url in [
+            "x-custom.v1:/:\u{2603}://Url%28r:***@\u{2603}[\u{2603}@/%5D%2F%3F#",
+            "redis:/:se://cret@h:6379",
+            "redis::se://cret@h",
+            "re dis://:se/cret@h",
+        ] {
+            let shown = redact(url);
+            assert!(
+                !shown.contains("se") && !shown.contains('\u{2603}'),
+                "{url} -> {shown}"
+            );
+            let e = BackendUrl::parse(url).unwrap_err();
+            assert!(!e.to_string().contains("se"), "{url}: {e}");
         }
     }
 
@@ -468,5 +557,75 @@ mod tests {
             .is_err());
         assert!(BackendUrl::parse("x://h:70000").is_err());
         assert!(BackendUrl::parse("x://::1").is_err(), "IPv6 needs brackets");
+    }
+}
+
+#[cfg(test)]
+mod props {
+    use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Starts and ends every password and appears nowhere else in a built URL.
+    const MARK: char = '\u{2603}';
+
+    fn leaks(shown: &str, pw: &str) -> bool {
+        shown.contains(MARK)
+            || shown.to_ascii_uppercase().contains("%E2%98%83")
+            || shown.contains(pw)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1000))]
+
+        #[test]
+        fn any_text_parses_or_is_a_config_error(s in "\\PC{0,80}|[a-z]{1,6}://[:@/?#a-z0-9\\[\\],%]{0,40}") {
+            let _ = redact(&s);
+            match BackendUrl::parse(&s) {
+                Ok(u) => {
+                    let _ = (u.to_string(), format!("{u:?}"));
+                }
+                Err(e) => prop_assert_eq!(e.kind(), ErrorKind::Config),
+            }
+        }
+
+        #[test]
+        fn redact_never_shows_the_password(
+            scheme in "redis|rediss|redis\\+cluster|memcache|postgres|sled|x-y\\.z|re dis",
+            sep in prop_oneof![4 => Just("://"), 1 => Just(":/"), 1 => Just("")],
+            user in "[a-zé]{0,6}",
+            body in "[/?#@:a-zé\u{1F600} %]{0,16}",
+            encode in any::<bool>(),
+            hosts in "[a-z0-9.]{0,8}(:[0-9]{1,5})?(,\\[::1\\](:[0-9]{1,4})?)?|h:port|\\[::1",
+            path in "(/[a-z0-9]{0,6})?",
+            query in "(\\?[a-z]{1,4}=[a-z0-9%]{0,6}(&[a-z]{1,4}=[a-z0-9]{0,4})?)?",
+            fragment in "(#[a-z]{0,4})?",
+        ) {
+            let pw = format!("{MARK}{body}{MARK}");
+            let pw_text = if encode {
+                utf8_percent_encode(&pw, NON_ALPHANUMERIC).to_string()
+            } else {
+                pw.clone()
+            };
+            let url = format!("{scheme}{sep}{user}:{pw_text}@{hosts}{path}{query}{fragment}");
+            let red = redact(&url);
+            prop_assert!(!leaks(&red, &pw), "{} -> {}", url, red);
+            match BackendUrl::parse(&url) {
+                Ok(u) => {
+                    prop_assert!(!leaks(&u.to_string(), &pw), "{}", u);
+                    let debug = format!("{u:?}");
+                    prop_assert!(!leaks(&debug, &pw), "{}", debug);
+                    if encode || !body.contains('%') {
+                        prop_assert_eq!(u.password(), Some(pw.as_str()));
+                        prop_assert_eq!(u.username(), (!user.is_empty()).then_some(user.as_str()));
+                    }
+                }
+                Err(e) => {
+                    prop_assert_eq!(e.kind(), ErrorKind::Config);
+                    prop_assert!(!leaks(&e.to_string(), &pw), "{}", e);
+                }
+            }
+        }
     }
 }

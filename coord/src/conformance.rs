@@ -11,6 +11,12 @@
 //! [`ErrorKind::Unsupported`] error (see [`check_capabilities`](crate::check_capabilities)),
 //! never skipping silently.
 //!
+//! The lease cases exercise the mechanics, so on a store that may lose its records (memory,
+//! Redis without an append-only file) they opt in with [`Durability::AcceptLoss`]: the case
+//! [`coordination_requires_durability_or_opt_in`] checks that without the opt-in such a store
+//! is refused, and [`lease_tokens_grow_across_loss_of_the_record`] what the opt-in still
+//! keeps.
+//!
 //! ```text
 //! async fn backend() -> larder_cache_api::DynBackend {
 //!     std::sync::Arc::new(MyBackend::connect("...").await.unwrap())
@@ -32,12 +38,13 @@ use larder_cache_api::layer::Restrict;
 use larder_cache_api::{Cache, Capabilities, DynBackend, ErrorKind, Key};
 
 use crate::random::random_u64;
-use crate::{check_backend, HolderId, Lease, LeaseConfig, Scheduler, SchedulerConfig};
+use crate::{check_backend, Durability, HolderId, Lease, LeaseConfig, Scheduler, SchedulerConfig};
 
 #[doc(hidden)]
 pub use larder_cache_api as __cache_api;
 
-/// Short timings so the suite runs in seconds.
+/// Short timings so the suite runs in seconds; the store's loss of records is accepted (the
+/// cases exercise the mechanics; see the module docs).
 pub fn fast() -> LeaseConfig {
     LeaseConfig::new(
         Duration::from_millis(800),
@@ -45,6 +52,12 @@ pub fn fast() -> LeaseConfig {
         Duration::from_millis(100),
     )
     .unwrap()
+    .with_durability(Durability::AcceptLoss)
+}
+
+/// Whether the declaration says the store keeps coordination records.
+pub fn keeps_records(caps: &Capabilities) -> bool {
+    caps.persistent && !caps.may_evict
 }
 
 fn name() -> String {
@@ -64,7 +77,8 @@ pub fn coordinates(caps: &Capabilities) -> bool {
 /// writes nothing.
 pub async fn assert_coordination_refused(b: &DynBackend) {
     let caps = b.capabilities().clone();
-    let e = check_backend(b).unwrap_err();
+    // Refused whatever the durability setting: accepting loss does not make CAS linearizable.
+    let e = check_backend(b, Durability::AcceptLoss).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
     assert_eq!(e.backend(), Some(caps.name), "{e}");
     let lacks = if caps.cas {
@@ -82,7 +96,11 @@ pub async fn assert_coordination_refused(b: &DynBackend) {
     let n = name();
     let l = Lease::new(b.clone(), &n, HolderId::generate(), fast());
     assert_eq!(l.unwrap_err().kind(), ErrorKind::Unsupported);
-    let s = Scheduler::new(b.clone(), HolderId::generate(), SchedulerConfig::default());
+    let s = Scheduler::new(
+        b.clone(),
+        HolderId::generate(),
+        SchedulerConfig::default().durability(Durability::AcceptLoss),
+    );
     assert_eq!(s.unwrap_err().kind(), ErrorKind::Unsupported);
     let key = crate::Lease::key_for(&n).unwrap();
     assert!(
@@ -277,7 +295,17 @@ pub async fn lease_guarded_increments_8_tasks_100_each(b: DynBackend) {
 pub async fn coordination_follows_capabilities(b: DynBackend) {
     let caps = b.capabilities().clone();
     if coordinates(&caps) {
-        assert!(check_backend(&b).is_ok(), "{} qualifies", caps.name);
+        assert!(
+            check_backend(&b, Durability::AcceptLoss).is_ok(),
+            "{} qualifies",
+            caps.name
+        );
+        assert_eq!(
+            check_backend(&b, Durability::Required).is_ok(),
+            keeps_records(&caps),
+            "{} qualifies without the opt-in exactly when it keeps its records",
+            caps.name
+        );
     } else {
         assert_coordination_refused(&b).await;
     }
@@ -290,6 +318,125 @@ pub async fn coordination_follows_capabilities(b: DynBackend) {
     none.linearizable_cas = false;
     let none: DynBackend = Arc::new(Restrict::new(b, none).unwrap());
     assert_coordination_refused(&none).await;
+}
+
+/// A store that may lose its records (as declared, or narrowed by `Restrict` to not
+/// persistent, or to evicting) is refused with the documented error unless the loss is
+/// accepted, by [`Lease::new`] and [`Scheduler::new`] alike; the message names the property,
+/// quotes the backend's note and says how to opt in.
+pub async fn coordination_requires_durability_or_opt_in(b: DynBackend) {
+    require_coordination!(b);
+    let caps = b.capabilities().clone();
+    let mut volatile = caps.clone();
+    volatile.persistent = false;
+    volatile.persistence_note = Some("narrowed for the test".into());
+    let mut evicting = caps.clone();
+    evicting.may_evict = true;
+    evicting.eviction_note = Some("narrowed for the test".into());
+    let mut cases: Vec<(DynBackend, Capabilities)> = vec![
+        (
+            Arc::new(Restrict::new(b.clone(), volatile.clone()).unwrap()),
+            volatile,
+        ),
+        (
+            Arc::new(Restrict::new(b.clone(), evicting.clone()).unwrap()),
+            evicting,
+        ),
+    ];
+    if !keeps_records(&caps) {
+        cases.push((b.clone(), caps));
+    }
+    for (store, caps) in cases {
+        let e = check_backend(&store, Durability::Required).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+        assert_eq!(e.backend(), Some(caps.name), "{e}");
+        let m = e.message();
+        if !caps.persistent {
+            assert!(m.contains("not persistent"), "{e}");
+            if let Some(note) = &caps.persistence_note {
+                assert!(m.contains(note.as_ref()), "quotes the backend's note: {e}");
+            }
+        }
+        if caps.may_evict {
+            assert!(m.contains("may evict"), "{e}");
+            if let Some(note) = &caps.eviction_note {
+                assert!(m.contains(note.as_ref()), "quotes the backend's note: {e}");
+            }
+        }
+        assert!(m.contains("claimed twice"), "says what is at stake: {e}");
+        assert!(
+            m.contains("Durability::AcceptLoss"),
+            "says how to opt in: {e}"
+        );
+        let n = name();
+        let strict = fast().with_durability(Durability::Required);
+        let l = Lease::new(store.clone(), &n, HolderId::generate(), strict);
+        assert_eq!(l.unwrap_err().kind(), ErrorKind::Unsupported);
+        let s = Scheduler::new(
+            store.clone(),
+            HolderId::generate(),
+            SchedulerConfig::default().lease(strict),
+        );
+        assert_eq!(s.unwrap_err().kind(), ErrorKind::Unsupported);
+        // Opted in: the same store holds leases and runs tasks.
+        let l = Lease::new(store.clone(), &n, HolderId::generate(), fast()).unwrap();
+        assert!(l.try_acquire().await.unwrap().is_some());
+        Scheduler::new(
+            store,
+            HolderId::generate(),
+            SchedulerConfig::default().durability(Durability::AcceptLoss),
+        )
+        .unwrap();
+    }
+}
+
+/// A lease record starts at a time-based token (`now_ms << 20`), so when the record is lost
+/// (deleted here, as a restart without persistence or an eviction would) the next holder's
+/// token is still above every earlier one.
+pub async fn lease_tokens_grow_across_loss_of_the_record(b: DynBackend) {
+    require_coordination!(b);
+    let n = name();
+    let (a, c) = (lease(&b, &n), lease(&b, &n));
+    let before_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let first = a.try_acquire().await.unwrap().unwrap();
+    assert!(
+        first.token >= before_ms << 20,
+        "the first token {} is time-based (>= {before_ms} << 20)",
+        first.token
+    );
+    assert!(
+        i64::try_from(first.token).is_ok(),
+        "fits a SQL BIGINT fence"
+    );
+    let mut last = first.token;
+    a.release(first).await.unwrap();
+    for i in 0..4 {
+        let who = if i % 2 == 0 { &c } else { &a };
+        let h = who.try_acquire().await.unwrap().unwrap();
+        assert_eq!(h.token, last + 1, "one per change of holder");
+        last = h.token;
+        who.release(h).await.unwrap();
+    }
+    // The store loses the record.
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    let key = crate::Lease::key_for(&n).unwrap();
+    assert!(b
+        .delete(&key, larder_cache_api::DeleteMode::Any)
+        .await
+        .unwrap());
+    let after = c
+        .try_acquire()
+        .await
+        .unwrap()
+        .expect("a lost lease is free");
+    assert!(
+        after.token > last,
+        "token after the loss {} is above every earlier one (last {last})",
+        after.token
+    );
 }
 
 /// Lease timings are validated whatever the backend.
@@ -325,6 +472,8 @@ macro_rules! conformance_suite {
             lease_stale_holder_renew_and_release_do_nothing,
             lease_guarded_increments_8_tasks_100_each,
             coordination_follows_capabilities,
+            coordination_requires_durability_or_opt_in,
+            lease_tokens_grow_across_loss_of_the_record,
             lease_config_is_validated,
         );
     };

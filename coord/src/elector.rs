@@ -43,15 +43,18 @@ impl Role {
 
 /// Runs for the lease in the background: acquires it when free, renews it every retry
 /// period, and steps down **at once** (cancelling the term) when a renewal fails, conflicts
-/// or does not finish before the lease could lapse.
+/// or does not finish before the lease could lapse. The store it runs on was checked, with
+/// the lease's [`Durability`](crate::Durability), when the [`Lease`] was made.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> larder_cache_api::Result<()> {
 /// use std::{sync::Arc, time::Duration};
-/// use larder_coord::{Elector, HolderId, Lease, LeaseConfig};
+/// use larder_coord::{Durability, Elector, HolderId, Lease, LeaseConfig};
 /// # let backend: larder_cache_api::DynBackend = Arc::new(larder_backend_memory::MemoryBackend::default());
-/// let cfg = LeaseConfig::new(Duration::from_secs(3), Duration::from_secs(2), Duration::from_millis(500))?;
+/// // (The memory backend keeps nothing past this process: say that this is fine.)
+/// let cfg = LeaseConfig::new(Duration::from_secs(3), Duration::from_secs(2), Duration::from_millis(500))?
+///     .with_durability(Durability::AcceptLoss);
 /// let lease = Arc::new(Lease::new(backend, "reports", HolderId::generate(), cfg)?);
 /// let mut elector = Elector::spawn(lease);
 /// let term = elector.leader().await;

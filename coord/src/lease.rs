@@ -1,4 +1,5 @@
-//! Leases with fencing tokens, on any backend with linearizable compare-and-swap.
+//! Leases with fencing tokens, on any backend with linearizable compare-and-swap that keeps
+//! its records (or, by explicit choice, one that may lose them).
 
 use std::fmt;
 use std::sync::Arc;
@@ -9,11 +10,70 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::{Clock, SystemClock};
 use crate::holder::HolderId;
+use crate::token;
 use larder_cache_api::{Cache, Capabilities, DynBackend, Error, ErrorKind, Key, Result, Version};
+
+/// Whether coordination may run on a store that can lose its records: one that is not
+/// [`persistent`](Capabilities::persistent) (memory, Redis without an append-only file) or
+/// that [`may_evict`](Capabilities::may_evict) (memory at capacity, Redis with an evicting
+/// `maxmemory-policy`).
+///
+/// One setting for all of coordination: it is part of [`LeaseConfig`], which
+/// [`SchedulerConfig::lease`](crate::SchedulerConfig::lease) carries for periodic tasks and
+/// the [`Lease`] that an [`Elector`](crate::Elector) runs carries for leadership.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> larder_cache_api::Result<()> {
+/// use std::sync::Arc;
+/// use larder_cache_api::ErrorKind;
+/// use larder_coord::{Durability, HolderId, Lease, LeaseConfig, Scheduler, SchedulerConfig};
+///
+/// // The memory backend keeps nothing across a restart of the process.
+/// let memory: larder_cache_api::DynBackend = Arc::new(larder_backend_memory::MemoryBackend::default());
+/// let refused = Lease::new(memory.clone(), "leader", HolderId::generate(), LeaseConfig::default())
+///     .unwrap_err();
+/// assert_eq!(refused.kind(), ErrorKind::Unsupported);
+/// assert!(refused.message().contains("not persistent"));
+/// assert!(refused.message().contains("Durability::AcceptLoss"), "says how to opt in");
+///
+/// // Within one process (tests, a single-process app) losing the records with the process is
+/// // fine: say so, once, in the configuration.
+/// let config = LeaseConfig::default().with_durability(Durability::AcceptLoss);
+/// let lease = Lease::new(memory.clone(), "leader", HolderId::generate(), config)?;
+/// assert!(lease.try_acquire().await?.is_some());
+/// let tasks = Scheduler::new(memory, HolderId::generate(), SchedulerConfig::default().lease(config))?;
+/// # drop(tasks);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Durability {
+    /// The store must keep its records: [`Lease::new`] and
+    /// [`Scheduler::new`](crate::Scheduler::new) refuse a store that is not persistent or may
+    /// evict, with [`ErrorKind::Unsupported`]. The default.
+    #[default]
+    Required,
+    /// Accept a store that may lose the lease and task records (restart without
+    /// persistence, eviction). What this gives up, and only after the store lost data:
+    ///
+    /// * **a period may run twice**: the task record that said it was claimed is gone, so
+    ///   the period is claimed again (at most once per period holds only while the store
+    ///   keeps its data);
+    /// * **two holders of a lease at once**, briefly: a lost lease record is free to be taken
+    ///   at once, while its holder acts on until its next renewal fails (at most its renew
+    ///   deadline); fenced writes still refuse the older holder once the newer one has
+    ///   written;
+    /// * tokens still never go backwards, because a re-created record starts at a
+    ///   time-based epoch, but only while the processes' wall clocks disagree by less than
+    ///   the lifetime of the lost record (see the crate docs, "Tokens only grow").
+    AcceptLoss,
+}
 
 /// Timing of a lease. Validated so that a holder always renews well before others may
 /// take over: `lease > renew_deadline > 1.2 × retry_period`, and `lease ≥ renew_deadline +
-/// retry_period`.
+/// retry_period`. It also carries the [`Durability`] that coordination requires of the store
+/// (by default, a store that keeps its records).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct LeaseConfig {
@@ -23,6 +83,8 @@ pub struct LeaseConfig {
     pub renew_deadline: Duration,
     /// Pause between renewals, and between acquisition attempts.
     pub retry_period: Duration,
+    /// Whether a store that may lose its records is accepted (default: no).
+    pub durability: Durability,
 }
 
 impl Default for LeaseConfig {
@@ -31,6 +93,7 @@ impl Default for LeaseConfig {
             lease: Duration::from_secs(15),
             renew_deadline: Duration::from_secs(10),
             retry_period: Duration::from_secs(2),
+            durability: Durability::Required,
         }
     }
 }
@@ -42,9 +105,16 @@ impl LeaseConfig {
             lease,
             renew_deadline,
             retry_period,
+            durability: Durability::Required,
         };
         c.validate()?;
         Ok(c)
+    }
+
+    /// Sets the [`Durability`] required of the store.
+    pub fn with_durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
     }
 
     /// Checks the ordering and margins.
@@ -135,48 +205,70 @@ impl fmt::Debug for Lease {
     }
 }
 
-/// Refuses backends that cannot fence, judged by their declared
+/// Refuses a backend that cannot hold coordination records, judged by its declared
 /// [`Capabilities`](larder_cache_api::Capabilities) alone (see [`check_capabilities`]).
-pub fn check_backend(backend: &DynBackend) -> Result<()> {
-    check_capabilities(backend.capabilities())
+pub fn check_backend(backend: &DynBackend, durability: Durability) -> Result<()> {
+    check_capabilities(backend.capabilities(), durability)
 }
 
-/// Refuses a declaration that cannot fence: coordination needs compare-and-swap
-/// ([`cas`](Capabilities::cas)) that is linearizable, with versions that never repeat
-/// ([`linearizable_cas`](Capabilities::linearizable_cas)).
+/// Refuses a declaration that cannot hold coordination records:
 ///
-/// The refusal is an [`ErrorKind::Unsupported`] error whose message says, from the
-/// capabilities, what the store lacks (no CAS, CAS not linearizable) and what else makes it
-/// unfit to keep coordination records (it may evict entries, it is not persistent); the
-/// backend's name is there only for the reader.
+/// * always, without compare-and-swap ([`cas`](Capabilities::cas)) that is linearizable with
+///   versions that never repeat ([`linearizable_cas`](Capabilities::linearizable_cas));
+/// * with [`Durability::Required`] (the default), a store that is not
+///   [`persistent`](Capabilities::persistent) or that [`may_evict`](Capabilities::may_evict):
+///   losing a task record lets a period be claimed twice.
 ///
-/// Eviction and persistence alone do not refuse a store: memory and sled (within one
-/// process) and single-node Redis qualify. The guarantee that tokens only grow then assumes
-/// that the lease and task records are not evicted (size the memory backend, or run Redis
-/// with `maxmemory-policy noeviction` and persistence).
-pub fn check_capabilities(caps: &Capabilities) -> Result<()> {
-    if caps.cas && caps.linearizable_cas {
-        return Ok(());
-    }
-    let mut why = vec![if caps.cas {
-        "its compare-and-swap is not linearizable (a version may repeat)"
-    } else {
-        "it offers no compare-and-swap"
-    }];
-    if caps.may_evict {
-        why.push("it may evict entries");
-    }
+/// The refusal is an [`ErrorKind::Unsupported`] error whose message says which property is
+/// missing, with the backend's own note on it (Redis: "no append-only file (appendonly
+/// no)", "maxmemory-policy allkeys-lru evicts"), and how to opt in
+/// ([`Durability::AcceptLoss`]); the backend's name is there only for the reader.
+pub fn check_capabilities(caps: &Capabilities, durability: Durability) -> Result<()> {
+    let with_note = |what: &str, note: &Option<std::borrow::Cow<'static, str>>| match note {
+        Some(n) => format!("{what} ({n})"),
+        None => what.to_owned(),
+    };
+    let mut loses = Vec::new();
     if !caps.persistent {
-        why.push("it is not persistent");
+        loses.push(with_note("it is not persistent", &caps.persistence_note));
+    }
+    if caps.may_evict {
+        loses.push(with_note("it may evict entries", &caps.eviction_note));
+    }
+    if !(caps.cas && caps.linearizable_cas) {
+        let mut why = vec![if caps.cas {
+            "its compare-and-swap is not linearizable (a version may repeat)".to_owned()
+        } else {
+            "it offers no compare-and-swap".to_owned()
+        }];
+        why.extend(loses);
+        return Err(Error::new(
+            ErrorKind::Unsupported,
+            format!(
+                "{} cannot hold leases: {}; coordination needs linearizable compare-and-swap \
+                 with versions that never repeat, on a store that keeps its records (a SQL \
+                 store, or Redis with an append-only file and maxmemory-policy noeviction)",
+                caps.name,
+                why.join(", ")
+            ),
+        )
+        .with_backend(caps.name));
+    }
+    if loses.is_empty() || durability == Durability::AcceptLoss {
+        return Ok(());
     }
     Err(Error::new(
         ErrorKind::Unsupported,
         format!(
-            "{} cannot hold leases: {}; coordination needs linearizable compare-and-swap with \
-             versions that never repeat, on a store that keeps its records (a SQL store, \
-             single-node Redis, or memory or sled within one process)",
+            "{} may lose coordination records: {}. A lost task record lets a period be \
+             claimed twice, and a lost lease lets a second holder in at once; use a store \
+             that keeps its records (PostgreSQL or SQLite through larder-backend-sql, sled \
+             within one process, Redis with `appendonly yes` and `maxmemory-policy \
+             noeviction`), or accept the loss explicitly with \
+             `LeaseConfig::with_durability(Durability::AcceptLoss)` (given to \
+             `SchedulerConfig::lease`, and to the `Lease` an `Elector` runs)",
             caps.name,
-            why.join(", ")
+            loses.join(", ")
         ),
     )
     .with_backend(caps.name))
@@ -195,7 +287,7 @@ impl Lease {
         holder: HolderId,
         config: LeaseConfig,
     ) -> Result<Self> {
-        check_backend(&backend)?;
+        check_backend(&backend, config.durability)?;
         config.validate()?;
         Ok(Lease {
             cache: Cache::new(backend),
@@ -208,7 +300,8 @@ impl Lease {
         })
     }
 
-    /// Replaces the wall clock used for the display timestamps in the record.
+    /// Replaces the wall clock used for the display timestamps in the record and for the
+    /// first token of a record this process creates.
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
         self
@@ -268,7 +361,10 @@ impl Lease {
         let current = self.cache.get_versioned::<LeaseRecord>(&self.key).await?;
         let (record, written) = match current {
             None => {
-                let rec = self.record(1, self.clock.now_ms());
+                // Absent: never written, or lost with the store's data. A time-based first
+                // token keeps tokens growing across such a loss (see `token`).
+                let now = self.clock.now_ms();
+                let rec = self.record(token::first(now), now);
                 (rec.clone(), self.cache.create(&self.key, &rec, None).await)
             }
             Some((rec, version)) => {
@@ -276,7 +372,7 @@ impl Lease {
                     // Ours already (this process stepped down, e.g. after an ambiguous
                     // renewal): take it back at once, but as a new term with a new token, so
                     // fenced writes can tell the old term's leftovers from the new one's.
-                    let next = self.record(rec.token + 1, self.clock.now_ms());
+                    let next = self.record(token::after(rec.token), self.clock.now_ms());
                     (
                         next.clone(),
                         self.cache.replace(&self.key, &next, None, version).await,
@@ -287,7 +383,7 @@ impl Lease {
                     if !rec.released && waited < lease {
                         return Ok(None);
                     }
-                    let next = self.record(rec.token + 1, self.clock.now_ms());
+                    let next = self.record(token::after(rec.token), self.clock.now_ms());
                     (
                         next.clone(),
                         self.cache.replace(&self.key, &next, None, version).await,

@@ -204,3 +204,50 @@ mod tests {
         assert!(!id.hash().cache_key().as_str().contains(id.as_str()));
     }
 }
+
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+    /// The canonical form, decided without the base64 crate: 22 characters of base64url
+    /// whose last one leaves the 4 bits beyond the 128th zero.
+    fn canonical(s: &str) -> bool {
+        s.len() == SessionId::TEXT_LEN
+            && s.bytes().all(|b| ALPHABET.contains(&b))
+            && ALPHABET
+                .iter()
+                .position(|a| *a == s.as_bytes()[21])
+                .is_some_and(|v| v & 0b1111 == 0)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1000))]
+
+        #[test]
+        fn parse_accepts_exactly_the_canonical_form(
+            s in prop_oneof!["[A-Za-z0-9_-]{22}", "[A-Za-z0-9_+/=-]{20,24}", "\\PC{0,30}", any::<String>()]
+        ) {
+            match SessionId::parse(&s) {
+                Ok(id) => {
+                    prop_assert!(canonical(&s), "accepted {s:?}");
+                    prop_assert_eq!(id.as_str(), s.as_str());
+                }
+                Err(e) => {
+                    prop_assert!(!canonical(&s), "refused {s:?}");
+                    prop_assert_eq!(e.kind(), ErrorKind::InvalidId);
+                }
+            }
+        }
+
+        #[test]
+        fn every_id_roundtrips(bytes in any::<[u8; 16]>()) {
+            let id = SessionId::from_bytes(bytes);
+            prop_assert!(canonical(id.as_str()));
+            prop_assert_eq!(SessionId::parse(id.as_str()).unwrap(), id);
+        }
+    }
+}

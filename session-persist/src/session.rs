@@ -273,7 +273,8 @@ impl SessionManager {
     }
 
     /// A handle whose `record` already holds `changes` (made by a request elsewhere, e.g.
-    /// through tower-sessions) on top of the version it loaded.
+    /// through tower-sessions or actix-session) on top of the version it loaded.
+    #[cfg(any(feature = "tower-sessions", feature = "actix"))]
     pub(crate) fn replay(&self, record: Record, changes: Vec<Change>) -> Session {
         Session {
             manager: self.clone(),
@@ -408,7 +409,7 @@ impl Session {
     }
 
     /// Saves the changes without moving the expiry.
-    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
+    #[cfg(feature = "axum")]
     pub(crate) async fn save_keeping_expiry(&mut self) -> Result<()> {
         let keep = self.record.expires_at;
         self.save_until(keep).await

@@ -77,6 +77,7 @@ fn to_tower_id(id: &SessionId) -> Id {
     Id(i128::from_le_bytes(*id.as_bytes()))
 }
 
+#[cfg(feature = "axum")]
 pub(crate) fn larder_id(id: &Id) -> SessionId {
     to_larder_id(id)
 }

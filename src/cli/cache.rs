@@ -71,13 +71,21 @@ pub(super) async fn stats(cli: &Cli) -> Result<String> {
         ("ttl precision", ms(c.ttl_precision)),
         ("max value size", format!("{} bytes", c.max_value_size)),
         ("max key length", format!("{} bytes", c.max_key_len)),
-        (
-            "coordination",
-            match larder_coord::check_backend(&backend) {
-                Ok(()) => "yes (leases and periodic tasks)".to_owned(),
-                Err(e) => format!("no: {}", e.message()),
-            },
-        ),
+        ("coordination", {
+            use larder_coord::{check_backend, Durability};
+            match (
+                check_backend(&backend, Durability::Required),
+                check_backend(&backend, Durability::AcceptLoss),
+            ) {
+                (Ok(()), _) => "yes (leases and periodic tasks)".to_owned(),
+                (Err(e), Ok(())) => format!(
+                    "only with Durability::AcceptLoss (a period may run twice after the \
+                         store lost its data): {}",
+                    e.message()
+                ),
+                (_, Err(e)) => format!("no: {}", e.message()),
+            }
+        }),
     ];
     // What the backend tells about its own configuration.
     rows.extend(backend.details());

@@ -84,31 +84,10 @@ pub(super) fn ts(ms: i64) -> String {
     )
 }
 
-/// `500ms`, `30s`, `5m`, `2h`, `1d`, or plain seconds.
+/// `500ms`, `30s`, `5m`, `2h`, `1d`, or plain seconds: [`larder_coord::parse_interval`], so
+/// `--every` accepts exactly the intervals a schedule accepts.
 pub(super) fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration (e.g. 500ms, 30s, 5m, 1h)"))?;
-    let secs = |per: u64| {
-        n.checked_mul(per)
-            .map(Duration::from_secs)
-            .ok_or_else(|| format!("{s:?} is too long an interval"))
-    };
-    let d = match unit {
-        "ms" => Duration::from_millis(n),
-        "" | "s" => Duration::from_secs(n),
-        "m" => secs(60)?,
-        "h" => secs(3600)?,
-        "d" => secs(86_400)?,
-        _ => return Err(format!("unknown unit in {s:?} (ms, s, m, h, d)")),
-    };
-    if d.is_zero() {
-        return Err("the interval must be positive".to_owned());
-    }
-    Ok(d)
+    larder_coord::parse_interval(s).map_err(|e| e.message().to_owned())
 }
 
 #[cfg(test)]
@@ -134,5 +113,9 @@ mod tests {
             "overflow is an error"
         );
         assert!(parse_duration("99999999999999999999999").is_err());
+        assert!(
+            parse_duration("18446744073709551615s").is_err(),
+            "beyond 100 years is refused here, not later by the scheduler"
+        );
     }
 }

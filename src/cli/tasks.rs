@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use larder_cache_api::{Cache, Result};
 use larder_coord::{
-    Candidacy, HolderId, Lease, LeaseRecord, Schedule, Scheduler, SchedulerConfig, TaskSpec,
+    check_backend, Candidacy, Durability, HolderId, Lease, LeaseRecord, Schedule, Scheduler,
+    SchedulerConfig, TaskSpec,
 };
 use larder_session_persist::{open_existing, EXPIRY_TASK};
 
@@ -47,7 +48,17 @@ pub(super) async fn status(cli: &Cli, args: &StatusArgs) -> Result<String> {
         args.tasks.clone()
     };
     let now = now_ms();
-    let mut out = format!("coordination records in {where_}, now {}\n\n", ts(now));
+    let mut out = format!("coordination records in {where_}, now {}\n", ts(now));
+    // A store the running processes could only use by accepting the loss of records: say
+    // so above the tables, which may then show records re-created after a loss.
+    if let Err(e) = check_backend(&backend, Durability::Required) {
+        if e.kind() == larder_cache_api::ErrorKind::Unsupported
+            && check_backend(&backend, Durability::AcceptLoss).is_ok()
+        {
+            out.push_str(&format!("warning: {}\n", e.message()));
+        }
+    }
+    out.push('\n');
 
     let mut rows = vec![vec![
         "LEASE".to_owned(),
@@ -95,7 +106,10 @@ pub(super) async fn status(cli: &Cli, args: &StatusArgs) -> Result<String> {
     out.push('\n');
 
     // The scheduler's own status view computes "next due" exactly as the running processes
-    // do; this one never claims anything (Candidacy::Never) and has no job to run.
+    // do; this one never claims anything (Candidacy::Never) and has no job to run. It only
+    // reads, so the store's durability does not matter to it: it accepts a store that may
+    // lose records (the warning above tells the operator), and still refuses one without
+    // linearizable CAS, whose records no process could have written.
     let schedule = args
         .every
         .or(args
@@ -106,7 +120,9 @@ pub(super) async fn status(cli: &Cli, args: &StatusArgs) -> Result<String> {
     let mut scheduler = Scheduler::new(
         backend,
         HolderId::named("larder-cli"),
-        SchedulerConfig::default().candidacy(Candidacy::Never),
+        SchedulerConfig::default()
+            .candidacy(Candidacy::Never)
+            .durability(Durability::AcceptLoss),
     )?;
     for name in &tasks {
         let spec = TaskSpec::new(

@@ -177,6 +177,36 @@ impl RedisCluster {
         panic!("no master owns slot {slot}");
     }
 
+    /// Makes the master on `port` announce `announced` as its client port to clients and to
+    /// the other nodes (`CONFIG SET cluster-announce-port`), for instance the port of a
+    /// [`FaultProxy`](crate::proxy::FaultProxy) in front of it, so that a cluster client
+    /// reaches that node through the proxy. Waits until every node lists the new port.
+    pub fn announce_port(&self, port: u16, announced: u16) {
+        let out = redis_cli(
+            port,
+            &[
+                "CONFIG",
+                "SET",
+                "cluster-announce-port",
+                &announced.to_string(),
+            ],
+        );
+        assert_eq!(out.trim(), "OK", "CONFIG SET cluster-announce-port: {out}");
+        let addr = format!("127.0.0.1:{announced}@");
+        for &p in &self.ports {
+            wait_until(
+                Duration::from_secs(30),
+                &format!("node {p} lists port {announced}"),
+                || {
+                    let nodes = redis_cli(p, &["CLUSTER", "NODES"]);
+                    let slots = redis_cli(p, &["CLUSTER", "SLOTS"]);
+                    nodes.contains(&addr)
+                        && slots.lines().any(|l| l.trim() == announced.to_string())
+                },
+            );
+        }
+    }
+
     /// Kills every node when the current process exits, even if `self` is never dropped
     /// (as for a `static`).
     pub fn kill_at_exit(&self) {
@@ -192,6 +222,11 @@ impl Drop for RedisCluster {
             let _ = c.wait();
         }
     }
+}
+
+/// Kills the processes `pids` (SIGKILL) when the current process exits.
+pub fn kill_at_exit(pids: &[String]) {
+    watchdog(&format!("kill -9 {}", pids.join(" ")));
 }
 
 /// Stops the redis-server on `port` (`SHUTDOWN NOSAVE`) when the current process exits.

@@ -1,5 +1,6 @@
 //! A backend wrapper that injects one fault at one point: the call into the real backend.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,11 +21,21 @@ pub enum Fault {
     Stall(Duration),
 }
 
-/// Wraps a real backend and injects [`Fault`]s into every call.
+/// Wraps a real backend and injects [`Fault`]s into every call, or into the next puts only
+/// ([`fail_next_puts`](Faulty::fail_next_puts), [`lose_next_put_replies`](Faulty::lose_next_put_replies)).
 #[derive(Debug)]
 pub struct Faulty {
     inner: DynBackend,
     fault: Mutex<Fault>,
+    fail_puts: AtomicUsize,
+    lose_replies: AtomicUsize,
+    injected: AtomicUsize,
+}
+
+/// Takes one from `n` if it is above zero.
+fn take_one(n: &AtomicUsize) -> bool {
+    n.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_sub(1))
+        .is_ok()
 }
 
 impl Faulty {
@@ -33,7 +44,27 @@ impl Faulty {
         Arc::new(Faulty {
             inner,
             fault: Mutex::new(Fault::None),
+            fail_puts: AtomicUsize::new(0),
+            lose_replies: AtomicUsize::new(0),
+            injected: AtomicUsize::new(0),
         })
+    }
+
+    /// The next `n` puts fail with `Unavailable` without reaching the backend.
+    pub fn fail_next_puts(&self, n: usize) {
+        self.fail_puts.store(n, Ordering::SeqCst);
+    }
+
+    /// The next `n` puts reach the backend, and are applied, but their answer is lost: they
+    /// fail with `Timeout` (the write's effect is unknown to the caller).
+    pub fn lose_next_put_replies(&self, n: usize) {
+        self.lose_replies.store(n, Ordering::SeqCst);
+    }
+
+    /// How many puts [`fail_next_puts`](Self::fail_next_puts) and
+    /// [`lose_next_put_replies`](Self::lose_next_put_replies) have failed so far.
+    pub fn injected(&self) -> usize {
+        self.injected.load(Ordering::SeqCst)
     }
 
     /// Injects `fault` from now on.
@@ -75,7 +106,22 @@ impl CacheBackend for Faulty {
         mode: PutMode,
     ) -> Result<Version> {
         self.gate().await?;
-        self.inner.put(key, value, ttl, mode).await
+        if take_one(&self.fail_puts) {
+            self.injected.fetch_add(1, Ordering::SeqCst);
+            return Err(
+                Error::new(ErrorKind::Unavailable, "injected put failure").with_backend("faulty")
+            );
+        }
+        let written = self.inner.put(key, value, ttl, mode).await?;
+        if take_one(&self.lose_replies) {
+            self.injected.fetch_add(1, Ordering::SeqCst);
+            return Err(Error::new(
+                ErrorKind::Timeout,
+                "injected lost reply (the put was applied)",
+            )
+            .with_backend("faulty"));
+        }
+        Ok(written)
     }
     async fn put_many(&self, items: &[(Key, Bytes)], ttl: Option<Ttl>) -> Result<Vec<Version>> {
         self.gate().await?;

@@ -11,6 +11,7 @@ pub mod db;
 pub mod fault;
 pub mod owning;
 pub mod proxy;
+pub mod sentinel;
 pub mod server;
 pub mod tls;
 
@@ -26,10 +27,17 @@ pub fn free_port() -> u16 {
 /// returns how many reads missed it although less than 1 ms had passed (a TTL that ended
 /// early).
 pub async fn early_ttl_misses(b: &larder_cache_api::DynBackend, n: usize) -> usize {
+    early_ttl_probe(b, n).await.0
+}
+
+/// [`early_ttl_misses`], and how many of the `n` reads came back less than 1 ms after their
+/// write began (the reads that could have found the TTL early).
+pub async fn early_ttl_probe(b: &larder_cache_api::DynBackend, n: usize) -> (usize, usize) {
     use larder_cache_api::{Bytes, Key, PutMode, Ttl};
     let key = Key::new("ttl-never-early").expect("key");
     let ttl = Ttl::from_millis(1).expect("ttl");
     let mut early = 0;
+    let mut in_time = 0;
     for _ in 0..n {
         let written = std::time::Instant::now();
         b.put(
@@ -44,9 +52,12 @@ pub async fn early_ttl_misses(b: &larder_cache_api::DynBackend, n: usize) -> usi
             std::hint::spin_loop();
         }
         let read = b.get(&key).await.expect("get");
-        if read.is_none() && written.elapsed() < std::time::Duration::from_millis(1) {
-            early += 1;
+        if written.elapsed() < std::time::Duration::from_millis(1) {
+            in_time += 1;
+            if read.is_none() {
+                early += 1;
+            }
         }
     }
-    early
+    (early, in_time)
 }

@@ -1,6 +1,8 @@
 //! A TCP proxy between a client and a real server that can cut or stall connections, to
-//! test timeouts and reconnection without touching the server.
+//! test timeouts and reconnection without touching the server, or lose one reply after the
+//! server acted on the request (to test what a client does when it sends again).
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -27,6 +29,16 @@ pub struct FaultProxy {
     mode: watch::Sender<Mode>,
     conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
     accept: JoinHandle<()>,
+    lose: Arc<LoseReply>,
+}
+
+/// The one-shot "lose the reply" fault, shared by every connection of a proxy.
+#[derive(Debug, Default)]
+struct LoseReply {
+    /// Armed: the bytes a request must contain to have its reply lost.
+    needle: Mutex<Option<Vec<u8>>>,
+    /// How many replies were lost so far.
+    fired: AtomicUsize,
 }
 
 impl FaultProxy {
@@ -38,6 +50,8 @@ impl FaultProxy {
         let conns: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
         let upstream = upstream.to_string();
         let conns2 = conns.clone();
+        let lose: Arc<LoseReply> = Arc::default();
+        let lose2 = lose.clone();
         let accept = tokio::spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else {
@@ -49,15 +63,25 @@ impl FaultProxy {
                 }
                 let rx = rx.clone();
                 let upstream = upstream.clone();
+                let lose = lose2.clone();
                 let h = tokio::spawn(async move {
                     if let Ok(server) = TcpStream::connect(&upstream).await {
                         let _ = client.set_nodelay(true);
                         let _ = server.set_nodelay(true);
                         let (cr, cw) = client.into_split();
                         let (sr, sw) = server.into_split();
+                        // Set by the request side when it forwards the marked request; the
+                        // reply side then swallows the next reply bytes and ends the
+                        // connection.
+                        let cut = Arc::new(AtomicBool::new(false));
+                        let up = Tap::Request {
+                            lose: lose.clone(),
+                            cut: cut.clone(),
+                        };
+                        let down = Tap::Reply { lose, cut };
                         tokio::select! {
-                            _ = pump(cr, sw, rx.clone()) => {}
-                            _ = pump(sr, cw, rx) => {}
+                            _ = pump(cr, sw, rx.clone(), up) => {}
+                            _ = pump(sr, cw, rx, down) => {}
                         }
                     }
                 });
@@ -69,7 +93,22 @@ impl FaultProxy {
             mode,
             conns,
             accept,
+            lose,
         }
+    }
+
+    /// Arms a one-shot fault: the next request whose bytes contain `needle` is forwarded to
+    /// the server, and once the server's reply arrives (so the server has acted on it), the
+    /// reply is dropped and the connection closed, both ways. The client sees its
+    /// connection die with the request sent and no reply: it cannot tell whether the
+    /// server ran it. Other connections and later requests pass as usual.
+    pub fn lose_reply_to(&self, needle: &[u8]) {
+        *self.lose.needle.lock() = Some(needle.to_vec());
+    }
+
+    /// How many replies [`lose_reply_to`](Self::lose_reply_to) has dropped so far.
+    pub fn replies_lost(&self) -> usize {
+        self.lose.fired.load(Ordering::SeqCst)
     }
 
     /// The local port clients connect to.
@@ -102,10 +141,25 @@ impl Drop for FaultProxy {
     }
 }
 
+/// What a pump watches for, on behalf of [`FaultProxy::lose_reply_to`].
+enum Tap {
+    /// Client to server: marks the connection when the armed request goes through.
+    Request {
+        lose: Arc<LoseReply>,
+        cut: Arc<AtomicBool>,
+    },
+    /// Server to client: on a marked connection, drops the reply and ends the connection.
+    Reply {
+        lose: Arc<LoseReply>,
+        cut: Arc<AtomicBool>,
+    },
+}
+
 async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mut mode: watch::Receiver<Mode>,
+    tap: Tap,
 ) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
@@ -122,6 +176,27 @@ async fn pump(
         };
         if mode.wait_for(|m| *m == Mode::Pass).await.is_err() {
             return;
+        }
+        match &tap {
+            Tap::Request { lose, cut } => {
+                let mut needle = lose.needle.lock();
+                let hit = needle
+                    .as_deref()
+                    .is_some_and(|nd| buf[..n].windows(nd.len()).any(|w| w == nd));
+                if hit {
+                    // Marked before the request is forwarded, so before any reply to it.
+                    *needle = None;
+                    cut.store(true, Ordering::SeqCst);
+                }
+            }
+            Tap::Reply { lose, cut } => {
+                if cut.load(Ordering::SeqCst) {
+                    // The server has answered: it ran the request. Drop the answer, and
+                    // returning ends this connection (both halves are dropped).
+                    lose.fired.fetch_add(1, Ordering::SeqCst);
+                    return;
+                }
+            }
         }
         if to.write_all(&buf[..n]).await.is_err() {
             return;

@@ -137,6 +137,12 @@ impl TlsRedis {
         self.port
     }
 
+    /// The directory holding `ca.crt`, `server.crt` and `server.key` (for more servers
+    /// with the same certificates).
+    pub fn cert_dir(&self) -> &Path {
+        self._dir.path()
+    }
+
     /// The CA certificate (PEM) that signed the server's certificate.
     pub fn ca_pem(&self) -> &[u8] {
         &self.ca_pem

@@ -6,7 +6,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use larder::coord::{HolderId, Lease, LeaseConfig, Scheduler, SchedulerConfig};
+use larder::coord::{Durability, HolderId, Lease, LeaseConfig, Scheduler, SchedulerConfig};
 use larder::sessions::{expiry_task, CachedStore, PgStore, SessionData, SessionStore, Timestamp};
 use larder::{DynBackend, ErrorKind};
 use larder_tests::db;
@@ -241,11 +241,13 @@ async fn tasks_status_shows_lease_holder_and_last_run() {
 async fn tasks_status_reads_a_cache_backend_too() {
     let redis = ServerProcess::redis();
     let redis_url = format!("redis://{}", redis.addr());
+    // A Redis without an append-only file may lose the records: the processes that wrote
+    // them accepted that, and the status says so above the tables.
     let lease = Lease::new(
         redis_backend(&redis).await,
         "leader",
         HolderId::named("redis-holder"),
-        LeaseConfig::default(),
+        LeaseConfig::default().with_durability(Durability::AcceptLoss),
     )
     .unwrap();
     assert!(lease.try_acquire().await.unwrap().is_some());
@@ -257,6 +259,12 @@ async fn tasks_status_reads_a_cache_backend_too() {
         "{out}"
     );
     assert!(out.contains("redis-holder"), "{out}");
+    assert!(
+        out.lines().nth(1).is_some_and(|l| l.starts_with(
+            "warning: redis may lose coordination records: it is not persistent (no append-only file"
+        )),
+        "{out}"
+    );
 
     // memcached cannot coordinate: a clear refusal, not an empty table.
     let e = cli(&["--cache-url", "memcache://127.0.0.1:1", "tasks", "status"])
@@ -282,6 +290,16 @@ async fn cache_ping_and_stats_then_a_stopped_server_is_one_line() {
         "{stats}"
     );
     assert!(stats.contains("linearizable cas   yes"), "{stats}");
+    // As measured: this server has no append-only file.
+    assert!(stats.contains("persistent         no"), "{stats}");
+    assert!(
+        stats.contains("coordination       only with Durability::AcceptLoss"),
+        "{stats}"
+    );
+    assert!(
+        stats.contains("appendonly no, maxmemory-policy noeviction"),
+        "{stats}"
+    );
     redis.stop();
     let e = cli(&["--cache-url", &url, "cache", "ping"])
         .await

@@ -7,14 +7,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use larder::coord::{
-    Candidacy, Elector, HolderId, Lease, LeaseConfig, ManualClock, Role, RunMode, Schedule,
-    Scheduler, SchedulerConfig, TaskSpec,
+    Candidacy, Durability, Elector, HolderId, Lease, LeaseConfig, ManualClock, Role, RunMode,
+    Schedule, Scheduler, SchedulerConfig, TaskSpec,
 };
 use larder::{DynBackend, ErrorKind};
 use larder_backend_memory::MemoryBackend;
 
 const MIN: i64 = 60_000;
 
+/// Short timings. The memory backend keeps nothing past this process, which is all these
+/// tests need: they accept that explicitly (`memory_is_refused_unless_loss_is_accepted`
+/// checks the refusal without it).
 fn fast_lease() -> LeaseConfig {
     LeaseConfig::new(
         Duration::from_millis(600),
@@ -22,6 +25,7 @@ fn fast_lease() -> LeaseConfig {
         Duration::from_millis(100),
     )
     .unwrap()
+    .with_durability(Durability::AcceptLoss)
 }
 
 fn counting_task(name: &str, runs: Arc<AtomicUsize>) -> TaskSpec {
@@ -67,9 +71,10 @@ async fn each_period_is_claimed_once_across_processes() {
             )
         })
         .collect();
+    let mut tokens = Vec::new();
     for period in 0..10 {
         for n in &nodes {
-            n.tick().await.unwrap();
+            tokens.extend(n.tick().await.unwrap().into_iter().map(|c| c.token));
         }
         assert_eq!(
             runs.load(Ordering::SeqCst),
@@ -78,8 +83,12 @@ async fn each_period_is_claimed_once_across_processes() {
         );
         clock.advance(MIN);
     }
+    // The first claim created the record: its token is time-based (the injected clock's
+    // milliseconds << 20); every later claim adds one.
+    assert!(tokens[0] >= ((1_000 * MIN) as u64) << 20, "{tokens:?}");
+    assert!(tokens.windows(2).all(|w| w[1] == w[0] + 1), "{tokens:?}");
     let status = nodes[0].status().await.unwrap();
-    assert_eq!(status[0].token, 10);
+    assert_eq!(status[0].token, *tokens.last().unwrap());
     assert_eq!(status[0].last_run.as_ref().unwrap().outcome, Some(Ok(())));
 }
 
@@ -277,8 +286,92 @@ async fn memcached_like_backends_are_refused() {
     let mut caps = mem.capabilities().clone();
     caps.linearizable_cas = false;
     let weak: DynBackend = Arc::new(larder::layer::Restrict::new(mem, caps).unwrap());
-    let e = Scheduler::new(weak, HolderId::generate(), SchedulerConfig::default()).unwrap_err();
+    // Refused even when the loss of records is accepted.
+    let e = Scheduler::new(
+        weak,
+        HolderId::generate(),
+        SchedulerConfig::default().durability(Durability::AcceptLoss),
+    )
+    .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Unsupported);
+    assert!(e.message().contains("not linearizable"), "{e}");
+}
+
+#[tokio::test]
+async fn memory_is_refused_unless_loss_is_accepted() {
+    let mem: DynBackend = Arc::new(MemoryBackend::default());
+    for e in [
+        Scheduler::new(
+            mem.clone(),
+            HolderId::generate(),
+            SchedulerConfig::default(),
+        )
+        .unwrap_err(),
+        Lease::new(
+            mem.clone(),
+            "l",
+            HolderId::generate(),
+            LeaseConfig::default(),
+        )
+        .unwrap_err(),
+    ] {
+        assert_eq!(e.kind(), ErrorKind::Unsupported);
+        let m = e.message();
+        assert!(
+            m.contains("not persistent (entries live in this process's memory only)"),
+            "{e}"
+        );
+        assert!(
+            m.contains("may evict entries (it evicts least-recently-used"),
+            "{e}"
+        );
+        assert!(m.contains("Durability::AcceptLoss"), "{e}");
+    }
+    // Accepted in the scheduler's configuration (one setting, carried by its lease config).
+    let s = Scheduler::new(
+        mem.clone(),
+        HolderId::generate(),
+        SchedulerConfig::default().durability(Durability::AcceptLoss),
+    );
+    assert!(s.is_ok());
+    let l = Lease::new(mem, "l", HolderId::generate(), fast_lease()).unwrap();
+    assert!(l.try_acquire().await.unwrap().is_some());
+}
+
+/// What accepting the loss gives up, and what it keeps: the store loses the task record
+/// (deleted here), so the period is claimed again (it runs twice), but with a token above
+/// every earlier one.
+#[tokio::test]
+async fn a_lost_task_record_runs_the_period_again_with_a_higher_token() {
+    let b: DynBackend = Arc::new(MemoryBackend::default());
+    let clock = Arc::new(ManualClock::new(2_000 * MIN));
+    let runs = Arc::new(AtomicUsize::new(0));
+    let n = scheduler(&b, &clock, "n", counting_task("lost", runs.clone()));
+    let mut before = Vec::new();
+    for _ in 0..3 {
+        before.extend(n.tick().await.unwrap());
+        clock.advance(MIN);
+    }
+    clock.advance(-MIN);
+    assert_eq!(runs.load(Ordering::SeqCst), 3);
+    assert!(n.tick().await.unwrap().is_empty(), "claimed already");
+    // The store loses its data; the clock moved on by one millisecond.
+    let key = larder::Key::new("larder:task:lost").unwrap();
+    assert!(b.delete(&key, larder::DeleteMode::Any).await.unwrap());
+    clock.advance(1);
+    let again = n.tick().await.unwrap();
+    assert_eq!(again.len(), 1, "the period is claimed again");
+    assert_eq!(
+        again[0].period, before[2].period,
+        "the same period runs twice"
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 4);
+    let highest = before.iter().map(|c| c.token).max().unwrap();
+    assert!(
+        again[0].token > highest,
+        "token after the loss {} above every earlier one ({highest})",
+        again[0].token
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -76,6 +76,8 @@ struct Cluster {
     nodes: BTreeMap<String, Node>,
     logs: tempfile::TempDir,
     starts: usize,
+    /// Start the nodes with `accept-loss` (`Durability::AcceptLoss`).
+    accept_loss: bool,
 }
 
 impl Cluster {
@@ -87,6 +89,7 @@ impl Cluster {
             nodes: BTreeMap::new(),
             logs: tempfile::tempdir().unwrap(),
             starts: 0,
+            accept_loss: false,
         }
     }
 
@@ -105,6 +108,7 @@ impl Cluster {
                     &self.redis_url,
                     name,
                 ])
+                .args(self.accept_loss.then_some("accept-loss"))
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::from(log))
@@ -651,4 +655,242 @@ async fn postgres_coordination_survives_kill_and_pause() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_coordination_survives_kill_pause_and_restart() {
     fault_run("redis").await;
+}
+
+/// The nodes as the outside test ran them, on a default Redis (no append-only file): each of
+/// the five processes refuses to start, with the documented message, and writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_processes_refuse_a_redis_without_persistence() {
+    let _one_at_a_time = SERIAL.lock().await;
+    let (store, schema) = larder_tests::db::pg_store().await;
+    let pool = store.pool().clone();
+    create_tables(&pool).await;
+    let redis = ServerProcess::redis_with(&["--save", "", "--appendonly", "no"]);
+    let url = format!("redis://{}", redis.addr());
+    let mut children = Vec::new();
+    for i in 1..=NODES {
+        let child = Command::new(env!("CARGO_BIN_EXE_coord_node"))
+            .args([
+                &larder_tests::db::postgres_url(),
+                &schema,
+                "redis",
+                &url,
+                &format!("n{i}"),
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        children.push(child);
+    }
+    // Their standard input stays open (a node exits when it closes): they must end by
+    // themselves, refused.
+    let stdins: Vec<ChildStdin> = children
+        .iter_mut()
+        .map(|c| c.stdin.take().unwrap())
+        .collect();
+    let waited = tokio::task::spawn_blocking(move || {
+        children
+            .into_iter()
+            .map(|c| c.wait_with_output().unwrap())
+            .collect::<Vec<_>>()
+    });
+    let outputs = tokio::time::timeout(Duration::from_secs(30), waited)
+        .await
+        .expect("every node ends within 30 s (a node that started would run on)")
+        .unwrap();
+    drop(stdins);
+    for out in &outputs {
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(3),
+            "refused at start: {stdout} {stderr}"
+        );
+        assert!(
+            stdout.starts_with(
+                "refused: redis may lose coordination records: it is not persistent (no \
+                 append-only file (appendonly no))"
+            ),
+            "{stdout}"
+        );
+        assert!(stdout.contains("a period be claimed twice"), "{stdout}");
+        assert!(
+            stdout.contains("LeaseConfig::with_durability(Durability::AcceptLoss)"),
+            "says how to opt in: {stdout}"
+        );
+        assert!(!stdout.contains("ready"), "{stdout}");
+    }
+    eprintln!(
+        "[redis, no persistence] {} of {NODES} nodes refused: {}",
+        outputs.len(),
+        String::from_utf8_lossy(&outputs[0].stdout).trim()
+    );
+    // Nothing was written, to Redis or to the tables.
+    let cache = larder::Cache::new(larder::connect(&url).await.unwrap());
+    assert!(cache
+        .get::<larder::coord::LeaseRecord>(&Lease::key_for("leader").unwrap())
+        .await
+        .unwrap()
+        .is_none());
+    assert!(cache
+        .get::<larder::coord::TaskRecord>(&larder::Key::new("larder:task:tick").unwrap())
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(count(&pool, "SELECT count(*) FROM claims").await, 0);
+    assert_eq!(count(&pool, "SELECT count(*) FROM terms").await, 0);
+    pool.close().await;
+    drop_schema(&schema).await;
+}
+
+/// The same five processes on a Redis without persistence, with the loss of records
+/// accepted (`Durability::AcceptLoss`): Redis is killed and restarted empty mid-run. The
+/// records come back with time-based tokens, so every token after the restart is above every
+/// token before it (leases and tasks), and the new runs' fenced writes are accepted at once,
+/// not refused until the tokens catch up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_without_persistence_keeps_tokens_growing_across_a_restart() {
+    let _one_at_a_time = SERIAL.lock().await;
+    let (store, schema) = larder_tests::db::pg_store().await;
+    let _kv = larder_tests::db::pg_kv_beside(&store).await;
+    let pool = store.pool().clone();
+    create_tables(&pool).await;
+    let mut redis = ServerProcess::redis_with(&["--save", "", "--appendonly", "no"]);
+    let redis_url = format!(
+        "redis://{}?response_timeout_ms=500&connect_timeout_ms=300",
+        redis.addr()
+    );
+    let mut c = Cluster::new(&schema, "redis", &redis_url);
+    c.accept_loss = true;
+    let names: Vec<String> = (1..=NODES).map(|i| format!("n{i}")).collect();
+    c.start(&names);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while latest_term(&pool).await.is_none()
+        || count(&pool, "SELECT count(*) FROM fenced").await < 3
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no leader or no runs within 15 s"
+        );
+        sleep_ms(100).await;
+    }
+    sleep_ms(1000).await;
+
+    // Redis dies and comes back empty.
+    let stopped = now_ms();
+    redis.stop();
+    sleep_ms(1000).await;
+    redis.start();
+    let up = now_ms();
+    // Long enough for a new leader (a lost lease record is free at once) and several runs.
+    sleep_ms(3 * LEASE_MS).await;
+    c.kill_all();
+
+    let claims: Vec<(i64, String, i64, i64)> =
+        sqlx::query_as("SELECT period, holder, token, at_ms FROM claims ORDER BY at_ms")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let terms: Vec<(String, i64, i64)> =
+        sqlx::query_as("SELECT holder, token, won_at_ms FROM terms ORDER BY won_at_ms")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let fenced: Vec<(i64, i64, String, i64)> =
+        sqlx::query_as("SELECT id, token, holder, at_ms FROM fenced ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let refused: Vec<(i64, String, i64)> =
+        sqlx::query_as("SELECT token, holder, at_ms FROM fenced_refused ORDER BY at_ms")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+
+    let split = |rows: Vec<(i64, i64)>| {
+        let before: Vec<i64> = rows.iter().filter(|r| r.1 < stopped).map(|r| r.0).collect();
+        let after: Vec<i64> = rows.iter().filter(|r| r.1 >= up).map(|r| r.0).collect();
+        (before, after)
+    };
+    let (claims_before, claims_after) = split(claims.iter().map(|c| (c.2, c.3)).collect());
+    let (terms_before, terms_after) = split(terms.iter().map(|t| (t.1, t.2)).collect());
+    let max = |v: &[i64]| v.iter().copied().max().unwrap();
+    let min = |v: &[i64]| v.iter().copied().min().unwrap();
+    assert!(claims_before.len() >= 3 && !terms_before.is_empty());
+    assert!(
+        claims_after.len() >= 3 && !terms_after.is_empty(),
+        "runs and a leader after the restart: {} claims, {} terms",
+        claims_after.len(),
+        terms_after.len()
+    );
+
+    // Fenced writes after the restart: accepted at once, no run of refusals.
+    let first_accepted = fenced
+        .iter()
+        .map(|f| f.3)
+        .filter(|at| *at >= up)
+        .min()
+        .expect("a fenced write accepted after the restart");
+    let refused_after: Vec<&(i64, String, i64)> = refused.iter().filter(|r| r.2 >= up).collect();
+    let mut out_of_order = 0;
+    let mut highest = i64::MIN;
+    for (_, token, ..) in &fenced {
+        if *token < highest {
+            out_of_order += 1;
+        }
+        highest = highest.max(*token);
+    }
+    let mut per_period: BTreeMap<i64, usize> = BTreeMap::new();
+    for (period, ..) in &claims {
+        *per_period.entry(*period).or_default() += 1;
+    }
+    let duplicates = per_period.values().filter(|n| **n > 1).count();
+    println!(
+        "coord_faults[redis, no persistence, loss accepted]: schema={schema} down_ms={} \
+         task tokens before {}..={} after {}..={} (first after - last before = {}); \
+         lease tokens before max {} after min {}; first fenced write accepted {} ms after \
+         redis came back; fenced refused after the restart {}; out_of_order_fenced {}; \
+         duplicate_claims {} (allowed: the loss was accepted)",
+        up - stopped,
+        min(&claims_before),
+        max(&claims_before),
+        min(&claims_after),
+        max(&claims_after),
+        min(&claims_after) - max(&claims_before),
+        max(&terms_before),
+        min(&terms_after),
+        first_accepted - up,
+        refused_after.len(),
+        out_of_order,
+        duplicates,
+    );
+    assert!(
+        min(&claims_after) > max(&claims_before),
+        "task tokens went back across the restart: {claims_before:?} then {claims_after:?}"
+    );
+    assert!(
+        min(&terms_after) > max(&terms_before),
+        "lease tokens went back across the restart: {terms_before:?} then {terms_after:?}"
+    );
+    assert!(
+        first_accepted - up <= LEASE_MS,
+        "the first fenced write after the restart came {} ms after it, more than a lease",
+        first_accepted - up
+    );
+    assert!(
+        refused_after.is_empty(),
+        "fenced writes refused after the restart: {refused_after:?}"
+    );
+    assert_eq!(
+        out_of_order, 0,
+        "accepted fenced writes went back in token order"
+    );
+    // The tokens fit the fences' BIGINT and are time-based (above 2^40).
+    assert!(claims.iter().all(|c| c.2 > 1 << 40));
+
+    pool.close().await;
+    drop_schema(&schema).await;
 }

@@ -47,7 +47,8 @@ mod memcached_ring {
 #[tokio::test]
 async fn coordination_refuses_memcached() {
     let b = single().await;
-    let e = larder::coord::check_backend(&b).unwrap_err();
+    // Whatever the durability setting: accepting loss does not make CAS linearizable.
+    let e = larder::coord::check_backend(&b, larder::coord::Durability::AcceptLoss).unwrap_err();
     assert_eq!(e.kind(), larder::ErrorKind::Unsupported);
     assert!(e.to_string().contains("memcached"), "{e}");
     let lease = larder::coord::Lease::new(
@@ -467,5 +468,5 @@ async fn a_server_with_cas_disabled_is_refused_with_the_reason() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_one_millisecond_ttl_is_never_early() {
     let b = single().await;
-    assert_eq!(larder_tests::early_ttl_misses(&b, 2_000).await, 0);
+    assert_eq!(larder_tests::early_ttl_misses(&b, 10_000).await, 0);
 }

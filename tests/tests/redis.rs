@@ -10,7 +10,7 @@
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use larder::{Bytes, CacheBackend, DynBackend, ErrorKind, Key, PutMode};
+use larder::{Bytes, CacheBackend, DeleteMode, DynBackend, ErrorKind, Key, PutMode};
 use larder_backend_redis::{RedisBackend, RedisConfig};
 use larder_tests::cluster::{shutdown_redis_at_exit, RedisCluster};
 use larder_tests::proxy::{FaultProxy, Mode};
@@ -302,12 +302,23 @@ async fn capabilities_single_and_cluster() {
     let s = single_backend().await;
     let c = s.capabilities();
     assert_eq!(c.name, "redis");
-    assert!(c.cas && c.linearizable_cas && c.touch && c.may_evict && c.shared);
-    assert!(!c.persistent);
+    assert!(c.cas && c.linearizable_cas && c.touch && c.shared);
+    // As measured on this server (`--save '' --appendonly no`, Redis's default noeviction):
+    // see `durability_is_measured_at_connect`.
+    assert!(!c.persistent && !c.may_evict);
     assert_eq!(c.ttl_precision, Duration::from_millis(1));
     assert_eq!(c.max_value_size, 16 * 1024 * 1024);
     let cl = cluster_backend().await;
     assert!(cl.capabilities().cas);
+    // Every master is asked; none of them has an append-only file, and the note names them.
+    let note = cl.capabilities().persistence_note.clone().unwrap();
+    assert!(!cl.capabilities().persistent, "{note}");
+    assert_eq!(
+        note.matches("no append-only file (appendonly no) on 127.0.0.1:")
+            .count(),
+        3,
+        "{note}"
+    );
     assert!(
         !cl.capabilities().linearizable_cas,
         "a cluster failover can lose an acknowledged CAS"
@@ -385,4 +396,130 @@ async fn tls_with_a_private_ca() {
 async fn a_one_millisecond_ttl_is_never_early() {
     let b = single_backend().await;
     assert_eq!(larder_tests::early_ttl_misses(&b, 10_000).await, 0);
+}
+
+/// The backend reports what the server is configured to keep, read from `INFO` at connect:
+/// persistent only with an append-only file, non-evicting only with `maxmemory-policy
+/// noeviction`, and neither where `INFO` may not be read. Coordination then refuses what may
+/// lose its records (unless accepted) and takes what keeps them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durability_is_measured_at_connect() {
+    use larder::coord::{check_backend, Durability};
+    async fn caps_of(url: &str) -> larder::Capabilities {
+        RedisBackend::connect(url)
+            .await
+            .unwrap()
+            .capabilities()
+            .clone()
+    }
+    let note = |n: &Option<std::borrow::Cow<'static, str>>| n.as_deref().unwrap_or("").to_owned();
+
+    // Redis's defaults (no append-only file, noeviction), snapshots off.
+    let default = ServerProcess::redis_with(&[]);
+    let c = caps_of(&format!("redis://{}", default.addr())).await;
+    assert!(!c.persistent, "{c:?}");
+    assert!(!c.may_evict, "noeviction evicts nothing: {c:?}");
+    assert_eq!(
+        note(&c.persistence_note),
+        "no append-only file (appendonly no)"
+    );
+    let b: DynBackend = Arc::new(
+        RedisBackend::connect(&format!("redis://{}", default.addr()))
+            .await
+            .unwrap(),
+    );
+    let details = b.details();
+    assert!(
+        details.iter().any(|(k, v)| *k == "durability (at connect)"
+            && v == "appendonly no, maxmemory-policy noeviction"),
+        "{details:?}"
+    );
+    let e = check_backend(&b, Durability::Required).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unsupported);
+    assert!(
+        e.message()
+            .contains("it is not persistent (no append-only file (appendonly no))"),
+        "{e}"
+    );
+    assert!(check_backend(&b, Durability::AcceptLoss).is_ok());
+
+    // An append-only file and noeviction: durable, and coordination takes it as it is.
+    let aof =
+        ServerProcess::redis_with(&["--appendonly", "yes", "--maxmemory-policy", "noeviction"]);
+    let url = format!("redis://{}", aof.addr());
+    let c = caps_of(&url).await;
+    assert!(c.persistent && !c.may_evict, "{c:?}");
+    let b: DynBackend = Arc::new(RedisBackend::connect(&url).await.unwrap());
+    check_backend(&b, Durability::Required).unwrap();
+
+    // An evicting policy: may evict, whatever the persistence.
+    let lru =
+        ServerProcess::redis_with(&["--appendonly", "yes", "--maxmemory-policy", "allkeys-lru"]);
+    let url = format!("redis://{}", lru.addr());
+    let c = caps_of(&url).await;
+    assert!(c.persistent && c.may_evict, "{c:?}");
+    assert_eq!(
+        note(&c.eviction_note),
+        "maxmemory-policy allkeys-lru evicts"
+    );
+    let b: DynBackend = Arc::new(RedisBackend::connect(&url).await.unwrap());
+    let e = check_backend(&b, Durability::Required).unwrap_err();
+    assert!(
+        e.message()
+            .contains("it may evict entries (maxmemory-policy allkeys-lru evicts)"),
+        "{e}"
+    );
+    let volatile = ServerProcess::redis_with(&["--maxmemory-policy", "volatile-lru"]);
+    let c = caps_of(&format!("redis://{}", volatile.addr())).await;
+    assert!(!c.persistent && c.may_evict, "{c:?}");
+
+    // A user whose ACL forbids INFO: the safe answer, and the note says why.
+    let out = std::process::Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &aof.port().to_string()])
+        .args([
+            "ACL", "SETUSER", "app", "on", ">app-pw", "~*", "+@all", "-info",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "OK");
+    let c = caps_of(&format!("redis://app:app-pw@{}", aof.addr())).await;
+    assert!(
+        !c.persistent && c.may_evict,
+        "unknown counts as not durable: {c:?}"
+    );
+    assert!(
+        note(&c.persistence_note).starts_with("persistence unknown: INFO persistence:"),
+        "{c:?}"
+    );
+    assert!(note(&c.persistence_note).contains("permission"), "{c:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_if_version_works_for_every_key_shape() {
+    // Delete-if-version also writes a marker key next to the entry (see
+    // `backend-redis/src/core.rs`), which must share the entry's cluster slot whatever the
+    // key looks like: with a hash tag, without one, with braces that make no hash tag.
+    let n = rand_u64();
+    let shapes = [
+        format!("plain-{n:x}"),
+        format!("{{user{n:x}}}:profile"),
+        format!("pre{{{n:x}}}post{{x}}"),
+        format!("closing}}only-{n:x}"),
+        format!("{{}}empty-tag}}-{n:x}"),
+        format!("}}{{{n:x}"),
+        format!("open{{-{n:x}"),
+    ];
+    for b in [single_backend().await, cluster_backend().await] {
+        for s in &shapes {
+            let k = Key::new(s.as_str()).unwrap();
+            let v = b
+                .put(&k, Bytes::from_static(b"v"), None, PutMode::Overwrite)
+                .await
+                .unwrap();
+            assert!(b.delete(&k, DeleteMode::IfVersion(v)).await.unwrap(), "{s}");
+            assert!(b.get(&k).await.unwrap().is_none(), "{s}");
+            let e = b.delete(&k, DeleteMode::IfVersion(v)).await.unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Conflict, "{s}: {e}");
+        }
+    }
 }

@@ -4,8 +4,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use super::capability::assert_cas_refused;
+use super::linearizability::{assert_linearizable, increment_workload, Outcome, Recorder};
 use super::{key, put, short_ttl, value};
-use crate::{Bytes, Cache, DeleteMode, DynBackend, ErrorKind, PutMode, Version};
+use crate::{Bytes, DeleteMode, DynBackend, ErrorKind, PutMode, Version};
 
 macro_rules! require_cas {
     ($b:expr) => {
@@ -187,40 +188,37 @@ pub async fn version_not_reused_after_delete(b: DynBackend) {
     }
 }
 
-/// 16 tasks × 50 increments through [`Cache::update`]: exactly 800, nothing lost.
+/// 16 tasks × 50 increments through [`Cache::update`](crate::Cache::update): exactly 800, nothing lost; and the
+/// recorded history of every get and compare-and-swap of the race is linearizable.
 pub async fn cas_race_16_tasks_50_increments(b: DynBackend) {
     require_cas!(b);
-    let k = key("race");
-    let cache = Cache::new(b.clone()).max_update_attempts(10_000);
-    let mut tasks = Vec::new();
-    for _ in 0..16 {
-        let cache = cache.clone();
-        let k = k.clone();
-        tasks.push(tokio::spawn(async move {
-            for _ in 0..50 {
-                cache
-                    .update(&k, None, |n: Option<u64>| n.unwrap_or(0) + 1)
-                    .await
-                    .unwrap();
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    assert_eq!(cache.get::<u64>(&k).await.unwrap(), Some(800));
+    let (total, history) = increment_workload(b.clone(), 16, 50).await;
+    assert_eq!(total, Some(800));
+    let writes = history
+        .1
+        .iter()
+        .filter(|o| matches!(o.outcome, Outcome::Written(_)))
+        .count();
+    assert_eq!(writes, 800, "one successful write per increment");
+    assert_linearizable(&b, &[history]);
 }
 
-/// 16 tasks create one key at once: exactly one wins, the others see its entry.
+/// 16 tasks create one key at once: exactly one wins, the others see its entry; the
+/// recorded history (the creates and a get by each task) is linearizable.
 pub async fn create_race_has_one_winner(b: DynBackend) {
     require_cas!(b);
+    let rec = Recorder::new(b.clone());
+    let recorded: DynBackend = rec.clone();
+    let b = recorded;
     let k = key("create-race");
     let wins = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for i in 0..16u8 {
         let (b, k, wins) = (b.clone(), k.clone(), wins.clone());
         tasks.push(tokio::spawn(async move {
-            match b.put(&k, Bytes::from(vec![i]), None, PutMode::Create).await {
+            let res = b.put(&k, Bytes::from(vec![i]), None, PutMode::Create).await;
+            b.get(&k).await.unwrap().expect("created by someone");
+            match res {
                 Ok(v) => {
                     wins.fetch_add(1, Ordering::SeqCst);
                     Some((i, v))
@@ -242,6 +240,9 @@ pub async fn create_race_has_one_winner(b: DynBackend) {
     let (i, v) = winner.unwrap();
     let e = b.get(&k).await.unwrap().unwrap();
     assert_eq!((&e.value[..], e.version), (&[i][..], v));
+    let history = rec.history(&k);
+    assert_eq!(history.len(), 16 * 2 + 1, "every operation recorded");
+    assert_linearizable(&b, &[(k, history)]);
 }
 
 /// Stamps this module's cases into the current module; used by

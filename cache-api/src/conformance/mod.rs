@@ -34,6 +34,7 @@ pub mod capability;
 pub mod cas;
 pub mod envelope;
 pub mod keys;
+pub mod linearizability;
 pub mod namespace;
 pub mod ttl;
 pub mod typed;
@@ -86,6 +87,7 @@ macro_rules! contract_cases {
     ($make:path) => {
         $crate::__conformance_basic!($make);
         $crate::__conformance_cas!($make);
+        $crate::__conformance_linearizability!($make);
         $crate::__conformance_ttl!($make);
         $crate::__conformance_keys!($make);
         $crate::__conformance_values!($make);

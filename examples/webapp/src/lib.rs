@@ -276,7 +276,9 @@ impl App {
         let store: Arc<dyn SessionStore> = Arc::new(cached);
 
         // Coordination: a leader lease, and the expiry task once per period across all
-        // instances.
+        // instances. In the SQL store, which keeps its records, so the default
+        // `Durability::Required` holds: never on the cache (`--cache-url` may be a Redis
+        // without an append-only file, which would lose them on a restart).
         let holder = HolderId::named(&instance);
         let lease = Arc::new(Lease::new(
             kv.clone(),

@@ -54,6 +54,7 @@ impl SqlOptions {
     }
 }
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) fn no_session_tables(backend: &'static str) -> Error {
     Error::new(
         ErrorKind::Config,

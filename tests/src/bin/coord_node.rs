@@ -19,17 +19,20 @@
 //! Running it detached makes the paused node really attempt its stale write, which only the
 //! fence can refuse.
 //!
-//! Arguments: `<postgres url> <schema> <backend: postgres|redis> <redis url or -> <node name>`.
-//! Prints `ready` once started; runs until killed, or until its standard input closes (so
-//! that no node outlives the test that started it).
+//! Arguments: `<postgres url> <schema> <backend: postgres|redis> <redis url or -> <node name>
+//! [accept-loss]`; with `accept-loss` the lease and the scheduler accept a store that may
+//! lose their records (`Durability::AcceptLoss`). Prints `ready` once started; runs until
+//! killed, or until its standard input closes (so that no node outlives the test that
+//! started it). A store that coordination refuses makes it print `refused: <message>` and
+//! exit with status 3.
 
 use std::io::Read;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use larder::coord::{
-    Elector, HolderId, Lease, LeaseConfig, Role, RunContext, RunMode, Schedule, Scheduler,
-    SchedulerConfig, TaskSpec,
+    Durability, Elector, HolderId, Lease, LeaseConfig, Role, RunContext, RunMode, Schedule,
+    Scheduler, SchedulerConfig, TaskSpec,
 };
 use larder::DynBackend;
 use larder_backend_sql::PgKv;
@@ -152,7 +155,20 @@ async fn run_tick(pool: PgPool, kv: PgKv, holder: String, ctx: RunContext) {
     }
 }
 
-async fn node(pg: &str, schema: &str, backend: &str, redis_url: &str, name: &str) {
+/// Coordination refused the store: say why on stdout (where the test reads `ready`), exit 3.
+fn refused(e: larder::Error) -> ! {
+    println!("refused: {}", e.message());
+    std::process::exit(3);
+}
+
+async fn node(
+    pg: &str,
+    schema: &str,
+    backend: &str,
+    redis_url: &str,
+    name: &str,
+    durability: Durability,
+) {
     let opts: PgConnectOptions = pg.parse().expect("postgres url");
     let pool = PgPoolOptions::new()
         .max_connections(4)
@@ -171,9 +187,11 @@ async fn node(pg: &str, schema: &str, backend: &str, redis_url: &str, name: &str
         other => panic!("unknown backend {other:?} (postgres or redis)"),
     };
     let holder = HolderId::named(name);
-    let cfg = lease_config();
+    let cfg = lease_config().with_durability(durability);
 
-    let lease = Arc::new(Lease::new(coord.clone(), "leader", holder.clone(), cfg).expect("lease"));
+    let lease = Arc::new(
+        Lease::new(coord.clone(), "leader", holder.clone(), cfg).unwrap_or_else(|e| refused(e)),
+    );
     let elector = Elector::spawn(lease);
     let mut roles = elector.watch();
     let terms_pool = pool.clone();
@@ -217,7 +235,7 @@ async fn node(pg: &str, schema: &str, backend: &str, redis_url: &str, name: &str
         .lease(cfg);
     let scheduler = Arc::new(
         Scheduler::new(coord, holder, config)
-            .expect("scheduler")
+            .unwrap_or_else(|e| refused(e))
             .with_task(task)
             .expect("task"),
     );
@@ -229,9 +247,13 @@ async fn node(pg: &str, schema: &str, backend: &str, redis_url: &str, name: &str
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [pg, schema, backend, redis_url, name] = &args[..] else {
+    let (durability, args) = match &args[..] {
+        [rest @ .., last] if last == "accept-loss" => (Durability::AcceptLoss, rest),
+        all => (Durability::Required, all),
+    };
+    let [pg, schema, backend, redis_url, name] = args else {
         eprintln!(
-            "usage: coord_node <postgres url> <schema> <postgres|redis> <redis url or -> <node name>"
+            "usage: coord_node <postgres url> <schema> <postgres|redis> <redis url or -> <node name> [accept-loss]"
         );
         std::process::exit(2);
     };
@@ -246,5 +268,5 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    rt.block_on(node(pg, schema, backend, redis_url, name));
+    rt.block_on(node(pg, schema, backend, redis_url, name, durability));
 }

@@ -1,0 +1,354 @@
+//! The invalidation channel of a near cache over Redis: server-assisted client-side caching
+//! (`CLIENT TRACKING`, RESP3 push messages).
+//!
+//! # How
+//!
+//! A dedicated RESP3 connection per master turns on `CLIENT TRACKING ON BCAST` (optionally
+//! limited to key prefixes): the server then pushes an `invalidate` message to it for every
+//! key written, deleted, expired or evicted, whichever connection did it. The reads of the
+//! near cache keep using the backend's own connection, so this works for any read path and,
+//! with one connection per master, for a Redis Cluster.
+//!
+//! # Races
+//!
+//! The invalidation of a write may reach this process before or after the reply of a read
+//! that raced with it, on another connection. The near cache handles that (a read keeps its
+//! result only if no invalidation of its key arrived since it was sent). What this module adds
+//! is the **sync point**: it sends `PING` on the tracking connection every quarter of the
+//! staleness bound; Redis queues the invalidations of a write before the write's reply
+//! leaves, so when the `PONG` of a ping sent at `t` comes back, every invalidation of a write
+//! completed before `t` has already been handled (push messages are handed over in the order
+//! they arrive, before the reply that follows them). A missed `PONG` (the response timeout),
+//! a lost connection or a changed cluster topology takes the channel down; it reconnects with
+//! a capped back-off.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use larder_cache_api::layer::{InvalidationChannel, InvalidationSink, Subscription};
+use larder_cache_api::{Error, ErrorKind, Result};
+use redis::{ProtocolVersion, PushInfo, PushKind, Value};
+
+use crate::config::{RedisConfig, Topology};
+use crate::core::{node_info, Core};
+use crate::error::{self, BACKEND};
+use crate::sentinel::SentinelConn;
+
+/// The invalidation channel of a Redis server, Cluster or Sentinel-monitored primary, for
+/// [`Near`](larder_cache_api::layer::Near): see [`RedisBackend::tracking`](crate::RedisBackend::tracking).
+#[derive(Debug, Clone)]
+pub struct RedisTracking {
+    config: RedisConfig,
+    prefixes: Vec<String>,
+}
+
+impl RedisTracking {
+    /// A channel to the server or cluster of `config` (normally the backend's own; another one
+    /// only to reach the same data by another route).
+    pub fn new(config: RedisConfig) -> Self {
+        RedisTracking {
+            config,
+            prefixes: Vec::new(),
+        }
+    }
+
+    /// Only report keys starting with one of `prefixes` (`BCAST PREFIX ...`): less traffic
+    /// when the server holds much else. The near cache then keeps only keys that match one
+    /// (others are always read from the server).
+    pub fn prefixes<I, S>(mut self, prefixes: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.prefixes = prefixes.into_iter().map(Into::into).collect();
+        self
+    }
+}
+
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl InvalidationChannel for RedisTracking {
+    fn subscribe(&self, sink: InvalidationSink) -> Result<Subscription> {
+        self.config.validate()?;
+        let rt = tokio::runtime::Handle::try_current().map_err(|e| {
+            Error::new(
+                ErrorKind::Config,
+                "redis client tracking must be started inside a tokio runtime",
+            )
+            .with_backend(BACKEND)
+            .with_source(e)
+        })?;
+        let task = rt.spawn(run(self.clone(), sink));
+        Ok(Subscription::new(AbortOnDrop(task.abort_handle())))
+    }
+
+    fn describe(&self) -> String {
+        let mut s = "redis client tracking (bcast".to_string();
+        for p in &self.prefixes {
+            s.push_str(&format!(" prefix {p:?}"));
+        }
+        s.push(')');
+        s
+    }
+
+    fn covers(&self, key: &[u8]) -> bool {
+        self.prefixes.is_empty() || self.prefixes.iter().any(|p| key.starts_with(p.as_bytes()))
+    }
+}
+
+/// Subscribes, reports, and resubscribes after every failure, until the near cache is gone.
+async fn run(tracking: RedisTracking, sink: InvalidationSink) {
+    let min = Duration::from_millis(50);
+    let mut backoff = min;
+    while !sink.is_closed() {
+        let began = Instant::now();
+        let res = session(&tracking, &sink).await;
+        sink.down();
+        if let Err(e) = res {
+            tracing::warn!(error = %e, "redis client tracking lost; reconnecting");
+        }
+        if began.elapsed() > Duration::from_secs(5) {
+            backoff = min;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(1));
+    }
+}
+
+/// One tracking connection.
+struct Tracked {
+    conn: redis::aio::MultiplexedConnection,
+    lost: Arc<AtomicBool>,
+}
+
+async fn connect(
+    tracking: &RedisTracking,
+    host: &str,
+    port: u16,
+    sink: &InvalidationSink,
+) -> Result<Tracked> {
+    let config = &tracking.config;
+    #[cfg(feature = "tls")]
+    if config.tls {
+        crate::core::ensure_crypto_provider();
+    }
+    let info = node_info(config, host, port)?;
+    let settings = info
+        .redis_settings()
+        .clone()
+        .set_protocol(ProtocolVersion::RESP3);
+    let info = info.set_redis_settings(settings);
+    let client = Core::single_client(config, info)?;
+    let lost = Arc::new(AtomicBool::new(false));
+    let (push_sink, push_lost) = (sink.clone(), lost.clone());
+    let cfg = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(config.connect_timeout))
+        .set_response_timeout(Some(config.response_timeout))
+        .set_push_sender(move |p: PushInfo| {
+            on_push(&push_sink, &push_lost, p);
+            Ok::<(), std::convert::Infallible>(())
+        });
+    let deadline = config.connect_timeout + config.response_timeout;
+    let mut conn = tokio::time::timeout(
+        deadline,
+        client.get_multiplexed_async_connection_with_config(&cfg),
+    )
+    .await
+    .map_err(|e| error::deadline("connect", deadline, e))?
+    .map_err(error::map_connect)?;
+    let mut cmd = redis::cmd("CLIENT");
+    cmd.arg("TRACKING").arg("ON").arg("BCAST");
+    for p in &tracking.prefixes {
+        cmd.arg("PREFIX").arg(p);
+    }
+    cmd.query_async::<()>(&mut conn)
+        .await
+        .map_err(|e| error::map("CLIENT TRACKING", e))?;
+    Ok(Tracked { conn, lost })
+}
+
+fn on_push(sink: &InvalidationSink, lost: &AtomicBool, p: PushInfo) {
+    match p.kind {
+        PushKind::Invalidate => match p.data.first() {
+            Some(Value::Array(keys)) => {
+                for k in keys {
+                    match k {
+                        Value::BulkString(b) => sink.invalidate(b),
+                        Value::SimpleString(s) => sink.invalidate(s.as_bytes()),
+                        _ => sink.invalidate_all(),
+                    }
+                }
+            }
+            // A null key list: the server flushed its data (FLUSHALL, FLUSHDB).
+            _ => sink.invalidate_all(),
+        },
+        PushKind::Disconnection => {
+            lost.store(true, Ordering::SeqCst);
+            sink.down();
+        }
+        _ => {}
+    }
+}
+
+/// The masters to track: the server, the Sentinel service's primary (with the connection
+/// that follows it, to notice a failover), or every master of the cluster.
+async fn masters(tracking: &RedisTracking) -> Result<(Vec<(String, u16)>, Option<SentinelConn>)> {
+    let config = &tracking.config;
+    match config.topology {
+        Topology::Single => return Ok((vec![config.nodes[0].clone()], None)),
+        Topology::Sentinel => {
+            let s = SentinelConn::connect(config).await?;
+            let primary = s.primary_node().ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Unavailable,
+                    "the Sentinel service has no primary",
+                )
+                .with_backend(BACKEND)
+            })?;
+            return Ok((vec![primary], Some(s)));
+        }
+        Topology::Cluster => {}
+    }
+    let mut last = None;
+    for (host, port) in &config.nodes {
+        match cluster_masters(config, host, *port).await {
+            Ok(m) => return Ok((m, None)),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| Error::new(ErrorKind::Config, "no seed node").with_backend(BACKEND)))
+}
+
+/// The masters as `CLUSTER SLOTS` on `host:port` lists them, sorted.
+async fn cluster_masters(
+    config: &RedisConfig,
+    host: &str,
+    port: u16,
+) -> Result<Vec<(String, u16)>> {
+    let client = Core::single_client(config, node_info(config, host, port)?)?;
+    let cfg = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(config.connect_timeout))
+        .set_response_timeout(Some(config.response_timeout));
+    let mut c = client
+        .get_multiplexed_async_connection_with_config(&cfg)
+        .await
+        .map_err(error::map_connect)?;
+    slots_masters(&mut c, host).await
+}
+
+async fn slots_masters(
+    c: &mut redis::aio::MultiplexedConnection,
+    seed_host: &str,
+) -> Result<Vec<(String, u16)>> {
+    let v: Value = redis::cmd("CLUSTER")
+        .arg("SLOTS")
+        .query_async(c)
+        .await
+        .map_err(|e| error::map("CLUSTER SLOTS", e))?;
+    let mut out = Vec::new();
+    if let Value::Array(ranges) = v {
+        for r in ranges {
+            let Value::Array(r) = r else { continue };
+            let Some(Value::Array(master)) = r.get(2) else {
+                continue;
+            };
+            let host = match master.first() {
+                Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+                Some(Value::SimpleString(s)) => s.clone(),
+                _ => String::new(),
+            };
+            // An empty or unknown endpoint means "the address you reached me at".
+            let host = if host.is_empty() || host == "?" {
+                seed_host.to_string()
+            } else {
+                host
+            };
+            let Some(Value::Int(port)) = master.get(1) else {
+                continue;
+            };
+            let Ok(port) = u16::try_from(*port) else {
+                continue;
+            };
+            out.push((host, port));
+        }
+    }
+    out.sort();
+    out.dedup();
+    if out.is_empty() {
+        return Err(
+            Error::new(ErrorKind::Unavailable, "CLUSTER SLOTS lists no master")
+                .with_backend(BACKEND),
+        );
+    }
+    Ok(out)
+}
+
+/// Tracks every master until something fails; `Ok` when the near cache is gone.
+async fn session(tracking: &RedisTracking, sink: &InvalidationSink) -> Result<()> {
+    let (nodes, sentinel) = masters(tracking).await?;
+    let mut conns = Vec::with_capacity(nodes.len());
+    for (host, port) in &nodes {
+        conns.push(connect(tracking, host, *port, sink).await?);
+    }
+    sink.up();
+    let ping_timeout = tracking.config.response_timeout;
+    let mut tick = tokio::time::interval(sink.sync_interval().max(Duration::from_millis(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_topology_check = Instant::now();
+    loop {
+        tick.tick().await;
+        if sink.is_closed() {
+            return Ok(());
+        }
+        // Every ping below is sent after `sent`, so each PONG vouches for `sent`.
+        let sent = Instant::now();
+        for t in &mut conns {
+            let pong = tokio::time::timeout(
+                ping_timeout,
+                redis::cmd("PING").query_async::<Value>(&mut t.conn),
+            )
+            .await
+            .map_err(|e| error::deadline("PING", ping_timeout, e))?
+            .map_err(|e| error::map("PING", e))?;
+            let _ = pong;
+            if t.lost.load(Ordering::SeqCst) {
+                return Err(
+                    Error::new(ErrorKind::Unavailable, "tracking connection closed")
+                        .with_backend(BACKEND),
+                );
+            }
+        }
+        if tracking.config.topology == Topology::Cluster
+            && last_topology_check.elapsed() >= Duration::from_secs(1)
+        {
+            last_topology_check = Instant::now();
+            let now = slots_masters(&mut conns[0].conn, &nodes[0].0).await?;
+            if now != nodes {
+                return Err(Error::new(
+                    ErrorKind::Unavailable,
+                    "cluster topology changed; tracking every master anew",
+                )
+                .with_backend(BACKEND));
+            }
+        }
+        // A failover moved the primary: what this connection tracked is no longer where
+        // writes go, so the channel goes down (the near cache is flushed) and starts anew.
+        if let Some(s) = &sentinel {
+            if s.primary_node().as_ref() != Some(&nodes[0]) {
+                return Err(Error::new(
+                    ErrorKind::Unavailable,
+                    "the Sentinel service's primary moved; tracking the new one",
+                )
+                .with_backend(BACKEND));
+            }
+        }
+        sink.synced(sent);
+    }
+}

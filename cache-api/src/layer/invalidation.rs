@@ -1,0 +1,133 @@
+//! The invalidation channel of a [`Near`](super::Near) cache: how a shared backend tells every
+//! process which keys changed.
+
+use std::any::Any;
+use std::fmt;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use crate::Result;
+
+use super::near::Coherence;
+
+/// A shared backend's news of changed keys, delivered to a [`Near`](super::Near) cache.
+///
+/// Implemented by the backends that have one (Redis: `CLIENT TRACKING`, PostgreSQL:
+/// `LISTEN/NOTIFY`). An implementation runs in the background and reports to the
+/// [`InvalidationSink`] it is given, **in the order it learns things**:
+///
+/// 1. [`up`](InvalidationSink::up) once it is subscribed, so that every change made from now
+///    on will be reported;
+/// 2. [`invalidate`](InvalidationSink::invalidate) for every changed key (written, deleted,
+///    expired or evicted), [`invalidate_all`](InvalidationSink::invalidate_all) when it cannot
+///    tell which;
+/// 3. [`synced`](InvalidationSink::synced)`(t)` whenever it knows that every change completed
+///    before the instant `t` has been reported (a ping sent at `t` came back through the
+///    channel, behind the invalidations that preceded it), at least every
+///    [`sync_interval`](InvalidationSink::sync_interval);
+/// 4. [`down`](InvalidationSink::down) as soon as it may have missed something (connection
+///    lost, a ping not answered in time), then `up` again after subscribing anew.
+///
+/// The near cache serves local entries only while the channel is up and synced within its
+/// staleness bound, so a channel that stops reporting can never make it serve stale data
+/// beyond the bound: it is bypassed.
+pub trait InvalidationChannel: Send + Sync + fmt::Debug {
+    /// Starts reporting to `sink` until the returned [`Subscription`] is dropped. Called
+    /// once, inside a tokio runtime, when the near cache is built.
+    fn subscribe(&self, sink: InvalidationSink) -> Result<Subscription>;
+
+    /// A short description for operators (`"redis client tracking (bcast)"`).
+    fn describe(&self) -> String;
+
+    /// Whether changes of `key` (as the backend stores it) are reported; the near cache
+    /// never keeps a key that is not covered (a channel limited to key prefixes, say).
+    fn covers(&self, key: &[u8]) -> bool {
+        let _ = key;
+        true
+    }
+}
+
+/// Keeps an [`InvalidationChannel`] running; dropping it stops the channel.
+pub struct Subscription {
+    _guard: Box<dyn Any + Send + Sync>,
+}
+
+impl Subscription {
+    /// A subscription that holds `guard` (whose `Drop` stops the channel, such as a task's
+    /// abort handle wrapper) for as long as the near cache lives.
+    pub fn new(guard: impl Any + Send + Sync) -> Self {
+        Subscription {
+            _guard: Box::new(guard),
+        }
+    }
+}
+
+impl fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscription").finish_non_exhaustive()
+    }
+}
+
+/// Where an [`InvalidationChannel`] reports; see there for the order of calls. Cheap to
+/// clone; every call does nothing once the near cache is dropped (see
+/// [`is_closed`](Self::is_closed)).
+#[derive(Clone)]
+pub struct InvalidationSink {
+    pub(super) target: Weak<Coherence>,
+    pub(super) sync_interval: Duration,
+}
+
+impl fmt::Debug for InvalidationSink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InvalidationSink")
+            .field("sync_interval", &self.sync_interval)
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+impl InvalidationSink {
+    fn with(&self, f: impl FnOnce(&Arc<Coherence>)) {
+        if let Some(c) = self.target.upgrade() {
+            f(&c);
+        }
+    }
+
+    /// The key stored as `key` (the backend's own bytes for it) changed.
+    pub fn invalidate(&self, key: &[u8]) {
+        self.with(|c| c.invalidate(key));
+    }
+
+    /// Anything may have changed (the server flushed its data, a message was not
+    /// understood): drops every local entry, and the channel stays up.
+    pub fn invalidate_all(&self) {
+        self.with(|c| c.invalidate_all());
+    }
+
+    /// Subscribed: every change from now on will be reported.
+    pub fn up(&self) {
+        self.with(|c| c.set_up());
+    }
+
+    /// Something may have been missed: the local tier is flushed and bypassed until
+    /// [`up`](Self::up) and a fresh [`synced`](Self::synced).
+    pub fn down(&self) {
+        self.with(|c| c.set_down());
+    }
+
+    /// Every change completed before `sent_at` has been reported.
+    pub fn synced(&self, sent_at: Instant) {
+        self.with(|c| c.synced(sent_at));
+    }
+
+    /// How often the channel should call [`synced`](Self::synced): a quarter of the near
+    /// cache's staleness bound.
+    pub fn sync_interval(&self) -> Duration {
+        self.sync_interval
+    }
+
+    /// The near cache is gone: the channel should stop.
+    pub fn is_closed(&self) -> bool {
+        self.target.strong_count() == 0
+    }
+}

@@ -1,0 +1,240 @@
+//! The near cache over Redis beyond the conformance suite: sessions written through
+//! (`CachedStore`) over `Near(Redis)` on two instances, where a logout on one is seen by the
+//! other once the staleness bound has passed; on a Redis Cluster, invalidations arrive
+//! from every master; tracking works over TLS; and tracking limited to key prefixes keeps
+//! only the keys it covers.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use larder::layer::{ChannelState, Near, NearStats, DEFAULT_MAX_STALENESS};
+use larder::{Bytes, CacheBackend, DynBackend, Key, PutMode};
+use larder_backend_redis::{RedisBackend, RedisConfig, RedisTracking};
+use larder_session_persist::{CachedStore, SessionManager};
+use larder_tests::cluster::RedisCluster;
+use larder_tests::db;
+use larder_tests::server::ServerProcess;
+use larder_tests::tls::TlsRedis;
+
+/// `Near(Redis)` with its channel up.
+async fn near(url: &str) -> (DynBackend, Arc<NearStats>) {
+    let redis = RedisBackend::connect(url).await.unwrap();
+    let tracking = redis.tracking();
+    let near = Near::builder(Arc::new(redis))
+        .channel(tracking)
+        .build()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while near.channel_state() != ChannelState::Up {
+        assert!(Instant::now() < deadline, "tracking never came up");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let stats = near.stats();
+    (Arc::new(near), stats)
+}
+
+/// Two application instances, each with its own near cache and connections, sharing
+/// PostgreSQL and Redis: a logout on A is a miss on B once the bound has passed, although B
+/// had the session in its local tier.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_on_one_instance_is_seen_by_the_other_within_the_bound() {
+    let server = ServerProcess::redis();
+    let url = format!("redis://{}", server.addr());
+    let (store_a, schema) = db::pg_store().await;
+    let store_b = db::pg_store_in(&schema).await;
+    let (near_a, _) = near(&url).await;
+    let (near_b, stats_b) = near(&url).await;
+    let a = SessionManager::new(Arc::new(CachedStore::new(store_a, near_a)));
+    let b = SessionManager::new(Arc::new(CachedStore::new(store_b, near_b)));
+    for round in 0..20 {
+        let mut s = a.create().await.unwrap();
+        s.insert("user", &format!("u{round}")).unwrap();
+        s.save().await.unwrap();
+        let id = s.id().as_str().to_string();
+        // B loads it twice: the second load is answered by its local tier.
+        for _ in 0..2 {
+            let got = b.load(&id).await.unwrap().expect("B sees the session");
+            assert_eq!(
+                got.get::<String>("user").unwrap(),
+                Some(format!("u{round}"))
+            );
+        }
+        assert!(s.delete().await.unwrap(), "logout on A");
+        tokio::time::sleep(DEFAULT_MAX_STALENESS).await;
+        assert!(
+            b.load(&id).await.unwrap().is_none(),
+            "round {round}: B still loads a session logged out on A"
+        );
+    }
+    assert!(stats_b.local_hits() > 0, "B's local tier was never used");
+    assert!(stats_b.invalidations() > 0, "B received no invalidation");
+}
+
+/// On a cluster, the near cache tracks every master: a write on any of them, by another
+/// client, is seen through the near cache once the bound has passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_invalidations_arrive_from_every_master() {
+    let cluster = RedisCluster::start();
+    let url = format!("redis+cluster://{}", cluster.seeds());
+    let (near, stats) = near(&url).await;
+    let other = RedisBackend::connect(&url).await.unwrap();
+    // Keys until every master owns at least two.
+    let mut keys: Vec<(Key, u16)> = Vec::new();
+    let mut i = 0;
+    while cluster
+        .ports()
+        .iter()
+        .any(|p| keys.iter().filter(|(_, q)| q == p).count() < 2)
+    {
+        let k = format!("near-cluster-{i}");
+        let owner = cluster.owner_of(&k);
+        keys.push((Key::new(k).unwrap(), owner));
+        i += 1;
+    }
+    for round in 0u64..20 {
+        for (k, _) in &keys {
+            other
+                .put(
+                    k,
+                    Bytes::copy_from_slice(&round.to_be_bytes()),
+                    None,
+                    PutMode::Overwrite,
+                )
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(DEFAULT_MAX_STALENESS).await;
+        for _ in 0..2 {
+            for (k, owner) in &keys {
+                let e = near.get(k).await.unwrap().unwrap();
+                assert_eq!(
+                    e.value[..],
+                    round.to_be_bytes(),
+                    "round {round}: {k} (master {owner}) is stale"
+                );
+            }
+        }
+    }
+    assert!(stats.local_hits() > 0, "the local tier was never used");
+    assert!(
+        stats.invalidations() >= 19 * keys.len() as u64,
+        "invalidations missing: {} for {} writes",
+        stats.invalidations(),
+        20 * keys.len()
+    );
+}
+
+/// With `BCAST PREFIX`, the server reports only the listed prefixes: keys outside them are
+/// never kept in process (they would not be invalidated), keys inside are, and both stay
+/// fresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracking_prefixes_keep_only_covered_keys() {
+    let server = ServerProcess::redis();
+    let url = format!("redis://{}", server.addr());
+    let redis = RedisBackend::connect(&url).await.unwrap();
+    let tracking = RedisTracking::new(redis.config().clone()).prefixes(["near-p:"]);
+    let near = Near::builder(Arc::new(redis))
+        .channel(tracking)
+        .build()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while near.channel_state() != ChannelState::Up {
+        assert!(Instant::now() < deadline, "tracking never came up");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let stats = near.stats();
+    let other = RedisBackend::connect(&url).await.unwrap();
+    let inside = Key::new("near-p:a").unwrap();
+    let outside = Key::new("near-q:a").unwrap();
+    for round in 0u64..10 {
+        for k in [&inside, &outside] {
+            other
+                .put(
+                    k,
+                    Bytes::copy_from_slice(&round.to_be_bytes()),
+                    None,
+                    PutMode::Overwrite,
+                )
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(DEFAULT_MAX_STALENESS).await;
+        let before = stats.local_hits();
+        for _ in 0..3 {
+            let e = near.get(&outside).await.unwrap().unwrap();
+            assert_eq!(
+                e.value[..],
+                round.to_be_bytes(),
+                "round {round}: outside key stale"
+            );
+        }
+        assert_eq!(
+            stats.local_hits(),
+            before,
+            "an uncovered key was served locally"
+        );
+        for _ in 0..3 {
+            let e = near.get(&inside).await.unwrap().unwrap();
+            assert_eq!(
+                e.value[..],
+                round.to_be_bytes(),
+                "round {round}: inside key stale"
+            );
+        }
+    }
+    assert!(
+        stats.local_hits() > 0,
+        "the covered key was never served locally"
+    );
+}
+
+/// Over TLS with a private CA, tracking connects with the backend's certificate settings
+/// and another client's writes are seen through the near cache within the bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracking_over_tls() {
+    let srv = TlsRedis::start();
+    let config = RedisConfig::from_url(&format!("rediss://127.0.0.1:{}", srv.port()))
+        .unwrap()
+        .with_tls_root_cert(srv.ca_pem().to_vec());
+    let redis = RedisBackend::new(config.clone()).await.unwrap();
+    let tracking = redis.tracking();
+    let near = Near::builder(Arc::new(redis))
+        .channel(tracking)
+        .build()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while near.channel_state() != ChannelState::Up {
+        assert!(Instant::now() < deadline, "tracking never came up over TLS");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let stats = near.stats();
+    let other = RedisBackend::new(config).await.unwrap();
+    let k = Key::new("near-tls").unwrap();
+    for round in 0u64..10 {
+        other
+            .put(
+                &k,
+                Bytes::copy_from_slice(&round.to_be_bytes()),
+                None,
+                PutMode::Overwrite,
+            )
+            .await
+            .unwrap();
+        tokio::time::sleep(DEFAULT_MAX_STALENESS).await;
+        for _ in 0..2 {
+            let e = near.get(&k).await.unwrap().unwrap();
+            assert_eq!(
+                e.value[..],
+                round.to_be_bytes(),
+                "round {round}: stale over TLS"
+            );
+        }
+    }
+    assert!(stats.local_hits() > 0, "the local tier was never used");
+    assert!(
+        stats.invalidations() >= 9,
+        "invalidations: {}",
+        stats.invalidations()
+    );
+}
