@@ -28,7 +28,12 @@ pub mod backends {
     pub use larder_backend_sql as sql;
 }
 
-#[cfg(any(feature = "postgres", feature = "sqlite", feature = "tower-sessions"))]
+#[cfg(any(
+    feature = "postgres",
+    feature = "sqlite",
+    feature = "tower-sessions",
+    feature = "actix"
+))]
 pub mod sessions;
 
 /// The operator command line `larder` (feature `cli`).

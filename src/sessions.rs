@@ -1,6 +1,6 @@
 //! Sessions whose authority is SQL, with write-through caching: everything of
 //! [`larder-session-persist`](larder_session_persist) (features `postgres`, `sqlite`,
-//! `tower-sessions`, `axum`), plus [`expiry_task`], which runs session expiry as a
+//! `tower-sessions`, `axum`, `actix`), plus [`expiry_task`], which runs session expiry as a
 //! coordinated periodic task of [`coord`](crate::coord).
 //!
 //! The session crate depends on the cache contract alone; the task that ties its sweep to

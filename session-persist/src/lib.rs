@@ -1,11 +1,15 @@
 #![doc = include_str!("../README.md")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "actix")]
+mod actix;
 #[cfg(feature = "axum")]
 mod axum;
 mod cached_store;
 mod expiry;
 mod id;
+#[cfg(any(feature = "tower-sessions", feature = "actix"))]
+mod merge;
 mod record;
 mod session;
 mod sql;
@@ -13,11 +17,15 @@ mod store;
 #[cfg(feature = "tower-sessions")]
 mod tower;
 
+#[cfg(feature = "actix")]
+pub use actix::ActixStore;
 #[cfg(feature = "axum")]
 pub use axum::{AtomicSession, SessionError};
 pub use cached_store::{CachedStore, WriteThroughSnapshot, WriteThroughStats};
 pub use expiry::EXPIRY_TASK;
 pub use id::{IdHash, IdSource, OsRandom, SessionId};
+#[cfg(any(feature = "tower-sessions", feature = "actix"))]
+pub use merge::RESERVED_KEY;
 pub use record::{Record, SessionData, Timestamp};
 pub use session::{ConflictPolicy, Session, SessionConfig, SessionManager, ValueFormat};
 #[cfg(feature = "postgres")]
@@ -27,4 +35,4 @@ pub use sql::SqliteStore;
 pub use sql::{connect, open_existing, Dialect, SqlOptions, SqlStore};
 pub use store::{ApplyFn, Invalidation, SaveOutcome, SessionStore, DEFAULT_TOMBSTONE_TTL};
 #[cfg(feature = "tower-sessions")]
-pub use tower::{TowerStore, RESERVED_KEY};
+pub use tower::TowerStore;

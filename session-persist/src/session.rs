@@ -273,8 +273,8 @@ impl SessionManager {
     }
 
     /// A handle whose `record` already holds `changes` (made by a request elsewhere, e.g.
-    /// through tower-sessions) on top of the version it loaded.
-    #[cfg(feature = "tower-sessions")]
+    /// through tower-sessions or actix-session) on top of the version it loaded.
+    #[cfg(any(feature = "tower-sessions", feature = "actix"))]
     pub(crate) fn replay(&self, record: Record, changes: Vec<Change>) -> Session {
         Session {
             manager: self.clone(),
