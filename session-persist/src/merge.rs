@@ -318,7 +318,9 @@ impl KeyMerge {
     }
 
     /// Moves the expiry of a live session to `exp`, only when that gains at least a quarter
-    /// of its life (no data rewrite); a session that is gone stays gone.
+    /// of its life (no data rewrite); a session that is gone stays gone. (actix-session asks
+    /// for it; tower-sessions has no such call.)
+    #[cfg(feature = "actix")]
     pub(crate) async fn touch(&self, id: &SessionId, exp: Timestamp) -> Result<()> {
         match self.store().load(id).await? {
             Some(r) => self.commit(r, Vec::new(), exp).await,
