@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use larder_cache_api::layer::{InvalidationChannel, InvalidationSink, Subscription};
+use larder_cache_api::layer::{resubscribe, InvalidationChannel, InvalidationSink, Subscription};
 use larder_cache_api::{Error, ErrorKind, Result};
 use redis::{ProtocolVersion, PushInfo, PushKind, Value};
 
@@ -66,27 +66,10 @@ impl RedisTracking {
     }
 }
 
-struct AbortOnDrop(tokio::task::AbortHandle);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 impl InvalidationChannel for RedisTracking {
     fn subscribe(&self, sink: InvalidationSink) -> Result<Subscription> {
         self.config.validate()?;
-        let rt = tokio::runtime::Handle::try_current().map_err(|e| {
-            Error::new(
-                ErrorKind::Config,
-                "redis client tracking must be started inside a tokio runtime",
-            )
-            .with_backend(BACKEND)
-            .with_source(e)
-        })?;
-        let task = rt.spawn(run(self.clone(), sink));
-        Ok(Subscription::new(AbortOnDrop(task.abort_handle())))
+        Subscription::spawn(BACKEND, "redis client tracking", run(self.clone(), sink))
     }
 
     fn describe(&self) -> String {
@@ -105,21 +88,7 @@ impl InvalidationChannel for RedisTracking {
 
 /// Subscribes, reports, and resubscribes after every failure, until the near cache is gone.
 async fn run(tracking: RedisTracking, sink: InvalidationSink) {
-    let min = Duration::from_millis(50);
-    let mut backoff = min;
-    while !sink.is_closed() {
-        let began = Instant::now();
-        let res = session(&tracking, &sink).await;
-        sink.down();
-        if let Err(e) = res {
-            tracing::warn!(error = %e, "redis client tracking lost; reconnecting");
-        }
-        if began.elapsed() > Duration::from_secs(5) {
-            backoff = min;
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(1));
-    }
+    resubscribe(&sink, "redis client tracking", || session(&tracking, &sink)).await;
 }
 
 /// One tracking connection.

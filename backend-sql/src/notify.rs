@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use larder_cache_api::layer::{InvalidationChannel, InvalidationSink, Subscription};
+use larder_cache_api::layer::{resubscribe, InvalidationChannel, InvalidationSink, Subscription};
 use larder_cache_api::{Error, ErrorKind, Result};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 
@@ -69,26 +69,9 @@ impl PgNotify {
     }
 }
 
-struct AbortOnDrop(tokio::task::AbortHandle);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 impl InvalidationChannel for PgNotify {
     fn subscribe(&self, sink: InvalidationSink) -> Result<Subscription> {
-        let rt = tokio::runtime::Handle::try_current().map_err(|e| {
-            Error::new(
-                ErrorKind::Config,
-                "PostgreSQL LISTEN must be started inside a tokio runtime",
-            )
-            .with_backend(BACKEND)
-            .with_source(e)
-        })?;
-        let task = rt.spawn(run(self.clone(), sink));
-        Ok(Subscription::new(AbortOnDrop(task.abort_handle())))
+        Subscription::spawn(BACKEND, "PostgreSQL LISTEN", run(self.clone(), sink))
     }
 
     fn describe(&self) -> String {
@@ -97,8 +80,6 @@ impl InvalidationChannel for PgNotify {
 }
 
 async fn run(notify: PgNotify, sink: InvalidationSink) {
-    let min = Duration::from_millis(50);
-    let mut backoff = min;
     // Pings of this channel carry this id; other processes' pings are ignored.
     let id = {
         use std::hash::{BuildHasher, Hasher};
@@ -106,19 +87,7 @@ async fn run(notify: PgNotify, sink: InvalidationSink) {
         h.write_u32(std::process::id());
         h.finish()
     };
-    while !sink.is_closed() {
-        let began = Instant::now();
-        let res = session(&notify, &sink, id).await;
-        sink.down();
-        if let Err(e) = res {
-            tracing::warn!(error = %e, "PostgreSQL LISTEN lost; reconnecting");
-        }
-        if began.elapsed() > Duration::from_secs(5) {
-            backoff = min;
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(1));
-    }
+    resubscribe(&sink, "PostgreSQL LISTEN", || session(&notify, &sink, id)).await;
 }
 
 /// The queue of pings in flight (a poisoned lock only means a panic elsewhere; go on).

@@ -60,6 +60,61 @@ impl Subscription {
             _guard: Box::new(guard),
         }
     }
+
+    /// Runs `task` (a channel's subscribe-and-report loop, such as one built on
+    /// [`resubscribe`]) on the current tokio runtime until the subscription is dropped.
+    /// Outside a runtime: a `Config` error naming `backend` and `what`.
+    pub fn spawn(
+        backend: &'static str,
+        what: &str,
+        task: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<Self> {
+        let rt = tokio::runtime::Handle::try_current().map_err(|e| {
+            crate::Error::new(
+                crate::ErrorKind::Config,
+                format!("{what} must be started inside a tokio runtime"),
+            )
+            .with_backend(backend)
+            .with_source(e)
+        })?;
+        Ok(Subscription::new(AbortOnDrop(
+            rt.spawn(task).abort_handle(),
+        )))
+    }
+}
+
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Keeps a channel subscribed until the near cache is gone: runs `session` (one connection:
+/// subscribe, report, return on failure), reports the channel down after it, logs its error
+/// as `what` lost, and starts again after a pause that grows from 50 ms to 1 s (and starts
+/// over after a session that lasted 5 s).
+pub async fn resubscribe<F, Fut>(sink: &InvalidationSink, what: &str, mut session: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let min = Duration::from_millis(50);
+    let mut backoff = min;
+    while !sink.is_closed() {
+        let began = Instant::now();
+        let res = session().await;
+        sink.down();
+        if let Err(e) = res {
+            tracing::warn!(error = %e, "{what} lost; reconnecting");
+        }
+        if began.elapsed() > Duration::from_secs(5) {
+            backoff = min;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(1));
+    }
 }
 
 impl fmt::Debug for Subscription {

@@ -16,7 +16,7 @@ mod restrict;
 mod timeout;
 
 pub use instrument::{CacheStats, Instrumented, StatsSnapshot};
-pub use invalidation::{InvalidationChannel, InvalidationSink, Subscription};
+pub use invalidation::{resubscribe, InvalidationChannel, InvalidationSink, Subscription};
 pub use namespace::Namespace;
 pub use near::{
     ChannelState, Near, NearBuilder, NearStats, DEFAULT_CAPACITY, DEFAULT_MAX_AGE,
