@@ -9,13 +9,17 @@
 //! The binary `larder-webapp` is [`Config`] parsed from flags and environment, then
 //! [`serve`]. Tests build the app in-process with [`App::build`].
 
+mod chart;
+mod observed_store;
+pub mod telemetry;
+pub mod window;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use axum::extract::{Form, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
@@ -24,15 +28,17 @@ use axum::{Json, Router};
 use larder::coord::{
     Elector, HolderId, Lease, LeaseConfig, Role, Scheduler, SchedulerConfig, TaskStatus,
 };
-use larder::layer::{ChannelState, Near};
+use larder::layer::{ChannelState, Instrumented, Near};
 use larder::sessions::{
-    expiry_task, AtomicSession, CachedStore, IdHash, Invalidation, Record, SaveOutcome,
-    SessionData, SessionError, SessionId, SessionStore, Timestamp, TowerStore, WriteThroughStats,
+    expiry_task, AtomicSession, CachedStore, SessionError, SessionStore, TowerStore,
+    WriteThroughStats,
 };
 use larder::url::redact;
 use larder::DynBackend;
 use serde::Deserialize;
 use serde_json::{json, Value};
+
+use crate::observed_store::ObservedStore;
 use tower_sessions::{Expiry, Session, SessionManagerLayer};
 
 /// The session key holding the logged-in user (also the session's principal).
@@ -104,59 +110,6 @@ impl Default for Config {
 /// Errors while starting the app.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Counts the expiry task's runs in this process (wraps the store the task sweeps).
-#[derive(Debug)]
-struct CountSweeps {
-    inner: Arc<dyn SessionStore>,
-    runs: Arc<AtomicU64>,
-}
-
-#[async_trait]
-impl SessionStore for CountSweeps {
-    async fn create(
-        &self,
-        data: SessionData,
-        principal: Option<String>,
-        expires_at: Timestamp,
-    ) -> larder::Result<Record> {
-        self.inner.create(data, principal, expires_at).await
-    }
-    async fn load(&self, id: &SessionId) -> larder::Result<Option<Record>> {
-        self.inner.load(id).await
-    }
-    async fn load_authoritative(&self, id: &SessionId) -> larder::Result<Option<Record>> {
-        self.inner.load_authoritative(id).await
-    }
-    async fn save_or_current(&self, record: &Record) -> larder::Result<SaveOutcome> {
-        self.inner.save_or_current(record).await
-    }
-    async fn touch(&self, id: &SessionId, expires_at: Timestamp) -> larder::Result<Option<Record>> {
-        self.inner.touch(id, expires_at).await
-    }
-    async fn delete(&self, id: &SessionId) -> larder::Result<bool> {
-        self.inner.delete(id).await
-    }
-    async fn rotate(&self, id: &SessionId) -> larder::Result<Option<Record>> {
-        self.inner.rotate(id).await
-    }
-    async fn delete_principal(&self, principal: &str) -> larder::Result<Vec<IdHash>> {
-        self.inner.delete_principal(principal).await
-    }
-    async fn sweep(&self, batch: u32) -> larder::Result<u64> {
-        self.runs.fetch_add(1, Ordering::Relaxed);
-        self.inner.sweep(batch).await
-    }
-    async fn count(&self) -> larder::Result<u64> {
-        self.inner.count().await
-    }
-    async fn outbox_pending(&self, limit: u32) -> larder::Result<Vec<Invalidation>> {
-        self.inner.outbox_pending(limit).await
-    }
-    async fn outbox_ack(&self, seqs: &[i64]) -> larder::Result<()> {
-        self.inner.outbox_ack(seqs).await
-    }
-}
-
 /// Shared state of the request handlers.
 #[derive(Debug)]
 struct Shared {
@@ -219,6 +172,8 @@ impl App {
     /// Opens the database and the cache, starts the leader elector and the expiry
     /// scheduler, and builds the router. Must run inside a tokio runtime.
     pub async fn build(config: &Config) -> Result<App, BoxError> {
+        // Metrics go to `/metrics` and the status page from the first operation on.
+        telemetry::global();
         let data_dir = absolute(&config.data_dir);
         let needs_dir = config.database_url.is_none() || config.cache_url.is_none();
         if needs_dir {
@@ -245,7 +200,13 @@ impl App {
             Some(url) => url.to_owned(),
             None => larder::backends::sql::sqlite_url(&data_dir.join("sessions.db")),
         };
-        let sql = larder::sessions::connect(&db_url).await?;
+        // Every database call is timed (`larder_session_db_op_seconds`); the expiry task's
+        // sweeps are counted for the status page.
+        let expiry_runs = Arc::new(AtomicU64::new(0));
+        let sql: Arc<dyn SessionStore> = Arc::new(ObservedStore::new(
+            larder::sessions::connect(&db_url).await?,
+            expiry_runs.clone(),
+        ));
         let kv = larder::connect(&db_url).await?;
         let database = format!("{} {}", kv.capabilities().name, redact(&db_url));
 
@@ -281,6 +242,8 @@ impl App {
             },
             redact(&cache_url)
         );
+        // Cache operations are timed and counted (`larder_cache_*`) by the library's layer.
+        let cache_backend: DynBackend = Arc::new(Instrumented::new(cache_backend));
         let mut cached = CachedStore::new(sql.clone(), cache_backend);
         let key = match &config.cache_key {
             Some(k) => Some(k.as_bytes().to_vec()),
@@ -307,12 +270,7 @@ impl App {
         )?);
         let elector = Elector::spawn(lease.clone());
         let every = Duration::from_millis(config.expiry_interval_ms.max(1));
-        let expiry_runs = Arc::new(AtomicU64::new(0));
         let expired_removed = Arc::new(AtomicU64::new(0));
-        let counted: Arc<dyn SessionStore> = Arc::new(CountSweeps {
-            inner: sql,
-            runs: expiry_runs.clone(),
-        });
         let poll = (every / 4).clamp(Duration::from_millis(50), Duration::from_millis(500));
         let scheduler = Arc::new(
             Scheduler::new(
@@ -322,7 +280,7 @@ impl App {
                     .process_name(instance.clone())
                     .poll(poll),
             )?
-            .with_task(expiry_task(counted, every, 1000, expired_removed.clone()))?,
+            .with_task(expiry_task(sql, every, 1000, expired_removed.clone()))?,
         );
         let (stop, scheduler_task) = scheduler.clone().spawn();
 
@@ -359,6 +317,8 @@ impl App {
             .route("/notes/{key}", post(set_note).delete(remove_note))
             .route("/status", get(status_html))
             .route("/status.json", get(status_json))
+            .route("/metrics", get(telemetry::metrics_text))
+            .route_layer(axum::middleware::from_fn(telemetry::count_request))
             .layer(sessions)
             // The counter's atomic update runs on larder's own handle over the same store.
             .layer(axum::Extension(tower_store))
@@ -805,6 +765,7 @@ async fn status_value(s: &Shared) -> Value {
         "tasks": tasks,
         "expiry_runs_here": s.expiry_runs.load(Ordering::Relaxed),
         "expired_removed_here": s.expired_removed.load(Ordering::Relaxed),
+        "last_minute": last_minute_json(),
     })
 }
 
@@ -889,5 +850,28 @@ async fn status_html(State(s): AppState) -> Html<String> {
          <p><a href=\"/\">home</a> &middot; <a href=\"/status.json\">status.json</a></p>",
         v["expiry_runs_here"]
     ));
+    body.push_str(&chart::section(&telemetry::global().window().read()));
     page("larder status", &body)
+}
+
+/// The status page's last-minute figures, per second and overall (times in seconds).
+fn last_minute_json() -> Value {
+    let m = telemetry::global().window().read();
+    let pct = |p: Option<window::Percentiles>| {
+        p.map(|p| json!({ "count": p.count, "p50": p.p50, "p99": p.p99 }))
+    };
+    json!({
+        "hits": m.hits,
+        "misses": m.misses,
+        "hit_ratio": m.hit_ratio(),
+        "cache_seconds": pct(m.cache),
+        "database_seconds": pct(m.database),
+        "seconds": m.seconds.iter().map(|s| json!({
+            "age": s.age,
+            "hits": s.hits,
+            "misses": s.misses,
+            "cache_seconds": pct(s.cache),
+            "database_seconds": pct(s.database),
+        })).collect::<Vec<_>>(),
+    })
 }
