@@ -1,5 +1,6 @@
 //! A real browser (headless Chromium through chromedriver, driven with fantoccini) logs in
-//! through the HTML form, and stays logged in across a restart of the app.
+//! through the HTML form, sees the status page's last-minute chart drawn from its requests,
+//! and stays logged in across a restart of the app.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -54,6 +55,52 @@ async fn wait_text(browser: &fantoccini::Client, id: &str, want: &str) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The element's rendered size through WebDriver.
+async fn rendered_size(
+    el: &fantoccini::elements::Element,
+) -> Result<(f64, f64), fantoccini::error::CmdError> {
+    let (_, _, w, h) = el.rectangle().await?;
+    Ok((w, h))
+}
+
+/// Opens the status page and checks its "last minute" chart in the browser.
+async fn check_status_chart(
+    browser: &fantoccini::Client,
+    url: &str,
+) -> Result<(), fantoccini::error::CmdError> {
+    browser.goto(url).await?;
+    let svg = browser
+        .wait()
+        .for_element(Locator::Id("last-minute"))
+        .await?;
+    let (w, h) = rendered_size(&svg).await?;
+    assert!(w > 100.0 && h > 100.0, "the chart renders at {w}x{h}");
+    for (group, mark) in [
+        ("hit-ratio-bars", "rect"),
+        ("cache-p50", "circle"),
+        ("cache-p99", "circle"),
+        ("db-p50", "circle"),
+        ("db-p99", "circle"),
+    ] {
+        let marks = browser
+            .find_all(Locator::Css(&format!("#{group} > {mark}")))
+            .await?;
+        assert!(!marks.is_empty(), "#{group} has no {mark}: no data");
+        for m in &marks {
+            let (w, h) = rendered_size(m).await?;
+            assert!(w > 0.0 && h > 0.0, "a {mark} of #{group} renders at {w}x{h}");
+        }
+    }
+    let ratio = browser.find(Locator::Id("hit-ratio")).await?.text().await?;
+    assert!(
+        ratio.ends_with("session loads") && !ratio.starts_with("no "),
+        "hit ratio: {ratio:?}"
+    );
+    let db = browser.find(Locator::Id("db-latency")).await?.text().await?;
+    assert!(db.contains(" ms"), "database latency: {db:?}");
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -128,6 +175,12 @@ async fn a_browser_stays_logged_in_across_a_restart() {
             .await?;
         // The page before the redirect shows 0.
         wait_text(&browser, "counter", "1").await;
+
+        // The status page charts the last minute from these requests: the SVG renders, and
+        // the hit ratio and every latency series have marks that render too.
+        check_status_chart(&browser, &app.url("/status")).await?;
+        browser.goto(&base).await?;
+        wait_text(&browser, "whoami", "hopper").await;
 
         // Restart the app (clean stop, same data directory), reload the page.
         app.terminate();

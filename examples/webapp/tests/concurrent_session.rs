@@ -6,19 +6,13 @@
 
 mod common;
 
-use common::{AppProcess, Client};
+use common::{pg_url_with_schema, AppProcess, Client};
 use larder::sessions::SessionStore;
 use larder_tests::server::ServerProcess;
 use reqwest::Method;
 
 const CLIENTS: usize = 20;
 const REQUESTS: usize = 50;
-
-fn pg_url_with_schema(schema: &str) -> String {
-    let base = larder_tests::db::postgres_url();
-    let sep = if base.contains('?') { '&' } else { '?' };
-    format!("{base}{sep}options=-csearch_path%3D{schema}")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_instances_lose_no_write_on_one_session() {

@@ -8,15 +8,9 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::{AppProcess, Client};
+use common::{pg_url_with_schema, AppProcess, Client};
 use larder::layer::DEFAULT_MAX_STALENESS;
 use larder_tests::server::ServerProcess;
-
-fn pg_url_with_schema(schema: &str) -> String {
-    let base = larder_tests::db::postgres_url();
-    let sep = if base.contains('?') { '&' } else { '?' };
-    format!("{base}{sep}options=-csearch_path%3D{schema}")
-}
 
 fn hits(v: &serde_json::Value) -> u64 {
     v["cache_stats"]["hits"].as_u64().unwrap()

@@ -6,6 +6,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+/// The test database's URL with `search_path` set to `schema` (the app's flag for it).
+pub fn pg_url_with_schema(schema: &str) -> String {
+    let base = larder_tests::db::postgres_url();
+    let sep = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{sep}options=-csearch_path%3D{schema}")
+}
+
 /// A `larder-webapp` process owned by a test; killed on drop, even on panic.
 #[derive(Debug)]
 pub struct AppProcess {
