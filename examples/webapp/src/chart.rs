@@ -120,11 +120,7 @@ fn decades(m: &Minute) -> (i32, i32) {
 /// The "last minute" section of the status page.
 pub(crate) fn section(m: &Minute) -> String {
     let ratio = match m.hit_ratio() {
-        Some(r) => format!(
-            "{:.0} % of {} session loads",
-            r * 100.0,
-            m.hits + m.misses
-        ),
+        Some(r) => format!("{:.0} % of {} session loads", r * 100.0, m.hits + m.misses),
         None => "no session loads".into(),
     };
     let mut out = format!(
@@ -313,7 +309,11 @@ mod tests {
         w.record_at(120, Latency::Database, 0.02);
         let html = section(&w.read_at(130));
         assert!(html.contains("<td id=\"hit-ratio\">50 % of 6 session loads</td>"));
-        assert_eq!(html.matches("<rect x=").count(), 2 + 2 + 1, "frames, bars, legend");
+        assert_eq!(
+            html.matches("<rect x=").count(),
+            2 + 2 + 1,
+            "frames, bars, legend"
+        );
         assert!(html.contains("<title>30 s ago: 3 hits, 1 misses</title>"));
         // Two cache points for each cache series, one database point for each.
         let between = |a: &str, b: &str| {

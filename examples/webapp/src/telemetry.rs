@@ -181,7 +181,10 @@ impl Recorder for AppRecorder {
 /// `GET /metrics`: the Prometheus text format.
 pub async fn metrics_text() -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         global().render(),
     )
         .into_response()

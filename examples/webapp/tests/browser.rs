@@ -90,7 +90,10 @@ async fn check_status_chart(
         assert!(!marks.is_empty(), "#{group} has no {mark}: no data");
         for m in &marks {
             let (w, h) = rendered_size(m).await?;
-            assert!(w > 0.0 && h > 0.0, "a {mark} of #{group} renders at {w}x{h}");
+            assert!(
+                w > 0.0 && h > 0.0,
+                "a {mark} of #{group} renders at {w}x{h}"
+            );
         }
     }
     let ratio = browser.find(Locator::Id("hit-ratio")).await?.text().await?;
@@ -98,7 +101,11 @@ async fn check_status_chart(
         ratio.ends_with("session loads") && !ratio.starts_with("no "),
         "hit ratio: {ratio:?}"
     );
-    let db = browser.find(Locator::Id("db-latency")).await?.text().await?;
+    let db = browser
+        .find(Locator::Id("db-latency"))
+        .await?
+        .text()
+        .await?;
     assert!(db.contains(" ms"), "database latency: {db:?}");
     Ok(())
 }

@@ -67,9 +67,7 @@ fn parse(text: &str) -> (BTreeMap<String, String>, Vec<Sample>) {
             }
         }
         let value = rest.split_whitespace().next().expect(line);
-        let value: f64 = value
-            .parse()
-            .unwrap_or_else(|e| panic!("{line:?}: {e}"));
+        let value: f64 = value.parse().unwrap_or_else(|e| panic!("{line:?}: {e}"));
         samples.push(Sample {
             name: name.to_owned(),
             labels,
@@ -124,7 +122,9 @@ async fn exercise_and_scrape(bases: &[String]) {
     c.login(&bases[0], "ada").await;
     const INCREMENTS: usize = 6;
     for i in 0..INCREMENTS {
-        let v = c.post_json(&format!("{}/counter", bases[i % bases.len()]), "").await;
+        let v = c
+            .post_json(&format!("{}/counter", bases[i % bases.len()]), "")
+            .await;
         assert_eq!(v["counter"], i as u64 + 1);
     }
     for b in bases {
@@ -187,8 +187,14 @@ async fn exercise_and_scrape(bases: &[String]) {
             last["hits"].as_f64().unwrap() <= session_hits,
             "{b}: the window counts more hits than /metrics: {last}"
         );
-        assert!(last["cache_seconds"]["count"].as_u64().unwrap() > 0, "{b}: {last}");
-        assert!(last["database_seconds"]["count"].as_u64().unwrap() > 0, "{b}: {last}");
+        assert!(
+            last["cache_seconds"]["count"].as_u64().unwrap() > 0,
+            "{b}: {last}"
+        );
+        assert!(
+            last["database_seconds"]["count"].as_u64().unwrap() > 0,
+            "{b}: {last}"
+        );
         let p50 = last["database_seconds"]["p50"].as_f64().unwrap();
         let p99 = last["database_seconds"]["p99"].as_f64().unwrap();
         assert!(0.0 < p50 && p50 <= p99, "{b}: {last}");
