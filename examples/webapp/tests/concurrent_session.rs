@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{pg_url_with_schema, AppProcess, Client};
+use common::{pg_url_with_schema, AppProcess, Client, Instances};
 use larder::sessions::SessionStore;
 use larder_tests::server::ServerProcess;
 use reqwest::Method;
@@ -16,23 +16,9 @@ const REQUESTS: usize = 50;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_instances_lose_no_write_on_one_session() {
-    let (store, schema) = larder_tests::db::pg_store().await;
-    let redis = ServerProcess::redis();
-    let args = |name: &str| -> Vec<String> {
-        vec![
-            "--database-url".into(),
-            pg_url_with_schema(&schema),
-            "--cache-url".into(),
-            format!("redis://{}", redis.addr()),
-            "--instance".into(),
-            name.into(),
-        ]
-    };
-    let apps = [
-        AppProcess::start(&args("web-1")),
-        AppProcess::start(&args("web-2")),
-    ];
-    let bases: Vec<String> = apps.iter().map(|a| a.url("")).collect();
+    let instances = Instances::start(&["web-1", "web-2"]).await;
+    let store = &instances.store;
+    let bases = instances.bases();
     let mut c = Client::new();
     c.login(&bases[0], "ada").await;
     let (s, body) = c

@@ -9,8 +9,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{pg_url_with_schema, AppProcess, Client};
-use larder_tests::server::ServerProcess;
+use common::{AppProcess, Client, Instances};
 
 /// One sample of the Prometheus text format.
 #[derive(Debug)]
@@ -222,24 +221,8 @@ async fn metrics_on_one_embedded_instance() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_on_two_instances_over_postgres_and_redis() {
-    let (_store, schema) = larder_tests::db::pg_store().await;
-    let redis = ServerProcess::redis();
-    let args = |name: &str| -> Vec<String> {
-        vec![
-            "--database-url".into(),
-            pg_url_with_schema(&schema),
-            "--cache-url".into(),
-            format!("redis://{}", redis.addr()),
-            "--instance".into(),
-            name.into(),
-        ]
-    };
-    let apps = [
-        AppProcess::start(&args("web-1")),
-        AppProcess::start(&args("web-2")),
-    ];
-    let bases: Vec<String> = apps.iter().map(|a| a.url("")).collect();
-    exercise_and_scrape(&bases).await;
+    let instances = Instances::start(&["web-1", "web-2"]).await;
+    exercise_and_scrape(&instances.bases()).await;
 }
 
 #[test]

@@ -4,6 +4,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use larder_tests::server::ServerProcess;
 use serde_json::Value;
 
 /// The test database's URL with `search_path` set to `schema` (the app's flag for it).
@@ -11,6 +12,43 @@ pub fn pg_url_with_schema(schema: &str) -> String {
     let base = larder_tests::db::postgres_url();
     let sep = if base.contains('?') { '&' } else { '?' };
     format!("{base}{sep}options=-csearch_path%3D{schema}")
+}
+
+/// App instances on a fresh PostgreSQL schema and a Redis of their own, the many-instance
+/// set-up (each instance keeps a near cache in front of Redis). Dropping it stops them.
+#[derive(Debug)]
+pub struct Instances {
+    pub apps: Vec<AppProcess>,
+    pub redis: ServerProcess,
+    /// The sessions in the instances' schema, for checking what they wrote.
+    pub store: larder::sessions::PgStore,
+}
+
+impl Instances {
+    /// Starts one instance per name.
+    pub async fn start(names: &[&str]) -> Self {
+        let (store, schema) = larder_tests::db::pg_store().await;
+        let redis = ServerProcess::redis();
+        let apps = names
+            .iter()
+            .map(|name| {
+                AppProcess::start(&[
+                    "--database-url".into(),
+                    pg_url_with_schema(&schema),
+                    "--cache-url".into(),
+                    format!("redis://{}", redis.addr()),
+                    "--instance".into(),
+                    (*name).into(),
+                ])
+            })
+            .collect();
+        Instances { apps, redis, store }
+    }
+
+    /// Each instance's base URL.
+    pub fn bases(&self) -> Vec<String> {
+        self.apps.iter().map(|a| a.url("")).collect()
+    }
 }
 
 /// A `larder-webapp` process owned by a test; killed on drop, even on panic.
