@@ -1,5 +1,6 @@
-//! The larder example web app: logins, a per-session counter, "log out everywhere", and a
-//! status page, on axum and tower-sessions.
+//! The larder example web app: logins, a per-session counter, "log out everywhere", a
+//! status page with a chart of the last minute, and `/metrics` for Prometheus, on axum and
+//! tower-sessions.
 //!
 //! Sessions live in SQL (SQLite by default, or PostgreSQL) behind a write-through cache
 //! (sled by default, or Redis, memcached, memory); coordination (a leader lease and the
