@@ -190,7 +190,8 @@ pub async fn metrics_text() -> Response {
         .into_response()
 }
 
-/// Middleware counting each answered request under its route pattern and status.
+/// Middleware (a route layer: it sees only matched routes) counting each answered request
+/// under its route pattern and status.
 pub async fn count_request(req: Request, next: Next) -> Response {
     let route = req
         .extensions()

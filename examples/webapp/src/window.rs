@@ -7,8 +7,7 @@
 //! needs a timer, and a reading covers exactly the current second and the 59 before it.
 //! Sketches merge without losing their error bound, so the minute's p50/p99 are the
 //! percentiles of all the minute's samples (within [`RELATIVE_ERROR`]), not an average of
-//! per-second percentiles; at that error a sketch stays a few KiB however many samples it
-//! takes. One mutex guards the ring: each cache or database operation takes it once, for
+//! per-second percentiles; a sketch stays within about 8 KiB however many samples it takes. One mutex guards the ring: each cache or database operation takes it once, for
 //! an addition.
 
 use std::sync::Mutex;
@@ -23,7 +22,9 @@ pub const SECONDS: u64 = 60;
 /// holds that rank.
 pub const RELATIVE_ERROR: f64 = 0.01;
 
-/// Enough bins for latencies from 1 µs to over an hour at [`RELATIVE_ERROR`].
+/// Bins a sketch may use (8 bytes each): at [`RELATIVE_ERROR`] they span a ratio of about
+/// 10^8 between the smallest and largest sample, 1 µs to 10 minutes; past that the
+/// smallest bins merge, which blurs only the lowest quantiles.
 const MAX_BINS: u32 = 1024;
 
 /// Shorter samples (in seconds) count as zero.
