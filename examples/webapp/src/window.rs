@@ -7,7 +7,8 @@
 //! needs a timer, and a reading covers exactly the current second and the 59 before it.
 //! Sketches merge without losing their error bound, so the minute's p50/p99 are the
 //! percentiles of all the minute's samples (within [`RELATIVE_ERROR`]), not an average of
-//! per-second percentiles; a sketch stays within about 8 KiB however many samples it takes. One mutex guards the ring: each cache or database operation takes it once, for
+//! per-second percentiles; a sketch stays within about 8 KiB however many samples it
+//! takes. One mutex guards the ring: each cache or database operation takes it once, for
 //! an addition.
 
 use std::sync::Mutex;
