@@ -145,6 +145,7 @@ mod elector;
 mod holder;
 mod lease;
 mod random;
+mod schedule;
 mod task;
 mod token;
 
@@ -157,7 +158,8 @@ pub use holder::HolderId;
 pub use lease::{
     check_backend, check_capabilities, Durability, Held, Lease, LeaseConfig, LeaseRecord,
 };
+pub use schedule::{parse_interval, Schedule};
 pub use task::{
-    parse_interval, Candidacy, Claim, Heartbeat, RunContext, RunInfo, RunMode, Schedule, Scheduler,
-    SchedulerConfig, TaskRecord, TaskSpec, TaskStatus, MAX_RUNS_IN_PROGRESS,
+    Candidacy, Claim, Heartbeat, RunContext, RunInfo, RunMode, Scheduler, SchedulerConfig,
+    TaskRecord, TaskSpec, TaskStatus, MAX_RUNS_IN_PROGRESS,
 };
