@@ -148,6 +148,8 @@ mod random;
 mod schedule;
 mod task;
 mod token;
+#[cfg(feature = "cron")]
+mod zoned_cron;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -163,3 +165,5 @@ pub use task::{
     Candidacy, Claim, Heartbeat, RunContext, RunInfo, RunMode, Scheduler, SchedulerConfig,
     TaskRecord, TaskSpec, TaskStatus, MAX_RUNS_IN_PROGRESS,
 };
+#[cfg(feature = "cron")]
+pub use zoned_cron::CronSchedule;

@@ -1,20 +1,24 @@
-//! When periodic tasks are due: schedules (intervals, cron expressions) and the interval
-//! syntax operators write.
+//! When periodic tasks are due: schedules (intervals, cron expressions in a time zone) and
+//! the syntax operators write them in.
 
 use std::fmt;
 use std::time::Duration;
 
 use larder_cache_api::{Error, ErrorKind, Result};
 
+#[cfg(feature = "cron")]
+use crate::zoned_cron::CronSchedule;
+
 /// When a task is due.
 #[derive(Clone)]
 pub enum Schedule {
     /// Every interval, aligned on the Unix epoch (period `n` starts at `n × interval`).
     Every(Duration),
-    /// At the times of a cron expression (with seconds: `"0 */5 * * * *"`), UTC. Feature
-    /// `cron`.
+    /// At the times of a cron expression (with seconds: `"0 */5 * * * *"`) on the wall clock
+    /// of a time zone, UTC unless given ([`Schedule::cron_in`]); what happens when that clock
+    /// jumps is on [`CronSchedule`]. Feature `cron`.
     #[cfg(feature = "cron")]
-    Cron(Box<cron::Schedule>),
+    Cron(Box<CronSchedule>),
 }
 
 impl fmt::Debug for Schedule {
@@ -22,9 +26,23 @@ impl fmt::Debug for Schedule {
         match self {
             Schedule::Every(d) => write!(f, "Every({d:?})"),
             #[cfg(feature = "cron")]
-            Schedule::Cron(c) => write!(f, "Cron({c})"),
+            Schedule::Cron(c) => write!(f, "Cron({c:?})"),
         }
     }
+}
+
+/// `text` quoted for an error message: a bounded prefix only, as the text may be arbitrarily
+/// long.
+pub(crate) fn quoted(text: &str) -> String {
+    let mut end = text.len().min(40);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!(
+        "{:?}{}",
+        &text[..end],
+        if end < text.len() { "…" } else { "" }
+    )
 }
 
 /// The longest interval a schedule accepts.
@@ -47,14 +65,7 @@ const MAX_INTERVAL: Duration = Duration::from_secs(100 * 366 * 24 * 3600);
 /// ```
 pub fn parse_interval(text: &str) -> Result<Duration> {
     let s = text.trim();
-    let shown = || {
-        // Echo a bounded prefix only: the text may be arbitrarily long.
-        let mut end = s.len().min(40);
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        format!("{:?}{}", &s[..end], if end < s.len() { "…" } else { "" })
-    };
+    let shown = || quoted(s);
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let per_ms: u64 = match unit {
@@ -116,19 +127,83 @@ impl Schedule {
         Ok(s)
     }
 
-    /// A cron schedule (seconds field included), checked.
+    /// A cron schedule (seconds field included) in UTC, checked: an invalid expression is an
+    /// [`ErrorKind::Config`] error.
     #[cfg(feature = "cron")]
     pub fn cron(expr: &str) -> Result<Self> {
-        use std::str::FromStr;
-        cron::Schedule::from_str(expr)
-            .map(|s| Schedule::Cron(Box::new(s)))
-            .map_err(|e| {
-                Error::new(
-                    ErrorKind::Config,
-                    format!("invalid cron expression {expr:?}"),
-                )
-                .with_source(e)
-            })
+        Self::cron_in(expr, "UTC")
+    }
+
+    /// A cron schedule (seconds field included) on the wall clock of the IANA time zone
+    /// `zone`, checked: an unknown zone or an invalid expression (a field out of range, such
+    /// as second 60) is an [`ErrorKind::Config`] error that says which. How daylight-saving
+    /// changes are handled: [`CronSchedule`].
+    ///
+    /// ```
+    /// use larder_coord::Schedule;
+    /// use larder_cache_api::ErrorKind;
+    ///
+    /// // 02:30 in Paris: 00:30 UTC in summer, 01:30 UTC in winter.
+    /// let nightly = Schedule::cron_in("0 30 2 * * *", "Europe/Paris")?;
+    /// let winter = 1_767_225_600_000; // 2026-01-01T00:00:00Z
+    /// assert_eq!(nightly.next(winter), Some(winter + 5_400_000)); // 01:30 UTC
+    ///
+    /// let err = Schedule::cron_in("0 30 2 * * *", "Europe/Pariss").unwrap_err();
+    /// assert_eq!(err.kind(), ErrorKind::Config);
+    /// assert!(err.message().contains("unknown time zone"));
+    /// assert_eq!(Schedule::cron_in("60 * * * * *", "UTC").unwrap_err().kind(), ErrorKind::Config);
+    /// # Ok::<(), larder_cache_api::Error>(())
+    /// ```
+    #[cfg(feature = "cron")]
+    pub fn cron_in(expr: &str, zone: &str) -> Result<Self> {
+        CronSchedule::new(expr, zone).map(|c| Schedule::Cron(Box::new(c)))
+    }
+
+    /// A schedule as an operator writes it in a configuration file or on a command line: an
+    /// interval ([`parse_interval`]: `30s`, `5m`, `1d`), or a cron expression with seconds
+    /// (`0 30 2 * * *`, UTC), optionally preceded by `CRON_TZ=<IANA zone>` for a time zone
+    /// (`CRON_TZ=Europe/Paris 0 30 2 * * *`, the prefix cronie and Go's cron use). Anything
+    /// else is an [`ErrorKind::Config`] error; no input panics. Cron needs feature `cron`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use larder_coord::Schedule;
+    ///
+    /// assert!(matches!(Schedule::parse("5m")?, Schedule::Every(d) if d == Duration::from_secs(300)));
+    /// # #[cfg(feature = "cron")] {
+    /// let Schedule::Cron(c) = Schedule::parse("CRON_TZ=Europe/Paris 0 30 2 * * *")? else {
+    ///     unreachable!()
+    /// };
+    /// assert_eq!((c.expression(), c.time_zone()), ("0 30 2 * * *", "Europe/Paris"));
+    /// assert!(Schedule::parse("CRON_TZ=Mars/Olympus 0 30 2 * * *").is_err());
+    /// # }
+    /// assert!(Schedule::parse("every now and then").is_err());
+    /// # Ok::<(), larder_cache_api::Error>(())
+    /// ```
+    pub fn parse(text: &str) -> Result<Self> {
+        let text = text.trim();
+        // An interval is one word that starts with a digit; a cron expression has spaces.
+        if !text.contains(char::is_whitespace) {
+            return parse_interval(text).and_then(Schedule::every);
+        }
+        #[cfg(feature = "cron")]
+        {
+            match text.strip_prefix("CRON_TZ=") {
+                Some(rest) => {
+                    let (zone, expr) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
+                    Self::cron_in(expr.trim(), zone)
+                }
+                None => Self::cron(text),
+            }
+        }
+        #[cfg(not(feature = "cron"))]
+        Err(Error::new(
+            ErrorKind::Config,
+            format!(
+                "{} is not an interval (and cron expressions need the `cron` feature)",
+                quoted(text)
+            ),
+        ))
     }
 
     pub(crate) fn check(&self) -> Result<()> {
@@ -155,13 +230,7 @@ impl Schedule {
                 now_ms.div_euclid(i).checked_mul(i)
             }
             #[cfg(feature = "cron")]
-            Schedule::Cron(c) => {
-                let now = cron_time(now_ms)?;
-                // The iterator starts after `now + 1 ms`; stepping back gives the last fire
-                // time at or before `now`.
-                let after = now.checked_add_signed(chrono::Duration::milliseconds(1))?;
-                c.after(&after).next_back().map(|t| t.timestamp_millis())
-            }
+            Schedule::Cron(c) => c.latest(now_ms),
         }
     }
 
@@ -170,10 +239,7 @@ impl Schedule {
         match self {
             Schedule::Every(d) => period.checked_add(i64::try_from(d.as_millis()).ok()?),
             #[cfg(feature = "cron")]
-            Schedule::Cron(c) => {
-                let at = cron_time(period)?;
-                c.after(&at).next().map(|t| t.timestamp_millis())
-            }
+            Schedule::Cron(c) => c.next(period),
         }
     }
 
@@ -182,23 +248,18 @@ impl Schedule {
         match self {
             Schedule::Every(d) => period.checked_sub(i64::try_from(d.as_millis()).ok()?),
             #[cfg(feature = "cron")]
-            Schedule::Cron(c) => {
-                let at = cron_time(period)?;
-                c.after(&at).next_back().map(|t| t.timestamp_millis())
-            }
+            Schedule::Cron(c) => c.latest(period.checked_sub(1)?),
         }
     }
 }
 
-/// `ms` as a time for the cron crate, clamped to 1969-12-31 ..= the last millisecond of 2100
-/// (UTC). Cron fires only in 1970 to 2100, so the clamp changes no answer, and the crate's own
-/// arithmetic (`± 1 s`) overflows, and panics, near the ends of what chrono can hold (and
-/// looking back from 2101 it misses 2100's times).
-#[cfg(feature = "cron")]
-fn cron_time(ms: i64) -> Option<chrono::DateTime<chrono::Utc>> {
-    const BEFORE_1970: i64 = -86_400_000;
-    const END_OF_2100: i64 = 4_133_980_799_999;
-    chrono::DateTime::from_timestamp_millis(ms.clamp(BEFORE_1970, END_OF_2100))
+impl std::str::FromStr for Schedule {
+    type Err = Error;
+
+    /// [`Schedule::parse`].
+    fn from_str(s: &str) -> Result<Self> {
+        Schedule::parse(s)
+    }
 }
 
 #[cfg(test)]
