@@ -126,8 +126,8 @@
 //! with an evicting policy. While the store keeps its data, every guarantee above holds. After
 //! it lost data (a restart without persistence, an eviction):
 //!
-//! * **a period may run twice**: the record that said it was claimed is gone, so the period
-//!   still inside its catch-up window is claimed again. At most once per period holds only
+//! * **a period may run twice**: the record that said it was claimed is gone, so the current
+//!   period (and, under [`MisfirePolicy::Skip`], only within its grace) is claimed again. At most once per period holds only
 //!   while the store keeps its data;
 //! * **a lease may have two holders** until the old holder's next renewal, which fails (the
 //!   record is gone or changed) and makes it step down: at most its renew deadline.
@@ -144,6 +144,7 @@ mod clock;
 mod elector;
 mod holder;
 mod lease;
+mod misfire;
 mod random;
 mod schedule;
 mod task;
@@ -160,6 +161,7 @@ pub use holder::HolderId;
 pub use lease::{
     check_backend, check_capabilities, Durability, Held, Lease, LeaseConfig, LeaseRecord,
 };
+pub use misfire::{DuePeriods, MisfirePolicy};
 pub use schedule::{parse_interval, Schedule};
 pub use task::{
     Candidacy, Claim, Heartbeat, RunContext, RunInfo, RunMode, Scheduler, SchedulerConfig,

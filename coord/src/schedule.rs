@@ -182,20 +182,17 @@ impl Schedule {
     /// ```
     pub fn parse(text: &str) -> Result<Self> {
         let text = text.trim();
-        // An interval is one word that starts with a digit; a cron expression has spaces.
+        #[cfg(feature = "cron")]
+        if let Some(rest) = text.strip_prefix("CRON_TZ=") {
+            let (zone, expr) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
+            return Self::cron_in(expr.trim(), zone);
+        }
+        // An interval is one word; a cron expression has six or seven.
         if !text.contains(char::is_whitespace) {
             return parse_interval(text).and_then(Schedule::every);
         }
         #[cfg(feature = "cron")]
-        {
-            match text.strip_prefix("CRON_TZ=") {
-                Some(rest) => {
-                    let (zone, expr) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
-                    Self::cron_in(expr.trim(), zone)
-                }
-                None => Self::cron(text),
-            }
-        }
+        return Self::cron(text);
         #[cfg(not(feature = "cron"))]
         Err(Error::new(
             ErrorKind::Config,

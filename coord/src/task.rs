@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::{Clock, SystemClock};
 use crate::holder::HolderId;
 use crate::lease::{check_backend, Durability, LeaseConfig};
+use crate::misfire::MisfirePolicy;
 use crate::schedule::Schedule;
 use crate::token;
 use larder_cache_api::codec::Postcard;
@@ -294,7 +295,7 @@ pub struct TaskSpec {
     name: String,
     schedule: Schedule,
     mode: RunMode,
-    catch_up: u32,
+    misfire: MisfirePolicy,
     allow_overlap: bool,
     pinned_to: Option<Vec<String>>,
     job: Job,
@@ -306,7 +307,7 @@ impl fmt::Debug for TaskSpec {
             .field("name", &self.name)
             .field("schedule", &self.schedule)
             .field("mode", &self.mode)
-            .field("catch_up", &self.catch_up)
+            .field("misfire", &self.misfire)
             .field("allow_overlap", &self.allow_overlap)
             .field("pinned_to", &self.pinned_to)
             .finish()
@@ -314,8 +315,8 @@ impl fmt::Debug for TaskSpec {
 }
 
 impl TaskSpec {
-    /// A task `name` run on `schedule` by `job` (at-most-once, catch-up of one period, no
-    /// overlapping runs, any process).
+    /// A task `name` run on `schedule` by `job` (at-most-once, missed periods handled by
+    /// [`MisfirePolicy::RunLatest`], no overlapping runs, any process).
     pub fn new<F, Fut>(name: &str, schedule: Schedule, job: F) -> Self
     where
         F: Fn(RunContext) -> Fut + Send + Sync + 'static,
@@ -325,7 +326,7 @@ impl TaskSpec {
             name: name.to_owned(),
             schedule,
             mode: RunMode::AtMostOnce,
-            catch_up: 1,
+            misfire: MisfirePolicy::default(),
             allow_overlap: false,
             pinned_to: None,
             job: Arc::new(move |ctx| Box::pin(job(ctx))),
@@ -338,10 +339,10 @@ impl TaskSpec {
         self
     }
 
-    /// After downtime, run at most this many of the missed periods (oldest first; at least
-    /// 1: the current one).
-    pub fn catch_up(mut self, periods: u32) -> Self {
-        self.catch_up = periods.max(1);
+    /// What to do about periods that started while no process could claim them (see
+    /// [`MisfirePolicy`]; default [`RunLatest`](MisfirePolicy::RunLatest)).
+    pub fn misfire(mut self, policy: MisfirePolicy) -> Self {
+        self.misfire = policy;
         self
     }
 
@@ -526,6 +527,7 @@ impl Scheduler {
     /// Adds a task.
     pub fn with_task(mut self, task: TaskSpec) -> Result<Self> {
         task.schedule.check()?;
+        task.misfire.check()?;
         Key::new(format!("larder:task:{}", task.name))?;
         if self.tasks.iter().any(|t| t.name == task.name) {
             return Err(Error::new(
@@ -614,9 +616,9 @@ impl Scheduler {
         }
         let key = Self::key(&task.name)?;
         let now = self.clock.now_ms();
-        let Some(current) = task.schedule.period_at(now) else {
+        if task.schedule.period_at(now).is_none() {
             return Ok(None);
-        };
+        }
         let (mut rec, version) = match self.load(&key).await? {
             Some((r, v)) => (r, Some(v)),
             None => (TaskRecord::default(), None),
@@ -668,25 +670,14 @@ impl Scheduler {
         if (in_progress > 0 && !task.allow_overlap) || in_progress >= MAX_RUNS_IN_PROGRESS {
             return Ok(None);
         }
-        // The oldest period still inside the catch-up window.
-        let mut earliest = current;
-        for _ in 1..task.catch_up {
-            match task.schedule.prev(earliest) {
-                Some(p) => earliest = p,
-                None => break,
-            }
-        }
-        let period = match rec.last_period {
-            None => current,
-            Some(last) if last >= current => return Ok(None),
-            Some(last) => match task.schedule.next(last) {
-                Some(n) => n.max(earliest),
-                None => return Ok(None),
-            },
-        };
-        if period > current {
+        // The oldest period the task's misfire policy still runs.
+        let Some(period) = task
+            .misfire
+            .periods_to_claim(&task.schedule, rec.last_period, now)
+            .next()
+        else {
             return Ok(None);
-        }
+        };
         rec.last_period = Some(period);
         // A record created now (first claim, or the store lost it) starts at a time-based
         // token, above every token of a lost record (see `token`).
@@ -845,8 +836,8 @@ impl Scheduler {
     async fn tick_until(&self, stop: &CancellationToken) -> Result<Vec<Claim>> {
         let mut done = Vec::new();
         for task in &self.tasks {
-            // Catch-up may leave several due periods: claim them one by one.
-            for _ in 0..task.catch_up.max(1) {
+            // The misfire policy may leave several due periods: claim them one by one.
+            for _ in 0..task.misfire.claims_per_pass() {
                 // Before the claim's write: nobody takes the run over within a lease of it.
                 let claimed_at = tokio::time::Instant::now();
                 let Some(claim) = self.claim(task).await? else {
@@ -972,11 +963,15 @@ impl Scheduler {
                 .await?
                 .map(|(r, _)| r)
                 .unwrap_or_default();
-            let current = task.schedule.period_at(now);
-            let next_due_ms = match (rec.last_period, current) {
-                (Some(last), Some(cur)) if last >= cur => task.schedule.next(cur),
-                (_, Some(_)) => Some(now),
-                _ => None,
+            let due = task
+                .misfire
+                .periods_to_claim(&task.schedule, rec.last_period, now)
+                .next()
+                .is_some();
+            let next_due_ms = match task.schedule.period_at(now) {
+                Some(_) if due => Some(now),
+                Some(cur) => task.schedule.next(cur),
+                None => None,
             };
             out.push(TaskStatus {
                 name: task.name.clone(),

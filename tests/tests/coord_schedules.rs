@@ -1,0 +1,367 @@
+//! Schedules through a real [`Scheduler`] on real stores (memory, PostgreSQL), on an injected
+//! clock: cron in `Europe/Paris` across both 2026 daylight-saving changes, and what each
+//! misfire policy claims after the scheduler was down for some periods.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use larder::coord::{
+    Clock, Durability, HolderId, ManualClock, MisfirePolicy, Schedule, Scheduler, SchedulerConfig,
+    TaskSpec,
+};
+use larder::{DynBackend, ErrorKind};
+use larder_backend_memory::MemoryBackend;
+
+const MIN: i64 = 60_000;
+const HOUR: i64 = 60 * MIN;
+
+fn utc(s: &str) -> i64 {
+    s.parse::<DateTime<Utc>>().unwrap().timestamp_millis()
+}
+
+/// `ms` on the wall clock of Paris, with the zone's abbreviation (`03:00 CEST`).
+fn paris(ms: i64) -> String {
+    DateTime::from_timestamp_millis(ms)
+        .unwrap()
+        .with_timezone(&chrono_tz::Europe::Paris)
+        .format("%d %H:%M %Z")
+        .to_string()
+}
+
+fn scheduler(
+    b: &DynBackend,
+    durable: bool,
+    clock: &Arc<ManualClock>,
+    tasks: Vec<TaskSpec>,
+) -> Scheduler {
+    let mut config = SchedulerConfig::default().process_name("a");
+    if !durable {
+        // The memory store keeps nothing past this process, which is all these tests need.
+        config = config.durability(Durability::AcceptLoss);
+    }
+    let mut s = Scheduler::new(b.clone(), HolderId::named("a"), config)
+        .unwrap()
+        .with_clock(clock.clone());
+    for t in tasks {
+        s = s.with_task(t).unwrap();
+    }
+    s
+}
+
+fn task(name: &str, schedule: Schedule) -> TaskSpec {
+    TaskSpec::new(name, schedule, |_| async { Ok(()) })
+}
+
+/// One claim as the test saw it: task, period, and the clock when it was claimed.
+type Run = (String, i64, i64);
+
+/// Ticks every 5 minutes of the injected clock through `[from, to)`.
+async fn run_through(s: &Scheduler, clock: &ManualClock, from: &str, to: &str) -> Vec<Run> {
+    let mut runs = Vec::new();
+    let (from, to) = (utc(from), utc(to));
+    for t in (from..to).step_by(5 * MIN as usize) {
+        clock.set(t);
+        for c in s.tick().await.unwrap() {
+            runs.push((c.task, c.period, c.started_at_ms));
+        }
+    }
+    runs
+}
+
+fn periods_of(runs: &[Run], task: &str) -> Vec<i64> {
+    runs.iter().filter(|r| r.0 == task).map(|r| r.1).collect()
+}
+
+/// A 02:30 job, an hourly one and a half-hourly one in `Europe/Paris`, ticked every 5 minutes
+/// from the day before to the day after each 2026 change: the exact list of runs.
+async fn paris_2026(b: DynBackend, durable: bool) {
+    let clock = Arc::new(ManualClock::new(0));
+    let zone = |expr| Schedule::cron_in(expr, "Europe/Paris").unwrap();
+    let s = scheduler(
+        &b,
+        durable,
+        &clock,
+        vec![
+            task("nightly", zone("0 30 2 * * *")),
+            task("hourly", zone("0 0 * * * *")),
+            task("half-hourly", zone("0 */30 * * * *")),
+        ],
+    );
+
+    // Spring forward, Sunday 29 March 2026: 02:00 CET is followed by 03:00 CEST.
+    let (from, to) = ("2026-03-28T00:00:00Z", "2026-03-31T00:00:00Z");
+    let runs = run_through(&s, &clock, from, to).await;
+    let nightly = periods_of(&runs, "nightly");
+    assert_eq!(
+        nightly,
+        [
+            "2026-03-27T01:30:00Z", // the period current at the first tick (run late, once)
+            "2026-03-28T01:30:00Z", // 02:30 CET
+            "2026-03-29T01:00:00Z", // 02:30 does not exist: the first instant after the gap
+            "2026-03-30T00:30:00Z", // 02:30 CEST
+        ]
+        .map(utc)
+    );
+    assert_eq!(
+        nightly[1..].iter().map(|p| paris(*p)).collect::<Vec<_>>(),
+        ["28 02:30 CET", "29 03:00 CEST", "30 02:30 CEST"]
+    );
+    // Every hour and every half hour of real time, none twice, none left out.
+    let every = |step: i64| {
+        (utc(from)..utc(to))
+            .step_by(step as usize)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(periods_of(&runs, "hourly"), every(HOUR));
+    assert_eq!(periods_of(&runs, "half-hourly"), every(HOUR / 2));
+    let night: Vec<String> = periods_of(&runs, "half-hourly")
+        .into_iter()
+        .filter(|p| (utc("2026-03-29T00:00:00Z")..utc("2026-03-29T02:00:00Z")).contains(p))
+        .map(paris)
+        .collect();
+    assert_eq!(
+        night,
+        [
+            "29 01:00 CET",
+            "29 01:30 CET",
+            "29 03:00 CEST",
+            "29 03:30 CEST"
+        ]
+    );
+    // Each run was claimed at its period's start (the ticks fall on every period start),
+    // except the late first one of the nightly task.
+    let late: Vec<&Run> = runs.iter().filter(|r| r.1 != r.2).collect();
+    assert_eq!(
+        late,
+        [&("nightly".to_owned(), utc("2026-03-27T01:30:00Z"), utc(from))]
+    );
+
+    // Fall back, Sunday 25 October 2026: 03:00 CEST is followed by 02:00 CET.
+    let (from, to) = ("2026-10-24T00:00:00Z", "2026-10-27T00:00:00Z");
+    let runs = run_through(&s, &clock, from, to).await;
+    let nightly = periods_of(&runs, "nightly");
+    assert_eq!(
+        nightly,
+        [
+            "2026-10-23T00:30:00Z", // the period current at the first tick (run late, once)
+            "2026-10-24T00:30:00Z", // 02:30 CEST
+            "2026-10-25T00:30:00Z", // 02:30 CEST, the first of two 02:30s: once only
+            "2026-10-26T01:30:00Z", // 02:30 CET
+        ]
+        .map(utc)
+    );
+    assert_eq!(
+        nightly[1..].iter().map(|p| paris(*p)).collect::<Vec<_>>(),
+        ["24 02:30 CEST", "25 02:30 CEST", "26 02:30 CET"]
+    );
+    let every = |step: i64| {
+        (utc(from)..utc(to))
+            .step_by(step as usize)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(periods_of(&runs, "hourly"), every(HOUR));
+    assert_eq!(periods_of(&runs, "half-hourly"), every(HOUR / 2));
+    let night: Vec<String> = periods_of(&runs, "half-hourly")
+        .into_iter()
+        .filter(|p| (utc("2026-10-25T00:00:00Z")..utc("2026-10-25T02:00:00Z")).contains(p))
+        .map(paris)
+        .collect();
+    assert_eq!(
+        night,
+        [
+            "25 02:00 CEST",
+            "25 02:30 CEST",
+            "25 02:00 CET",
+            "25 02:30 CET"
+        ]
+    );
+    let late: Vec<&Run> = runs.iter().filter(|r| r.1 != r.2).collect();
+    assert_eq!(
+        late,
+        [&("nightly".to_owned(), utc("2026-10-23T00:30:00Z"), utc(from))]
+    );
+
+    // What the store holds agrees: the last claimed periods, and nothing running.
+    let status = s.status().await.unwrap();
+    let last: Vec<(String, Option<i64>)> = status
+        .iter()
+        .map(|t| (t.name.clone(), t.last_period))
+        .collect();
+    assert_eq!(
+        last,
+        [
+            ("nightly".to_owned(), Some(utc("2026-10-26T01:30:00Z"))),
+            ("hourly".to_owned(), Some(utc("2026-10-26T23:00:00Z"))),
+            ("half-hourly".to_owned(), Some(utc("2026-10-26T23:30:00Z"))),
+        ]
+    );
+    assert!(status.iter().all(|t| t.running.is_none()));
+}
+
+#[tokio::test]
+async fn memory_paris_2026_runs() {
+    paris_2026(Arc::new(MemoryBackend::default()), false).await;
+}
+
+#[tokio::test]
+async fn postgres_paris_2026_runs() {
+    let (kv, _schema) = larder_tests::db::pg_kv().await;
+    paris_2026(Arc::new(kv), true).await;
+}
+
+/// Four hourly tasks, one per policy. Up at 100:00, down until 105:10 (the periods of 101:00
+/// to 105:00 missed, the current one started 10 minutes ago), up at 106:00, down until
+/// 109:00:30 (107:00 to 109:00 missed, the current one 30 seconds old): each claims exactly
+/// what `MisfirePolicy` documents.
+async fn misfire_policies(b: DynBackend, durable: bool) {
+    let h = HOUR;
+    let clock = Arc::new(ManualClock::new(100 * h));
+    let hourly = || Schedule::every(Duration::from_secs(3600)).unwrap();
+    let policies = [
+        (
+            "skip",
+            MisfirePolicy::Skip {
+                grace: Duration::from_secs(60),
+            },
+        ),
+        ("latest", MisfirePolicy::RunLatest),
+        ("each-3", MisfirePolicy::RunEach { max: 3 }),
+        ("each-10", MisfirePolicy::RunEach { max: 10 }),
+    ];
+    let s = scheduler(
+        &b,
+        durable,
+        &clock,
+        policies
+            .iter()
+            .map(|(name, p)| task(name, hourly()).misfire(*p))
+            .collect(),
+    );
+    let tick = || async {
+        let claims = s.tick().await.unwrap();
+        policies
+            .iter()
+            .map(|(name, _)| {
+                claims
+                    .iter()
+                    .filter(|c| c.task == *name)
+                    .map(|c| c.period / h)
+                    .collect::<Vec<i64>>()
+            })
+            .collect::<Vec<_>>()
+    };
+
+    assert_eq!(tick().await, [vec![100], vec![100], vec![100], vec![100]]);
+
+    clock.set(105 * h + 10 * MIN);
+    // Before any process is back: the status says which tasks are due now.
+    let due: Vec<Option<i64>> = s
+        .status()
+        .await
+        .unwrap()
+        .iter()
+        .map(|t| t.next_due_ms)
+        .collect();
+    let now = Some(clock.now_ms());
+    assert_eq!(due, [Some(106 * h), now, now, now]);
+    assert_eq!(
+        tick().await,
+        [
+            vec![],
+            vec![105],
+            vec![103, 104, 105],
+            vec![101, 102, 103, 104, 105]
+        ]
+    );
+    assert_eq!(
+        tick().await,
+        vec![Vec::<i64>::new(); 4],
+        "nothing more is due"
+    );
+
+    clock.set(106 * h);
+    assert_eq!(tick().await, [vec![106], vec![106], vec![106], vec![106]]);
+
+    clock.set(109 * h + 30_000);
+    assert_eq!(
+        tick().await,
+        [
+            vec![109],
+            vec![109],
+            vec![107, 108, 109],
+            vec![107, 108, 109]
+        ]
+    );
+    assert_eq!(tick().await, vec![Vec::<i64>::new(); 4]);
+}
+
+#[tokio::test]
+async fn memory_misfire_policies_after_downtime() {
+    misfire_policies(Arc::new(MemoryBackend::default()), false).await;
+}
+
+#[tokio::test]
+async fn postgres_misfire_policies_after_downtime() {
+    let (kv, _schema) = larder_tests::db::pg_kv().await;
+    misfire_policies(Arc::new(kv), true).await;
+}
+
+/// Unknown zones, fields out of range, a zone without an expression, a policy that could
+/// never run: typed `Config` errors that say what is wrong, no panic.
+#[tokio::test]
+async fn bad_schedules_and_policies_are_config_errors() {
+    for (result, says) in [
+        (
+            Schedule::cron_in("0 30 2 * * *", "Europe/Pariss"),
+            "unknown time zone \"Europe/Pariss\"",
+        ),
+        (
+            Schedule::cron_in("0 30 2 * * *", "CET+1"),
+            "unknown time zone",
+        ),
+        (
+            Schedule::cron_in("60 30 2 * * *", "Europe/Paris"),
+            "invalid cron expression \"60 30 2 * * *\"",
+        ),
+        (Schedule::cron("99 * * * * *"), "invalid cron expression"),
+        (
+            Schedule::parse("CRON_TZ=Mars/Olympus_Mons 0 0 * * * *"),
+            "unknown time zone \"Mars/Olympus_Mons\"",
+        ),
+        (
+            Schedule::parse("CRON_TZ=Europe/Paris 75 0 * * * *"),
+            "invalid cron expression",
+        ),
+        (
+            Schedule::parse("CRON_TZ=Europe/Paris"),
+            "invalid cron expression",
+        ),
+        (Schedule::parse("0s"), "at least 1 ms"),
+    ] {
+        let e = result.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Config, "{e}");
+        assert!(
+            e.message().contains(says),
+            "{:?} lacks {says:?}",
+            e.message()
+        );
+    }
+    let b: DynBackend = Arc::new(MemoryBackend::default());
+    let clock = Arc::new(ManualClock::new(0));
+    let e = Scheduler::new(
+        b,
+        HolderId::named("a"),
+        SchedulerConfig::default().durability(Durability::AcceptLoss),
+    )
+    .unwrap()
+    .with_clock(clock)
+    .with_task(
+        task("never", Schedule::every(Duration::from_secs(60)).unwrap())
+            .misfire(MisfirePolicy::RunEach { max: 0 }),
+    )
+    .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Config);
+    assert!(e.message().contains("max >= 1"), "{}", e.message());
+}
