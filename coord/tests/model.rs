@@ -69,7 +69,8 @@
 //! Network delay of a single store operation (each is atomic at one instant: the store is
 //! linearizable, as `linearizable_cas` declares and the conformance suite checks), lost
 //! replies (an ambiguous write), clocks that run at different rates (only stopping), wall
-//! clocks other than each process's own clock, catch-up of more than one period, overlap,
+//! clocks other than each process's own clock, misfire policies that claim more than one
+//! period (`MisfirePolicy::RunEach`), overlap,
 //! cron schedules, pinning, process restarts (a crashed process does not come back; a
 //! restarted one is a new process with no memory, like a third one), eviction (the property
 //! is stated for a store that keeps its data; the variant that loses it shows why), and the

@@ -1,6 +1,7 @@
 //! Intervals as operators write them (`larder tasks status --every`, configuration) and
-//! schedules built from any duration or cron text: every size is a `Config` error or a
-//! schedule, and a schedule's arithmetic never panics at any clock reading.
+//! schedules built from any duration, cron text, time zone name or schedule text
+//! (`Schedule::parse`): every size is a `Config` error or a schedule, and a schedule's
+//! arithmetic never panics at any clock reading.
 #![no_main]
 
 use std::time::Duration;
@@ -45,7 +46,24 @@ struct Input<'a> {
     nanos: u32,
     now: Now,
     cron: Cron<'a>,
+    zone: Zone<'a>,
 }
+
+#[derive(Debug, Arbitrary)]
+enum Zone<'a> {
+    /// Zones with daylight-saving changes of every kind, so the arithmetic gets the mutations.
+    Known(u8),
+    Text(&'a str),
+}
+
+const ZONES: &[&str] = &[
+    "UTC",
+    "Europe/Paris",
+    "Australia/Lord_Howe",
+    "Antarctica/Troll",
+    "Pacific/Apia",
+    "America/Sao_Paulo",
+];
 
 #[derive(Debug, Arbitrary)]
 enum Cron<'a> {
@@ -99,6 +117,18 @@ fuzz_target!(|input: Input<'_>| {
         Cron::Text(t) => t,
     };
     match Schedule::cron(cron) {
+        Ok(s) => exercise(&s, input.now.ms()),
+        Err(e) => assert_eq!(e.kind(), ErrorKind::Config),
+    }
+    let zone = match input.zone {
+        Zone::Known(i) => ZONES[usize::from(i) % ZONES.len()],
+        Zone::Text(t) => t,
+    };
+    match Schedule::cron_in(cron, zone) {
+        Ok(s) => exercise(&s, input.now.ms()),
+        Err(e) => assert_eq!(e.kind(), ErrorKind::Config),
+    }
+    match Schedule::parse(input.text) {
         Ok(s) => exercise(&s, input.now.ms()),
         Err(e) => assert_eq!(e.kind(), ErrorKind::Config),
     }
