@@ -45,15 +45,26 @@ struct Input<'a> {
     secs: u64,
     nanos: u32,
     now: Now,
-    cron: Cron<'a>,
-    zone: Zone<'a>,
+    /// Valid expressions ([`KNOWN`]), so the schedule arithmetic gets the mutations, or text.
+    cron: Pick<'a>,
+    /// Zones with daylight-saving changes of every kind ([`ZONES`]), or text.
+    zone: Pick<'a>,
 }
 
+/// One of a list of valid inputs, or any text.
 #[derive(Debug, Arbitrary)]
-enum Zone<'a> {
-    /// Zones with daylight-saving changes of every kind, so the arithmetic gets the mutations.
+enum Pick<'a> {
     Known(u8),
     Text(&'a str),
+}
+
+impl<'a> Pick<'a> {
+    fn pick(&self, known: &[&'a str]) -> &'a str {
+        match *self {
+            Pick::Known(i) => known[usize::from(i) % known.len()],
+            Pick::Text(t) => t,
+        }
+    }
 }
 
 const ZONES: &[&str] = &[
@@ -64,13 +75,6 @@ const ZONES: &[&str] = &[
     "Pacific/Apia",
     "America/Sao_Paulo",
 ];
-
-#[derive(Debug, Arbitrary)]
-enum Cron<'a> {
-    /// Valid expressions, so the schedule arithmetic gets the mutations.
-    Known(u8),
-    Text(&'a str),
-}
 
 const KNOWN: &[&str] = &[
     "* * * * * *",
@@ -112,18 +116,12 @@ fuzz_target!(|input: Input<'_>| {
     }
     // Unchecked construction is allowed too: its arithmetic must not panic either.
     exercise(&Schedule::Every(d), input.now.ms());
-    let cron = match input.cron {
-        Cron::Known(i) => KNOWN[usize::from(i) % KNOWN.len()],
-        Cron::Text(t) => t,
-    };
+    let cron = input.cron.pick(KNOWN);
     match Schedule::cron(cron) {
         Ok(s) => exercise(&s, input.now.ms()),
         Err(e) => assert_eq!(e.kind(), ErrorKind::Config),
     }
-    let zone = match input.zone {
-        Zone::Known(i) => ZONES[usize::from(i) % ZONES.len()],
-        Zone::Text(t) => t,
-    };
+    let zone = input.zone.pick(ZONES);
     match Schedule::cron_in(cron, zone) {
         Ok(s) => exercise(&s, input.now.ms()),
         Err(e) => assert_eq!(e.kind(), ErrorKind::Config),

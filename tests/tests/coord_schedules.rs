@@ -74,6 +74,58 @@ fn periods_of(runs: &[Run], task: &str) -> Vec<i64> {
     runs.iter().filter(|r| r.0 == task).map(|r| r.1).collect()
 }
 
+/// Three days around one change of the clock, and the runs expected in them.
+struct ChangeDays {
+    /// The days, in UTC.
+    from: &'static str,
+    to: &'static str,
+    /// The 02:30 job's periods: the first one current at the first tick (run late, once),
+    /// then one per day.
+    nightly: [&'static str; 4],
+    /// The same three days' runs on the wall clock of Paris.
+    nightly_in_paris: [&'static str; 3],
+    /// The half-hourly job's runs in the two hours of real time around the change, in Paris.
+    night_in_paris: [&'static str; 4],
+}
+
+const SPRING: ChangeDays = ChangeDays {
+    // Sunday 29 March 2026: 02:00 CET is followed by 03:00 CEST.
+    from: "2026-03-28T00:00:00Z",
+    to: "2026-03-31T00:00:00Z",
+    nightly: [
+        "2026-03-27T01:30:00Z",
+        "2026-03-28T01:30:00Z", // 02:30 CET
+        "2026-03-29T01:00:00Z", // 02:30 does not exist: the first instant after the gap
+        "2026-03-30T00:30:00Z", // 02:30 CEST
+    ],
+    nightly_in_paris: ["28 02:30 CET", "29 03:00 CEST", "30 02:30 CEST"],
+    night_in_paris: [
+        "29 01:00 CET",
+        "29 01:30 CET",
+        "29 03:00 CEST",
+        "29 03:30 CEST",
+    ],
+};
+
+const AUTUMN: ChangeDays = ChangeDays {
+    // Sunday 25 October 2026: 03:00 CEST is followed by 02:00 CET.
+    from: "2026-10-24T00:00:00Z",
+    to: "2026-10-27T00:00:00Z",
+    nightly: [
+        "2026-10-23T00:30:00Z",
+        "2026-10-24T00:30:00Z", // 02:30 CEST
+        "2026-10-25T00:30:00Z", // 02:30 CEST, the first of two 02:30s: once only
+        "2026-10-26T01:30:00Z", // 02:30 CET
+    ],
+    nightly_in_paris: ["24 02:30 CEST", "25 02:30 CEST", "26 02:30 CET"],
+    night_in_paris: [
+        "25 02:00 CEST",
+        "25 02:30 CEST",
+        "25 02:00 CET",
+        "25 02:30 CET",
+    ],
+};
+
 /// A 02:30 job, an hourly one and a half-hourly one in `Europe/Paris`, ticked every 5 minutes
 /// from the day before to the day after each 2026 change: the exact list of runs.
 async fn paris_2026(b: DynBackend, durable: bool) {
@@ -89,99 +141,30 @@ async fn paris_2026(b: DynBackend, durable: bool) {
             task("half-hourly", zone("0 */30 * * * *")),
         ],
     );
-
-    // Spring forward, Sunday 29 March 2026: 02:00 CET is followed by 03:00 CEST.
-    let (from, to) = ("2026-03-28T00:00:00Z", "2026-03-31T00:00:00Z");
-    let runs = run_through(&s, &clock, from, to).await;
-    let nightly = periods_of(&runs, "nightly");
-    assert_eq!(
-        nightly,
-        [
-            "2026-03-27T01:30:00Z", // the period current at the first tick (run late, once)
-            "2026-03-28T01:30:00Z", // 02:30 CET
-            "2026-03-29T01:00:00Z", // 02:30 does not exist: the first instant after the gap
-            "2026-03-30T00:30:00Z", // 02:30 CEST
-        ]
-        .map(utc)
-    );
-    assert_eq!(
-        nightly[1..].iter().map(|p| paris(*p)).collect::<Vec<_>>(),
-        ["28 02:30 CET", "29 03:00 CEST", "30 02:30 CEST"]
-    );
-    // Every hour and every half hour of real time, none twice, none left out.
-    let every = |step: i64| {
-        (utc(from)..utc(to))
-            .step_by(step as usize)
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(periods_of(&runs, "hourly"), every(HOUR));
-    assert_eq!(periods_of(&runs, "half-hourly"), every(HOUR / 2));
-    let night: Vec<String> = periods_of(&runs, "half-hourly")
-        .into_iter()
-        .filter(|p| (utc("2026-03-29T00:00:00Z")..utc("2026-03-29T02:00:00Z")).contains(p))
-        .map(paris)
-        .collect();
-    assert_eq!(
-        night,
-        [
-            "29 01:00 CET",
-            "29 01:30 CET",
-            "29 03:00 CEST",
-            "29 03:30 CEST"
-        ]
-    );
-    // Each run was claimed at its period's start (the ticks fall on every period start),
-    // except the late first one of the nightly task.
-    let late: Vec<&Run> = runs.iter().filter(|r| r.1 != r.2).collect();
-    assert_eq!(
-        late,
-        [&("nightly".to_owned(), utc("2026-03-27T01:30:00Z"), utc(from))]
-    );
-
-    // Fall back, Sunday 25 October 2026: 03:00 CEST is followed by 02:00 CET.
-    let (from, to) = ("2026-10-24T00:00:00Z", "2026-10-27T00:00:00Z");
-    let runs = run_through(&s, &clock, from, to).await;
-    let nightly = periods_of(&runs, "nightly");
-    assert_eq!(
-        nightly,
-        [
-            "2026-10-23T00:30:00Z", // the period current at the first tick (run late, once)
-            "2026-10-24T00:30:00Z", // 02:30 CEST
-            "2026-10-25T00:30:00Z", // 02:30 CEST, the first of two 02:30s: once only
-            "2026-10-26T01:30:00Z", // 02:30 CET
-        ]
-        .map(utc)
-    );
-    assert_eq!(
-        nightly[1..].iter().map(|p| paris(*p)).collect::<Vec<_>>(),
-        ["24 02:30 CEST", "25 02:30 CEST", "26 02:30 CET"]
-    );
-    let every = |step: i64| {
-        (utc(from)..utc(to))
-            .step_by(step as usize)
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(periods_of(&runs, "hourly"), every(HOUR));
-    assert_eq!(periods_of(&runs, "half-hourly"), every(HOUR / 2));
-    let night: Vec<String> = periods_of(&runs, "half-hourly")
-        .into_iter()
-        .filter(|p| (utc("2026-10-25T00:00:00Z")..utc("2026-10-25T02:00:00Z")).contains(p))
-        .map(paris)
-        .collect();
-    assert_eq!(
-        night,
-        [
-            "25 02:00 CEST",
-            "25 02:30 CEST",
-            "25 02:00 CET",
-            "25 02:30 CET"
-        ]
-    );
-    let late: Vec<&Run> = runs.iter().filter(|r| r.1 != r.2).collect();
-    assert_eq!(
-        late,
-        [&("nightly".to_owned(), utc("2026-10-23T00:30:00Z"), utc(from))]
-    );
+    for days in [SPRING, AUTUMN] {
+        let runs = run_through(&s, &clock, days.from, days.to).await;
+        let nightly = periods_of(&runs, "nightly");
+        assert_eq!(nightly, days.nightly.map(utc));
+        let in_paris: Vec<String> = nightly[1..].iter().map(|p| paris(*p)).collect();
+        assert_eq!(in_paris, days.nightly_in_paris);
+        // Every hour and every half hour of real time, none twice, none left out.
+        let (from, to) = (utc(days.from), utc(days.to));
+        let every = |step: i64| (from..to).step_by(step as usize).collect::<Vec<_>>();
+        assert_eq!(periods_of(&runs, "hourly"), every(HOUR));
+        assert_eq!(periods_of(&runs, "half-hourly"), every(HOUR / 2));
+        // The change is at 01:00 UTC on the Sunday, the second day.
+        let change = from + 24 * HOUR + HOUR;
+        let night: Vec<String> = periods_of(&runs, "half-hourly")
+            .into_iter()
+            .filter(|p| (change - HOUR..change + HOUR).contains(p))
+            .map(paris)
+            .collect();
+        assert_eq!(night, days.night_in_paris);
+        // Each run was claimed at its period's start (a tick falls on every period start),
+        // except the late first one of the nightly task.
+        let late: Vec<&Run> = runs.iter().filter(|r| r.1 != r.2).collect();
+        assert_eq!(late, [&("nightly".to_owned(), utc(days.nightly[0]), from)]);
+    }
 
     // What the store holds agrees: the last claimed periods, and nothing running.
     let status = s.status().await.unwrap();
