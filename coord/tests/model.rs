@@ -30,8 +30,8 @@
 //! 1.2 × retry`, `lease ≥ renew deadline + retry`).
 //!
 //! **Periodic task** (`larder_coord::Scheduler`, `coord/src/task.rs`), one task with a
-//! period of 3 ticks by each process's own clock, catch-up 1, no overlap, in both run modes:
-//! claim (read; a running run seen unchanged for a whole lease is abandoned: at-least-once
+//! period of 3 ticks by each process's own clock, misfire policy `RunLatest`, no overlap, in
+//! both run modes: claim (read; a running run seen unchanged for a whole lease is abandoned: at-least-once
 //! takes it over with token + 1 for the same period, at-most-once records it abandoned;
 //! otherwise claim the current period if it is after the last claimed one, token + 1; one
 //! compare-and-swap, or create if the record is absent), heartbeat every retry period

@@ -30,18 +30,20 @@ fn paris(ms: i64) -> String {
         .to_string()
 }
 
+/// The scheduler of process `name`.
 fn scheduler(
     b: &DynBackend,
+    name: &str,
     durable: bool,
     clock: &Arc<ManualClock>,
     tasks: Vec<TaskSpec>,
 ) -> Scheduler {
-    let mut config = SchedulerConfig::default().process_name("a");
+    let mut config = SchedulerConfig::default().process_name(name);
     if !durable {
         // The memory store keeps nothing past this process, which is all these tests need.
         config = config.durability(Durability::AcceptLoss);
     }
-    let mut s = Scheduler::new(b.clone(), HolderId::named("a"), config)
+    let mut s = Scheduler::new(b.clone(), HolderId::named(name), config)
         .unwrap()
         .with_clock(clock.clone());
     for t in tasks {
@@ -57,16 +59,25 @@ fn task(name: &str, schedule: Schedule) -> TaskSpec {
 /// One claim as the test saw it: task, period, and the clock when it was claimed.
 type Run = (String, i64, i64);
 
-/// Ticks every 5 minutes of the injected clock through `[from, to)`.
-async fn run_through(s: &Scheduler, clock: &ManualClock, from: &str, to: &str) -> Vec<Run> {
+/// Ticks every 5 minutes of the injected clock through `[from, to)`, the processes in an
+/// order that changes from tick to tick (scrambled: periods start on every sixth tick), and
+/// checks that each process claimed some of the runs.
+async fn run_through(nodes: &[Scheduler], clock: &ManualClock, from: &str, to: &str) -> Vec<Run> {
     let mut runs = Vec::new();
+    let mut by_node = vec![0; nodes.len()];
     let (from, to) = (utc(from), utc(to));
-    for t in (from..to).step_by(5 * MIN as usize) {
+    for (i, t) in (from..to).step_by(5 * MIN as usize).enumerate() {
         clock.set(t);
-        for c in s.tick().await.unwrap() {
-            runs.push((c.task, c.period, c.started_at_ms));
+        let first = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 60;
+        for k in 0..nodes.len() {
+            let n = (first as usize + k) % nodes.len();
+            for c in nodes[n].tick().await.unwrap() {
+                runs.push((c.task, c.period, c.started_at_ms));
+                by_node[n] += 1;
+            }
         }
     }
+    assert!(by_node.iter().all(|n| *n > 0), "{by_node:?}");
     runs
 }
 
@@ -126,23 +137,27 @@ const AUTUMN: ChangeDays = ChangeDays {
     ],
 };
 
-/// A 02:30 job, an hourly one and a half-hourly one in `Europe/Paris`, ticked every 5 minutes
-/// from the day before to the day after each 2026 change: the exact list of runs.
+/// A 02:30 job, an hourly one and a half-hourly one in `Europe/Paris`, run by two processes
+/// that share the store, ticked every 5 minutes from the day before to the day after each
+/// 2026 change: the exact list of runs (so both processes named every period alike, and
+/// none ran twice).
 async fn paris_2026(b: DynBackend, durable: bool) {
     let clock = Arc::new(ManualClock::new(0));
     let zone = |expr| Schedule::cron_in(expr, "Europe/Paris").unwrap();
-    let s = scheduler(
-        &b,
-        durable,
-        &clock,
+    let tasks = || {
         vec![
             task("nightly", zone("0 30 2 * * *")),
             task("hourly", zone("0 0 * * * *")),
             task("half-hourly", zone("0 */30 * * * *")),
-        ],
-    );
+        ]
+    };
+    let nodes = [
+        scheduler(&b, "a", durable, &clock, tasks()),
+        scheduler(&b, "b", durable, &clock, tasks()),
+    ];
+    let s = &nodes[0];
     for days in [SPRING, AUTUMN] {
-        let runs = run_through(&s, &clock, days.from, days.to).await;
+        let runs = run_through(&nodes, &clock, days.from, days.to).await;
         let nightly = periods_of(&runs, "nightly");
         assert_eq!(nightly, days.nightly.map(utc));
         let in_paris: Vec<String> = nightly[1..].iter().map(|p| paris(*p)).collect();
@@ -215,6 +230,7 @@ async fn misfire_policies(b: DynBackend, durable: bool) {
     ];
     let s = scheduler(
         &b,
+        "a",
         durable,
         &clock,
         policies
