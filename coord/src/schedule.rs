@@ -9,7 +9,15 @@ use larder_cache_api::{Error, ErrorKind, Result};
 #[cfg(feature = "cron")]
 use crate::zoned_cron::CronSchedule;
 
-/// When a task is due.
+/// When a task is due. Each period is named by the instant it starts, in milliseconds since
+/// the Unix epoch (UTC), so every process that shares a task names its periods alike.
+///
+/// A cron schedule reads its expression on the wall clock of a time zone
+/// (`Schedule::cron_in`, feature `cron`). Where that clock jumps forward (a gap), the times it skips fire
+/// once, at the first instant after the gap; where it goes back (an overlap), a time fires
+/// once, at its first occurrence, unless the hour field matches every hour, which keeps
+/// hourly and more frequent schedules on real time. The details and an example day are on
+/// `CronSchedule`.
 #[derive(Clone)]
 pub enum Schedule {
     /// Every interval, aligned on the Unix epoch (period `n` starts at `n × interval`).

@@ -28,20 +28,21 @@ use crate::schedule::quoted;
 /// with real time:
 ///
 /// * **A gap** (the clock jumps forward: in `Europe/Paris` on 29 March 2026, 02:00 CET is
-///   followed by 03:00 CEST, and 02:00–02:59:59 never happens): every matching time in the
-///   gap fires **once, at the first instant after the gap** (03:00 CEST, 01:00 UTC), together
-///   with a time that matches exactly there. A daily `0 30 2 * * *` runs at 03:00 CEST that
-///   day; `0 0 * * * *` runs at 01:00 CET then 03:00 CEST, one hour of real time apart.
+///   followed by 03:00 CEST, and 02:00–02:59:59 never happens): the matching times of the
+///   gap fire **once, all together, at the first instant after the gap** (03:00 CEST,
+///   01:00 UTC; one run also when 03:00 itself matches). A daily `0 30 2 * * *` runs at
+///   03:00 CEST that day; `0 0 * * * *` runs at 01:00 CET then 03:00 CEST, one hour of real
+///   time apart.
 /// * **An overlap** (the clock goes back: on 25 October 2026, 03:00 CEST is followed by 02:00
 ///   CET, and 02:00–02:59:59 happens twice): a matching time fires **once, at its first
 ///   occurrence** (CEST), so a daily `0 30 2 * * *` runs at 02:30 CEST (00:30 UTC) and not
 ///   again an hour later. **Except when the hour field matches every hour** (`*`, `*/1`,
 ///   `0-23`): such an expression means "every hour", and it also fires at the second
 ///   occurrence, so `0 0 * * * *` and `0 */30 * * * *` keep running every hour and every half
-///   hour of real time through the change. This is the rule of ISC cron ("fixed-time" jobs
-///   once, "wildcard" jobs on the new clock).
+///   hour of real time through the change. ISC (Vixie) cron treats the repeated hour much
+///   the same way: jobs at fixed times once, jobs with a wildcard on the new clock.
 ///
-/// Both are tested on a real scheduler in `tests/tests/coord_dst.rs` (the exact runs of a
+/// Both are tested on a real scheduler in `tests/tests/coord_schedules.rs` (the exact runs of a
 /// daily, an hourly and a half-hourly task across both 2026 changes in `Europe/Paris`), and
 /// the arithmetic on many zones and instants by the property tests of this module.
 #[derive(Clone)]
