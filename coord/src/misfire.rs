@@ -156,3 +156,84 @@ impl Iterator for DuePeriods<'_> {
         Some(p)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn schedules() -> Vec<Schedule> {
+        let mut all = vec![
+            Schedule::every(Duration::from_secs(60)).unwrap(),
+            Schedule::every(Duration::from_millis(7)).unwrap(),
+        ];
+        #[cfg(feature = "cron")]
+        all.extend([
+            Schedule::cron_in("0 */30 * * * *", "Europe/Paris").unwrap(),
+            Schedule::cron_in("0 30 2 * * *", "Europe/Paris").unwrap(),
+        ]);
+        all
+    }
+
+    fn policy() -> impl Strategy<Value = MisfirePolicy> {
+        prop_oneof![
+            (0u64..7_200_000).prop_map(|ms| MisfirePolicy::Skip {
+                grace: Duration::from_millis(ms)
+            }),
+            Just(MisfirePolicy::RunLatest),
+            (1u32..20).prop_map(|max| MisfirePolicy::RunEach { max }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Whatever the policy, the last claim and the clock (around the 2026 changes in
+        /// Paris): the periods claimed are consecutive periods after the last claimed one,
+        /// ending with the current one, as many as the policy says.
+        #[test]
+        fn claims_are_the_latest_periods_since_the_last_claim(
+            which in 0usize..4,
+            policy in policy(),
+            now in prop_oneof![
+                1_774_656_000_000i64..1_774_915_200_000, // 28-30 March 2026
+                1_792_800_000_000i64..1_793_059_200_000, // 24-26 October 2026
+            ],
+            back in prop_oneof![Just(None), (0i64..200_000_000).prop_map(Some)],
+        ) {
+            let all = schedules();
+            let s = &all[which % all.len()];
+            let current = s.period_at(now).unwrap();
+            let last = back.map(|b| s.period_at(now - b).unwrap());
+            let got: Vec<i64> = policy.periods_to_claim(s, last, now).collect();
+            // The periods that started since the last claim, oldest first.
+            let mut since = vec![current];
+            if let Some(last) = last {
+                while let Some(p) = s.prev(since[0]).filter(|p| *p > last) {
+                    since.insert(0, p);
+                    if since.len() > 25 {
+                        break;
+                    }
+                }
+                if last >= current {
+                    since.clear();
+                }
+            }
+            let want: Vec<i64> = match policy {
+                MisfirePolicy::Skip { grace } if now - current <= grace.as_millis() as i64 => {
+                    since.last().copied().into_iter().collect()
+                }
+                MisfirePolicy::Skip { .. } => vec![],
+                MisfirePolicy::RunLatest => since.last().copied().into_iter().collect(),
+                MisfirePolicy::RunEach { max } => {
+                    let max = if last.is_some() { max as usize } else { 1 };
+                    since[since.len().saturating_sub(max)..].to_vec()
+                }
+            };
+            prop_assert_eq!(got, want);
+        }
+    }
+}
