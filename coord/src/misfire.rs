@@ -166,16 +166,18 @@ mod tests {
     use super::*;
 
     fn schedules() -> Vec<Schedule> {
-        let mut all = vec![
+        let every = [
             Schedule::every(Duration::from_secs(60)).unwrap(),
             Schedule::every(Duration::from_millis(7)).unwrap(),
         ];
         #[cfg(feature = "cron")]
-        all.extend([
+        let cron = [
             Schedule::cron_in("0 */30 * * * *", "Europe/Paris").unwrap(),
             Schedule::cron_in("0 30 2 * * *", "Europe/Paris").unwrap(),
-        ]);
-        all
+        ];
+        #[cfg(not(feature = "cron"))]
+        let cron = [];
+        every.into_iter().chain(cron).collect()
     }
 
     fn policy() -> impl Strategy<Value = MisfirePolicy> {
