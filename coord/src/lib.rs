@@ -105,6 +105,19 @@
 //!   `coord_runs::a_dead_run_is_taken_over_while_later_periods_come_and_go`). The record of a
 //!   task whose runs never overlap keeps the layout earlier versions wrote, and records in
 //!   that layout are read (`coord_runs::records_keep_the_earlier_layout_unless_runs_overlap`).
+//! * **Missed periods are handled as the task's [`MisfirePolicy`] says** (skip them, run the
+//!   latest once, or run each up to a bound), decided by a pure function of the schedule,
+//!   the last claimed period and the clock
+//!   ([`MisfirePolicy::periods_to_claim`]), so every process decides alike. Test:
+//!   `tests/tests/coord_schedules.rs` (`*_misfire_policies_after_downtime`, memory and
+//!   PostgreSQL: the exact claims of each policy after downtime).
+//! * **Cron in a time zone names the same periods in every process** (`CronSchedule`,
+//!   feature `cron`): a period is the UTC instant it starts, computed from the expression, the
+//!   zone and the built-in zone database, with documented rules for daylight-saving gaps and
+//!   overlaps; assumes every process is built with the same zone database release. Tests:
+//!   `tests/tests/coord_schedules.rs` (`*_paris_2026_runs`: the exact runs of a daily, an
+//!   hourly and a half-hourly task across both 2026 changes in `Europe/Paris`, memory and
+//!   PostgreSQL), the property tests in `coord/src/zoned_cron.rs`.
 //! * **Refusal of stores that can lose records**, unless accepted: `conformance`
 //!   (`coordination_requires_durability_or_opt_in`), `tests/tests/redis.rs`
 //!   (`durability_is_measured_at_connect`: default, AOF + noeviction, allkeys-lru, INFO
@@ -126,9 +139,9 @@
 //! with an evicting policy. While the store keeps its data, every guarantee above holds. After
 //! it lost data (a restart without persistence, an eviction):
 //!
-//! * **a period may run twice**: the record that said it was claimed is gone, so the period
-//!   still inside its catch-up window is claimed again. At most once per period holds only
-//!   while the store keeps its data;
+//! * **a period may run twice**: the record that said it was claimed is gone, so the current
+//!   period is claimed again (under [`MisfirePolicy::Skip`], only within its grace). At most
+//!   once per period holds only while the store keeps its data;
 //! * **a lease may have two holders** until the old holder's next renewal, which fails (the
 //!   record is gone or changed) and makes it step down: at most its renew deadline.
 //!   Fenced writes still refuse the old holder once the new one has written;
@@ -144,9 +157,13 @@ mod clock;
 mod elector;
 mod holder;
 mod lease;
+mod misfire;
 mod random;
+mod schedule;
 mod task;
 mod token;
+#[cfg(feature = "cron")]
+mod zoned_cron;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -157,7 +174,11 @@ pub use holder::HolderId;
 pub use lease::{
     check_backend, check_capabilities, Durability, Held, Lease, LeaseConfig, LeaseRecord,
 };
+pub use misfire::{DuePeriods, MisfirePolicy};
+pub use schedule::{parse_interval, Schedule};
 pub use task::{
-    parse_interval, Candidacy, Claim, Heartbeat, RunContext, RunInfo, RunMode, Schedule, Scheduler,
-    SchedulerConfig, TaskRecord, TaskSpec, TaskStatus, MAX_RUNS_IN_PROGRESS,
+    Candidacy, Claim, Heartbeat, RunContext, RunInfo, RunMode, Scheduler, SchedulerConfig,
+    TaskRecord, TaskSpec, TaskStatus, MAX_RUNS_IN_PROGRESS,
 };
+#[cfg(feature = "cron")]
+pub use zoned_cron::CronSchedule;

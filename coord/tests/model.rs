@@ -30,8 +30,8 @@
 //! 1.2 × retry`, `lease ≥ renew deadline + retry`).
 //!
 //! **Periodic task** (`larder_coord::Scheduler`, `coord/src/task.rs`), one task with a
-//! period of 3 ticks by each process's own clock, catch-up 1, no overlap, in both run modes:
-//! claim (read; a running run seen unchanged for a whole lease is abandoned: at-least-once
+//! period of 3 ticks by each process's own clock, misfire policy `RunLatest`, no overlap, in
+//! both run modes: claim (read; a running run seen unchanged for a whole lease is abandoned: at-least-once
 //! takes it over with token + 1 for the same period, at-most-once records it abandoned;
 //! otherwise claim the current period if it is after the last claimed one, token + 1; one
 //! compare-and-swap, or create if the record is absent), heartbeat every retry period
@@ -69,7 +69,8 @@
 //! Network delay of a single store operation (each is atomic at one instant: the store is
 //! linearizable, as `linearizable_cas` declares and the conformance suite checks), lost
 //! replies (an ambiguous write), clocks that run at different rates (only stopping), wall
-//! clocks other than each process's own clock, catch-up of more than one period, overlap,
+//! clocks other than each process's own clock, misfire policies that claim more than one
+//! period (`MisfirePolicy::RunEach`), overlap,
 //! cron schedules, pinning, process restarts (a crashed process does not come back; a
 //! restarted one is a new process with no memory, like a third one), eviction (the property
 //! is stated for a store that keeps its data; the variant that loses it shows why), and the

@@ -1,6 +1,7 @@
 //! Intervals as operators write them (`larder tasks status --every`, configuration) and
-//! schedules built from any duration or cron text: every size is a `Config` error or a
-//! schedule, and a schedule's arithmetic never panics at any clock reading.
+//! schedules built from any duration, cron text, time zone name or schedule text
+//! (`Schedule::parse`): every size is a `Config` error or a schedule, and a schedule's
+//! arithmetic never panics at any clock reading.
 #![no_main]
 
 use std::time::Duration;
@@ -44,15 +45,36 @@ struct Input<'a> {
     secs: u64,
     nanos: u32,
     now: Now,
-    cron: Cron<'a>,
+    /// Valid expressions ([`KNOWN`]), so the schedule arithmetic gets the mutations, or text.
+    cron: Pick<'a>,
+    /// Zones with daylight-saving changes of every kind ([`ZONES`]), or text.
+    zone: Pick<'a>,
 }
 
+/// One of a list of valid inputs, or any text.
 #[derive(Debug, Arbitrary)]
-enum Cron<'a> {
-    /// Valid expressions, so the schedule arithmetic gets the mutations.
+enum Pick<'a> {
     Known(u8),
     Text(&'a str),
 }
+
+impl<'a> Pick<'a> {
+    fn pick(&self, known: &[&'a str]) -> &'a str {
+        match *self {
+            Pick::Known(i) => known[usize::from(i) % known.len()],
+            Pick::Text(t) => t,
+        }
+    }
+}
+
+const ZONES: &[&str] = &[
+    "UTC",
+    "Europe/Paris",
+    "Australia/Lord_Howe",
+    "Antarctica/Troll",
+    "Pacific/Apia",
+    "America/Sao_Paulo",
+];
 
 const KNOWN: &[&str] = &[
     "* * * * * *",
@@ -94,11 +116,17 @@ fuzz_target!(|input: Input<'_>| {
     }
     // Unchecked construction is allowed too: its arithmetic must not panic either.
     exercise(&Schedule::Every(d), input.now.ms());
-    let cron = match input.cron {
-        Cron::Known(i) => KNOWN[usize::from(i) % KNOWN.len()],
-        Cron::Text(t) => t,
-    };
+    let cron = input.cron.pick(KNOWN);
     match Schedule::cron(cron) {
+        Ok(s) => exercise(&s, input.now.ms()),
+        Err(e) => assert_eq!(e.kind(), ErrorKind::Config),
+    }
+    let zone = input.zone.pick(ZONES);
+    match Schedule::cron_in(cron, zone) {
+        Ok(s) => exercise(&s, input.now.ms()),
+        Err(e) => assert_eq!(e.kind(), ErrorKind::Config),
+    }
+    match Schedule::parse(input.text) {
         Ok(s) => exercise(&s, input.now.ms()),
         Err(e) => assert_eq!(e.kind(), ErrorKind::Config),
     }

@@ -7,7 +7,8 @@
 //!   sessions count                      live sessions
 //!   sessions sweep [--batch N]          remove expired sessions and old tombstones
 //!   sessions revoke --principal NAME    log NAME out everywhere
-//!   tasks status [--lease NAME]... [--task NAME]... [--every DURATION] [--from database|cache]
+//!   tasks status [--lease NAME]... [--task NAME]... [--every DURATION | --schedule SCHEDULE]
+//!                [--from database|cache]
 //!   cache ping                          put/get/delete round trip of a scratch key
 //!   cache stats                         what the backend is and promises
 //! ```
@@ -105,6 +106,11 @@ struct StatusArgs {
     /// The tasks' interval (e.g. 60s, 5m, 1h), to compute when each is next due.
     #[arg(long, value_name = "DURATION", value_parser = render::parse_duration)]
     every: Option<Duration>,
+    /// The tasks' schedule, to compute when each is next due: an interval, or a cron
+    /// expression with seconds, in UTC or after `CRON_TZ=<IANA zone>`
+    /// (e.g. "CRON_TZ=Europe/Paris 0 30 2 * * *").
+    #[arg(long, value_name = "SCHEDULE", value_parser = render::parse_schedule, conflicts_with = "every")]
+    schedule: Option<larder_coord::Schedule>,
     /// The interval in milliseconds, under the name the example web app reads
     /// (`LARDER_EXPIRY_INTERVAL_MS`); `--every` wins.
     #[arg(

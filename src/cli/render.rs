@@ -104,6 +104,12 @@ pub(super) fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
     larder_coord::parse_interval(s).map_err(|e| e.message().to_owned())
 }
 
+/// An interval or a cron expression, optionally in a time zone:
+/// [`larder_coord::Schedule::parse`], so `--schedule` accepts exactly what a configuration does.
+pub(super) fn parse_schedule(s: &str) -> std::result::Result<larder_coord::Schedule, String> {
+    larder_coord::Schedule::parse(s).map_err(|e| e.message().to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

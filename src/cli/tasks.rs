@@ -110,13 +110,14 @@ pub(super) async fn status(cli: &Cli, args: &StatusArgs) -> Result<String> {
     // reads, so the store's durability does not matter to it: it accepts a store that may
     // lose records (the warning above tells the operator), and still refuses one without
     // linearizable CAS, whose records no process could have written.
-    let schedule = args
-        .every
-        .or(args
-            .expiry_interval_ms
-            .filter(|ms| *ms > 0)
-            .map(Duration::from_millis))
-        .map(Schedule::Every);
+    let schedule = args.schedule.clone().or_else(|| {
+        args.every
+            .or(args
+                .expiry_interval_ms
+                .filter(|ms| *ms > 0)
+                .map(Duration::from_millis))
+            .map(Schedule::Every)
+    });
     let mut scheduler = Scheduler::new(
         backend,
         HolderId::named("larder-cli"),
@@ -146,7 +147,7 @@ pub(super) async fn status(cli: &Cli, args: &StatusArgs) -> Result<String> {
     let now = now_ms();
     for st in statuses {
         let next = match (schedule.is_some(), st.next_due_ms) {
-            (false, _) => "? (pass --every)".to_owned(),
+            (false, _) => "? (pass --every or --schedule)".to_owned(),
             (true, Some(t)) if t <= now => "now".to_owned(),
             (true, Some(t)) => ts(t),
             (true, None) => "-".to_owned(),

@@ -156,7 +156,10 @@ async fn tasks_status_shows_lease_holder_and_last_run() {
         .unwrap();
     assert!(before.contains("never held"), "{before}");
     assert!(before.contains("larder.session-expiry"), "{before}");
-    assert!(before.contains("? (pass --every)"), "{before}");
+    assert!(
+        before.contains("? (pass --every or --schedule)"),
+        "{before}"
+    );
 
     let lease = Lease::new(
         kv.clone(),
@@ -235,6 +238,26 @@ async fn tasks_status_shows_lease_holder_and_last_run() {
             .any(|l| l.starts_with("nightly") && l.contains("never") && l.ends_with("now")),
         "{out}"
     );
+
+    // A cron schedule in a time zone: at minute 30 in Kolkata (UTC+05:30) is at minute 0 in
+    // UTC, so the period claimed this hour is the current one, and the next is due at the
+    // next whole hour of UTC.
+    let out = cli(&[
+        "--database-url",
+        &url,
+        "tasks",
+        "status",
+        "--schedule",
+        "CRON_TZ=Asia/Kolkata 0 30 * * * *",
+    ])
+    .await
+    .unwrap();
+    let task_line = out
+        .lines()
+        .find(|l| l.starts_with("larder.session-expiry"))
+        .unwrap();
+    let next = task_line.split_whitespace().last().unwrap();
+    assert!(next.ends_with(":00:00.000Z"), "{out}");
 }
 
 #[tokio::test]
@@ -350,6 +373,20 @@ async fn bad_input_is_a_clear_error() {
             .await
             .unwrap();
     assert_eq!(recreated, None);
+
+    let e = cli(&[
+        "tasks",
+        "status",
+        "--schedule",
+        "CRON_TZ=Europe/Pariss 0 30 2 * * *",
+    ])
+    .await
+    .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Config);
+    assert!(
+        e.message().contains("unknown time zone \"Europe/Pariss\""),
+        "{e}"
+    );
 
     let e = cli(&["sessions", "frobnicate"]).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Config);

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use larder::coord::{
-    Candidacy, Durability, Elector, HolderId, Lease, LeaseConfig, ManualClock, Role, RunMode,
-    Schedule, Scheduler, SchedulerConfig, TaskSpec,
+    Candidacy, Durability, Elector, HolderId, Lease, LeaseConfig, ManualClock, MisfirePolicy, Role,
+    RunMode, Schedule, Scheduler, SchedulerConfig, TaskSpec,
 };
 use larder::{DynBackend, ErrorKind};
 use larder_backend_memory::MemoryBackend;
@@ -117,7 +117,7 @@ async fn a_clock_that_jumps_back_never_claims_a_period_twice() {
 }
 
 #[tokio::test]
-async fn catch_up_after_downtime_is_bounded() {
+async fn missed_periods_run_each_up_to_max_after_downtime() {
     let b: DynBackend = Arc::new(MemoryBackend::default());
     let clock = Arc::new(ManualClock::new(100 * MIN));
     let runs = Arc::new(AtomicUsize::new(0));
@@ -125,7 +125,7 @@ async fn catch_up_after_downtime_is_bounded() {
         &b,
         &clock,
         "a",
-        counting_task("t", runs.clone()).catch_up(3),
+        counting_task("t", runs.clone()).misfire(MisfirePolicy::RunEach { max: 3 }),
     );
     assert_eq!(s.tick().await.unwrap().len(), 1);
     clock.advance(10 * MIN); // down for ten periods

@@ -10,7 +10,7 @@
 //! * no period is missing, except those the guarantee allows: the run of a node killed
 //!   between its claim and its first write (at-most-once: not repeated), and, for Redis,
 //!   the claim in flight when the server died plus the periods whose whole catch-up window
-//!   passed before the backend answered again;
+//!   (`MisfirePolicy::RunEach { max: 3 }`) passed before the backend answered again;
 //! * the unfenced control counter lost updates (the pause really overlapped runs).
 //!
 //! `LARDER_SOAK=1` repeats the fault cycle several times.
@@ -27,8 +27,8 @@ use larder::coord::{HolderId, Lease, LeaseConfig};
 use larder_tests::server::ServerProcess;
 use sqlx::PgPool;
 
-/// The nodes' timing (see `coord_node`): lease 2 s, retry 0.3 s, a period of 1 s, a
-/// catch-up of 3 periods.
+/// The nodes' timing (see `coord_node`): lease 2 s, retry 0.3 s, a period of 1 s, missed
+/// periods run up to 3 (`MisfirePolicy::RunEach { max: 3 }`).
 const LEASE_MS: i64 = 2000;
 const RETRY_MS: i64 = 300;
 const PERIOD_MS: i64 = 1000;

@@ -2,7 +2,8 @@
 //! user tool.
 //!
 //! It runs an [`Elector`] on the lease `leader` and a [`Scheduler`] with one task `tick`
-//! (every second, at-most-once, overlap allowed, catch-up of three periods), and records
+//! (every second, at-most-once, overlap allowed, missed periods run up to three:
+//! `MisfirePolicy::RunEach { max: 3 }`), and records
 //! what it does in PostgreSQL tables that the test created in `<schema>`:
 //!
 //! * `terms(holder, token, won_at_ms)`: every term this node wins;
@@ -31,8 +32,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use larder::coord::{
-    Durability, Elector, HolderId, Lease, LeaseConfig, Role, RunContext, RunMode, Schedule,
-    Scheduler, SchedulerConfig, TaskSpec,
+    Durability, Elector, HolderId, Lease, LeaseConfig, MisfirePolicy, Role, RunContext, RunMode,
+    Schedule, Scheduler, SchedulerConfig, TaskSpec,
 };
 use larder::DynBackend;
 use larder_backend_sql::PgKv;
@@ -228,7 +229,7 @@ async fn node(
     )
     .mode(RunMode::AtMostOnce)
     .allow_overlap(true)
-    .catch_up(3);
+    .misfire(MisfirePolicy::RunEach { max: 3 });
     let config = SchedulerConfig::default()
         .process_name(name)
         .poll(Duration::from_millis(100))
