@@ -14,6 +14,10 @@
 //!   its cache, answered by the local tier, against a raw sqlx `SELECT data FROM
 //!   larder_sessions WHERE id_hash = $1` on the store's own pool + decoding the data. Goal:
 //!   raw / near ≥ 100.
+//! * `ratio near part_...`: where a local hit's time goes, each part alternated with the
+//!   same quick_cache anchor: a lookup in a quick_cache of the local tier's entry shape, one
+//!   clock read (`Instant::elapsed`), and `Near::get_now` called directly, over Redis and
+//!   over the memory backend without a channel.
 //! * `near local tier ...`: how many of the reads above the local tier answered (the rest
 //!   were bypassed because the channel's last sync was older than the bound, or missed).
 //! * `zipf ...`: hit ratio and mean time per request of a Zipf(0.99) trace of 1,000,000
@@ -22,7 +26,7 @@
 //!   policy decides), raw quick_cache (what that tier is built on) and moka. The trace is
 //!   generated before timing; one thread.
 //!
-//! Run with `cargo bench -p larder-benches --bench near [-- hits|session_load|zipf]`.
+//! Run with `cargo bench -p larder-benches --bench near [-- hits|breakdown|session_load|zipf]`.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -34,7 +38,7 @@ use larder_backend_redis::RedisBackend;
 use larder_benches::harness::{self, alternate, report, report_ns};
 use larder_benches::{keys, value};
 use larder_cache_api::layer::{ChannelState, Near, NearStats};
-use larder_cache_api::{CacheBackend, DynBackend, Key, PutMode};
+use larder_cache_api::{CacheBackend, DynBackend, Entry, Key, PutMode};
 use larder_session_persist::{CachedStore, SessionData, SessionStore, Timestamp};
 use larder_tests::server::ServerProcess;
 use redis::aio::MultiplexedConnection;
@@ -46,6 +50,7 @@ const KEYS: usize = 1000;
 /// `Near(Redis)` with its channel up, the raw client, and quick_cache, holding the same keys.
 struct Fixture {
     near: DynBackend,
+    concrete: Arc<Near>,
     stats: Arc<NearStats>,
     raw: MultiplexedConnection,
     quick: quick_cache::sync::Cache<Key, Bytes>,
@@ -66,7 +71,8 @@ async fn fixture(port: u16) -> Fixture {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let stats = near.stats();
-    let near: DynBackend = Arc::new(near);
+    let concrete = Arc::new(near);
+    let near: DynBackend = concrete.clone();
     let info = redis::ConnectionAddr::Tcp("127.0.0.1".into(), port)
         .into_connection_info()
         .expect("connection info")
@@ -100,6 +106,7 @@ async fn fixture(port: u16) -> Fixture {
     );
     Fixture {
         near,
+        concrete,
         stats,
         raw,
         quick,
@@ -121,8 +128,16 @@ async fn raw_get(raw: &MultiplexedConnection, k: &Key) -> Bytes {
 }
 
 /// Runs `f` and prints which share of the reads in it the local tier answered.
-async fn with_tier_share<T>(f: &Fixture, what: &str, run: impl std::future::Future<Output = T>) -> T {
-    let (h, s, b) = (f.stats.local_hits(), f.stats.shared_hits(), f.stats.bypassed());
+async fn with_tier_share<T>(
+    f: &Fixture,
+    what: &str,
+    run: impl std::future::Future<Output = T>,
+) -> T {
+    let (h, s, b) = (
+        f.stats.local_hits(),
+        f.stats.shared_hits(),
+        f.stats.bypassed(),
+    );
     let out = run.await;
     let (h, s, b) = (
         f.stats.local_hits() - h,
@@ -201,6 +216,90 @@ async fn hits(f: &Fixture) {
     .await;
     report("near", "hit_vs_redis/128B", r);
     eprintln!("near hit_vs_redis/128B raw / near {:.0}", r.1 / r.0);
+}
+
+/// Where a local hit's time goes: each piece alternated with the quick_cache anchor.
+async fn breakdown(f: &Fixture) {
+    let key = |i: usize| &f.keys[(i * 7919) % KEYS];
+    let quick = |i: usize| {
+        let (q, k) = (&f.quick, key(i));
+        async move {
+            black_box(q.get(black_box(k)));
+        }
+    };
+    // A tier of the local tier's shape: an entry, its epoch, sequence, stripe and deadline.
+    let tier = quick_cache::sync::Cache::<Key, (Entry, u64, u64, u32, u64)>::new(KEYS * 2);
+    for k in &f.keys {
+        let e = f.near.lookup(k).await.expect("get").expect("stored");
+        tier.insert(k.clone(), (e, 1, 1, 1, u64::MAX));
+    }
+    let base = Instant::now();
+    let r = alternate(
+        40,
+        20_000,
+        |i| {
+            let (t, k) = (&tier, key(i));
+            async move {
+                black_box(t.get(black_box(k)));
+            }
+        },
+        quick,
+    )
+    .await;
+    report_ns("near", "part_tier_lookup", r);
+    let r = alternate(
+        40,
+        20_000,
+        |_| async move {
+            black_box(base.elapsed());
+        },
+        quick,
+    )
+    .await;
+    report_ns("near", "part_clock_read", r);
+    let r = alternate(
+        40,
+        20_000,
+        |i| {
+            let (n, k) = (&f.concrete, key(i));
+            async move {
+                black_box(n.get_now(black_box(k)));
+            }
+        },
+        quick,
+    )
+    .await;
+    report_ns("near", "part_get_now_direct", r);
+    // The same over the memory backend with no channel (staleness accepted): no pings.
+    let memory: DynBackend = Arc::new(MemoryBackend::default());
+    for k in &f.keys {
+        let e = f.near.lookup(k).await.expect("get").expect("stored");
+        memory
+            .put(k, e.value, None, PutMode::Overwrite)
+            .await
+            .expect("put");
+    }
+    let local = Near::builder(memory)
+        .capacity(KEYS * 2)
+        .accept_staleness(Duration::from_secs(600))
+        .build()
+        .expect("near");
+    for k in &f.keys {
+        local.get_now(k).expect("answered").expect("get");
+    }
+    let r = alternate(
+        40,
+        20_000,
+        |i| {
+            let (n, k) = (&local, key(i));
+            async move {
+                black_box(n.get_now(black_box(k)));
+            }
+        },
+        quick,
+    )
+    .await;
+    report_ns("near", "part_get_now_no_channel", r);
 }
 
 /// The 300 B session of the sessions bench: ten small keys.
@@ -401,13 +500,19 @@ fn main() {
     if run("hits") {
         rt.block_on(hits(&f));
     }
+    if run("breakdown") {
+        rt.block_on(breakdown(&f));
+    }
     if run("session_load") {
         rt.block_on(session_load(&f));
     }
     if run("zipf") {
         zipf();
     }
-    eprintln!("near bench done in {:.0} s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "near bench done in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
     drop(rt);
     drop(server);
 }

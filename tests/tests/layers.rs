@@ -238,15 +238,29 @@ async fn memory_hits_are_answered_at_once_through_every_layer() {
     caps.max_key_len = 8;
     let restricted = Restrict::new(Arc::new(inst), caps).unwrap();
     let stack = Timeout::new(Arc::new(restricted), Duration::from_secs(1));
-    let e = stack.get_now(&k).expect("answered at once").unwrap().unwrap();
+    let e = stack
+        .get_now(&k)
+        .expect("answered at once")
+        .unwrap()
+        .unwrap();
     assert_eq!((&e.value[..], e.version), (&b"v"[..], v));
     let absent = stack.get_now(&Key::new("none").unwrap()).expect("answered");
     assert!(absent.unwrap().is_none());
     let s = stats.snapshot();
-    assert_eq!((s.hits, s.misses), (1, 1), "instrumentation counts sync answers");
-    let long = stack.get_now(&Key::new("too-long-key").unwrap()).expect("answered");
+    assert_eq!(
+        (s.hits, s.misses),
+        (1, 1),
+        "instrumentation counts sync answers"
+    );
+    let long = stack
+        .get_now(&Key::new("too-long-key").unwrap())
+        .expect("answered");
     assert_eq!(long.unwrap_err().kind(), ErrorKind::InvalidKey);
-    assert_eq!(stats.snapshot().misses, 1, "a refused key never reaches the backend");
+    assert_eq!(
+        stats.snapshot().misses,
+        1,
+        "a refused key never reaches the backend"
+    );
 
     let ns = Namespace::new(mem.clone(), "app").unwrap();
     assert!(
@@ -258,7 +272,11 @@ async fn memory_hits_are_answered_at_once_through_every_layer() {
         .await
         .unwrap();
     let e = ns.get_now(&k).expect("answered at once").unwrap().unwrap();
-    assert_eq!((&e.value[..], e.version), (&b"n"[..], nv), "mapped key, masked version");
+    assert_eq!(
+        (&e.value[..], e.version),
+        (&b"n"[..], nv),
+        "mapped key, masked version"
+    );
     assert_eq!(ns.get(&k).await.unwrap(), Some(e));
 
     let near = Near::builder(mem)
@@ -267,7 +285,11 @@ async fn memory_hits_are_answered_at_once_through_every_layer() {
         .unwrap();
     let near_stats = near.stats();
     for _ in 0..2 {
-        let e = near.get_now(&k).expect("answered at once").unwrap().unwrap();
+        let e = near
+            .get_now(&k)
+            .expect("answered at once")
+            .unwrap()
+            .unwrap();
         assert_eq!(e.version, v);
     }
     assert_eq!((near_stats.shared_hits(), near_stats.local_hits()), (1, 1));

@@ -310,7 +310,10 @@ async fn backends_without_channel_are_refused_unless_staleness_is_accepted() {
     let memory: DynBackend = Arc::new(MemoryBackend::default());
     for b in [memcached, sled, sqlite, memory] {
         let name = b.capabilities().name;
-        assert!(!b.capabilities().invalidation_channel, "{name} declares a channel");
+        assert!(
+            !b.capabilities().invalidation_channel,
+            "{name} declares a channel"
+        );
         let msg = config_error(Near::builder(b.clone()).build());
         assert!(msg.contains("no invalidation channel"), "{name}: {msg}");
         assert!(msg.contains("accept_staleness"), "{name}: {msg}");
@@ -381,12 +384,18 @@ async fn backends_with_a_channel_declare_it_and_the_refusal_names_it() {
         assert!(msg.contains("offers one"), "{name}: {msg}");
         assert!(msg.contains(".channel("), "{name}: {msg}");
         let ns = larder::layer::Namespace::new(b.clone(), "ns").unwrap();
-        assert!(!ns.capabilities().invalidation_channel, "{name} behind a namespace");
+        assert!(
+            !ns.capabilities().invalidation_channel,
+            "{name} behind a namespace"
+        );
         let near = Near::builder(b)
             .accept_staleness(Duration::from_millis(500))
             .build()
             .unwrap();
-        assert!(!near.capabilities().invalidation_channel, "{name} behind Near");
+        assert!(
+            !near.capabilities().invalidation_channel,
+            "{name} behind Near"
+        );
     }
     drop(server);
 }
