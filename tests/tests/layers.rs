@@ -294,3 +294,46 @@ async fn memory_hits_are_answered_at_once_through_every_layer() {
     }
     assert_eq!((near_stats.shared_hits(), near_stats.local_hits()), (1, 1));
 }
+
+/// The near cache's counters reach the `metrics` recorder installed when it is built, as
+/// well as its stats.
+#[test]
+fn near_reports_through_the_metrics_facade() {
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let near = metrics::with_local_recorder(&recorder, || {
+        Near::builder(memory())
+            .accept_staleness(Duration::from_secs(5))
+            .build()
+            .unwrap()
+    });
+    let stats = near.stats();
+    let cache = Cache::new(Arc::new(near));
+    rt.block_on(async {
+        let k = Key::new("m").unwrap();
+        cache.set(&k, &1u8, None).await.unwrap();
+        for _ in 0..3 {
+            cache.get::<u8>(&k).await.unwrap();
+        }
+        cache.get::<u8>(&Key::new("none").unwrap()).await.unwrap();
+    });
+    let mut seen = std::collections::HashMap::new();
+    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+        if let metrics_util::debugging::DebugValue::Counter(n) = value {
+            seen.insert(key.key().name().to_owned(), n);
+        }
+    }
+    let exported = |name: &str| seen.get(name).copied();
+    assert_eq!(exported("larder_near_local_hits_total"), Some(2));
+    assert_eq!(exported("larder_near_shared_hits_total"), Some(1));
+    assert_eq!(exported("larder_near_misses_total"), Some(1));
+    assert_eq!(exported("larder_near_bypassed_total"), Some(0));
+    assert_eq!(
+        (stats.local_hits(), stats.shared_hits(), stats.misses()),
+        (2, 1, 1)
+    );
+}
