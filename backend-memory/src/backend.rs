@@ -99,12 +99,6 @@ impl MemoryBackend {
         self.store.purge_expired()
     }
 
-    /// The entry under `key`, without going through `async`: the same lookup as
-    /// [`CacheBackend::get`].
-    pub fn get_now(&self, key: &Key) -> Option<Entry> {
-        self.store.get(key)
-    }
-
     /// Runs [`purge_expired`](Self::purge_expired) every `every` on the current tokio
     /// runtime, until the backend is dropped.
     pub fn spawn_sweeper(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
@@ -143,6 +137,11 @@ impl CacheBackend for MemoryBackend {
 
     async fn get(&self, key: &Key) -> Result<Option<Entry>> {
         Ok(self.store.get(key))
+    }
+
+    /// Always answers: the store never waits.
+    fn get_now(&self, key: &Key) -> Option<Result<Option<Entry>>> {
+        Some(Ok(self.store.get(key)))
     }
 
     async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Entry>>> {

@@ -71,6 +71,7 @@ impl RedisBackend {
         caps.may_evict = measured.may_evict;
         caps.eviction_note = Some(measured.eviction_note.clone());
         caps.shared = true;
+        caps.invalidation_channel = true; // `tracking()`
         caps.ttl_precision = std::time::Duration::from_millis(1);
         caps.max_value_size = config.max_value_size;
         Ok(RedisBackend {

@@ -71,6 +71,7 @@ where
         caps.persistent = true;
         caps.persistence_note = Some("rows in a database table".into());
         caps.shared = true;
+        caps.invalidation_channel = DB::NOTIFIES; // `notify()`
         caps.max_value_size = MAX_VALUE_SIZE;
         SqlKv {
             core: Core { pool },

@@ -76,6 +76,9 @@ pub trait Dialect:
     const EXPIRY_BASE_MS: &'static str;
     /// An SQL expression for a fresh version, evaluated inside the statement that writes it.
     const NEXT_VERSION: &'static str;
+    /// Whether the database reports changed keys to other connections (PostgreSQL `NOTIFY`
+    /// from the table's trigger), for [`Capabilities::invalidation_channel`](larder_cache_api::Capabilities::invalidation_channel).
+    const NOTIFIES: bool;
 
     /// This crate's migrations for the database, tracked in [`MIGRATIONS_TABLE`].
     fn migrator() -> Migrator;
@@ -91,6 +94,7 @@ pub trait Dialect:
 #[cfg(feature = "postgres")]
 impl Dialect for sqlx::Postgres {
     const BACKEND: &'static str = "postgres";
+    const NOTIFIES: bool = true;
     // clock_timestamp(), not now(): now() is frozen at the start of the transaction. EXTRACT
     // gives an exact numeric with microseconds; its ceiling in milliseconds is above the
     // clock only when the clock is past the millisecond below (`::BIGINT` alone rounds to
@@ -119,6 +123,7 @@ impl Dialect for sqlx::Postgres {
 #[cfg(feature = "sqlite")]
 impl Dialect for sqlx::Sqlite {
     const BACKEND: &'static str = "sqlite";
+    const NOTIFIES: bool = false;
     // SQLite's 'now' is a whole number of milliseconds (the true time truncated); as a Julian
     // day in a double it comes back a few hundredths of a millisecond off, so it is rounded
     // back to that whole number (a plain CAST truncates it, up to 1 ms early). The true time

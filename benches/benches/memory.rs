@@ -4,14 +4,20 @@
 //! bench visits the keys in the same pseudo-random order, so the stores see the same
 //! access pattern. Groups:
 //!
-//! * `memory_get/<size>`: `Arc<dyn CacheBackend>::get` awaited (larder), the same call
-//!   through `&dyn CacheBackend` (what the trait costs without the `Arc` forwarding impl),
-//!   the backend's synchronous `MemoryBackend::get_now` (the raw store: lookup + `Entry`
-//!   clone), and `quick_cache::sync::Cache::<Key, Bytes>::get` (lookup + `Bytes` clone).
+//! * `memory_get/<size>`: `DynBackend::lookup` awaited (larder's read path, the one `Cache`
+//!   and the session store take: the synchronous `get_now` answers, no boxed future),
+//!   `Arc<dyn CacheBackend>::get` awaited (the `async-trait` method: one boxed future per
+//!   call), the same through `&dyn CacheBackend`, the backend's `get_now` called directly
+//!   (the raw store: lookup + `Entry` clone), and `quick_cache::sync::Cache::<Key,
+//!   Bytes>::get` (lookup + `Bytes` clone).
 //! * `memory_put/<size>`: overwrite through `Arc<dyn CacheBackend>::put` against
 //!   `quick_cache::sync::Cache::insert`.
 //! * `memory_typed_get`: the typed `Cache::get` (backend get + envelope check + postcard
 //!   decode), for information.
+//!
+//! After the groups, `ratio memory ...` lines (stderr): `lookup` and the trait `get` each
+//! measured alternately with quick_cache's get + clone (blocks of 20,000 operations, 40
+//! rounds, median per-op time of each), the ratios `RESULTS.md` reports.
 //!
 //! # How the async calls are measured
 //!
@@ -30,6 +36,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion};
 use larder_backend_memory::MemoryBackend;
+use larder_benches::harness::{alternate, report_ns};
 use larder_benches::{keys, value, visit_order, Session, ENTRIES, VALUE_SIZES};
 use larder_cache_api::{Cache, CacheBackend, DynBackend, Key, PutMode};
 use tokio::runtime::Runtime;
@@ -94,7 +101,10 @@ impl Stores {
         });
         // Every bench below must measure hits only.
         for k in &keys {
-            assert!(concrete.get_now(k).is_some(), "memory backend lost {k}");
+            assert!(
+                matches!(concrete.get_now(k), Some(Ok(Some(_)))),
+                "memory backend lost {k}"
+            );
             assert!(quick.get(k).is_some(), "quick_cache lost {k}");
         }
         assert_eq!(concrete.evictions(), 0);
@@ -113,7 +123,17 @@ fn memory_get(c: &mut Criterion) {
         let s = Stores::new(&rt, size);
         let mut g = c.benchmark_group(format!("memory_get/{label}"));
 
-        // larder as applications hold it: `DynBackend` = `Arc<dyn CacheBackend>`.
+        // larder's read path: the synchronous answer, awaited as callers do.
+        let mut cur = Cursor::new();
+        g.bench_function("larder_lookup", |b| {
+            b.to_async(&rt).iter(|| {
+                let k = &s.keys[cur.next_index()];
+                let backend = &s.backend;
+                async move { backend.lookup(k).await.expect("get") }
+            })
+        });
+
+        // The trait method on `DynBackend` = `Arc<dyn CacheBackend>`.
         let mut cur = Cursor::new();
         g.bench_function("larder_arc_dyn_trait", |b| {
             b.to_async(&rt).iter(|| {
@@ -146,6 +166,49 @@ fn memory_get(c: &mut Criterion) {
             b.iter(|| s.quick.get(black_box(&s.keys[cur.next_index()])))
         });
         g.finish();
+    }
+}
+
+/// `lookup` and the trait `get` against quick_cache get + clone, alternated (see the
+/// crate docs of this file).
+fn memory_ratios() {
+    let rt = runtime();
+    for (size, label) in VALUE_SIZES {
+        let s = Stores::new(&rt, size);
+        let order = visit_order(ENTRIES);
+        let key = |i: usize| &s.keys[order[i % ENTRIES]];
+        let quick = |i: usize| {
+            let q = &s.quick;
+            let k = key(i);
+            async move {
+                black_box(q.get(black_box(k)));
+            }
+        };
+        let (rounds, per_round) = (40, 20_000);
+        let lookup = rt.block_on(alternate(
+            rounds,
+            per_round,
+            |i| {
+                let (b, k) = (&s.backend, key(i));
+                async move {
+                    black_box(b.lookup(black_box(k)).await.expect("get"));
+                }
+            },
+            quick,
+        ));
+        report_ns("memory", &format!("lookup/{label}"), lookup);
+        let get = rt.block_on(alternate(
+            rounds,
+            per_round,
+            |i| {
+                let (b, k) = (&s.backend, key(i));
+                async move {
+                    black_box(b.get(black_box(k)).await.expect("get"));
+                }
+            },
+            quick,
+        ));
+        report_ns("memory", &format!("trait_get/{label}"), get);
     }
 }
 
@@ -234,4 +297,5 @@ fn main() {
     memory_put(&mut c);
     memory_typed_get(&mut c);
     c.final_summary();
+    memory_ratios();
 }

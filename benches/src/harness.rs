@@ -71,6 +71,17 @@ pub fn report(bench: &str, what: &str, (l, r): (f64, f64)) {
     );
 }
 
+/// [`report`] for operations measured in nanoseconds (in-process caches): both per-op times
+/// (ns) and larder / raw.
+pub fn report_ns(bench: &str, what: &str, (l, r): (f64, f64)) {
+    eprintln!(
+        "ratio {bench} {what:<24} larder {:>9.1} ns  raw {:>9.1} ns  larder/raw {:.3}",
+        l * 1e3,
+        r * 1e3,
+        l / r
+    );
+}
+
 /// Operations per second of `tasks` tasks each calling `op` in a loop for `dur` on `rt`.
 /// `op` gets a running index (distinct per task). Every task yields every 16 operations so
 /// that operations which never wait (sled) still interleave.

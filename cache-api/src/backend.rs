@@ -52,7 +52,26 @@ pub trait CacheBackend: Send + Sync + Debug {
     }
 
     /// The entry under `key`, or `None` if absent or expired.
+    ///
+    /// Callers on a hot path use `lookup` (an inherent method of `dyn CacheBackend`)
+    /// instead, which tries [`get_now`](Self::get_now) first.
     async fn get(&self, key: &Key) -> Result<Option<Entry>>;
+
+    /// The answer [`get`](Self::get) would give, if this backend has it at hand without
+    /// waiting; `None` means "not at hand: ask `get`".
+    ///
+    /// The synchronous hit path: the memory backend always answers here, a
+    /// [`Near`](crate::layer::Near) cache answers its local hits, and a network backend keeps
+    /// the default (`None`). `Some` must be exactly what `get` would have returned at that
+    /// moment, errors included (the conformance suite compares the two). It must not block:
+    /// no I/O, no waiting on a lock held across I/O.
+    ///
+    /// Layers forward it, doing their own part (a namespace maps the key, instrumentation
+    /// counts the hit), or return `None` when their part needs to wait.
+    fn get_now(&self, key: &Key) -> Option<Result<Option<Entry>>> {
+        let _ = key;
+        None
+    }
 
     /// Entries for `keys`, in the same order (duplicates allowed, each answered).
     async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Entry>>> {
@@ -88,4 +107,31 @@ pub trait CacheBackend: Send + Sync + Debug {
     /// Sets a new TTL (`None`: no expiry) without rewriting the value; `Ok(false)` if the key
     /// is absent. The version does not change.
     async fn touch(&self, key: &Key, ttl: Option<Ttl>) -> Result<bool>;
+}
+
+impl dyn CacheBackend {
+    /// The entry under `key`: [`get_now`](CacheBackend::get_now)'s answer when the backend
+    /// has one, else [`get`](CacheBackend::get)'s.
+    ///
+    /// What [`Cache`](crate::Cache) and the session stores call. Unlike `get` (an
+    /// `async-trait` method, one boxed future per call), this future is not boxed, and an
+    /// answer at hand completes on the first poll without allocating.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> larder_cache_api::Result<()> {
+    /// use std::sync::Arc;
+    /// use larder_cache_api::{Bytes, DynBackend, Key, PutMode};
+    /// let backend: DynBackend = Arc::new(larder_backend_memory::MemoryBackend::default());
+    /// let k = Key::new("k")?;
+    /// backend.put(&k, Bytes::from_static(b"v"), None, PutMode::Overwrite).await?;
+    /// assert_eq!(backend.lookup(&k).await?.unwrap().value, &b"v"[..]);
+    /// # Ok(()) }
+    /// ```
+    pub async fn lookup(&self, key: &Key) -> Result<Option<Entry>> {
+        match self.get_now(key) {
+            Some(answer) => answer,
+            None => self.get(key).await,
+        }
+    }
 }

@@ -131,6 +131,10 @@ impl<C: Codec> Cache<C> {
     }
 
     /// The value under `key`, or `None`.
+    ///
+    /// An entry the backend has at hand (the memory backend, a [`Near`](crate::layer::Near)
+    /// cache's local hit) is read without a boxed future
+    /// ([`get_now`](crate::CacheBackend::get_now)).
     pub async fn get<T: DeserializeOwned>(&self, key: &Key) -> Result<Option<T>> {
         Ok(self.get_versioned(key).await?.map(|(v, _)| v))
     }
@@ -140,7 +144,7 @@ impl<C: Codec> Cache<C> {
         &self,
         key: &Key,
     ) -> Result<Option<(T, Version)>> {
-        let Some(entry) = (*self.backend).get(key).await? else {
+        let Some(entry) = (*self.backend).lookup(key).await? else {
             return Ok(None);
         };
         Ok(self.open(key, &entry.value)?.map(|v| (v, entry.version)))
@@ -256,7 +260,7 @@ impl<C: Codec> Cache<C> {
                 },
                 Role::Leader(leader) => {
                     // Check again: a flight may have finished between our miss and our join.
-                    if let Some(entry) = (*self.backend).get(key).await? {
+                    if let Some(entry) = (*self.backend).lookup(key).await? {
                         if let Some(v) = self.open::<T>(key, &entry.value)? {
                             leader.finish(Ok(entry.value));
                             return Ok(v);
@@ -344,7 +348,7 @@ impl<C: Codec> Cache<C> {
             tries.next_attempt().await;
             let stored = match seen.take() {
                 Some(s) => s,
-                None => (*self.backend).get(key).await?,
+                None => (*self.backend).lookup(key).await?,
             };
             let (current, mode) = match stored {
                 Some(e) => (self.open::<T>(key, &e.value)?, PutMode::Update(e.version)),

@@ -48,6 +48,12 @@ pub struct Capabilities {
     pub eviction_note: Option<Cow<'static, str>>,
     /// Several processes see the same data.
     pub shared: bool,
+    /// The backend offers an invalidation channel that reports every change of its keys,
+    /// for a [`Near`](crate::layer::Near) cache in front of it (Redis client tracking,
+    /// PostgreSQL `LISTEN/NOTIFY`); `Near` refuses a backend without one unless a staleness
+    /// is accepted, and its refusal says which of the two applies. False behind a layer that
+    /// changes keys ([`Namespace`](crate::layer::Namespace)).
+    pub invalidation_channel: bool,
     /// TTLs are rounded up to this granularity (1 ms, 1 s, ...).
     pub ttl_precision: Duration,
     /// Largest value in bytes that `put` accepts.
@@ -72,6 +78,7 @@ impl Capabilities {
             persistence_note: None,
             eviction_note: None,
             shared: false,
+            invalidation_channel: false,
             ttl_precision: Duration::from_millis(1),
             max_value_size: 1024 * 1024,
             max_key_len: Key::MAX_LEN,

@@ -635,7 +635,7 @@ impl<S: SessionStore> SessionStore for CachedStore<S> {
         self.drain_if_due().await;
         let hash = id.hash();
         let key = hash.cache_key();
-        if let Call::Done(Some(entry)) = self.call("get", false, self.cache.get(&key)).await {
+        if let Call::Done(Some(entry)) = self.call("get", false, self.cache.lookup(&key)).await {
             if let Some(c) = self.open(&key, &entry.value) {
                 self.hints
                     .insert(*hash.as_bytes(), (c.rank(), entry.version));

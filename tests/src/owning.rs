@@ -38,6 +38,9 @@ impl<G: Send + Sync> CacheBackend for Owning<G> {
     async fn get(&self, key: &Key) -> Result<Option<Entry>> {
         self.backend.get(key).await
     }
+    fn get_now(&self, key: &Key) -> Option<Result<Option<Entry>>> {
+        self.backend.get_now(key)
+    }
     async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Entry>>> {
         self.backend.get_many(keys).await
     }

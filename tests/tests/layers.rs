@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use larder::layer::{Instrumented, Namespace, Timeout};
-use larder::{Cache, DynBackend, ErrorKind, Key, PutMode};
+use larder::layer::{Instrumented, Namespace, Near, Restrict, Timeout};
+use larder::{Bytes, Cache, CacheBackend, DynBackend, ErrorKind, Key, PutMode};
 use larder_backend_memory::MemoryBackend;
 use larder_tests::fault::{Fault, Faulty};
 
@@ -218,4 +218,122 @@ fn public_futures_are_send() {
     send(&cache.update(&k, None, |n: Option<u8>| n.unwrap_or(0)));
     send(&cache.get_or_insert_with(&k, None, || async { Ok::<u8, std::io::Error>(1) }));
     send(&larder::connect("memory://"));
+}
+
+/// A hit on the memory backend is answered without waiting (`get_now`) through every layer,
+/// each doing its part: instrumentation counts it, a restriction checks the key, a namespace
+/// maps the key and masks the version, a near cache keeps and then serves the entry.
+#[tokio::test]
+async fn memory_hits_are_answered_at_once_through_every_layer() {
+    let mem = memory();
+    let k = Key::new("sync").unwrap();
+    let v = mem
+        .put(&k, Bytes::from_static(b"v"), None, PutMode::Overwrite)
+        .await
+        .unwrap();
+
+    let inst = Instrumented::new(mem.clone());
+    let stats = inst.stats();
+    let mut caps = mem.capabilities().clone();
+    caps.max_key_len = 8;
+    let restricted = Restrict::new(Arc::new(inst), caps).unwrap();
+    let stack = Timeout::new(Arc::new(restricted), Duration::from_secs(1));
+    let e = stack
+        .get_now(&k)
+        .expect("answered at once")
+        .unwrap()
+        .unwrap();
+    assert_eq!((&e.value[..], e.version), (&b"v"[..], v));
+    let absent = stack.get_now(&Key::new("none").unwrap()).expect("answered");
+    assert!(absent.unwrap().is_none());
+    let s = stats.snapshot();
+    assert_eq!(
+        (s.hits, s.misses),
+        (1, 1),
+        "instrumentation counts sync answers"
+    );
+    let long = stack
+        .get_now(&Key::new("too-long-key").unwrap())
+        .expect("answered");
+    assert_eq!(long.unwrap_err().kind(), ErrorKind::InvalidKey);
+    assert_eq!(
+        stats.snapshot().misses,
+        1,
+        "a refused key never reaches the backend"
+    );
+
+    let ns = Namespace::new(mem.clone(), "app").unwrap();
+    assert!(
+        ns.get_now(&k).is_none(),
+        "the generation is not known yet: the async path loads it"
+    );
+    let nv = ns
+        .put(&k, Bytes::from_static(b"n"), None, PutMode::Overwrite)
+        .await
+        .unwrap();
+    let e = ns.get_now(&k).expect("answered at once").unwrap().unwrap();
+    assert_eq!(
+        (&e.value[..], e.version),
+        (&b"n"[..], nv),
+        "mapped key, masked version"
+    );
+    assert_eq!(ns.get(&k).await.unwrap(), Some(e));
+
+    let near = Near::builder(mem)
+        .accept_staleness(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let near_stats = near.stats();
+    for _ in 0..2 {
+        let e = near
+            .get_now(&k)
+            .expect("answered at once")
+            .unwrap()
+            .unwrap();
+        assert_eq!(e.version, v);
+    }
+    assert_eq!((near_stats.shared_hits(), near_stats.local_hits()), (1, 1));
+}
+
+/// The near cache's counters reach the `metrics` recorder installed when it is built, as
+/// well as its stats.
+#[test]
+fn near_reports_through_the_metrics_facade() {
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let near = metrics::with_local_recorder(&recorder, || {
+        Near::builder(memory())
+            .accept_staleness(Duration::from_secs(5))
+            .build()
+            .unwrap()
+    });
+    let stats = near.stats();
+    let cache = Cache::new(Arc::new(near));
+    rt.block_on(async {
+        let k = Key::new("m").unwrap();
+        cache.set(&k, &1u8, None).await.unwrap();
+        for _ in 0..3 {
+            cache.get::<u8>(&k).await.unwrap();
+        }
+        cache.get::<u8>(&Key::new("none").unwrap()).await.unwrap();
+    });
+    let mut seen = std::collections::HashMap::new();
+    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+        if let metrics_util::debugging::DebugValue::Counter(n) = value {
+            seen.insert(key.key().name().to_owned(), n);
+        }
+    }
+    let exported = |name: &str| seen.get(name).copied();
+    assert_eq!(exported("larder_near_local_hits_total"), Some(2));
+    assert_eq!(exported("larder_near_shared_hits_total"), Some(1));
+    assert_eq!(exported("larder_near_misses_total"), Some(1));
+    assert_eq!(exported("larder_near_bypassed_total"), Some(0));
+    assert_eq!(
+        (stats.local_hits(), stats.shared_hits(), stats.misses()),
+        (2, 1, 1)
+    );
 }

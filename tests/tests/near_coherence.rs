@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use larder::layer::Near;
-use larder::{DynBackend, ErrorKind};
+use larder::{CacheBackend, DynBackend, ErrorKind};
 use larder_backend_memcached::MemcachedBackend;
 use larder_backend_memory::MemoryBackend;
 use larder_backend_redis::RedisBackend;
@@ -310,6 +310,10 @@ async fn backends_without_channel_are_refused_unless_staleness_is_accepted() {
     let memory: DynBackend = Arc::new(MemoryBackend::default());
     for b in [memcached, sled, sqlite, memory] {
         let name = b.capabilities().name;
+        assert!(
+            !b.capabilities().invalidation_channel,
+            "{name} declares a channel"
+        );
         let msg = config_error(Near::builder(b.clone()).build());
         assert!(msg.contains("no invalidation channel"), "{name}: {msg}");
         assert!(msg.contains("accept_staleness"), "{name}: {msg}");
@@ -362,5 +366,36 @@ async fn zero_capacity_and_conflicting_options_are_config_errors() {
             .build(),
     );
     assert!(msg.contains("not both"), "{msg}");
+    drop(server);
+}
+
+/// Redis and PostgreSQL declare their channel, and a near cache built over them without it
+/// says so; a namespace over them does not (its keys are not the ones the channel names).
+#[tokio::test]
+async fn backends_with_a_channel_declare_it_and_the_refusal_names_it() {
+    let (server, url) = redis_setup();
+    let redis: DynBackend = Arc::new(RedisBackend::connect(&url).await.unwrap());
+    let (pg, _schema) = db::pg_kv().await;
+    let pg: DynBackend = Arc::new(pg);
+    for b in [redis, pg] {
+        let name = b.capabilities().name;
+        assert!(b.capabilities().invalidation_channel, "{name}");
+        let msg = config_error(Near::builder(b.clone()).build());
+        assert!(msg.contains("offers one"), "{name}: {msg}");
+        assert!(msg.contains(".channel("), "{name}: {msg}");
+        let ns = larder::layer::Namespace::new(b.clone(), "ns").unwrap();
+        assert!(
+            !ns.capabilities().invalidation_channel,
+            "{name} behind a namespace"
+        );
+        let near = Near::builder(b)
+            .accept_staleness(Duration::from_millis(500))
+            .build()
+            .unwrap();
+        assert!(
+            !near.capabilities().invalidation_channel,
+            "{name} behind Near"
+        );
+    }
     drop(server);
 }

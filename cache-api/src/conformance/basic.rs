@@ -1,7 +1,7 @@
 //! Every operation on present, absent and expired keys.
 
 use super::{key, put, short_ttl, value};
-use crate::{Bytes, DeleteMode, DynBackend, PutMode, Ttl};
+use crate::{Bytes, DeleteMode, DynBackend, Entry, Key, PutMode, Result, Ttl};
 
 pub async fn get_absent_is_none(b: DynBackend) {
     assert!(b.get(&key("absent")).await.unwrap().is_none());
@@ -178,6 +178,48 @@ pub async fn touch_keeps_version_and_value(b: DynBackend) {
     }
 }
 
+/// `get_now`, where it answers, answers what `get` answers, and so does `lookup`.
+async fn same_answers(b: &DynBackend, k: &Key, what: &str) {
+    let kind = |r: Result<Option<Entry>>| r.map_err(|e| e.kind());
+    let now = b.get_now(k).map(kind);
+    let looked_up = kind(b.lookup(k).await);
+    let later = kind(b.get(k).await);
+    assert_eq!(looked_up, later, "{what}: lookup and get disagree");
+    if let Some(now) = &now {
+        assert_eq!(now, &later, "{what}: get_now and get disagree");
+    }
+}
+
+/// The synchronous lookup agrees with `get` for a key present (read twice, so that a near
+/// cache answers from memory), overwritten, deleted, expired, never written, and too long.
+pub async fn get_now_agrees_with_get(b: DynBackend) {
+    let k = key("now");
+    put(&b, &k, b"one").await;
+    for _ in 0..2 {
+        same_answers(&b, &k, "present").await;
+    }
+    put(&b, &k, b"two").await;
+    for _ in 0..2 {
+        same_answers(&b, &k, "overwritten").await;
+    }
+    b.delete(&k, DeleteMode::Any).await.unwrap();
+    same_answers(&b, &k, "deleted").await;
+    same_answers(&b, &key("now-absent"), "absent").await;
+    let (ttl, wait) = short_ttl(b.capabilities());
+    let e = key("now-exp");
+    b.put(&e, Bytes::from_static(b"x"), Some(ttl), PutMode::Overwrite)
+        .await
+        .unwrap();
+    same_answers(&b, &e, "before expiry").await;
+    tokio::time::sleep(wait).await;
+    same_answers(&b, &e, "expired").await;
+    let max = b.capabilities().max_key_len;
+    if max < Key::MAX_LEN {
+        let long = Key::new("n".repeat(max + 1)).unwrap();
+        same_answers(&b, &long, "too long").await;
+    }
+}
+
 /// Stamps this module's cases into the current module; used by
 /// [`contract_cases!`](crate::contract_cases), which stamps every module.
 #[doc(hidden)]
@@ -199,6 +241,7 @@ macro_rules! __conformance_basic {
             basic::touch_expired_returns_false,
             basic::touch_none_removes_expiry,
             basic::touch_keeps_version_and_value,
+            basic::get_now_agrees_with_get,
         );
     };
 }

@@ -91,15 +91,35 @@ impl Instrumented {
         let span = tracing::debug_span!("larder.cache", op, backend);
         let start = Instant::now();
         let res = fut.instrument(span).await;
+        self.record(op, start, &res);
+        res
+    }
+
+    /// What [`observe`](Self::observe) records, for an answer given without waiting.
+    fn observe_now<T>(
+        &self,
+        op: &'static str,
+        f: impl FnOnce() -> Option<Result<T>>,
+    ) -> Option<Result<T>> {
+        let backend = self.name();
+        let span = tracing::debug_span!("larder.cache", op, backend);
+        let _in = span.enter();
+        let start = Instant::now();
+        let res = f()?;
+        self.record(op, start, &res);
+        Some(res)
+    }
+
+    fn record<T>(&self, op: &'static str, start: Instant, res: &Result<T>) {
+        let backend = self.name();
         metrics::histogram!("larder_cache_op_seconds", "backend" => backend, "op" => op)
             .record(start.elapsed().as_secs_f64());
-        if let Err(e) = &res {
+        if let Err(e) = res {
             self.stats.errors.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("larder_cache_errors_total", "backend" => backend, "op" => op, "kind" => e.kind().as_str())
                 .increment(1);
             tracing::debug!(op, backend, error = %e, "cache operation failed");
         }
-        res
     }
 
     fn count_lookups(&self, found: u64, missing: u64) {
@@ -134,6 +154,16 @@ impl CacheBackend for Instrumented {
         let hit = u64::from(r.is_some());
         self.count_lookups(hit, 1 - hit);
         Ok(r)
+    }
+
+    /// Recorded like `get`: the same span, histogram and counters.
+    fn get_now(&self, key: &Key) -> Option<Result<Option<Entry>>> {
+        let r = self.observe_now("get", || (*self.inner).get_now(key))?;
+        if let Ok(e) = &r {
+            let hit = u64::from(e.is_some());
+            self.count_lookups(hit, 1 - hit);
+        }
+        Some(r)
     }
 
     async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Entry>>> {

@@ -85,6 +85,8 @@ impl Namespace {
         }
         Key::new(name)?;
         let mut caps = inner.capabilities().clone();
+        // The backend's channel names physical keys, which callers of this layer never see.
+        caps.invalidation_channel = false;
         caps.max_key_len = caps
             .max_key_len
             .checked_sub(name.len() + Self::PREFIX_OVERHEAD)
@@ -266,6 +268,27 @@ impl CacheBackend for Namespace {
     async fn get(&self, key: &Key) -> Result<Option<Entry>> {
         let (k, mask) = self.key(key).await?;
         Ok((*self.inner).get(&k).await?.map(|e| masked_entry(e, mask)))
+    }
+
+    /// Answers while the cached generation is fresh and the backend answers at once.
+    fn get_now(&self, key: &Key) -> Option<Result<Option<Entry>>> {
+        if let Err(e) = self.check_key_len(key) {
+            return Some(Err(e));
+        }
+        let (k, mask) = {
+            let current = self.current.lock();
+            let (prefix, mask, at) = current.as_ref()?;
+            if at.elapsed() >= self.refresh {
+                return None;
+            }
+            (key.prefixed(prefix), *mask)
+        };
+        let k = match k {
+            Ok(k) => k,
+            Err(e) => return Some(Err(e)),
+        };
+        let r = (*self.inner).get_now(&k)?;
+        Some(r.map(|e| e.map(|e| masked_entry(e, mask))))
     }
 
     async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Entry>>> {

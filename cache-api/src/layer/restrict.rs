@@ -42,6 +42,7 @@ impl Restrict {
             || (caps.touch && !have.touch)
             || (caps.persistent && !have.persistent)
             || (caps.shared && !have.shared)
+            || (caps.invalidation_channel && !have.invalidation_channel)
             || (!caps.may_evict && have.may_evict)
             || caps.ttl_precision < have.ttl_precision
             || caps.max_value_size > have.max_value_size
@@ -70,6 +71,13 @@ impl CacheBackend for Restrict {
     async fn get(&self, key: &Key) -> Result<Option<Entry>> {
         self.caps.check_key_len(key)?;
         (*self.inner).get(key).await
+    }
+
+    fn get_now(&self, key: &Key) -> Option<Result<Option<Entry>>> {
+        if let Err(e) = self.caps.check_key_len(key) {
+            return Some(Err(e));
+        }
+        (*self.inner).get_now(key)
     }
 
     async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Entry>>> {

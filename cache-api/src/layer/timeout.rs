@@ -99,13 +99,17 @@ impl Timeout {
             }
         };
         if let Err(e) = &res {
-            if is_infrastructure(e) {
-                self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!("larder_cache_backend_errors_total", "op" => op, "kind" => e.kind().as_str())
-                    .increment(1);
-            }
+            self.count_error(op, e);
         }
         res
+    }
+
+    fn count_error(&self, op: &'static str, e: &Error) {
+        if is_infrastructure(e) {
+            self.stats.errors.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("larder_cache_backend_errors_total", "op" => op, "kind" => e.kind().as_str())
+                .increment(1);
+        }
     }
 
     fn fail_open<T>(
@@ -147,6 +151,15 @@ impl CacheBackend for Timeout {
     async fn get(&self, key: &Key) -> Result<Option<Entry>> {
         let r = self.run("get", (*self.inner).get(key)).await;
         self.fail_open("get", r, || None)
+    }
+
+    /// An answer at hand cannot be late: forwarded, failed open like `get` if it is an error.
+    fn get_now(&self, key: &Key) -> Option<Result<Option<Entry>>> {
+        let r = (*self.inner).get_now(key)?;
+        if let Err(e) = &r {
+            self.count_error("get", e);
+        }
+        Some(self.fail_open("get", r, || None))
     }
 
     async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Entry>>> {
