@@ -250,12 +250,12 @@ impl SessionManager {
     /// has expired. A malformed id is [`ErrorKind::InvalidId`], checked before any query.
     pub async fn load(&self, id: &str) -> Result<Option<Session>> {
         let id = SessionId::parse(id)?;
-        Ok(self.store.load(&id).await?.map(|r| self.wrap(r)))
+        Ok(self.store.as_ref().load(&id).await?.map(|r| self.wrap(r)))
     }
 
     /// The session with this id, or `None` if it does not exist or has expired.
     pub async fn load_id(&self, id: &SessionId) -> Result<Option<Session>> {
-        Ok(self.store.load(id).await?.map(|r| self.wrap(r)))
+        Ok(self.store.as_ref().load(id).await?.map(|r| self.wrap(r)))
     }
 
     /// Deletes every session of `principal` ("log out everywhere"); returns how many.
@@ -432,7 +432,7 @@ impl Session {
             if cfg.touch_due(rec.expires_at, expires_at) {
                 rec.expires_at = expires_at;
             }
-            match store.save_or_current(&rec).await? {
+            match store.as_ref().save_or_current(&rec).await? {
                 SaveOutcome::Saved(saved) => {
                     self.record = saved;
                     self.changes.clear();
@@ -486,7 +486,7 @@ impl Session {
         };
         let saved = tokio::time::timeout(
             self.manager.config.save_deadline,
-            self.manager.store.save_locked(id, &apply, expires_at),
+            self.manager.store.as_ref().save_locked(id, &apply, expires_at),
         )
         .await
         .map_err(|_| {
@@ -543,7 +543,7 @@ impl Session {
         {
             return Ok(());
         }
-        match self.manager.store.touch(&self.record.id, wanted).await? {
+        match self.manager.store.as_ref().touch(&self.record.id, wanted).await? {
             Some(r) => {
                 self.record = r;
                 Ok(())
