@@ -29,9 +29,10 @@
 //!    `ratio peers` lines the median (and range) of the per-round ratios larder / peer, for
 //!    each larder store beside the fastest peer on the same servers (`sqlx-pg` for
 //!    PostgreSQL alone, `caching` with Redis). The load average is printed after each round.
-//!    `CPU µs` is this process's CPU time per request (clients, app and store clients, not
-//!    the servers), from `/proc/self/task/*/schedstat`: steadier than requests/s when other
-//!    work shares the machine.
+//!    `CPU µs app / PG` is the CPU time per request of this process (clients, app and store
+//!    clients) and of the PostgreSQL server processes of the store's connections (told apart
+//!    by `application_name`), from `/proc/<pid>/task/*/schedstat`: steadier than requests/s
+//!    when other work shares the machine.
 //! 2. Contention on ONE session, 20 clients × 50 requests each (each client sequential):
 //!    `incr`, the naive `get` + 1 + `insert` of a counter, reports the final counter, lost
 //!    updates (1000 − final) and errors; `own`, each client sets its own key `k<c>` to
@@ -390,12 +391,22 @@ struct Env {
     pg_url: String,
     schema: String,
     redis_url: String,
+    /// Reads `pg_stat_activity` for [`pg_cpu`].
+    admin: sqlx::PgPool,
 }
 
-async fn sqlx_store(env: &Env) -> PostgresStore {
+/// The `application_name` of the PostgreSQL connections of `kind`'s store objects, so that
+/// the CPU time of their server processes can be told apart.
+fn pg_application(kind: Kind) -> String {
+    format!("peers {}", kind.name())
+}
+
+async fn sqlx_store(env: &Env, kind: Kind) -> PostgresStore {
+    let opts: tower_sessions_sqlx_store::sqlx::postgres::PgConnectOptions =
+        env.pg_url.parse().expect("postgres url");
     let pool = tower_sessions_sqlx_store::sqlx::postgres::PgPoolOptions::new()
         .max_connections(PG_POOL)
-        .connect(&env.pg_url)
+        .connect_with(opts.application_name(&pg_application(kind)))
         .await
         .expect("sqlx 0.8 pool");
     PostgresStore::new(pool)
@@ -412,11 +423,14 @@ async fn fred_pool(env: &Env) -> Pool {
 }
 
 /// A larder `PgStore` with its own pool on the run's schema (migrated once in `main`).
-async fn larder_pg(env: &Env) -> PgStore {
+async fn larder_pg(env: &Env, kind: Kind) -> PgStore {
     let opts: PgConnectOptions = env.pg_url.parse().expect("postgres url");
     let pool = PgPoolOptions::new()
         .max_connections(PG_POOL)
-        .connect_with(opts.options([("search_path", env.schema.as_str())]))
+        .connect_with(
+            opts.options([("search_path", env.schema.as_str())])
+                .application_name(&pg_application(kind)),
+        )
         .await
         .expect("larder pool");
     PgStore::from_pool(pool)
@@ -425,7 +439,7 @@ async fn larder_pg(env: &Env) -> PgStore {
 /// A new app instance over a new store object of `kind`.
 async fn instance(kind: Kind, env: &Env) -> Instance {
     match kind {
-        Kind::SqlxPg => serve(Compat(sqlx_store(env).await), vec![]).await,
+        Kind::SqlxPg => serve(Compat(sqlx_store(env, kind).await), vec![]).await,
         Kind::Redis => {
             let pool = fred_pool(env).await;
             serve(Compat(RedisStore::new(pool.clone())), vec![pool]).await
@@ -434,22 +448,28 @@ async fn instance(kind: Kind, env: &Env) -> Instance {
             let pool = fred_pool(env).await;
             let store = CachingSessionStore::new(
                 Compat(RedisStore::new(pool.clone())),
-                Compat(sqlx_store(env).await),
+                Compat(sqlx_store(env, kind).await),
             );
             serve(store, vec![pool]).await
         }
-        Kind::LarderPg => serve(TowerStore::new(Arc::new(larder_pg(env).await)), vec![]).await,
+        Kind::LarderPg => {
+            serve(
+                TowerStore::new(Arc::new(larder_pg(env, kind).await)),
+                vec![],
+            )
+            .await
+        }
         Kind::LarderPgRedis => {
             let cache: DynBackend = Arc::new(
                 RedisBackend::connect(&env.redis_url)
                     .await
                     .expect("larder redis backend"),
             );
-            let store = CachedStore::new(larder_pg(env).await, cache);
+            let store = CachedStore::new(larder_pg(env, kind).await, cache);
             serve(TowerStore::new(Arc::new(store)), vec![]).await
         }
         Kind::LarderNear => {
-            let store = CachedStore::new(larder_pg(env).await, near_redis(env).await);
+            let store = CachedStore::new(larder_pg(env, kind).await, near_redis(env).await);
             serve(TowerStore::new(Arc::new(store)), vec![]).await
         }
     }
@@ -565,12 +585,14 @@ struct Load {
     /// CPU time of this whole process (clients, app, store clients; not the servers) per
     /// request, warm-up included: steadier than requests/s on a shared machine.
     cpu_per_request: Duration,
+    /// CPU time of the PostgreSQL server processes serving this store, per request.
+    pg_cpu_per_request: Duration,
 }
 
-/// CPU time used so far by this process's live threads (`/proc/self/task/*/schedstat`,
+/// CPU time used so far by the live threads of process `pid` (`/proc/<pid>/task/*/schedstat`,
 /// nanoseconds; zero where that does not exist).
-fn process_cpu() -> Duration {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+fn cpu_of(pid: &str) -> Duration {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return Duration::ZERO;
     };
     let ns: u64 = tasks
@@ -581,9 +603,27 @@ fn process_cpu() -> Duration {
     Duration::from_nanos(ns)
 }
 
+fn process_cpu() -> Duration {
+    cpu_of("self")
+}
+
+/// CPU time used so far by the PostgreSQL server processes of `kind`'s connections (found by
+/// their `application_name`; the server runs on this machine).
+async fn pg_cpu(admin: &sqlx::PgPool, kind: Kind) -> Duration {
+    let pids: Vec<(i32,)> =
+        sqlx::query_as("SELECT pid FROM pg_stat_activity WHERE application_name = $1")
+            .bind(pg_application(kind))
+            .fetch_all(admin)
+            .await
+            .unwrap_or_default();
+    pids.iter().map(|(p,)| cpu_of(&p.to_string())).sum()
+}
+
 /// Each client loops `op` on its own session; only requests started after the warm-up
 /// count.
-async fn drive(client: &reqwest::Client, base: &str, cookies: &[String], op: Op) -> Load {
+async fn drive(client: &reqwest::Client, stand: &Stand, admin: &sqlx::PgPool, op: Op) -> Load {
+    let (base, cookies) = (stand.a.base.as_str(), &stand.cookies);
+    let pg_start = pg_cpu(admin, stand.kind).await;
     let cpu_start = process_cpu();
     let start = Instant::now();
     let warm_end = start + WARM_UP;
@@ -623,8 +663,11 @@ async fn drive(client: &reqwest::Client, base: &str, cookies: &[String], op: Op)
         last = last.max(done);
     }
     let cpu = process_cpu().saturating_sub(cpu_start);
+    let pg = pg_cpu(admin, stand.kind).await.saturating_sub(pg_start);
+    let sent = u32::try_from(sent.max(1)).unwrap_or(u32::MAX);
     Load {
-        cpu_per_request: cpu / u32::try_from(sent.max(1)).unwrap_or(u32::MAX),
+        cpu_per_request: cpu / sent,
+        pg_cpu_per_request: pg / sent,
         rps: all.lat.len() as f64 / last.duration_since(warm_end).as_secs_f64().max(1e-9),
         p50: all.quantile(0.50),
         p99: all.quantile(0.99),
@@ -798,6 +841,9 @@ impl Stand {
             errors: loads.iter().map(|l| l.errors).sum(),
             timeouts: loads.iter().map(|l| l.timeouts).sum(),
             cpu_per_request: Duration::from_secs_f64(pick(&|l| l.cpu_per_request.as_secs_f64())),
+            pg_cpu_per_request: Duration::from_secs_f64(pick(&|l| {
+                l.pg_cpu_per_request.as_secs_f64()
+            })),
         }
     }
 }
@@ -805,11 +851,13 @@ impl Stand {
 fn print_load(name: &str, what: &str, round: usize, l: &Load) {
     println!(
         "peers {name:<22} {what:<5} round {round}  {CLIENTS} clients  {:>8.0} req/s  \
-         p50 {:>6.2} ms  p99 {:>6.2} ms  cpu {:>5.0} µs/req  requests {}  errors {} (timeouts {})",
+         p50 {:>6.2} ms  p99 {:>6.2} ms  CPU µs/req: this process {:>4.0}, PostgreSQL {:>4.0}  \
+         requests {}  errors {} (timeouts {})",
         l.rps,
         ms(l.p50),
         ms(l.p99),
         l.cpu_per_request.as_secs_f64() * 1e6,
+        l.pg_cpu_per_request.as_secs_f64() * 1e6,
         l.requests,
         l.errors,
         l.timeouts
@@ -818,13 +866,19 @@ fn print_load(name: &str, what: &str, round: usize, l: &Load) {
 
 /// Reads then writes on every stand, `rounds` times, the order rotated by one stand per
 /// round so that no store always runs first or right after the same one.
-async fn run_rounds(client: &reqwest::Client, stands: &mut [Stand], rounds: usize, ops: &[Op]) {
+async fn run_rounds(
+    client: &reqwest::Client,
+    admin: &sqlx::PgPool,
+    stands: &mut [Stand],
+    rounds: usize,
+    ops: &[Op],
+) {
     let n = stands.len();
     for round in 0..rounds {
         for i in 0..n {
             let s = &mut stands[(i + round) % n];
             for &op in ops {
-                let load = drive(client, &s.a.base, &s.cookies, op).await;
+                let load = drive(client, s, admin, op).await;
                 match op {
                     Op::Read => {
                         print_load(s.kind.name(), "read", round, &load);
@@ -849,12 +903,18 @@ fn print_ratios(stands: &[Stand]) {
         let (Some(l), Some(p)) = (find(larder), find(peer)) else {
             continue;
         };
-        for (what, lv, pv) in [("read", &l.reads, &p.reads), ("write", &l.writes, &p.writes)] {
-            let mut cpu: Vec<f64> = lv
-                .iter()
-                .zip(pv)
-                .map(|(a, b)| a.cpu_per_request.as_secs_f64() / b.cpu_per_request.as_secs_f64().max(1e-12))
-                .collect();
+        for (what, lv, pv) in [
+            ("read", &l.reads, &p.reads),
+            ("write", &l.writes, &p.writes),
+        ] {
+            let per = |f: fn(&Load) -> Duration| {
+                let mut r: Vec<f64> = lv
+                    .iter()
+                    .zip(pv)
+                    .map(|(a, b)| f(a).as_secs_f64() / f(b).as_secs_f64().max(1e-12))
+                    .collect();
+                median(&mut r)
+            };
             let mut r: Vec<f64> = lv
                 .iter()
                 .zip(pv)
@@ -872,10 +932,12 @@ fn print_ratios(stands: &[Stand]) {
                 each.join(" ")
             );
             println!(
-                "ratio peers {what:<5} {:>22} / {:<22} process CPU per request, median {:.3}",
+                "ratio peers {what:<5} {:>22} / {:<22} CPU per request, median: this process \
+                 {:.3}, PostgreSQL {:.3}",
                 larder.name(),
                 peer.name(),
-                median(&mut cpu)
+                per(|l| l.cpu_per_request),
+                per(|l| l.pg_cpu_per_request)
             );
         }
     }
@@ -944,7 +1006,8 @@ fn table(stands: &[Stand], races: &[Option<Races>]) -> String {
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "| store | read req/s | read p50 / p99 ms | read CPU µs | write req/s | write p50 / p99 ms | write CPU µs | \
+        "| store | read req/s | read p50 / p99 ms | read CPU µs app / PG | write req/s | \
+         write p50 / p99 ms | write CPU µs app / PG | \
          incr lost of 1000, 1 / 2 inst | own lost keys of {CONTENDERS}, 1 / 2 inst | \
          HTTP errors | store errors |"
     );
@@ -962,16 +1025,19 @@ fn table(stands: &[Stand], races: &[Option<Races>]) -> String {
                 .map_or(0, |r| r.runs.iter().map(|x| x.2.errors).sum::<usize>());
         let _ = writeln!(
             t,
-            "| {} | {:.0} | {:.2} / {:.2} | {:.0} | {:.0} | {:.2} / {:.2} | {:.0} | {} / {} | {} / {} | {} | {} |",
+            "| {} | {:.0} | {:.2} / {:.2} | {:.0} / {:.0} | {:.0} | {:.2} / {:.2} | {:.0} / {:.0} | \
+             {} / {} | {} / {} | {} | {} |",
             s.kind.name(),
             read.rps,
             ms(read.p50),
             ms(read.p99),
             read.cpu_per_request.as_secs_f64() * 1e6,
+            read.pg_cpu_per_request.as_secs_f64() * 1e6,
             write.rps,
             ms(write.p50),
             ms(write.p99),
             write.cpu_per_request.as_secs_f64() * 1e6,
+            write.pg_cpu_per_request.as_secs_f64() * 1e6,
             lost(0),
             lost(1),
             lost(2),
@@ -1010,8 +1076,13 @@ fn main() {
             pg_url: larder_tests::db::postgres_url(),
             schema,
             redis_url: format!("redis://{}", redis.addr()),
+            admin: PgPoolOptions::new()
+                .max_connections(1)
+                .connect(&larder_tests::db::postgres_url())
+                .await
+                .expect("admin connection"),
         };
-        sqlx_store(&env)
+        sqlx_store(&env, Kind::SqlxPg)
             .await
             .migrate()
             .await
@@ -1022,7 +1093,7 @@ fn main() {
         for kind in kinds {
             stands.push(Stand::new(kind, &env, &client).await);
         }
-        run_rounds(&client, &mut stands, rounds, &ops).await;
+        run_rounds(&client, &env.admin, &mut stands, rounds, &ops).await;
         let mut races = Vec::new();
         for s in &stands {
             races.push(if contention {
@@ -1044,14 +1115,9 @@ fn main() {
         for s in stands {
             s.a.stop().await;
         }
-        let admin = PgPoolOptions::new()
-            .max_connections(1)
-            .connect(&env.pg_url)
-            .await
-            .expect("admin connection");
         let drop_schema = format!("DROP SCHEMA {} CASCADE", env.schema);
         if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(drop_schema))
-            .execute(&admin)
+            .execute(&env.admin)
             .await
         {
             eprintln!("note: could not drop schema {}: {e}", env.schema);

@@ -204,6 +204,7 @@ impl KeyMerge {
 
     /// The reserved entry as JSON text, checked: anything but what this process wrote for
     /// this session is refused.
+    #[cfg(feature = "actix")]
     fn verify(&self, id: &SessionId, raw: &[u8]) -> Result<Loaded> {
         let l: Loaded = serde_json::from_slice(raw).map_err(|_| forged())?;
         self.check(id, l)
@@ -263,6 +264,7 @@ impl KeyMerge {
 
     /// The live session with the reserved entry added; a stored record that holds the
     /// reserved key itself is a [`Decode`](ErrorKind::Decode) error.
+    #[cfg(feature = "actix")]
     pub(crate) async fn load(&self, id: &SessionId) -> Result<Option<Record>> {
         Ok(self.load_plain(id).await?.map(|r| self.with_entry(r)))
     }
@@ -296,6 +298,7 @@ impl KeyMerge {
     /// reserved entry (the app cleared the session) the whole record replaces the stored
     /// one. A session deleted or expired meanwhile is not recreated: the save is dropped
     /// and logged.
+    #[cfg(feature = "actix")]
     pub(crate) async fn save(
         &self,
         id: SessionId,
