@@ -42,14 +42,14 @@
 //!    5 s budget: requests still pending at its end count as errors (timeouts).
 //!
 //! Settings for a profile or a quick look: `PEERS_STORES=sqlx-pg,larder-pg` (names as in the
-//! table) runs only those stores, `PEERS_ROUNDS=n` sets the rounds, `PEERS_CONTENTION=0`
+//! table, `caching` for the caching store) runs only those stores, `PEERS_ROUNDS=n` sets the rounds, `PEERS_CONTENTION=0`
 //! skips the contention runs, `PEERS_OPS=read` (or `write`) runs only those requests.
 //!
 //! `errors` are requests without a 2xx and a whole body (timeouts included); `store errors`
 //! are the errors the stores returned to tower-sessions (which answers those with a 500).
 //! `GET /dump` lists the keys the app writes (tower-sessions cannot list a session's keys).
 //!
-//! PostgreSQL is the local server (`LARDER_TEST_POSTGRES` to change it) on a fresh schema,
+//! PostgreSQL is the local server (`LARDER_TEST_POSTGRES` to change it), a fresh schema per store,
 //! dropped at the end; Redis is a redis-server started on a free port. Client and servers
 //! share one 2-worker runtime, so every store pays the same client cost. Every loop is
 //! bounded by a count and a deadline; nothing here asserts a timing.
@@ -371,14 +371,21 @@ impl Kind {
         (Kind::LarderNear, Kind::Caching),
     ];
 
-    /// The stores `PEERS_STORES` names (comma-separated names), else all of them.
+    /// The stores `PEERS_STORES` names (comma-separated names; `caching` for the caching
+    /// store), else all of them.
     fn selected() -> Vec<Kind> {
         match std::env::var("PEERS_STORES") {
             Ok(list) if !list.trim().is_empty() => {
                 let names: Vec<&str> = list.split(',').map(str::trim).collect();
                 Kind::ALL
                     .into_iter()
-                    .filter(|k| names.contains(&k.name()))
+                    // `caching` names `caching(redis,sqlx-pg)`, whose comma would split.
+                    .filter(|k| {
+                        names.iter().any(|n| {
+                            k.name() == *n
+                                || k.name().strip_prefix(n).is_some_and(|r| r.starts_with('('))
+                        })
+                    })
                     .collect()
             }
             _ => Kind::ALL.to_vec(),
@@ -386,10 +393,11 @@ impl Kind {
     }
 }
 
-/// Where the servers are: the PostgreSQL URL and the fresh schema, and Redis.
+/// Where the servers are: the PostgreSQL URL and each store's schema, and Redis.
 struct Env {
     pg_url: String,
-    schema: String,
+    /// Each store's own fresh schema (so that no store reads a table another one bloats).
+    schemas: Vec<(&'static str, String)>,
     redis_url: String,
     /// Reads `pg_stat_activity` for [`pg_cpu`].
     admin: sqlx::PgPool,
@@ -401,6 +409,16 @@ fn pg_application(kind: Kind) -> String {
     format!("peers {}", kind.name())
 }
 
+impl Env {
+    fn schema(&self, kind: Kind) -> &str {
+        self.schemas
+            .iter()
+            .find(|(k, _)| *k == kind.name())
+            .map(|(_, s)| s.as_str())
+            .expect("a schema per store")
+    }
+}
+
 async fn sqlx_store(env: &Env, kind: Kind) -> PostgresStore {
     let opts: tower_sessions_sqlx_store::sqlx::postgres::PgConnectOptions =
         env.pg_url.parse().expect("postgres url");
@@ -410,7 +428,7 @@ async fn sqlx_store(env: &Env, kind: Kind) -> PostgresStore {
         .await
         .expect("sqlx 0.8 pool");
     PostgresStore::new(pool)
-        .with_schema_name(&env.schema)
+        .with_schema_name(env.schema(kind))
         .expect("schema name")
 }
 
@@ -428,7 +446,7 @@ async fn larder_pg(env: &Env, kind: Kind) -> PgStore {
     let pool = PgPoolOptions::new()
         .max_connections(PG_POOL)
         .connect_with(
-            opts.options([("search_path", env.schema.as_str())])
+            opts.options([("search_path", env.schema(kind))])
                 .application_name(&pg_application(kind)),
         )
         .await
@@ -911,9 +929,15 @@ fn print_ratios(stands: &[Stand]) {
                 let mut r: Vec<f64> = lv
                     .iter()
                     .zip(pv)
-                    .map(|(a, b)| f(a).as_secs_f64() / f(b).as_secs_f64().max(1e-12))
+                    // A side that used (next to) no CPU there has no ratio.
+                    .filter(|(_, b)| f(b) >= Duration::from_micros(1))
+                    .map(|(a, b)| f(a).as_secs_f64() / f(b).as_secs_f64())
                     .collect();
-                median(&mut r)
+                if r.is_empty() {
+                    "–".to_owned()
+                } else {
+                    format!("{:.3}", median(&mut r))
+                }
             };
             let mut r: Vec<f64> = lv
                 .iter()
@@ -933,7 +957,7 @@ fn print_ratios(stands: &[Stand]) {
             );
             println!(
                 "ratio peers {what:<5} {:>22} / {:<22} CPU per request, median: this process \
-                 {:.3}, PostgreSQL {:.3}",
+                 {}, PostgreSQL {}",
                 larder.name(),
                 peer.name(),
                 per(|l| l.cpu_per_request),
@@ -1055,6 +1079,7 @@ fn main() {
         return;
     }
     let kinds = Kind::selected();
+    assert!(!kinds.is_empty(), "PEERS_STORES names no store");
     let rounds = std::env::var("PEERS_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -1069,12 +1094,17 @@ fn main() {
     let redis = ServerProcess::redis();
     let rt = harness::multi_thread();
     rt.block_on(async {
-        // A fresh schema with larder's tables; the peer's table goes into the same schema.
-        let (migrated, schema) = larder_tests::db::pg_store().await;
-        drop(migrated);
+        // A fresh schema per store with larder's tables; the peer's table goes into the
+        // schemas of the peers that use it.
+        let mut schemas = Vec::new();
+        for kind in &kinds {
+            let (migrated, schema) = larder_tests::db::pg_store().await;
+            drop(migrated);
+            schemas.push((kind.name(), schema));
+        }
         let env = Env {
             pg_url: larder_tests::db::postgres_url(),
-            schema,
+            schemas,
             redis_url: format!("redis://{}", redis.addr()),
             admin: PgPoolOptions::new()
                 .max_connections(1)
@@ -1082,11 +1112,15 @@ fn main() {
                 .await
                 .expect("admin connection"),
         };
-        sqlx_store(&env, Kind::SqlxPg)
-            .await
-            .migrate()
-            .await
-            .expect("tower-sessions-sqlx-store migration");
+        for kind in &kinds {
+            if matches!(kind, Kind::SqlxPg | Kind::Caching) {
+                sqlx_store(&env, *kind)
+                    .await
+                    .migrate()
+                    .await
+                    .expect("tower-sessions-sqlx-store migration");
+            }
+        }
         println!("peers load average at start: {}", load_average());
         let client = http_client();
         let mut stands = Vec::new();
@@ -1115,12 +1149,14 @@ fn main() {
         for s in stands {
             s.a.stop().await;
         }
-        let drop_schema = format!("DROP SCHEMA {} CASCADE", env.schema);
-        if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(drop_schema))
-            .execute(&env.admin)
-            .await
-        {
-            eprintln!("note: could not drop schema {}: {e}", env.schema);
+        for (_, schema) in &env.schemas {
+            let drop_schema = format!("DROP SCHEMA {schema} CASCADE");
+            if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(drop_schema))
+                .execute(&env.admin)
+                .await
+            {
+                eprintln!("note: could not drop schema {schema}: {e}");
+            }
         }
     });
     drop(redis);
