@@ -8,7 +8,9 @@
 //! * `caching`: tower-sessions' `CachingSessionStore`, that Redis store in front of that
 //!   PostgreSQL store;
 //! * `larder-pg`: larder's `TowerStore` over `PgStore`;
-//! * `larder-pg+redis`: `TowerStore` over `CachedStore<PgStore>` with larder's Redis backend.
+//! * `larder-pg+redis`: `TowerStore` over `CachedStore<PgStore>` with larder's Redis backend;
+//! * `larder-pg+redis+near`: the same with a near cache (`layer::Near`) over that Redis
+//!   backend, kept coherent by its Redis tracking channel, one per app instance.
 //!
 //! **Adapters.** The latest published peers (tower-sessions-sqlx-store 0.15,
 //! tower-sessions-redis-store 0.16) implement tower-sessions-core **0.14**'s `SessionStore`;
@@ -17,12 +19,21 @@
 //! Every store, larder's included, is also wrapped in [`Observed`], which only keeps the
 //! first error messages so that failures under contention can be reported.
 //!
-//! Per store, printed as `peers ...` lines on stdout, then a markdown table:
+//! Printed as `peers ...` lines on stdout, then a markdown table and `ratio` lines:
 //!
-//! 1. `read`: 32 clients, each on its own session, loop `GET /read` (one session load) for
-//!    3 s after a 0.5 s warm-up; requests/s, p50/p99 latency, non-2xx responses.
-//! 2. `write`: the same with `POST /write` (load, set one key, save).
-//! 3. Contention on ONE session, 20 clients × 50 requests each (each client sequential):
+//! 1. `read` and `write`, in [`ROUNDS`] rounds: each round runs every store, in an order
+//!    rotated by one store per round, so that drift of this shared machine hits every store
+//!    alike. 32 clients, each on its own session, loop `GET /read` (one session load), then
+//!    `POST /write` (load, set one key, save), for 0.6 s each after 0.15 s of warm-up. The
+//!    table shows per store the median over the rounds of requests/s, p50 and p99; the
+//!    `ratio peers` lines the median (and range) of the per-round ratios larder / peer, for
+//!    each larder store beside the fastest peer on the same servers (`sqlx-pg` for
+//!    PostgreSQL alone, `caching` with Redis). The load average is printed after each round.
+//!    `CPU µs app / PG` is the CPU time per request of this process (clients, app and store
+//!    clients) and of the PostgreSQL server processes of the store's connections (told apart
+//!    by `application_name`), from `/proc/<pid>/task/*/schedstat`: steadier than requests/s
+//!    when other work shares the machine.
+//! 2. Contention on ONE session, 20 clients × 50 requests each (each client sequential):
 //!    `incr`, the naive `get` + 1 + `insert` of a counter, reports the final counter, lost
 //!    updates (1000 − final) and errors; `own`, each client sets its own key `k<c>` to
 //!    0..49, then `GET /dump`: keys whose final value is not 49 are lost. Both run through
@@ -30,11 +41,15 @@
 //!    same PostgreSQL/Redis), a client's requests alternating between them. A run has a
 //!    5 s budget: requests still pending at its end count as errors (timeouts).
 //!
+//! Settings for a profile or a quick look: `PEERS_STORES=sqlx-pg,larder-pg` (names as in the
+//! table, `caching` for the caching store) runs only those stores, `PEERS_ROUNDS=n` sets the rounds, `PEERS_CONTENTION=0`
+//! skips the contention runs, `PEERS_OPS=read` (or `write`) runs only those requests.
+//!
 //! `errors` are requests without a 2xx and a whole body (timeouts included); `store errors`
 //! are the errors the stores returned to tower-sessions (which answers those with a 500).
 //! `GET /dump` lists the keys the app writes (tower-sessions cannot list a session's keys).
 //!
-//! PostgreSQL is the local server (`LARDER_TEST_POSTGRES` to change it) on a fresh schema,
+//! PostgreSQL is the local server (`LARDER_TEST_POSTGRES` to change it), a fresh schema per store,
 //! dropped at the end; Redis is a redis-server started on a free port. Client and servers
 //! share one 2-worker runtime, so every store pays the same client cost. Every loop is
 //! bounded by a count and a deadline; nothing here asserts a timing.
@@ -51,6 +66,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use larder_backend_redis::RedisBackend;
 use larder_benches::harness;
+use larder_cache_api::layer::{ChannelState, Near};
 use larder_cache_api::DynBackend;
 use larder_session_persist::{CachedStore, PgStore, TowerStore};
 use larder_tests::server::ServerProcess;
@@ -66,8 +82,11 @@ use tower_sessions_sqlx_store::PostgresStore;
 
 /// Concurrent clients of the read and write runs, each on its own session.
 const CLIENTS: usize = 32;
-const WARM_UP: Duration = Duration::from_millis(500);
-const MEASURE: Duration = Duration::from_secs(3);
+/// Rounds of the read and write runs (`PEERS_ROUNDS` to change): each round runs every
+/// store once, in an order rotated by one store per round.
+const ROUNDS: usize = 10;
+const WARM_UP: Duration = Duration::from_millis(150);
+const MEASURE: Duration = Duration::from_millis(600);
 /// Bounds a client's loop even if the store answers faster than any realistic rate.
 const MAX_REQUESTS_PER_CLIENT: usize = 200_000;
 /// Clients and requests per client of the contention runs.
@@ -320,15 +339,17 @@ enum Kind {
     Caching,
     LarderPg,
     LarderPgRedis,
+    LarderNear,
 }
 
 impl Kind {
-    const ALL: [Kind; 5] = [
+    const ALL: [Kind; 6] = [
         Kind::SqlxPg,
         Kind::Redis,
         Kind::Caching,
         Kind::LarderPg,
         Kind::LarderPgRedis,
+        Kind::LarderNear,
     ];
 
     fn name(self) -> &'static str {
@@ -338,25 +359,76 @@ impl Kind {
             Kind::Caching => "caching(redis,sqlx-pg)",
             Kind::LarderPg => "larder-pg",
             Kind::LarderPgRedis => "larder-pg+redis",
+            Kind::LarderNear => "larder-pg+redis+near",
+        }
+    }
+
+    /// larder's stores beside the peer each is compared with: the fastest peer on the same
+    /// servers (the SQL store on PostgreSQL alone; the caching store when Redis is there).
+    const PAIRS: [(Kind, Kind); 3] = [
+        (Kind::LarderPg, Kind::SqlxPg),
+        (Kind::LarderPgRedis, Kind::Caching),
+        (Kind::LarderNear, Kind::Caching),
+    ];
+
+    /// The stores `PEERS_STORES` names (comma-separated names; `caching` for the caching
+    /// store), else all of them.
+    fn selected() -> Vec<Kind> {
+        match std::env::var("PEERS_STORES") {
+            Ok(list) if !list.trim().is_empty() => {
+                let names: Vec<&str> = list.split(',').map(str::trim).collect();
+                Kind::ALL
+                    .into_iter()
+                    // `caching` names `caching(redis,sqlx-pg)`, whose comma would split.
+                    .filter(|k| {
+                        names.iter().any(|n| {
+                            k.name() == *n
+                                || k.name().strip_prefix(n).is_some_and(|r| r.starts_with('('))
+                        })
+                    })
+                    .collect()
+            }
+            _ => Kind::ALL.to_vec(),
         }
     }
 }
 
-/// Where the servers are: the PostgreSQL URL and the fresh schema, and Redis.
+/// Where the servers are: the PostgreSQL URL and each store's schema, and Redis.
 struct Env {
     pg_url: String,
-    schema: String,
+    /// Each store's own fresh schema (so that no store reads a table another one bloats).
+    schemas: Vec<(&'static str, String)>,
     redis_url: String,
+    /// Reads `pg_stat_activity` for [`pg_cpu`].
+    admin: sqlx::PgPool,
 }
 
-async fn sqlx_store(env: &Env) -> PostgresStore {
+/// The `application_name` of the PostgreSQL connections of `kind`'s store objects, so that
+/// the CPU time of their server processes can be told apart.
+fn pg_application(kind: Kind) -> String {
+    format!("peers {}", kind.name())
+}
+
+impl Env {
+    fn schema(&self, kind: Kind) -> &str {
+        self.schemas
+            .iter()
+            .find(|(k, _)| *k == kind.name())
+            .map(|(_, s)| s.as_str())
+            .expect("a schema per store")
+    }
+}
+
+async fn sqlx_store(env: &Env, kind: Kind) -> PostgresStore {
+    let opts: tower_sessions_sqlx_store::sqlx::postgres::PgConnectOptions =
+        env.pg_url.parse().expect("postgres url");
     let pool = tower_sessions_sqlx_store::sqlx::postgres::PgPoolOptions::new()
         .max_connections(PG_POOL)
-        .connect(&env.pg_url)
+        .connect_with(opts.application_name(&pg_application(kind)))
         .await
         .expect("sqlx 0.8 pool");
     PostgresStore::new(pool)
-        .with_schema_name(&env.schema)
+        .with_schema_name(env.schema(kind))
         .expect("schema name")
 }
 
@@ -369,11 +441,14 @@ async fn fred_pool(env: &Env) -> Pool {
 }
 
 /// A larder `PgStore` with its own pool on the run's schema (migrated once in `main`).
-async fn larder_pg(env: &Env) -> PgStore {
+async fn larder_pg(env: &Env, kind: Kind) -> PgStore {
     let opts: PgConnectOptions = env.pg_url.parse().expect("postgres url");
     let pool = PgPoolOptions::new()
         .max_connections(PG_POOL)
-        .connect_with(opts.options([("search_path", env.schema.as_str())]))
+        .connect_with(
+            opts.options([("search_path", env.schema(kind))])
+                .application_name(&pg_application(kind)),
+        )
         .await
         .expect("larder pool");
     PgStore::from_pool(pool)
@@ -382,7 +457,7 @@ async fn larder_pg(env: &Env) -> PgStore {
 /// A new app instance over a new store object of `kind`.
 async fn instance(kind: Kind, env: &Env) -> Instance {
     match kind {
-        Kind::SqlxPg => serve(Compat(sqlx_store(env).await), vec![]).await,
+        Kind::SqlxPg => serve(Compat(sqlx_store(env, kind).await), vec![]).await,
         Kind::Redis => {
             let pool = fred_pool(env).await;
             serve(Compat(RedisStore::new(pool.clone())), vec![pool]).await
@@ -391,21 +466,51 @@ async fn instance(kind: Kind, env: &Env) -> Instance {
             let pool = fred_pool(env).await;
             let store = CachingSessionStore::new(
                 Compat(RedisStore::new(pool.clone())),
-                Compat(sqlx_store(env).await),
+                Compat(sqlx_store(env, kind).await),
             );
             serve(store, vec![pool]).await
         }
-        Kind::LarderPg => serve(TowerStore::new(Arc::new(larder_pg(env).await)), vec![]).await,
+        Kind::LarderPg => {
+            serve(
+                TowerStore::new(Arc::new(larder_pg(env, kind).await)),
+                vec![],
+            )
+            .await
+        }
         Kind::LarderPgRedis => {
             let cache: DynBackend = Arc::new(
                 RedisBackend::connect(&env.redis_url)
                     .await
                     .expect("larder redis backend"),
             );
-            let store = CachedStore::new(larder_pg(env).await, cache);
+            let store = CachedStore::new(larder_pg(env, kind).await, cache);
+            serve(TowerStore::new(Arc::new(store)), vec![]).await
+        }
+        Kind::LarderNear => {
+            let store = CachedStore::new(larder_pg(env, kind).await, near_redis(env).await);
             serve(TowerStore::new(Arc::new(store)), vec![]).await
         }
     }
+}
+
+/// A near cache over larder's Redis backend, kept coherent by its Redis tracking channel
+/// (as the example web app builds it when several instances share Redis); returned once the
+/// channel is up, so that the local tier is in use from the first request.
+async fn near_redis(env: &Env) -> DynBackend {
+    let redis = RedisBackend::connect(&env.redis_url)
+        .await
+        .expect("larder redis backend");
+    let tracking = redis.tracking();
+    let near = Near::builder(Arc::new(redis))
+        .channel(tracking)
+        .build()
+        .expect("near cache");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while near.channel_state() != ChannelState::Up {
+        assert!(Instant::now() < deadline, "Redis tracking never came up");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Arc::new(near)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -495,11 +600,49 @@ struct Load {
     requests: usize,
     errors: usize,
     timeouts: usize,
+    /// CPU time of this whole process (clients, app, store clients; not the servers) per
+    /// request, warm-up included: steadier than requests/s on a shared machine.
+    cpu_per_request: Duration,
+    /// CPU time of the PostgreSQL server processes serving this store, per request.
+    pg_cpu_per_request: Duration,
+}
+
+/// CPU time used so far by the live threads of process `pid` (`/proc/<pid>/task/*/schedstat`,
+/// nanoseconds; zero where that does not exist).
+fn cpu_of(pid: &str) -> Duration {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Duration::ZERO;
+    };
+    let ns: u64 = tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    Duration::from_nanos(ns)
+}
+
+fn process_cpu() -> Duration {
+    cpu_of("self")
+}
+
+/// CPU time used so far by the PostgreSQL server processes of `kind`'s connections (found by
+/// their `application_name`; the server runs on this machine).
+async fn pg_cpu(admin: &sqlx::PgPool, kind: Kind) -> Duration {
+    let pids: Vec<(i32,)> =
+        sqlx::query_as("SELECT pid FROM pg_stat_activity WHERE application_name = $1")
+            .bind(pg_application(kind))
+            .fetch_all(admin)
+            .await
+            .unwrap_or_default();
+    pids.iter().map(|(p,)| cpu_of(&p.to_string())).sum()
 }
 
 /// Each client loops `op` on its own session; only requests started after the warm-up
 /// count.
-async fn drive(client: &reqwest::Client, base: &str, cookies: &[String], op: Op) -> Load {
+async fn drive(client: &reqwest::Client, stand: &Stand, admin: &sqlx::PgPool, op: Op) -> Load {
+    let (base, cookies) = (stand.a.base.as_str(), &stand.cookies);
+    let pg_start = pg_cpu(admin, stand.kind).await;
+    let cpu_start = process_cpu();
     let start = Instant::now();
     let warm_end = start + WARM_UP;
     let end = warm_end + MEASURE;
@@ -526,17 +669,23 @@ async fn drive(client: &reqwest::Client, base: &str, cookies: &[String], op: Op)
                     }
                     n += 1;
                 }
-                (measured, Instant::now())
+                (measured, n, Instant::now())
             })
         })
         .collect();
-    let (mut all, mut last) = (Tally::default(), warm_end);
+    let (mut all, mut last, mut sent) = (Tally::default(), warm_end, 0);
     for t in tasks {
-        let (tally, done) = t.await.expect("client task");
+        let (tally, n, done) = t.await.expect("client task");
         all.merge(tally);
+        sent += n;
         last = last.max(done);
     }
+    let cpu = process_cpu().saturating_sub(cpu_start);
+    let pg = pg_cpu(admin, stand.kind).await.saturating_sub(pg_start);
+    let sent = u32::try_from(sent.max(1)).unwrap_or(u32::MAX);
     Load {
+        cpu_per_request: cpu / sent,
+        pg_cpu_per_request: pg / sent,
         rps: all.lat.len() as f64 / last.duration_since(warm_end).as_secs_f64().max(1e-9),
         p50: all.quantile(0.50),
         p99: all.quantile(0.99),
@@ -652,49 +801,187 @@ async fn contend(client: &reqwest::Client, bases: &[String], race: Race) -> Cont
 }
 
 // ---------------------------------------------------------------------------------------
-// One store, and the report
+// The rounds, and the report
 // ---------------------------------------------------------------------------------------
-
-struct Row {
-    kind: Kind,
-    read: Load,
-    write: Load,
-    /// incr then own, each through one and two instances.
-    races: [(Race, usize, Contention); 4],
-    store_errors: usize,
-}
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-async fn run_store(kind: Kind, env: &Env) -> Row {
-    let started = Instant::now();
-    let a = instance(kind, env).await;
-    let b = instance(kind, env).await;
-    let client = http_client();
-    let mut cookies = Vec::with_capacity(CLIENTS);
-    for _ in 0..CLIENTS {
-        cookies.push(new_session(&client, &a.base).await);
+/// The median of `v` (0 when empty); sorts it.
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// The 1-, 5- and 15-minute load averages as `/proc/loadavg` shows them (`?` elsewhere).
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "?".to_owned())
+}
+
+/// One store under test: its first app instance (serving every round) and the sessions of
+/// the read and write clients.
+struct Stand {
+    kind: Kind,
+    a: Instance,
+    cookies: Vec<String>,
+    reads: Vec<Load>,
+    writes: Vec<Load>,
+}
+
+impl Stand {
+    async fn new(kind: Kind, env: &Env, client: &reqwest::Client) -> Stand {
+        let a = instance(kind, env).await;
+        let mut cookies = Vec::with_capacity(CLIENTS);
+        for _ in 0..CLIENTS {
+            cookies.push(new_session(client, &a.base).await);
+        }
+        Stand {
+            kind,
+            a,
+            cookies,
+            reads: Vec::new(),
+            writes: Vec::new(),
+        }
     }
-    let name = kind.name();
-    let read = drive(&client, &a.base, &cookies, Op::Read).await;
-    let write = drive(&client, &a.base, &cookies, Op::Write).await;
-    for (what, l) in [("read", read), ("write", write)] {
-        println!(
-            "peers {name:<24} {what:<5} {CLIENTS} clients  {:>8.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  \
-             requests {}  errors {} (timeouts {})",
-            l.rps,
-            ms(l.p50),
-            ms(l.p99),
-            l.requests,
-            l.errors,
-            l.timeouts
-        );
+
+    /// The median over the rounds of requests/s, p50 and p99, and all the errors.
+    fn summary(loads: &[Load]) -> Load {
+        let pick = |f: &dyn Fn(&Load) -> f64| median(&mut loads.iter().map(f).collect::<Vec<_>>());
+        Load {
+            rps: pick(&|l| l.rps),
+            p50: Duration::from_secs_f64(pick(&|l| l.p50.as_secs_f64())),
+            p99: Duration::from_secs_f64(pick(&|l| l.p99.as_secs_f64())),
+            requests: loads.iter().map(|l| l.requests).sum(),
+            errors: loads.iter().map(|l| l.errors).sum(),
+            timeouts: loads.iter().map(|l| l.timeouts).sum(),
+            cpu_per_request: Duration::from_secs_f64(pick(&|l| l.cpu_per_request.as_secs_f64())),
+            pg_cpu_per_request: Duration::from_secs_f64(pick(&|l| {
+                l.pg_cpu_per_request.as_secs_f64()
+            })),
+        }
     }
-    let one = [a.base.clone()];
-    let two = [a.base.clone(), b.base.clone()];
-    let mut races = [(Race::Incr, 1, Contention::default()); 4];
+}
+
+fn print_load(name: &str, what: &str, round: usize, l: &Load) {
+    println!(
+        "peers {name:<22} {what:<5} round {round}  {CLIENTS} clients  {:>8.0} req/s  \
+         p50 {:>6.2} ms  p99 {:>6.2} ms  CPU µs/req: this process {:>4.0}, PostgreSQL {:>4.0}  \
+         requests {}  errors {} (timeouts {})",
+        l.rps,
+        ms(l.p50),
+        ms(l.p99),
+        l.cpu_per_request.as_secs_f64() * 1e6,
+        l.pg_cpu_per_request.as_secs_f64() * 1e6,
+        l.requests,
+        l.errors,
+        l.timeouts
+    );
+}
+
+/// Reads then writes on every stand, `rounds` times, the order rotated by one stand per
+/// round so that no store always runs first or right after the same one.
+async fn run_rounds(
+    client: &reqwest::Client,
+    admin: &sqlx::PgPool,
+    stands: &mut [Stand],
+    rounds: usize,
+    ops: &[Op],
+) {
+    let n = stands.len();
+    for round in 0..rounds {
+        for i in 0..n {
+            let s = &mut stands[(i + round) % n];
+            for &op in ops {
+                let load = drive(client, s, admin, op).await;
+                match op {
+                    Op::Read => {
+                        print_load(s.kind.name(), "read", round, &load);
+                        s.reads.push(load);
+                    }
+                    Op::Write => {
+                        print_load(s.kind.name(), "write", round, &load);
+                        s.writes.push(load);
+                    }
+                }
+            }
+        }
+        println!("peers load average after round {round}: {}", load_average());
+    }
+}
+
+/// larder / peer per round for each pair present, then the median of those ratios (and
+/// their range), printed as `ratio` lines.
+fn print_ratios(stands: &[Stand]) {
+    let find = |k: Kind| stands.iter().find(|s| s.kind.name() == k.name());
+    for (larder, peer) in Kind::PAIRS {
+        let (Some(l), Some(p)) = (find(larder), find(peer)) else {
+            continue;
+        };
+        for (what, lv, pv) in [
+            ("read", &l.reads, &p.reads),
+            ("write", &l.writes, &p.writes),
+        ] {
+            let per = |f: fn(&Load) -> Duration| {
+                let mut r: Vec<f64> = lv
+                    .iter()
+                    .zip(pv)
+                    // A side that used (next to) no CPU there has no ratio.
+                    .filter(|(_, b)| f(b) >= Duration::from_micros(1))
+                    .map(|(a, b)| f(a).as_secs_f64() / f(b).as_secs_f64())
+                    .collect();
+                if r.is_empty() {
+                    "–".to_owned()
+                } else {
+                    format!("{:.3}", median(&mut r))
+                }
+            };
+            let mut r: Vec<f64> = lv
+                .iter()
+                .zip(pv)
+                .map(|(a, b)| a.rps / b.rps.max(1e-9))
+                .collect();
+            let each = r.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>();
+            let med = median(&mut r);
+            println!(
+                "ratio peers {what:<5} {:>22} / {:<22} median {med:.3}  range {:.2}–{:.2}  \
+                 per round [{}]",
+                larder.name(),
+                peer.name(),
+                r.first().copied().unwrap_or(0.0),
+                r.last().copied().unwrap_or(0.0),
+                each.join(" ")
+            );
+            println!(
+                "ratio peers {what:<5} {:>22} / {:<22} CPU per request, median: this process \
+                 {}, PostgreSQL {}",
+                larder.name(),
+                peer.name(),
+                per(|l| l.cpu_per_request),
+                per(|l| l.pg_cpu_per_request)
+            );
+        }
+    }
+}
+
+/// The contention results of one store: incr then own, each through one and two instances.
+struct Races {
+    runs: [(Race, usize, Contention); 4],
+    /// Errors the store returned to tower-sessions over the whole run, both instances.
+    store_errors: usize,
+}
+
+/// The four contention runs on `stand`, with a second instance (its own store object)
+/// started for the two-instance runs and stopped after.
+async fn run_races(client: &reqwest::Client, stand: &Stand, env: &Env) -> Races {
+    let b = instance(stand.kind, env).await;
+    let name = stand.kind.name();
+    let one = [stand.a.base.clone()];
+    let two = [stand.a.base.clone(), b.base.clone()];
+    let mut runs = [(Race::Incr, 1, Contention::default()); 4];
     for (i, (race, bases)) in [
         (Race::Incr, &one[..]),
         (Race::Incr, &two[..]),
@@ -704,8 +991,8 @@ async fn run_store(kind: Kind, env: &Env) -> Row {
     .into_iter()
     .enumerate()
     {
-        let c = contend(&client, bases, race).await;
-        races[i] = (race, bases.len(), c);
+        let c = contend(client, bases, race).await;
+        runs[i] = (race, bases.len(), c);
         let lost = c.lost.map_or("?".to_owned(), |l| l.to_string());
         let detail = match race {
             Race::Incr => format!(
@@ -715,7 +1002,7 @@ async fn run_store(kind: Kind, env: &Env) -> Row {
             Race::Own => format!("lost keys {lost}/{CONTENDERS}"),
         };
         println!(
-            "peers {name:<24} {:<5} {} instance(s)  {CONTENDERS}x{PER_CONTENDER} on one session  \
+            "peers {name:<22} {:<5} {} instance(s)  {CONTENDERS}x{PER_CONTENDER} on one session  \
              sent {}  {detail}  errors {} (timeouts {})  p50 {:.2} ms  max {:.0} ms  ({:.2} s)",
             race.name(),
             bases.len(),
@@ -728,63 +1015,59 @@ async fn run_store(kind: Kind, env: &Env) -> Row {
         );
     }
     let mut store_errors = 0;
-    for (which, inst) in [("a", &a), ("b", &b)] {
+    for (which, inst) in [("a", &stand.a), ("b", &b)] {
         let (n, first) = inst.errors.take();
         store_errors += n;
         for m in first {
-            println!("peers {name:<24} store error (instance {which}, {n} in all): {m}");
+            println!("peers {name:<22} store error (instance {which}, {n} in all): {m}");
         }
     }
-    drop(client);
-    a.stop().await;
     b.stop().await;
-    eprintln!(
-        "peers {name} done in {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
-    Row {
-        kind,
-        read,
-        write,
-        races,
-        store_errors,
-    }
+    Races { runs, store_errors }
 }
 
-fn table(rows: &[Row]) -> String {
+fn table(stands: &[Stand], races: &[Option<Races>]) -> String {
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "| store | read req/s | read p50 / p99 ms | write req/s | write p50 / p99 ms | \
-         incr lost / errors, 1 inst | incr lost / errors, 2 inst | \
-         own lost keys / errors, 1 inst | own lost keys / errors, 2 inst | store errors |"
+        "| store | read req/s | read p50 / p99 ms | read CPU µs app / PG | write req/s | \
+         write p50 / p99 ms | write CPU µs app / PG | \
+         incr lost of 1000, 1 / 2 inst | own lost keys of {CONTENDERS}, 1 / 2 inst | \
+         HTTP errors | store errors |"
     );
-    let _ = writeln!(t, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
-    for r in rows {
-        let race = |i: usize| {
-            let c = r.races[i].2;
-            let lost = c.lost.map_or("?".to_owned(), |l| l.to_string());
-            let of = match r.races[i].0 {
-                Race::Incr => CONTENDERS * PER_CONTENDER,
-                Race::Own => CONTENDERS,
-            };
-            format!("{lost}/{of} / {}", c.errors)
+    let _ = writeln!(t, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+    for (s, r) in stands.iter().zip(races) {
+        let (read, write) = (Stand::summary(&s.reads), Stand::summary(&s.writes));
+        let lost = |i: usize| {
+            r.as_ref().map_or("–".to_owned(), |r| {
+                r.runs[i].2.lost.map_or("?".to_owned(), |l| l.to_string())
+            })
         };
+        let http_errors = read.errors
+            + write.errors
+            + r.as_ref()
+                .map_or(0, |r| r.runs.iter().map(|x| x.2.errors).sum::<usize>());
         let _ = writeln!(
             t,
-            "| {} | {:.0} | {:.2} / {:.2} | {:.0} | {:.2} / {:.2} | {} | {} | {} | {} | {} |",
-            r.kind.name(),
-            r.read.rps,
-            ms(r.read.p50),
-            ms(r.read.p99),
-            r.write.rps,
-            ms(r.write.p50),
-            ms(r.write.p99),
-            race(0),
-            race(1),
-            race(2),
-            race(3),
-            r.store_errors
+            "| {} | {:.0} | {:.2} / {:.2} | {:.0} / {:.0} | {:.0} | {:.2} / {:.2} | {:.0} / {:.0} | \
+             {} / {} | {} / {} | {} | {} |",
+            s.kind.name(),
+            read.rps,
+            ms(read.p50),
+            ms(read.p99),
+            read.cpu_per_request.as_secs_f64() * 1e6,
+            read.pg_cpu_per_request.as_secs_f64() * 1e6,
+            write.rps,
+            ms(write.p50),
+            ms(write.p99),
+            write.cpu_per_request.as_secs_f64() * 1e6,
+            write.pg_cpu_per_request.as_secs_f64() * 1e6,
+            lost(0),
+            lost(1),
+            lost(2),
+            lost(3),
+            http_errors,
+            r.as_ref().map_or("–".to_owned(), |r| r.store_errors.to_string()),
         );
     }
     t
@@ -795,38 +1078,85 @@ fn main() {
     if std::env::args().any(|a| a == "--test" || a == "--list") {
         return;
     }
+    let kinds = Kind::selected();
+    assert!(!kinds.is_empty(), "PEERS_STORES names no store");
+    let rounds = std::env::var("PEERS_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(ROUNDS)
+        .max(1);
+    let contention = std::env::var("PEERS_CONTENTION").map_or(true, |v| v != "0");
+    let ops = match std::env::var("PEERS_OPS").as_deref() {
+        Ok("read") => vec![Op::Read],
+        Ok("write") => vec![Op::Write],
+        _ => vec![Op::Read, Op::Write],
+    };
     let redis = ServerProcess::redis();
     let rt = harness::multi_thread();
     rt.block_on(async {
-        // A fresh schema with larder's tables; the peer's table goes into the same schema.
-        let (migrated, schema) = larder_tests::db::pg_store().await;
-        drop(migrated);
+        // A fresh schema per store with larder's tables; the peer's table goes into the
+        // schemas of the peers that use it.
+        let mut schemas = Vec::new();
+        for kind in &kinds {
+            let (migrated, schema) = larder_tests::db::pg_store().await;
+            drop(migrated);
+            schemas.push((kind.name(), schema));
+        }
         let env = Env {
             pg_url: larder_tests::db::postgres_url(),
-            schema,
+            schemas,
             redis_url: format!("redis://{}", redis.addr()),
+            admin: PgPoolOptions::new()
+                .max_connections(1)
+                .connect(&larder_tests::db::postgres_url())
+                .await
+                .expect("admin connection"),
         };
-        sqlx_store(&env)
-            .await
-            .migrate()
-            .await
-            .expect("tower-sessions-sqlx-store migration");
-        let mut rows = Vec::new();
-        for kind in Kind::ALL {
-            rows.push(run_store(kind, &env).await);
+        for kind in &kinds {
+            if matches!(kind, Kind::SqlxPg | Kind::Caching) {
+                sqlx_store(&env, *kind)
+                    .await
+                    .migrate()
+                    .await
+                    .expect("tower-sessions-sqlx-store migration");
+            }
         }
-        println!("\n{}", table(&rows));
-        let admin = PgPoolOptions::new()
-            .max_connections(1)
-            .connect(&env.pg_url)
-            .await
-            .expect("admin connection");
-        let drop_schema = format!("DROP SCHEMA {} CASCADE", env.schema);
-        if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(drop_schema))
-            .execute(&admin)
-            .await
-        {
-            eprintln!("note: could not drop schema {}: {e}", env.schema);
+        println!("peers load average at start: {}", load_average());
+        let client = http_client();
+        let mut stands = Vec::new();
+        for kind in kinds {
+            stands.push(Stand::new(kind, &env, &client).await);
+        }
+        run_rounds(&client, &env.admin, &mut stands, rounds, &ops).await;
+        let mut races = Vec::new();
+        for s in &stands {
+            races.push(if contention {
+                Some(run_races(&client, s, &env).await)
+            } else {
+                None
+            });
+        }
+        println!("peers load average at end: {}", load_average());
+        println!(
+            "\nMedians over {rounds} rounds ({CLIENTS} clients, {} ms each after {} ms of \
+             warm-up):\n\n{}",
+            MEASURE.as_millis(),
+            WARM_UP.as_millis(),
+            table(&stands, &races)
+        );
+        print_ratios(&stands);
+        drop(client);
+        for s in stands {
+            s.a.stop().await;
+        }
+        for (_, schema) in &env.schemas {
+            let drop_schema = format!("DROP SCHEMA {schema} CASCADE");
+            if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(drop_schema))
+                .execute(&env.admin)
+                .await
+            {
+                eprintln!("note: could not drop schema {schema}: {e}");
+            }
         }
     });
     drop(redis);

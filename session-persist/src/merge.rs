@@ -171,12 +171,12 @@ impl KeyMerge {
         hex(&m.finalize().into_bytes()[..16])
     }
 
-    /// `r` as the request sees it: with the reserved entry, unless it is empty (an empty
+    /// The reserved entry of `r` as loaded, signed; none for an empty session (an empty
     /// session stays empty, so a framework still treats it as such; its save then has
     /// nothing to replay and writes the whole record).
-    fn with_entry(&self, mut r: Record) -> Record {
+    fn entry_of(&self, r: &Record) -> Option<Loaded> {
         if r.data.is_empty() {
-            return r;
+            return None;
         }
         let d: BTreeMap<String, String> = r
             .data
@@ -184,31 +184,34 @@ impl KeyMerge {
             .map(|k| (k.to_owned(), digest(r.data.get_raw(k).unwrap_or_default())))
             .collect();
         let t = self.sign(&r.id, r.version, r.expires_at.0, &d);
-        let entry = Loaded {
+        Some(Loaded {
             v: r.version,
             e: r.expires_at.0,
             d,
             t,
-        };
-        // Serialising a struct of integers and string maps cannot fail.
-        let bytes = serde_json::to_vec(&entry).unwrap_or_default();
-        r.data.insert_raw(RESERVED_KEY, bytes);
+        })
+    }
+
+    /// `r` as the request sees it: with the reserved entry as JSON text, if it has one.
+    fn with_entry(&self, mut r: Record) -> Record {
+        if let Some(entry) = self.entry_of(&r) {
+            // Serialising a struct of integers and string maps cannot fail.
+            let bytes = serde_json::to_vec(&entry).unwrap_or_default();
+            r.data.insert_raw(RESERVED_KEY, bytes);
+        }
         r
     }
 
-    /// The reserved entry, checked: anything but what this process wrote for this session
-    /// is refused.
+    /// The reserved entry as JSON text, checked: anything but what this process wrote for
+    /// this session is refused.
+    #[cfg(feature = "actix")]
     fn verify(&self, id: &SessionId, raw: &[u8]) -> Result<Loaded> {
-        let forged = || {
-            Error::new(
-                ErrorKind::Decode,
-                format!(
-                    "the session's reserved entry {RESERVED_KEY:?} was changed by the \
-                     application or forged; nothing was saved"
-                ),
-            )
-        };
         let l: Loaded = serde_json::from_slice(raw).map_err(|_| forged())?;
+        self.check(id, l)
+    }
+
+    /// `l` if this process signed it for this session; else the "forged" error.
+    fn check(&self, id: &SessionId, l: Loaded) -> Result<Loaded> {
         let want = self.sign(id, l.v, l.e, &l.d);
         // Constant-time comparison of the signatures.
         let ok = want.len() == l.t.len()
@@ -224,10 +227,52 @@ impl KeyMerge {
         }
     }
 
+    /// Like [`load`](Self::load), with the reserved entry handed back apart as a JSON value
+    /// (for adapters whose records hold JSON values: no text is written and parsed again).
+    pub(crate) async fn load_value(
+        &self,
+        id: &SessionId,
+    ) -> Result<Option<(Record, Option<serde_json::Value>)>> {
+        let Some(r) = self.load_plain(id).await? else {
+            return Ok(None);
+        };
+        // Serialising a struct of integers and string maps cannot fail.
+        let entry = self
+            .entry_of(&r)
+            .map(|e| serde_json::to_value(e).unwrap_or_default());
+        Ok(Some((r, entry)))
+    }
+
+    /// Like [`save`](Self::save), with the request's reserved entry (if any) apart, as the
+    /// JSON value [`load_value`](Self::load_value) handed out; `data` holds the rest.
+    pub(crate) async fn save_value(
+        &self,
+        id: SessionId,
+        data: SessionData,
+        entry: Option<&serde_json::Value>,
+        exp: Timestamp,
+    ) -> Result<()> {
+        let loaded = match entry {
+            Some(v) => {
+                let l = Loaded::deserialize(v).map_err(|_| forged())?;
+                Some(self.check(&id, l)?)
+            }
+            None => None,
+        };
+        self.save_loaded(id, data, loaded, exp).await
+    }
+
     /// The live session with the reserved entry added; a stored record that holds the
     /// reserved key itself is a [`Decode`](ErrorKind::Decode) error.
+    #[cfg(feature = "actix")]
     pub(crate) async fn load(&self, id: &SessionId) -> Result<Option<Record>> {
-        let Some(r) = self.store().load(id).await? else {
+        Ok(self.load_plain(id).await?.map(|r| self.with_entry(r)))
+    }
+
+    /// The live session as stored, which must not hold the reserved key.
+    async fn load_plain(&self, id: &SessionId) -> Result<Option<Record>> {
+        // Through the trait object itself: `Arc`'s own impl would box one more future.
+        let Some(r) = self.store().as_ref().load(id).await? else {
             return Ok(None);
         };
         if r.data.get_raw(RESERVED_KEY).is_some() {
@@ -236,7 +281,7 @@ impl KeyMerge {
                 format!("stored session holds the reserved key {RESERVED_KEY:?}"),
             ));
         }
-        Ok(Some(self.with_entry(r)))
+        Ok(Some(r))
     }
 
     /// Stores a new session with `data` (a reserved entry in it, from a renewed session, is
@@ -244,7 +289,7 @@ impl KeyMerge {
     pub(crate) async fn create(&self, mut data: SessionData, exp: Timestamp) -> Result<Record> {
         data.remove(RESERVED_KEY);
         let principal = self.principal_of(&data);
-        let created = self.store().create(data, principal, exp).await?;
+        let created = self.store().as_ref().create(data, principal, exp).await?;
         Ok(self.with_entry(created))
     }
 
@@ -253,19 +298,34 @@ impl KeyMerge {
     /// reserved entry (the app cleared the session) the whole record replaces the stored
     /// one. A session deleted or expired meanwhile is not recreated: the save is dropped
     /// and logged.
+    #[cfg(feature = "actix")]
     pub(crate) async fn save(
         &self,
         id: SessionId,
         mut data: SessionData,
         exp: Timestamp,
     ) -> Result<()> {
-        let loaded = data.get_raw(RESERVED_KEY).map(<[u8]>::to_vec);
+        let loaded = match data.get_raw(RESERVED_KEY) {
+            Some(raw) => Some(self.verify(&id, raw)?),
+            None => None,
+        };
         data.remove(RESERVED_KEY);
+        self.save_loaded(id, data, loaded, exp).await
+    }
+
+    /// [`save`](Self::save) once the reserved entry is checked and out of `data`.
+    async fn save_loaded(
+        &self,
+        id: SessionId,
+        data: SessionData,
+        loaded: Option<Loaded>,
+        exp: Timestamp,
+    ) -> Result<()> {
         let principal = self.principal_of(&data);
         let is_principal = |k: &str| self.principal_key.as_deref() == Some(k);
 
         let Some(loaded) = loaded else {
-            let Some(mut base) = self.store().load_authoritative(&id).await? else {
+            let Some(mut base) = self.store().as_ref().load_authoritative(&id).await? else {
                 dropped();
                 return Ok(());
             };
@@ -287,7 +347,6 @@ impl KeyMerge {
             return self.commit(base, changes, exp).await;
         };
 
-        let loaded = self.verify(&id, &loaded)?;
         let mut changes = Vec::new();
         let mut principal_touched = false;
         for k in data.keys() {
@@ -322,7 +381,7 @@ impl KeyMerge {
     /// for it; tower-sessions has no such call.)
     #[cfg(feature = "actix")]
     pub(crate) async fn touch(&self, id: &SessionId, exp: Timestamp) -> Result<()> {
-        match self.store().load(id).await? {
+        match self.store().as_ref().load(id).await? {
             Some(r) => self.commit(r, Vec::new(), exp).await,
             None => Ok(()),
         }
@@ -330,7 +389,7 @@ impl KeyMerge {
 
     /// Deletes the session (its tombstone keeps late saves from recreating it).
     pub(crate) async fn delete(&self, id: &SessionId) -> Result<()> {
-        self.store().delete(id).await.map(drop)
+        self.store().as_ref().delete(id).await.map(drop)
     }
 
     /// Replays `changes` (already applied in `record`) with the request's expiry.
@@ -352,12 +411,29 @@ impl KeyMerge {
     }
 }
 
+fn forged() -> Error {
+    Error::new(
+        ErrorKind::Decode,
+        format!(
+            "the session's reserved entry {RESERVED_KEY:?} was changed by the application or \
+             forged; nothing was saved"
+        ),
+    )
+}
+
 fn dropped() {
     tracing::warn!("save for a deleted or expired session dropped (not recreated)");
 }
 
+/// Lower-case hex of `b`, in one allocation (this runs for every key of every request).
 fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(2 * b.len());
+    for x in b {
+        out.push(char::from(DIGITS[usize::from(x >> 4)]));
+        out.push(char::from(DIGITS[usize::from(x & 0xf)]));
+    }
+    out
 }
 
 /// 128 bits of two seeded foldhash runs: change detection within one process (load and save
@@ -366,5 +442,8 @@ fn digest(bytes: &[u8]) -> String {
     use std::hash::BuildHasher as _;
     let a = foldhash::quality::FixedState::with_seed(0x6c61_7264_6572_0001).hash_one(bytes);
     let b = foldhash::quality::FixedState::with_seed(0x6c61_7264_6572_0002).hash_one(bytes);
-    format!("{a:016x}{b:016x}")
+    let mut both = [0u8; 16];
+    both[..8].copy_from_slice(&a.to_be_bytes());
+    both[8..].copy_from_slice(&b.to_be_bytes());
+    hex(&both)
 }

@@ -250,12 +250,12 @@ impl SessionManager {
     /// has expired. A malformed id is [`ErrorKind::InvalidId`], checked before any query.
     pub async fn load(&self, id: &str) -> Result<Option<Session>> {
         let id = SessionId::parse(id)?;
-        Ok(self.store.load(&id).await?.map(|r| self.wrap(r)))
+        Ok(self.store.as_ref().load(&id).await?.map(|r| self.wrap(r)))
     }
 
     /// The session with this id, or `None` if it does not exist or has expired.
     pub async fn load_id(&self, id: &SessionId) -> Result<Option<Session>> {
-        Ok(self.store.load(id).await?.map(|r| self.wrap(r)))
+        Ok(self.store.as_ref().load(id).await?.map(|r| self.wrap(r)))
     }
 
     /// Deletes every session of `principal` ("log out everywhere"); returns how many.
@@ -426,13 +426,19 @@ impl Session {
         tries.next_attempt_now();
         let mut lost = 0u32;
         loop {
-            let mut rec = self.record.clone();
             // The expiry moves only when due (as a touch would): a save that leaves the
-            // indexed expiry as it is lets PostgreSQL update the row in place (HOT).
-            if cfg.touch_due(rec.expires_at, expires_at) {
-                rec.expires_at = expires_at;
+            // indexed expiry as it is lets PostgreSQL update the row in place (HOT). It is
+            // set on the record itself (no copy of the data per save) and put back unless
+            // the save succeeds.
+            let loaded_expiry = self.record.expires_at;
+            if cfg.touch_due(loaded_expiry, expires_at) {
+                self.record.expires_at = expires_at;
             }
-            match store.save_or_current(&rec).await? {
+            let outcome = store.as_ref().save_or_current(&self.record).await;
+            if !matches!(outcome, Ok(SaveOutcome::Saved(_))) {
+                self.record.expires_at = loaded_expiry;
+            }
+            match outcome? {
                 SaveOutcome::Saved(saved) => {
                     self.record = saved;
                     self.changes.clear();
@@ -450,8 +456,9 @@ impl Session {
                     }
                     // A hot session: stop racing and wait for the row's lock instead, so
                     // every writer gets its turn (optimistic retries can starve one).
+                    let id = self.record.id.clone();
                     return self
-                        .save_under_lock(&rec.id.clone(), expires_at, cfg.conflict_policy)
+                        .save_under_lock(&id, expires_at, cfg.conflict_policy)
                         .await;
                 }
             }
@@ -486,7 +493,10 @@ impl Session {
         };
         let saved = tokio::time::timeout(
             self.manager.config.save_deadline,
-            self.manager.store.save_locked(id, &apply, expires_at),
+            self.manager
+                .store
+                .as_ref()
+                .save_locked(id, &apply, expires_at),
         )
         .await
         .map_err(|_| {
@@ -543,7 +553,13 @@ impl Session {
         {
             return Ok(());
         }
-        match self.manager.store.touch(&self.record.id, wanted).await? {
+        match self
+            .manager
+            .store
+            .as_ref()
+            .touch(&self.record.id, wanted)
+            .await?
+        {
             Some(r) => {
                 self.record = r;
                 Ok(())

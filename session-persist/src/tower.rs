@@ -134,27 +134,37 @@ impl tower_sessions::SessionStore for TowerStore {
     }
 
     async fn save(&self, record: &TowerRecord) -> TowerResult<()> {
+        // The reserved entry goes back as the value `load` handed out, not as JSON text.
+        let mut data = SessionData::new();
+        let mut entry = None;
+        for (k, v) in &record.data {
+            if k == RESERVED_KEY {
+                entry = Some(v);
+            } else {
+                data.insert_raw(k, json_bytes(v));
+            }
+        }
         self.core
-            .save(
-                to_larder_id(&record.id),
-                encode(&record.data),
-                expiry(record),
-            )
+            .save_value(to_larder_id(&record.id), data, entry, expiry(record))
             .await
             .map_err(to_tower_error)
     }
 
     async fn load(&self, session_id: &Id) -> TowerResult<Option<TowerRecord>> {
         let id = to_larder_id(session_id);
-        let Some(r) = self.core.load(&id).await.map_err(to_tower_error)? else {
+        let Some((r, entry)) = self.core.load_value(&id).await.map_err(to_tower_error)? else {
             return Ok(None);
         };
         let expiry_date =
             time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(r.expires_at.0) * 1_000_000)
                 .map_err(|e| TowerError::Decode(e.to_string()))?;
+        let mut data = decode(&r.data)?;
+        if let Some(entry) = entry {
+            data.insert(RESERVED_KEY.to_owned(), entry);
+        }
         Ok(Some(TowerRecord {
             id: *session_id,
-            data: decode(&r.data)?,
+            data,
             expiry_date,
         }))
     }
