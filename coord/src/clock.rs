@@ -4,7 +4,8 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
@@ -57,9 +58,11 @@ impl Clock for SystemClock {
 #[derive(Debug, Default)]
 pub struct ManualClock {
     now: AtomicI64,
-    moved: Notify,
-    /// The times sleepers wait for, with how many wait for each.
-    sleepers: Mutex<BTreeMap<i64, usize>>,
+    /// The sleepers, by the time they wait for (and a number, to tell them apart); each is
+    /// woken alone when the clock reaches its time, so moving the clock costs only the
+    /// sleepers that are due.
+    sleepers: Mutex<BTreeMap<(i64, u64), Arc<Notify>>>,
+    next_id: AtomicU64,
 }
 
 impl ManualClock {
@@ -73,47 +76,45 @@ impl ManualClock {
     /// Sets the time.
     pub fn set(&self, ms: i64) {
         self.now.store(ms, Ordering::SeqCst);
-        self.moved.notify_waiters();
+        self.wake_due();
     }
     /// Moves the time by `delta` (negative: backwards).
     pub fn advance(&self, delta: i64) {
         self.now.fetch_add(delta, Ordering::SeqCst);
-        self.moved.notify_waiters();
+        self.wake_due();
     }
-    /// How many [`sleep_until`](Clock::sleep_until) calls wait for a time later than now
-    /// (sleepers whose time has come are not counted, even before they wake).
+    /// How many [`sleep_until`](Clock::sleep_until) calls wait for a time later than now.
     pub fn waiting(&self) -> usize {
         let now = self.now_ms();
         self.sleepers
             .lock()
-            .range(now.saturating_add(1)..)
-            .map(|(_, n)| n)
-            .sum()
+            .range((now.saturating_add(1), 0)..)
+            .count()
+    }
+
+    fn wake_due(&self) {
+        let now = self.now_ms();
+        let due = {
+            let mut sleepers = self.sleepers.lock();
+            let later = sleepers.split_off(&(now.saturating_add(1), 0));
+            std::mem::replace(&mut *sleepers, later)
+        };
+        for wake in due.values() {
+            // Stores a permit if the sleeper is not waiting yet: no wake-up is lost.
+            wake.notify_one();
+        }
     }
 }
 
-/// Counts one sleeper for `ms` while it lives.
+/// Takes a sleeper off the list when it ends (woken, or dropped before).
 struct Sleeper<'a> {
     clock: &'a ManualClock,
-    ms: i64,
-}
-
-impl<'a> Sleeper<'a> {
-    fn new(clock: &'a ManualClock, ms: i64) -> Self {
-        *clock.sleepers.lock().entry(ms).or_default() += 1;
-        Sleeper { clock, ms }
-    }
+    key: (i64, u64),
 }
 
 impl Drop for Sleeper<'_> {
     fn drop(&mut self) {
-        let mut sleepers = self.clock.sleepers.lock();
-        if let Some(n) = sleepers.get_mut(&self.ms) {
-            *n -= 1;
-            if *n == 0 {
-                sleepers.remove(&self.ms);
-            }
-        }
+        self.clock.sleepers.lock().remove(&self.key);
     }
 }
 
@@ -124,14 +125,17 @@ impl Clock for ManualClock {
 
     fn sleep_until(&self, ms: i64) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
         Box::pin(async move {
-            let _counted = Sleeper::new(self, ms);
-            loop {
-                // Created before the clock is read: a move in between still wakes it.
-                let moved = self.moved.notified();
-                if self.now_ms() >= ms {
-                    return;
-                }
-                moved.await;
+            if self.now_ms() >= ms {
+                return;
+            }
+            let key = (ms, self.next_id.fetch_add(1, Ordering::Relaxed));
+            let wake = Arc::new(Notify::new());
+            self.sleepers.lock().insert(key, wake.clone());
+            let _listed = Sleeper { clock: self, key };
+            // Read again once listed: a move in between has either been seen here or will
+            // wake this sleeper.
+            while self.now_ms() < ms {
+                wake.notified().await;
             }
         })
     }

@@ -1292,16 +1292,22 @@ impl Scheduler {
             let last = LastWrite::default();
             // Catch-up may leave several due periods: claim them one by one.
             while let Some((claim, claimed_at)) = self.step(task, &last).await?.claim {
-                self.run(task, &claim, claimed_at, stop.child_token(), &last)
+                let ended = self
+                    .run(task, &claim, claimed_at, stop.child_token(), &last)
                     .await?;
                 done.push(claim);
+                if !ended {
+                    // Lost (taken over, or its heartbeats failed): claim no more here.
+                    break;
+                }
             }
         }
         Ok(done)
     }
 
     /// Runs a claimed period: heartbeats every retry period, concurrently with the job; stops
-    /// the job (cancels it) as soon as the run may be lost; records its end.
+    /// the job (cancels it) as soon as the run may be lost; records its end. `false`: the
+    /// run was lost (stopped, or found taken over).
     async fn run(
         &self,
         task: &TaskSpec,
@@ -1309,7 +1315,7 @@ impl Scheduler {
         claimed_at: tokio::time::Instant,
         cancel: CancellationToken,
         last: &LastWrite,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let id = (claim.task.clone(), claim.token);
         self.here.lock().insert(id.clone());
         let _here = RunHere {
@@ -1348,7 +1354,7 @@ impl Scheduler {
                             tracing::warn!(task = %claim.task, period = claim.period, token = claim.token,
                                 "run taken over by another process; cancelling it");
                             cancel.cancel();
-                            return Ok(());
+                            return Ok(false);
                         }
                         Err(e) => tracing::warn!(task = %claim.task, error = %e, "heartbeat failed"),
                     }
@@ -1367,7 +1373,7 @@ impl Scheduler {
                         tracing::warn!(task = %claim.task, period = claim.period,
                             "the cancelled run did not return before it could be taken over; dropped");
                     }
-                    return Ok(());
+                    return Ok(false);
                 }
             }
         };
@@ -1379,14 +1385,14 @@ impl Scheduler {
         self.finish_retrying(claim, outcome, last).await
     }
 
-    /// [`finish`](Scheduler::finish), retried with backoff until the end is recorded, the run
-    /// is found taken over, or a lease has passed.
+    /// [`finish`](Scheduler::finish), retried with backoff until the end is recorded (`true`),
+    /// the run is found taken over (`false`), or a lease has passed (the last error).
     async fn finish_retrying(
         &self,
         claim: &Claim,
         outcome: std::result::Result<(), String>,
         last: &LastWrite,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let timing = self.config.lease;
         let mut tries =
             larder_cache_api::retry::Backoff::new(Duration::from_millis(10), timing.retry_period)
@@ -1394,11 +1400,11 @@ impl Scheduler {
         let mut failure = None;
         while tries.next_attempt().await {
             match self.record_end(claim, outcome.clone(), last).await {
-                Ok(true) => return Ok(()),
+                Ok(true) => return Ok(true),
                 Ok(false) => {
                     tracing::warn!(task = %claim.task, period = claim.period, token = claim.token,
                         "run taken over before its end was recorded");
-                    return Ok(());
+                    return Ok(false);
                 }
                 Err(e) => {
                     tracing::warn!(task = %claim.task, period = claim.period, attempt = tries.attempts(),
@@ -1470,6 +1476,8 @@ impl Scheduler {
         loop {
             if !attempt_now {
                 tokio::select! {
+                    // A stopped scheduler claims nothing more, whatever else is ready.
+                    biased;
                     _ = stop.cancelled() => break,
                     _ = self.until(wake) => {}
                     ended = runs.join_next(), if !runs.is_empty() => {
@@ -1485,7 +1493,7 @@ impl Scheduler {
             }
             attempt_now = false;
             wake = match self.claim_due(index, &last, &mut runs, &stop).await {
-                Ok(step) => self.next_wake(task, &step),
+                Ok(step) => self.next_wake(task, &step, last.get().is_some()),
                 Err(e) => {
                     tracing::warn!(task = %task.name, error = %e, "claim attempt failed; retrying");
                     Wake {
@@ -1525,14 +1533,24 @@ impl Scheduler {
     }
 
     /// When the loop of `task` wakes after `step`: at the start of the next period plus
-    /// jitter, or sooner to look again at a run in progress.
-    fn next_wake(&self, task: &TaskSpec, step: &Step) -> Wake {
+    /// jitter, or sooner to look again at a run in progress. The last writer of the record
+    /// (`wrote_last`: normally the process that ran the last period) goes first, without
+    /// jitter: its compare-and-swap needs no read and, made before the others look, wins,
+    /// so they find the period claimed with one read each and no failed write.
+    fn next_wake(&self, task: &TaskSpec, step: &Step, wrote_last: bool) -> Wake {
         let now = self.clock.now_ms();
         let at_ms = task
             .schedule
             .period_at(now)
             .and_then(|p| task.schedule.next(p))
-            .map(|start| start.saturating_add(self.jitter_ms(task, start)));
+            .map(|start| {
+                let jitter = if wrote_last {
+                    0
+                } else {
+                    self.jitter_ms(task, start)
+                };
+                start.saturating_add(jitter)
+            });
         Wake {
             at_ms,
             watch: step.watch,

@@ -1,0 +1,136 @@
+//! Periodic tasks at scale: many schedulers in one process, each a `spawn`ed `Scheduler` with
+//! its own holder id, over one real backend (memory: 1,000 schedulers; PostgreSQL's
+//! `larder_kv`: 30, to keep the test short), 10 tasks, 100 periods of one injected
+//! `ManualClock` (`larder_tests::coord_sim`). Every store operation goes through one
+//! `layer::Instrumented`, whose counters say what the store saw; the jobs log every run.
+//! Also: a task whose run lasts ten periods does not hold up another task of the same
+//! scheduler.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use larder::coord::{Clock, HolderId, ManualClock, Schedule, Scheduler, TaskSpec};
+use larder::DynBackend;
+use larder_backend_memory::MemoryBackend;
+use larder_tests::coord_sim::{config, simulate, task, Drive, Outcome, PERIOD, T0};
+use parking_lot::Mutex;
+
+/// Runs per (task, period), as the jobs logged them.
+type RunLog = Arc<Mutex<BTreeMap<(usize, i64), usize>>>;
+
+/// Asserts one run per task and period, at most one read per scheduler, task and period on
+/// average, and two successful writes per task and period (the claim, the end of the run).
+fn check(what: &str, o: &Outcome) {
+    println!("{}", o.summary(&format!("coord_scale[{what}]")));
+    assert!(o.duplicates().is_empty(), "periods run twice: {:?}", o.duplicates());
+    assert!(o.missing().is_empty(), "periods never run: {:?}", o.missing());
+    assert_eq!(
+        o.runs.len(),
+        o.tasks * o.periods as usize,
+        "runs of periods never due"
+    );
+    let all = o.all();
+    let per = (o.n * o.tasks) as u64 * o.periods as u64;
+    assert!(
+        all.reads <= per,
+        "{} reads: more than one per scheduler, task and period ({per})",
+        all.reads
+    );
+    assert_eq!(
+        all.writes,
+        2 * o.tasks as u64 * o.periods as u64,
+        "one claim and one end per task and period"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousand_schedulers_on_memory_read_once_per_period_and_claim_once() {
+    let b: DynBackend = Arc::new(MemoryBackend::default());
+    let o = simulate(b, 1_000, 10, 100, Drive::Spawned).await;
+    check("memory", &o);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedulers_on_postgres_read_once_per_period_and_claim_once() {
+    let (kv, _schema) = larder_tests::db::pg_kv().await;
+    // 30 schedulers, not 1,000: each read is a round trip to the server, and the test must
+    // stay short; the memory case has the thousand.
+    let o = simulate(Arc::new(kv), 30, 10, 100, Drive::Spawned).await;
+    check("postgres", &o);
+}
+
+/// One scheduler, two tasks: `slow`, whose run lasts ten periods (it sleeps on the injected
+/// clock), and `fast`. `fast` is claimed and run in every period while `slow`'s run goes
+/// on; `slow` is claimed again as soon as its run ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_ten_periods_long_does_not_delay_another_tasks_claims() {
+    let b: DynBackend = Arc::new(MemoryBackend::default());
+    let t0 = T0;
+    let clock = Arc::new(ManualClock::new(t0 + 1));
+    let log: RunLog = Arc::default();
+    let (c, l) = (clock.clone(), log.clone());
+    let slow = TaskSpec::new(
+        "slow",
+        Schedule::Every(Duration::from_millis(PERIOD as u64)),
+        move |ctx| {
+            *l.lock().entry((0, ctx.period)).or_default() += 1;
+            let c = c.clone();
+            async move {
+                // Stopping the scheduler cancels the run, and waits for it to end.
+                tokio::select! {
+                    _ = c.sleep_until(ctx.period + 10 * PERIOD) => {}
+                    _ = ctx.cancel.cancelled() => {}
+                }
+                Ok(())
+            }
+        },
+    );
+    let s = Scheduler::new(b.clone(), HolderId::named("one"), config("one"))
+        .unwrap()
+        .with_clock(clock.clone())
+        .with_task(slow)
+        .unwrap()
+        .with_task(task(1, log.clone()))
+        .unwrap();
+    let (stop, handle) = Arc::new(s).spawn();
+    // Two loops and the slow run sleep on the clock once everything due has been claimed.
+    let settled = |k: i64| {
+        let (clock, log) = (clock.clone(), log.clone());
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !(clock.waiting() == 3 && log.lock().contains_key(&(1, t0 + k * PERIOD))) {
+                assert!(Instant::now() < deadline, "period {k} was not claimed");
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    };
+    settled(0).await;
+    for k in 1..=12 {
+        clock.set(t0 + k * PERIOD + PERIOD / 2);
+        settled(k).await;
+    }
+    stop.cancel();
+    handle.await.unwrap();
+    let log = log.lock().clone();
+    let fast: Vec<i64> = log
+        .iter()
+        .filter(|((t, _), _)| *t == 1)
+        .map(|((_, p), n)| {
+            assert_eq!(*n, 1, "period {p} of fast run once");
+            (p - t0) / PERIOD
+        })
+        .collect();
+    assert_eq!(fast, (0..=12).collect::<Vec<_>>(), "fast ran in every period");
+    let slow: Vec<i64> = log
+        .iter()
+        .filter(|((t, _), _)| *t == 0)
+        .map(|((_, p), _)| (p - t0) / PERIOD)
+        .collect();
+    assert_eq!(
+        slow,
+        vec![0, 10],
+        "slow ran once, then again in the period its run ended"
+    );
+}
