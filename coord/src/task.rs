@@ -598,9 +598,11 @@ pub struct SchedulerConfig {
     /// not set how often the store is read: a [`spawn`](Scheduler::spawn)ed scheduler
     /// sleeps until each task's next period (see the crate docs, "Cost").
     pub poll: Duration,
-    /// The most a claim attempt is delayed past the start of its period, at random, so that
-    /// processes do not all reach the store in the same millisecond (default 250 ms; never
-    /// more than a tenth of the period).
+    /// The most a claim attempt is delayed past the start of its period, so that processes do
+    /// not all reach the store in the same millisecond (default 250 ms; never more than a
+    /// tenth of the period). The process that wrote the task's record last (normally the one
+    /// that ran the last period) goes at once; the others wait between half of this and all
+    /// of it, at random, so they find the period claimed.
     pub jitter: Duration,
     /// Heartbeat and abandonment timing of runs (its `lease`: how long a run's record must
     /// stay unchanged before it counts as abandoned), and the [`Durability`] required of the
@@ -770,15 +772,17 @@ struct Wake {
 /// process claims a given period, and no leader is needed.
 ///
 /// A [`spawn`](Scheduler::spawn)ed scheduler runs one loop per task. Each sleeps until its
-/// task's next period begins (plus a random [`jitter`](SchedulerConfig::jitter)), then makes
-/// one claim attempt: one read and, if the period is still free, one compare-and-swap. The
-/// process that wrote the record last (the previous period's runner) tries its
-/// compare-and-swap without the read; a process that loses learns the new record from the
-/// conflict and does not try that period again. Between periods a loop reads the store only
-/// to look again at a run in progress that it may have to take over (an at-least-once run,
-/// or a run that holds up a due period), once per lease; its own runs write their
-/// heartbeats and their end. Runs go on beside the loop, so a slow run of one task never
-/// delays the claims of another (nor, with [`TaskSpec::allow_overlap`], of its own).
+/// task's next period begins, then makes one claim attempt. The process that wrote the
+/// task's record last (normally the one that ran the last period) goes at once and tries its
+/// compare-and-swap on the record as it wrote it, without a read; the others wait a random
+/// [`jitter`](SchedulerConfig::jitter) and read the record once, which normally shows the
+/// period claimed, and write only if it is still free. A process whose compare-and-swap
+/// loses learns the new record from the conflict and does not try that period again.
+/// Between periods a loop reads the store only to look again at a run in progress that it
+/// may have to take over (an at-least-once run, or a run that holds up a due period), once
+/// per lease; its own runs write their heartbeats and their end. Runs go on beside the
+/// loop, so a slow run of one task never delays the claims of another (nor, with
+/// [`TaskSpec::allow_overlap`], of its own). The crate docs ("Cost") give the figures.
 pub struct Scheduler {
     cache: Cache,
     holder: HolderId,
@@ -1558,8 +1562,9 @@ impl Scheduler {
         }
     }
 
-    /// A random delay for the claim of the period starting at `start`: up to
-    /// [`jitter`](SchedulerConfig::jitter), and up to a tenth of the period.
+    /// A random delay for the claim of the period starting at `start`, between half of the
+    /// jitter and all of it ([`jitter`](SchedulerConfig::jitter), at most a tenth of the
+    /// period): the first half is left to the last writer, which goes at once.
     fn jitter_ms(&self, task: &TaskSpec, start: i64) -> i64 {
         let period = task
             .schedule
@@ -1569,7 +1574,8 @@ impl Scheduler {
         if cap <= 0 {
             return 0;
         }
-        (random_u64() % (cap as u64 + 1)) as i64
+        let half = cap / 2;
+        half + (random_u64() % ((cap - half) as u64 + 1)) as i64
     }
 
     /// Waits until `wake`: the wall clock reaching its time, or the monotonic instant,

@@ -4,14 +4,19 @@
 //! `ManualClock` (`larder_tests::coord_sim`). Every store operation goes through one
 //! `layer::Instrumented`, whose counters say what the store saw; the jobs log every run.
 //! Also: a task whose run lasts ten periods does not hold up another task of the same
-//! scheduler.
+//! scheduler, and the followers of an `Elector` read the lease about once per renew
+//! deadline.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use larder::coord::{Clock, HolderId, ManualClock, Schedule, Scheduler, TaskSpec};
+use larder::coord::{
+    Clock, Durability, Elector, HolderId, Lease, LeaseConfig, ManualClock, Schedule, Scheduler,
+    TaskSpec,
+};
+use larder::layer::Instrumented;
 use larder::DynBackend;
 use larder_backend_memory::MemoryBackend;
 use larder_tests::coord_sim::{config, simulate, task, Drive, Outcome, PERIOD, T0};
@@ -133,4 +138,54 @@ async fn a_run_ten_periods_long_does_not_delay_another_tasks_claims() {
         vec![0, 10],
         "slow ran once, then again in the period its run ended"
     );
+}
+
+/// One holder and nine followers of one lease (lease 600 ms, renew deadline 400 ms, retry
+/// period 100 ms) on memory, counted for 3 s: each follower reads the lease about once per
+/// renew deadline (at most 3 s / 400 ms + 2 times), where looking every retry period would
+/// be about 25 times; the holder renews without reading, and stays the one leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn elector_followers_look_about_once_per_renew_deadline() {
+    let counted = Arc::new(Instrumented::new(Arc::new(MemoryBackend::default())));
+    let stats = counted.stats();
+    let b: DynBackend = counted;
+    let cfg = LeaseConfig::new(
+        Duration::from_millis(600),
+        Duration::from_millis(400),
+        Duration::from_millis(100),
+    )
+    .unwrap()
+    .with_durability(Durability::AcceptLoss);
+    let elector = |i: usize| {
+        let lease = Lease::new(b.clone(), "one", HolderId::named(&format!("e{i}")), cfg);
+        Elector::spawn(Arc::new(lease.unwrap()))
+    };
+    let mut leader = elector(0);
+    let term = tokio::time::timeout(Duration::from_secs(5), leader.leader())
+        .await
+        .unwrap();
+    let followers: Vec<Elector> = (1..10).map(elector).collect();
+    let window = Duration::from_secs(3);
+    let reads = |s: larder::layer::StatsSnapshot| s.hits + s.misses;
+    let before = stats.snapshot();
+    tokio::time::sleep(window).await;
+    let after = stats.snapshot();
+    let follower_reads = reads(after) - reads(before);
+    let bound = 9 * (window.as_millis() as u64 / 400 + 2);
+    println!(
+        "coord_scale[elector]: 9 followers read the lease {follower_reads} times in {window:?} \
+         (at most {bound}); the holder renewed {} times",
+        after.writes - before.writes
+    );
+    assert!(
+        follower_reads <= bound,
+        "{follower_reads} reads by 9 followers in {window:?}"
+    );
+    assert!(follower_reads >= 9, "every follower looked");
+    assert_eq!(leader.role().term().map(|t| t.token), Some(term.token));
+    assert!(followers.iter().all(|f| f.role().term().is_none()));
+    for f in followers {
+        f.stop().await;
+    }
+    leader.stop().await;
 }
