@@ -1142,9 +1142,7 @@ impl Scheduler {
             match self.put(&key, &next, version).await {
                 Ok(Ok(v)) => {
                     last.set(next, v);
-                    self.here
-                        .lock()
-                        .insert((claim.task.clone(), claim.token));
+                    self.here.lock().insert((claim.task.clone(), claim.token));
                     step.claim = Some((claim, claimed_at));
                     break;
                 }
@@ -1187,8 +1185,7 @@ impl Scheduler {
         claim: &Claim,
         outcome: std::result::Result<(), String>,
     ) -> Result<bool> {
-        self.record_end(claim, outcome, &LastWrite::default())
-            .await
+        self.record_end(claim, outcome, &LastWrite::default()).await
     }
 
     async fn record_end(
@@ -1207,37 +1204,43 @@ impl Scheduler {
             outcome: Some(outcome),
         };
         let recorded = self
-            .edit(&key, last, &claim.task, "recording the end of a run", |rec| {
-                let mut runs = rec.take_runs();
-                let found = runs.iter().position(|r| r.token == claim.token);
-                if let Some(i) = found {
-                    runs.remove(i);
-                }
-                rec.put_runs(runs);
-                if found.is_none() {
-                    // Same period in progress under another token: taken over; the new
-                    // holder records it.
-                    if rec.runs_in_progress().any(|r| r.period == claim.period) {
-                        return Edit::Answer(false);
+            .edit(
+                &key,
+                last,
+                &claim.task,
+                "recording the end of a run",
+                |rec| {
+                    let mut runs = rec.take_runs();
+                    let found = runs.iter().position(|r| r.token == claim.token);
+                    if let Some(i) = found {
+                        runs.remove(i);
                     }
-                    match &rec.last_run {
-                        // Already recorded (an earlier attempt whose answer was lost).
-                        Some(l) if l.token == claim.token && l.finished_at_ms.is_some() => {
-                            return Edit::Answer(true)
+                    rec.put_runs(runs);
+                    if found.is_none() {
+                        // Same period in progress under another token: taken over; the new
+                        // holder records it.
+                        if rec.runs_in_progress().any(|r| r.period == claim.period) {
+                            return Edit::Answer(false);
                         }
-                        // The same period ended under another token: it was taken over.
-                        Some(l) if l.period == claim.period && l.token != claim.token => {
-                            return Edit::Answer(false)
+                        match &rec.last_run {
+                            // Already recorded (an earlier attempt whose answer was lost).
+                            Some(l) if l.token == claim.token && l.finished_at_ms.is_some() => {
+                                return Edit::Answer(true)
+                            }
+                            // The same period ended under another token: it was taken over.
+                            Some(l) if l.period == claim.period && l.token != claim.token => {
+                                return Edit::Answer(false)
+                            }
+                            // A later period has already ended: keep it as the last run.
+                            Some(l) if l.period > claim.period => return Edit::Answer(true),
+                            // Recorded as abandoned by another process (at most once): it did end.
+                            _ => {}
                         }
-                        // A later period has already ended: keep it as the last run.
-                        Some(l) if l.period > claim.period => return Edit::Answer(true),
-                        // Recorded as abandoned by another process (at most once): it did end.
-                        _ => {}
                     }
-                }
-                rec.set_last_run(mine.clone());
-                Edit::Write(true)
-            })
+                    rec.set_last_run(mine.clone());
+                    Edit::Write(true)
+                },
+            )
             .await?;
         Ok(recorded.unwrap_or(false))
     }

@@ -12,7 +12,6 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-
 use larder::coord::{Candidacy, HolderId, Schedule, Scheduler, SchedulerConfig, TaskSpec};
 use larder_backend_sql::PgKv;
 use sqlx::postgres::{PgPool, PgPoolOptions};
@@ -201,7 +200,10 @@ async fn twenty_processes_cost_one_operation_per_process_task_and_period_whateve
         rates.push(per_s);
     }
     let spread = rates[0].max(rates[1]) / rates[0].min(rates[1]);
-    println!("coord_load: commits/s at poll 50 ms / at poll 1 s: {:.3}", rates[0] / rates[1]);
+    println!(
+        "coord_load: commits/s at poll 50 ms / at poll 1 s: {:.3}",
+        rates[0] / rates[1]
+    );
     assert!(
         spread <= 1.2,
         "the poll setting changed the load: {rates:?} commits/s"

@@ -29,8 +29,16 @@ type RunLog = Arc<Mutex<BTreeMap<(usize, i64), usize>>>;
 /// average, and two successful writes per task and period (the claim, the end of the run).
 fn check(what: &str, o: &Outcome) {
     println!("{}", o.summary(&format!("coord_scale[{what}]")));
-    assert!(o.duplicates().is_empty(), "periods run twice: {:?}", o.duplicates());
-    assert!(o.missing().is_empty(), "periods never run: {:?}", o.missing());
+    assert!(
+        o.duplicates().is_empty(),
+        "periods run twice: {:?}",
+        o.duplicates()
+    );
+    assert!(
+        o.missing().is_empty(),
+        "periods never run: {:?}",
+        o.missing()
+    );
     assert_eq!(
         o.runs.len(),
         o.tasks * o.periods as usize,
@@ -127,7 +135,11 @@ async fn a_run_ten_periods_long_does_not_delay_another_tasks_claims() {
             (p - t0) / PERIOD
         })
         .collect();
-    assert_eq!(fast, (0..=12).collect::<Vec<_>>(), "fast ran in every period");
+    assert_eq!(
+        fast,
+        (0..=12).collect::<Vec<_>>(),
+        "fast ran in every period"
+    );
     let slow: Vec<i64> = log
         .iter()
         .filter(|((t, _), _)| *t == 0)
