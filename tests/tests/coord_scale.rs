@@ -4,7 +4,8 @@
 //! `ManualClock` (`larder_tests::coord_sim`). Every store operation goes through one
 //! `layer::Instrumented`, whose counters say what the store saw; the jobs log every run.
 //! Also: a task whose run lasts ten periods does not hold up another task of the same
-//! scheduler, and the followers of an `Elector` read the lease about once per renew
+//! scheduler, a dead at-least-once run is taken over a lease after it is seen (not at the
+//! next period), and the followers of an `Elector` read the lease about once per renew
 //! deadline.
 #![allow(clippy::unwrap_used)]
 
@@ -13,8 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use larder::coord::{
-    Clock, Durability, Elector, HolderId, Lease, LeaseConfig, ManualClock, Schedule, Scheduler,
-    TaskSpec,
+    Clock, Durability, Elector, HolderId, Lease, LeaseConfig, ManualClock, RunMode, Schedule,
+    Scheduler, TaskSpec,
 };
 use larder::layer::Instrumented;
 use larder::DynBackend;
@@ -200,4 +201,61 @@ async fn elector_followers_look_about_once_per_renew_deadline() {
         f.stop().await;
     }
     leader.stop().await;
+}
+
+/// An at-least-once run whose process died just after claiming it: a spawned scheduler that
+/// sees it in progress looks again a lease later, without waiting for the next period (the
+/// clock does not move), takes it over with a higher token and runs it; two reads in all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spawned_scheduler_takes_a_dead_run_over_a_lease_after_seeing_it() {
+    let memory: DynBackend = Arc::new(MemoryBackend::default());
+    let counted = Arc::new(Instrumented::new(memory.clone()));
+    let stats = counted.stats();
+    let b: DynBackend = counted;
+    let clock = Arc::new(ManualClock::new(T0 + 1));
+    let lease = LeaseConfig::new(
+        Duration::from_millis(600),
+        Duration::from_millis(400),
+        Duration::from_millis(100),
+    )
+    .unwrap()
+    .with_durability(Durability::AcceptLoss);
+    let log: RunLog = Arc::default();
+    let spec = || task(0, log.clone()).mode(RunMode::AtLeastOnce);
+    let scheduler = |b: &DynBackend, name: &str| {
+        Scheduler::new(b.clone(), HolderId::named(name), config(name).lease(lease))
+            .unwrap()
+            .with_clock(clock.clone())
+            .with_task(spec())
+            .unwrap()
+    };
+    // Claims the period, then its process dies: no heartbeat, no end.
+    let dead = scheduler(&b, "dead").claim(&spec()).await.unwrap().unwrap();
+    let reads = |s: larder::layer::StatsSnapshot| s.hits + s.misses;
+    let before = stats.snapshot();
+    let (stop, handle) = Arc::new(scheduler(&b, "alive")).spawn();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !log.lock().contains_key(&(0, T0)) {
+        assert!(Instant::now() < deadline, "the dead run was not taken over");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Reads the record past the counting layer.
+    let observer = scheduler(&memory, "observer");
+    let settled = Instant::now() + Duration::from_secs(10);
+    while observer.status().await.unwrap()[0].last_run.is_none() {
+        assert!(Instant::now() < settled, "the run's end was not recorded");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let after = stats.snapshot();
+    stop.cancel();
+    handle.await.unwrap();
+    let st = observer.status().await.unwrap();
+    let last = st[0].last_run.as_ref().unwrap();
+    assert_eq!(last.period, dead.period, "the same period");
+    assert!(last.token > dead.token, "with a higher token");
+    assert_eq!(log.lock().get(&(0, T0)), Some(&1), "run once");
+    // The first look and the look a lease later (one more if the timer fired a hair early).
+    let looked = reads(after) - reads(before);
+    println!("coord_scale[takeover]: the dead run was taken over after {looked} reads");
+    assert!(looked <= 3, "{looked} reads");
 }
