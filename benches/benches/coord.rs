@@ -22,6 +22,14 @@
 //! After the criterion groups, `ratio coord ...` lines (stderr) give the same pairs measured
 //! alternately (larder and raw every 50 operations for 20 rounds, median per-op time of
 //! each): acquire / raw read+CAS, renew / raw CAS, claim / raw read+CAS.
+//!
+//! Then `load coord ...` lines: the store operations (counted, not timed) per task and period
+//! of N = 10, 100 and 1,000 schedulers with 10 tasks each on the memory backend, simulated on
+//! one `ManualClock` (`larder_tests::coord_sim`, as in `tests/coord_scale.rs`): spawned
+//! (each task sleeps until it is due) beside the poll-driven loop of earlier versions
+//! (`tick` by every scheduler at every poll: 10 and 2 polls per period, i.e. a 1 s period
+//! with a poll of 100 ms and of the default 500 ms). `LARDER_COORD_BENCH=load` runs only
+//! this part.
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -384,8 +392,43 @@ fn ratios(rt: &Runtime, f: &Fixture) {
     });
 }
 
+/// Store operations per task and period, spawned schedulers beside the poll-driven loop.
+fn store_load(rt: &Runtime) {
+    use larder_tests::coord_sim::{simulate, Drive};
+    const TASKS: usize = 10;
+    const PERIODS: i64 = 6;
+    for n in [10, 100, 1_000] {
+        let run = |drive| {
+            let memory: DynBackend = Arc::new(larder_backend_memory::MemoryBackend::default());
+            let o = rt.block_on(simulate(memory, n, TASKS, PERIODS, drive));
+            assert!(o.duplicates().is_empty() && o.missing().is_empty(), "{o:?}");
+            eprintln!("{}", o.summary(&format!("load coord {drive:?}")));
+            o
+        };
+        let spawned = run(Drive::Spawned);
+        let polled10 = run(Drive::Polled { polls: 10 });
+        let polled2 = run(Drive::Polled { polls: 2 });
+        let per = |o: &larder_tests::coord_sim::Outcome| o.steady_per_task_period();
+        eprintln!(
+            "load coord N={n}: operations per task and period after the first: spawned {:.1} \
+             ({:.3} per scheduler), polled 10/period {:.1}, polled 2/period {:.1}; ratio \
+             polled/spawned {:.2} and {:.2}",
+            per(&spawned),
+            per(&spawned) / n as f64,
+            per(&polled10),
+            per(&polled2),
+            per(&polled10) / per(&spawned),
+            per(&polled2) / per(&spawned),
+        );
+    }
+}
+
 fn main() {
     let rt = harness::current_thread();
+    if std::env::var("LARDER_COORD_BENCH").is_ok_and(|v| v == "load") {
+        store_load(&rt);
+        return;
+    }
     let server = ServerProcess::redis();
     let fixtures = rt.block_on(async {
         let (pg, schema) = larder_tests::db::pg_kv().await;
@@ -409,4 +452,5 @@ fn main() {
         ratios(&rt, f);
     }
     drop(server);
+    store_load(&rt);
 }

@@ -46,6 +46,12 @@ impl Role {
 /// or does not finish before the lease could lapse. The store it runs on was checked, with
 /// the lease's [`Durability`](crate::Durability), when the [`Lease`] was made.
 ///
+/// A follower looks at the lease about once per renew deadline (plus up to 10 % jitter), not
+/// every retry period, and exactly when the record it saw would have been unchanged for a
+/// whole lease: so the store sees one read per follower per renew deadline, and a holder
+/// that dies is replaced within `lease + renew_deadline` (+ jitter) of its last renewal
+/// (`tests/tests/coord_faults.rs` measures it with SIGKILL).
+///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> larder_cache_api::Result<()> {
@@ -108,21 +114,40 @@ impl Elector {
     }
 }
 
+/// `d` plus up to a tenth of it, so candidates do not look in lockstep.
 fn jittered(d: Duration) -> Duration {
-    // Up to 20 % extra, so candidates do not retry in lockstep.
-    let extra = d.as_millis() as u64 / 5;
+    let extra = d.as_millis() as u64 / 10;
     d + Duration::from_millis(if extra == 0 { 0 } else { random_u64() % extra })
+}
+
+/// The pause of a follower before its next look at the lease: about a renew deadline, or
+/// until the record it saw would have been unchanged for a whole lease, if sooner (a small
+/// margin after it, so that the look decides).
+fn follower_pause(lease: &Lease, failed: bool) -> Duration {
+    let config = lease.config();
+    if failed {
+        return jittered(config.retry_period);
+    }
+    let check = jittered(config.renew_deadline);
+    match lease.takeover_in() {
+        Some(left) if !left.is_zero() => check.min(left + Duration::from_millis(5)),
+        _ => check,
+    }
 }
 
 async fn run(lease: Arc<Lease>, tx: watch::Sender<Role>, stop: CancellationToken) {
     let retry = lease.config().retry_period;
     let mut held = None;
     let mut cancel = CancellationToken::new();
+    // The first look at the lease is at once (after a short jitter).
+    let mut follower_wait = Some(jittered(Duration::from_millis(10)));
     loop {
         let pause = if held.is_some() {
             retry
         } else {
-            jittered(retry)
+            follower_wait
+                .take()
+                .unwrap_or_else(|| follower_pause(&lease, false))
         };
         tokio::select! {
             _ = stop.cancelled() => break,
@@ -142,7 +167,8 @@ async fn run(lease: Arc<Lease>, tx: watch::Sender<Role>, stop: CancellationToken
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    tracing::warn!(lease = lease.name(), error = %e, "lease acquisition failed")
+                    tracing::warn!(lease = lease.name(), error = %e, "lease acquisition failed");
+                    follower_wait = Some(follower_pause(&lease, true));
                 }
             },
             Some(mut h) => {
@@ -157,6 +183,9 @@ async fn run(lease: Arc<Lease>, tx: watch::Sender<Role>, stop: CancellationToken
                         tracing::warn!(lease = lease.name(), token = h.token, %why, "stepping down");
                         cancel.cancel();
                         tx.send_replace(Role::Follower);
+                        // Still named in the record: take it back as soon as a renewal
+                        // would have come, if no one else has.
+                        follower_wait = Some(jittered(retry));
                     }
                 }
             }

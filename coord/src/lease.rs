@@ -327,6 +327,15 @@ impl Lease {
         self.cache.get(&self.key).await
     }
 
+    /// How long until the record this process saw last would have been unchanged for a
+    /// whole lease (by its monotonic clock), if it has seen one: then a look at it decides.
+    pub(crate) fn takeover_in(&self) -> Option<Duration> {
+        self.observed
+            .lock()
+            .as_ref()
+            .map(|seen| self.config.lease.saturating_sub(seen.since.elapsed()))
+    }
+
     /// How long the current record has been seen unchanged by this process.
     fn unchanged_for(&self, version: Version) -> Duration {
         let mut o = self.observed.lock();

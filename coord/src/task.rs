@@ -1,6 +1,6 @@
 //! Periodic tasks claimed once per period by compare-and-swap.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -16,9 +16,12 @@ use crate::holder::HolderId;
 use crate::lease::{check_backend, Durability, LeaseConfig};
 use crate::misfire::MisfirePolicy;
 use crate::schedule::Schedule;
+use crate::random::random_u64;
 use crate::token;
 use larder_cache_api::codec::Postcard;
-use larder_cache_api::{envelope, Cache, DynBackend, Error, ErrorKind, Key, Result, Version};
+use larder_cache_api::{
+    envelope, Cache, DynBackend, Entry, Error, ErrorKind, Key, Result, Version,
+};
 
 /// The retries of a read-and-compare-and-swap on a task record that lost a race.
 fn cas_retries() -> larder_cache_api::retry::Backoff {
@@ -385,8 +388,16 @@ pub struct SchedulerConfig {
     pub process_name: String,
     /// Whether it runs tasks.
     pub candidacy: Candidacy,
-    /// How often due periods are checked.
+    /// How soon an attempt that failed (the store did not answer) is tried again. It does
+    /// not set how often the store is read: a [`spawn`](Scheduler::spawn)ed scheduler
+    /// sleeps until each task's next period (see the crate docs, "Cost").
     pub poll: Duration,
+    /// The most a claim attempt is delayed past the start of its period, so that processes do
+    /// not all reach the store in the same millisecond (default 250 ms; never more than a
+    /// tenth of the period). The process that wrote the task's record last (normally the one
+    /// that ran the last period) goes at once; the others wait between half of this and all
+    /// of it, at random, so they find the period claimed.
+    pub jitter: Duration,
     /// Heartbeat and abandonment timing of runs (its `lease`: how long a run's record must
     /// stay unchanged before it counts as abandoned), and the [`Durability`] required of the
     /// store.
@@ -399,6 +410,7 @@ impl Default for SchedulerConfig {
             process_name: std::env::var("HOSTNAME").unwrap_or_else(|_| "process".into()),
             candidacy: Candidacy::Always,
             poll: Duration::from_millis(500),
+            jitter: Duration::from_millis(250),
             lease: LeaseConfig::default(),
         }
     }
@@ -415,9 +427,14 @@ impl SchedulerConfig {
         self.candidacy = c;
         self
     }
-    /// Sets the poll interval.
+    /// Sets how soon a failed attempt is retried.
     pub fn poll(mut self, d: Duration) -> Self {
         self.poll = d;
+        self
+    }
+    /// Sets the most a claim attempt is delayed past the start of its period.
+    pub fn jitter(mut self, d: Duration) -> Self {
+        self.jitter = d;
         self
     }
     /// Sets the run lease timing (and the [`Durability`] it carries).
@@ -479,9 +496,87 @@ struct Seen {
     since: Instant,
 }
 
+/// The record of one task as this process last wrote it, kept while no one else is known to
+/// have written it since: the next write of this process is tried on it directly, without a
+/// read (the compare-and-swap on its version still decides). Cleared as soon as a conflict
+/// or an unknown outcome shows it may be out of date.
+#[derive(Debug, Default)]
+struct LastWrite(Mutex<Option<(TaskRecord, Version)>>);
+
+impl LastWrite {
+    fn get(&self) -> Option<(TaskRecord, Version)> {
+        self.0.lock().clone()
+    }
+    fn set(&self, rec: TaskRecord, version: Version) {
+        *self.0.lock() = Some((rec, version));
+    }
+    fn clear(&self) {
+        *self.0.lock() = None;
+    }
+}
+
+/// A record as stored, or `None` (absent) with no version.
+type Stored = (TaskRecord, Option<Version>);
+
+/// What an edit of a task record does on the record it is given.
+enum Edit<T> {
+    /// Write the edited record, then answer this.
+    Write(T),
+    /// Answer this without writing.
+    Answer(T),
+}
+
+/// The decision about one task on one view of its record.
+#[derive(Default)]
+struct Plan {
+    /// The record to write, with the claim it makes.
+    write: Option<(TaskRecord, Claim)>,
+    /// When a run in progress (another process's) that matters here would have been seen
+    /// unchanged for a whole lease: look at it again then.
+    watch: Option<Instant>,
+    /// A due period waits for runs in progress to end.
+    blocked: bool,
+}
+
+/// What one [`Scheduler::step`] did.
+#[derive(Default)]
+struct Step {
+    /// The period it claimed (or the run it took over), with the instant before the write.
+    claim: Option<(Claim, tokio::time::Instant)>,
+    watch: Option<Instant>,
+    blocked: bool,
+}
+
+/// How many times one step re-plans on the current record a lost compare-and-swap returned
+/// (another process's write in between each time) before it waits for its next turn.
+const REPLANS: usize = 8;
+
+/// When a task loop wakes next: the wall-clock time of its next claim attempt, or a monotonic
+/// instant (a run to look at again, a failed attempt to retry), whichever comes first.
+#[derive(Debug, Clone, Copy, Default)]
+struct Wake {
+    at_ms: Option<i64>,
+    watch: Option<Instant>,
+    /// A due period waits for runs in progress: try again when one of ours ends.
+    blocked: bool,
+}
+
 /// Runs periodic tasks across every process that shares the backend: each period is
 /// claimed by one compare-and-swap on the task's last claimed period, so at most one
 /// process claims a given period, and no leader is needed.
+///
+/// A [`spawn`](Scheduler::spawn)ed scheduler runs one loop per task. Each sleeps until its
+/// task's next period begins, then makes one claim attempt. The process that wrote the
+/// task's record last (normally the one that ran the last period) goes at once and tries its
+/// compare-and-swap on the record as it wrote it, without a read; the others wait a random
+/// [`jitter`](SchedulerConfig::jitter) and read the record once, which normally shows the
+/// period claimed, and write only if it is still free. A process whose compare-and-swap
+/// loses learns the new record from the conflict and does not try that period again.
+/// Between periods a loop reads the store only to look again at a run in progress that it
+/// may have to take over (an at-least-once run, or a run that holds up a due period), once
+/// per lease; its own runs write their heartbeats and their end. Runs go on beside the
+/// loop, so a slow run of one task never delays the claims of another (nor, with
+/// [`TaskSpec::allow_overlap`], of its own). The crate docs ("Cost") give the figures.
 pub struct Scheduler {
     cache: Cache,
     holder: HolderId,
@@ -490,6 +585,8 @@ pub struct Scheduler {
     tasks: Vec<TaskSpec>,
     /// Per task and run token: the sign of life last seen, and since when.
     seen: Mutex<HashMap<(String, u64), Seen>>,
+    /// The runs going on in this process (task, token): never judged dead by it.
+    here: Mutex<HashSet<(String, u64)>>,
 }
 
 impl fmt::Debug for Scheduler {
@@ -499,6 +596,18 @@ impl fmt::Debug for Scheduler {
             .field("config", &self.config)
             .field("tasks", &self.tasks)
             .finish()
+    }
+}
+
+/// Marks a run as going on in this process while it lives.
+struct RunHere<'a> {
+    here: &'a Mutex<HashSet<(String, u64)>>,
+    id: (String, u64),
+}
+
+impl Drop for RunHere<'_> {
+    fn drop(&mut self) {
+        self.here.lock().remove(&self.id);
     }
 }
 
@@ -515,6 +624,7 @@ impl Scheduler {
             clock: Arc::new(SystemClock),
             tasks: Vec::new(),
             seen: Mutex::new(HashMap::new()),
+            here: Mutex::new(HashSet::new()),
         })
     }
 
@@ -556,75 +666,159 @@ impl Scheduler {
                 .is_none_or(|names| names.contains(&self.config.process_name))
     }
 
-    /// The record of a task with its version. Records written before runs could overlap in
-    /// them (and records of tasks whose runs do not overlap) have four fields; they are read
-    /// as such when the longer layout does not fit.
+    /// A stored task record. Records written before runs could overlap in them (and records
+    /// of tasks whose runs do not overlap) have four fields; they are read as such when the
+    /// longer layout does not fit.
+    fn decode(entry: &Entry) -> Result<TaskRecord> {
+        match envelope::open::<_, TaskRecord>(&Postcard, &entry.value) {
+            Ok(rec) => Ok(rec),
+            Err(e) => match envelope::open::<_, StoredTaskV1>(&Postcard, &entry.value) {
+                Ok(old) => Ok(old.into()),
+                Err(_) => Err(e),
+            },
+        }
+    }
+
+    /// The record of a task with its version.
     async fn load(&self, key: &Key) -> Result<Option<(TaskRecord, Version)>> {
         let Some(entry) = self.cache.backend().get(key).await? else {
             return Ok(None);
         };
-        let rec = match envelope::open::<_, TaskRecord>(&Postcard, &entry.value) {
-            Ok(rec) => rec,
-            Err(e) => match envelope::open::<_, StoredTaskV1>(&Postcard, &entry.value) {
-                Ok(old) => old.into(),
-                Err(_) => return Err(e),
-            },
+        Ok(Some((Self::decode(&entry)?, entry.version)))
+    }
+
+    /// Writes `rec` by compare-and-swap on `version` (`None`: create it): its new version,
+    /// or, if another write came first, the record stored instead, as the conflict carries
+    /// it (no read).
+    async fn put(
+        &self,
+        key: &Key,
+        rec: &TaskRecord,
+        version: Option<Version>,
+    ) -> Result<std::result::Result<Version, Stored>> {
+        let res = match version {
+            None => self.cache.create(key, rec, None).await,
+            Some(v) => self.cache.replace(key, rec, None, v).await,
         };
-        Ok(Some((rec, entry.version)))
+        match res {
+            Ok(v) => Ok(Ok(v)),
+            Err(e) if e.kind() == ErrorKind::Conflict => Ok(Err(match e.into_current() {
+                Some(entry) => (Self::decode(&entry)?, Some(entry.version)),
+                None => (TaskRecord::default(), None),
+            })),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Edits a task record by compare-and-swap, retried on conflict: `change` edits the
+    /// record it is given, or answers without writing. The first attempt starts from this
+    /// process's own last write of the record when it has one (no read); a conflict's
+    /// current record is the next attempt's (no read either). `None`: the record is absent.
+    async fn edit<T>(
+        &self,
+        key: &Key,
+        last: &LastWrite,
+        task: &str,
+        what: &str,
+        mut change: impl FnMut(&mut TaskRecord) -> Edit<T>,
+    ) -> Result<Option<T>> {
+        let mut known = last.get().map(|(rec, v)| (rec, Some(v)));
+        let mut tries = cas_retries();
+        while tries.next_attempt().await {
+            let (mut rec, version) = match known.take() {
+                Some((rec, Some(v))) => (rec, v),
+                Some((_, None)) => return Ok(None),
+                None => match self.load(key).await? {
+                    Some(found) => found,
+                    None => return Ok(None),
+                },
+            };
+            let answer = match change(&mut rec) {
+                Edit::Answer(answer) => return Ok(Some(answer)),
+                Edit::Write(answer) => answer,
+            };
+            match self.put(key, &rec, Some(version)).await {
+                Ok(Ok(v)) => {
+                    last.set(rec, v);
+                    return Ok(Some(answer));
+                }
+                Ok(Err(current)) => {
+                    last.clear();
+                    known = Some(current);
+                }
+                Err(e) => {
+                    last.clear();
+                    return Err(e);
+                }
+            }
+        }
+        Err(lost_races(task, what))
     }
 
     /// The tokens of the runs in progress in `rec` whose sign of life this process has seen
-    /// unchanged for a whole lease (by its own monotonic clock), oldest period first. Forgets
-    /// what it saw of runs no longer in progress.
-    fn dead_runs(&self, task: &str, rec: &TaskRecord, version: Version) -> Vec<u64> {
+    /// unchanged for a whole lease (by its own monotonic clock), oldest period first, and
+    /// when the first of the others would have been (runs of this process are neither).
+    /// Forgets what it saw of runs no longer in progress.
+    fn dead_runs(
+        &self,
+        task: &str,
+        rec: &TaskRecord,
+        version: Version,
+    ) -> (Vec<u64>, Option<Instant>) {
         let tokens: Vec<u64> = rec.runs_in_progress().map(|r| r.token).collect();
+        let here = self.here.lock();
         let mut seen = self.seen.lock();
         seen.retain(|(t, token), _| t.as_str() != task || tokens.contains(token));
         let mut dead = Vec::new();
+        let mut recheck: Option<Instant> = None;
         for token in tokens {
+            let id = (task.to_owned(), token);
+            if here.contains(&id) {
+                continue;
+            }
             // A run switches from the first sign to the second at most once (when it first
             // overlaps another), which only restarts the wait.
             let sign = match rec.heartbeats.iter().find(|h| h.token == token) {
                 Some(h) => Sign::Beats(h.beats),
                 None => Sign::Record(version),
             };
-            match seen.get(&(task.to_owned(), token)) {
-                Some(s) if s.sign == sign => {
-                    if s.since.elapsed() >= self.config.lease.lease {
-                        dead.push(token);
-                    }
-                }
+            let since = match seen.get(&id) {
+                Some(s) if s.sign == sign => s.since,
                 _ => {
-                    seen.insert(
-                        (task.to_owned(), token),
-                        Seen {
-                            sign,
-                            since: Instant::now(),
-                        },
-                    );
+                    let now = Instant::now();
+                    seen.insert(id, Seen { sign, since: now });
+                    now
                 }
+            };
+            if since.elapsed() >= self.config.lease.lease {
+                dead.push(token);
+            } else {
+                let at = since + self.config.lease.lease;
+                recheck = Some(recheck.map_or(at, |r| r.min(at)));
             }
         }
-        dead
+        (dead, recheck)
     }
 
-    /// Tries to claim the next due period of `task`, or to take over a run of it whose
-    /// process died (at-least-once).
-    pub async fn claim(&self, task: &TaskSpec) -> Result<Option<Claim>> {
-        if !self.eligible(task) {
-            return Ok(None);
-        }
-        let key = Self::key(&task.name)?;
-        let now = self.clock.now_ms();
-        if task.schedule.period_at(now).is_none() {
-            return Ok(None);
-        }
-        let (mut rec, version) = match self.load(&key).await? {
-            Some((r, v)) => (r, Some(v)),
-            None => (TaskRecord::default(), None),
-        };
+    /// The decision about `task` at `now` on the record `rec`
+    /// (with `version`; `None`: absent): the claim of the next due period, or the takeover of
+    /// a run whose process died (at-least-once), and when to look again at runs in progress.
+    fn plan(
+        &self,
+        task: &TaskSpec,
+        now: i64,
+        mut rec: TaskRecord,
+        version: Option<Version>,
+    ) -> Plan {
         let me = self.holder.as_str().to_owned();
-        let dead = version.map_or_else(Vec::new, |v| self.dead_runs(&task.name, &rec, v));
+        let (dead, recheck) =
+            version.map_or((Vec::new(), None), |v| self.dead_runs(&task.name, &rec, v));
+        // An at-least-once run is watched for as long as it goes on; an at-most-once run only
+        // while it holds up a due period (below).
+        let mut plan = Plan {
+            watch: recheck.filter(|_| task.mode == RunMode::AtLeastOnce),
+            ..Plan::default()
+        };
         if !dead.is_empty() {
             let mut runs = rec.take_runs();
             if task.mode == RunMode::AtLeastOnce {
@@ -650,7 +844,8 @@ impl Scheduler {
                     outcome: None,
                 };
                 rec.put_runs(runs);
-                return self.write_claim(&key, rec, version, claim).await;
+                plan.write = Some((rec, claim));
+                return plan;
             }
             // At most once: a dead run is recorded as abandoned, never repeated.
             let (gone, alive): (Vec<RunInfo>, Vec<RunInfo>) =
@@ -664,20 +859,22 @@ impl Scheduler {
             }
             rec.put_runs(alive);
         }
-        let in_progress = rec.runs_in_progress().count();
-        // (Dead runs recorded as abandoned above are written only with a claim; until then
-        // every process sees them as they are.)
-        if (in_progress > 0 && !task.allow_overlap) || in_progress >= MAX_RUNS_IN_PROGRESS {
-            return Ok(None);
-        }
         // The oldest period the task's misfire policy still runs.
         let Some(period) = task
             .misfire
             .periods_to_claim(&task.schedule, rec.last_period, now)
             .next()
         else {
-            return Ok(None);
+            return plan;
         };
+        let in_progress = rec.runs_in_progress().count();
+        // (Dead runs recorded as abandoned above are written only with a claim; until then
+        // every process sees them as they are.)
+        if (in_progress > 0 && !task.allow_overlap) || in_progress >= MAX_RUNS_IN_PROGRESS {
+            plan.blocked = true;
+            plan.watch = recheck;
+            return plan;
+        }
         rec.last_period = Some(period);
         // A record created now (first claim, or the store lost it) starts at a time-based
         // token, above every token of a lost record (see `token`).
@@ -698,25 +895,70 @@ impl Scheduler {
             outcome: None,
         });
         rec.put_runs(runs);
-        self.write_claim(&key, rec, version, claim).await
+        plan.write = Some((rec, claim));
+        plan
     }
 
-    async fn write_claim(
-        &self,
-        key: &Key,
-        rec: TaskRecord,
-        version: Option<Version>,
-        claim: Claim,
-    ) -> Result<Option<Claim>> {
-        let res = match version {
-            None => self.cache.create(key, &rec, None).await,
-            Some(v) => self.cache.replace(key, &rec, None, v).await,
-        };
-        match res {
-            Ok(_) => Ok(Some(claim)),
-            Err(e) if e.kind() == ErrorKind::Conflict => Ok(None),
-            Err(e) => Err(e),
+    /// One claim attempt for `task`: decides on this process's own last write of the record
+    /// if it has one, else on a read, and writes what the decision calls for. A lost
+    /// compare-and-swap carries the record that won; the decision is taken again on it (no
+    /// read), so a period another process claimed meanwhile is not tried again.
+    async fn step(&self, task: &TaskSpec, last: &LastWrite) -> Result<Step> {
+        let mut step = Step::default();
+        if !self.eligible(task) {
+            return Ok(step);
         }
+        let key = Self::key(&task.name)?;
+        let now = self.clock.now_ms();
+        if task.schedule.period_at(now).is_none() {
+            return Ok(step);
+        }
+        let (mut rec, mut version) = match last.get() {
+            Some((rec, v)) => (rec, Some(v)),
+            None => match self.load(&key).await? {
+                Some((rec, v)) => (rec, Some(v)),
+                None => (TaskRecord::default(), None),
+            },
+        };
+        for _ in 0..REPLANS {
+            let plan = self.plan(task, now, rec, version);
+            step.watch = plan.watch;
+            step.blocked = plan.blocked;
+            let Some((next, claim)) = plan.write else {
+                break;
+            };
+            // Before the claim's write: nobody takes the run over within a lease of it.
+            let claimed_at = tokio::time::Instant::now();
+            match self.put(&key, &next, version).await {
+                Ok(Ok(v)) => {
+                    last.set(next, v);
+                    self.here.lock().insert((claim.task.clone(), claim.token));
+                    step.claim = Some((claim, claimed_at));
+                    break;
+                }
+                Ok(Err((current_rec, current_version))) => {
+                    last.clear();
+                    (rec, version) = (current_rec, current_version);
+                }
+                Err(e) => {
+                    last.clear();
+                    return Err(e);
+                }
+            }
+        }
+        Ok(step)
+    }
+
+    /// Tries to claim the next due period of `task`, or to take over a run of it whose
+    /// process died (at-least-once): one read, then one compare-and-swap if something is
+    /// due (another if that one loses to a write that left something due).
+    pub async fn claim(&self, task: &TaskSpec) -> Result<Option<Claim>> {
+        let step = self.step(task, &LastWrite::default()).await?;
+        if let Some((claim, _)) = &step.claim {
+            // Not run here (yet): the caller decides.
+            self.here.lock().remove(&(claim.task.clone(), claim.token));
+        }
+        Ok(step.claim.map(|(claim, _)| claim))
     }
 
     /// Records the end of a claimed run and removes it from the runs in progress. Returns
@@ -733,6 +975,15 @@ impl Scheduler {
         claim: &Claim,
         outcome: std::result::Result<(), String>,
     ) -> Result<bool> {
+        self.record_end(claim, outcome, &LastWrite::default()).await
+    }
+
+    async fn record_end(
+        &self,
+        claim: &Claim,
+        outcome: std::result::Result<(), String>,
+        last: &LastWrite,
+    ) -> Result<bool> {
         let key = Self::key(&claim.task)?;
         let mine = RunInfo {
             period: claim.period,
@@ -742,46 +993,46 @@ impl Scheduler {
             finished_at_ms: Some(self.clock.now_ms()),
             outcome: Some(outcome),
         };
-        let mut tries = cas_retries();
-        while tries.next_attempt().await {
-            let Some((mut rec, v)) = self.load(&key).await? else {
-                return Ok(false);
-            };
-            let mut runs = rec.take_runs();
-            let found = runs.iter().position(|r| r.token == claim.token);
-            if let Some(i) = found {
-                runs.remove(i);
-            }
-            rec.put_runs(runs);
-            if found.is_none() {
-                // Same period in progress under another token: taken over; the new holder
-                // records it.
-                if rec.runs_in_progress().any(|r| r.period == claim.period) {
-                    return Ok(false);
-                }
-                match &rec.last_run {
-                    // Already recorded (an earlier attempt whose answer was lost).
-                    Some(l) if l.token == claim.token && l.finished_at_ms.is_some() => {
-                        return Ok(true)
+        let recorded = self
+            .edit(
+                &key,
+                last,
+                &claim.task,
+                "recording the end of a run",
+                |rec| {
+                    let mut runs = rec.take_runs();
+                    let found = runs.iter().position(|r| r.token == claim.token);
+                    if let Some(i) = found {
+                        runs.remove(i);
                     }
-                    // The same period ended under another token: it was taken over.
-                    Some(l) if l.period == claim.period && l.token != claim.token => {
-                        return Ok(false)
+                    rec.put_runs(runs);
+                    if found.is_none() {
+                        // Same period in progress under another token: taken over; the new
+                        // holder records it.
+                        if rec.runs_in_progress().any(|r| r.period == claim.period) {
+                            return Edit::Answer(false);
+                        }
+                        match &rec.last_run {
+                            // Already recorded (an earlier attempt whose answer was lost).
+                            Some(l) if l.token == claim.token && l.finished_at_ms.is_some() => {
+                                return Edit::Answer(true)
+                            }
+                            // The same period ended under another token: it was taken over.
+                            Some(l) if l.period == claim.period && l.token != claim.token => {
+                                return Edit::Answer(false)
+                            }
+                            // A later period has already ended: keep it as the last run.
+                            Some(l) if l.period > claim.period => return Edit::Answer(true),
+                            // Recorded as abandoned by another process (at most once): it did end.
+                            _ => {}
+                        }
                     }
-                    // A later period has already ended: keep it as the last run.
-                    Some(l) if l.period > claim.period => return Ok(true),
-                    // Recorded as abandoned by another process (at most once): it did end.
-                    _ => {}
-                }
-            }
-            rec.set_last_run(mine.clone());
-            match self.cache.replace(&key, &rec, None, v).await {
-                Ok(_) => return Ok(true),
-                Err(e) if e.kind() == ErrorKind::Conflict => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        Err(lost_races(&claim.task, "recording the end of a run"))
+                    rec.set_last_run(mine.clone());
+                    Edit::Write(true)
+                },
+            )
+            .await?;
+        Ok(recorded.unwrap_or(false))
     }
 
     /// Proves a run is alive (changes its record; while runs overlap, counts a heartbeat of
@@ -789,45 +1040,44 @@ impl Scheduler {
     /// taken it over or recorded it as abandoned. An error leaves it unknown whether the
     /// heartbeat was recorded.
     pub async fn heartbeat(&self, claim: &Claim) -> Result<bool> {
+        self.beat(claim, &LastWrite::default()).await
+    }
+
+    async fn beat(&self, claim: &Claim, last: &LastWrite) -> Result<bool> {
         let key = Self::key(&claim.task)?;
-        let mut tries = cas_retries();
-        while tries.next_attempt().await {
-            let Some((mut rec, v)) = self.load(&key).await? else {
-                return Ok(false);
-            };
-            if !rec.runs_in_progress().any(|r| r.token == claim.token) {
-                // Taken over (same period, another token), or abandoned: not ours any more.
-                return Ok(false);
-            }
-            if !rec.overlapping.is_empty() || rec.heartbeats.iter().any(|h| h.token == claim.token)
-            {
-                let at_ms = self.clock.now_ms();
-                match rec.heartbeats.iter_mut().find(|h| h.token == claim.token) {
-                    Some(h) => {
-                        h.beats += 1;
-                        h.at_ms = at_ms;
-                    }
-                    None => rec.heartbeats.push(Heartbeat {
-                        token: claim.token,
-                        beats: 1,
-                        at_ms,
-                    }),
+        let at_ms = self.clock.now_ms();
+        let alive = self
+            .edit(&key, last, &claim.task, "a heartbeat", |rec| {
+                if !rec.runs_in_progress().any(|r| r.token == claim.token) {
+                    // Taken over (same period, another token), or abandoned: not ours any more.
+                    return Edit::Answer(false);
                 }
-            }
-            // Rewriting the record gives it a new version: that is the heartbeat of a run
-            // that never overlapped another.
-            match self.cache.replace(&key, &rec, None, v).await {
-                Ok(_) => return Ok(true),
-                Err(e) if e.kind() == ErrorKind::Conflict => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        Err(lost_races(&claim.task, "a heartbeat"))
+                if !rec.overlapping.is_empty()
+                    || rec.heartbeats.iter().any(|h| h.token == claim.token)
+                {
+                    match rec.heartbeats.iter_mut().find(|h| h.token == claim.token) {
+                        Some(h) => {
+                            h.beats += 1;
+                            h.at_ms = at_ms;
+                        }
+                        None => rec.heartbeats.push(Heartbeat {
+                            token: claim.token,
+                            beats: 1,
+                            at_ms,
+                        }),
+                    }
+                }
+                // Rewriting the record gives it a new version: that is the heartbeat of a run
+                // that never overlapped another.
+                Edit::Write(true)
+            })
+            .await?;
+        Ok(alive.unwrap_or(false))
     }
 
     /// One pass: claims every due period of every task and runs it here, to completion,
-    /// heartbeating meanwhile. Returns the claims run. [`spawn`](Scheduler::spawn) calls it
-    /// in a loop; tests call it directly.
+    /// heartbeating meanwhile, one task after another. Returns the claims run. Tests call it
+    /// to step a scheduler by hand; [`spawn`](Scheduler::spawn) runs the tasks on their own.
     pub async fn tick(&self) -> Result<Vec<Claim>> {
         self.tick_until(&CancellationToken::new()).await
     }
@@ -836,30 +1086,42 @@ impl Scheduler {
     async fn tick_until(&self, stop: &CancellationToken) -> Result<Vec<Claim>> {
         let mut done = Vec::new();
         for task in &self.tasks {
+            let last = LastWrite::default();
             // The misfire policy may leave several due periods: claim them one by one.
             for _ in 0..task.misfire.claims_per_pass() {
-                // Before the claim's write: nobody takes the run over within a lease of it.
-                let claimed_at = tokio::time::Instant::now();
-                let Some(claim) = self.claim(task).await? else {
+                let Some((claim, claimed_at)) = self.step(task, &last).await?.claim else {
                     break;
                 };
-                self.run(task, &claim, claimed_at, stop.child_token())
+                let ended = self
+                    .run(task, &claim, claimed_at, stop.child_token(), &last)
                     .await?;
                 done.push(claim);
+                if !ended {
+                    // Lost (taken over, or its heartbeats failed): claim no more here.
+                    break;
+                }
             }
         }
         Ok(done)
     }
 
     /// Runs a claimed period: heartbeats every retry period, concurrently with the job; stops
-    /// the job (cancels it) as soon as the run may be lost; records its end.
+    /// the job (cancels it) as soon as the run may be lost; records its end. `false`: the
+    /// run was lost (stopped, or found taken over).
     async fn run(
         &self,
         task: &TaskSpec,
         claim: &Claim,
         claimed_at: tokio::time::Instant,
         cancel: CancellationToken,
-    ) -> Result<()> {
+        last: &LastWrite,
+    ) -> Result<bool> {
+        let id = (claim.task.clone(), claim.token);
+        self.here.lock().insert(id.clone());
+        let _here = RunHere {
+            here: &self.here,
+            id,
+        };
         let ctx = RunContext {
             task: claim.task.clone(),
             period: claim.period,
@@ -881,7 +1143,7 @@ impl Scheduler {
             tokio::select! {
                 out = &mut job => break out,
                 _ = beat.tick(), if beat_due => {
-                    pending = Some((tokio::time::Instant::now(), Box::pin(self.heartbeat(claim))));
+                    pending = Some((tokio::time::Instant::now(), Box::pin(self.beat(claim, last))));
                 }
                 (started, res) = in_flight(&mut pending) => {
                     pending = None;
@@ -892,7 +1154,7 @@ impl Scheduler {
                             tracing::warn!(task = %claim.task, period = claim.period, token = claim.token,
                                 "run taken over by another process; cancelling it");
                             cancel.cancel();
-                            return Ok(());
+                            return Ok(false);
                         }
                         Err(e) => tracing::warn!(task = %claim.task, error = %e, "heartbeat failed"),
                     }
@@ -911,7 +1173,7 @@ impl Scheduler {
                         tracing::warn!(task = %claim.task, period = claim.period,
                             "the cancelled run did not return before it could be taken over; dropped");
                     }
-                    return Ok(());
+                    return Ok(false);
                 }
             }
         };
@@ -920,28 +1182,29 @@ impl Scheduler {
         if let Err(e) = &outcome {
             tracing::warn!(task = %claim.task, period = claim.period, error = %e, "task run failed");
         }
-        self.finish_retrying(claim, outcome).await
+        self.finish_retrying(claim, outcome, last).await
     }
 
-    /// [`finish`](Scheduler::finish), retried with backoff until the end is recorded, the run
-    /// is found taken over, or a lease has passed.
+    /// [`finish`](Scheduler::finish), retried with backoff until the end is recorded (`true`),
+    /// the run is found taken over (`false`), or a lease has passed (the last error).
     async fn finish_retrying(
         &self,
         claim: &Claim,
         outcome: std::result::Result<(), String>,
-    ) -> Result<()> {
+        last: &LastWrite,
+    ) -> Result<bool> {
         let timing = self.config.lease;
         let mut tries =
             larder_cache_api::retry::Backoff::new(Duration::from_millis(10), timing.retry_period)
                 .deadline(timing.lease);
         let mut failure = None;
         while tries.next_attempt().await {
-            match self.finish(claim, outcome.clone()).await {
-                Ok(true) => return Ok(()),
+            match self.record_end(claim, outcome.clone(), last).await {
+                Ok(true) => return Ok(true),
                 Ok(false) => {
                     tracing::warn!(task = %claim.task, period = claim.period, token = claim.token,
                         "run taken over before its end was recorded");
-                    return Ok(());
+                    return Ok(false);
                 }
                 Err(e) => {
                     tracing::warn!(task = %claim.task, period = claim.period, attempt = tries.attempts(),
@@ -986,22 +1249,153 @@ impl Scheduler {
         Ok(out)
     }
 
-    /// Runs [`tick`](Scheduler::tick) every poll interval on the current runtime until the
-    /// returned token is cancelled. Errors are logged and retried, never fatal.
+    /// Runs every task this process may run on the current runtime, each in a loop of its
+    /// own, until the returned token is cancelled; then cancels the runs in progress and
+    /// waits for them to end. Each loop sleeps until its task's next period (plus jitter),
+    /// makes one claim attempt, and runs what it claimed beside the loop (see
+    /// [`Scheduler`] for what it reads and writes). Errors are logged and the attempt is
+    /// retried after [`poll`](SchedulerConfig::poll), never fatal.
     pub fn spawn(self: Arc<Self>) -> (CancellationToken, tokio::task::JoinHandle<()>) {
         let stop = CancellationToken::new();
         let s2 = stop.clone();
         let handle = tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = s2.cancelled() => return,
-                    _ = tokio::time::sleep(self.config.poll) => {}
-                }
-                if let Err(e) = self.tick_until(&s2).await {
-                    tracing::warn!(error = %e, "scheduler pass failed; retrying");
+            let mut loops = tokio::task::JoinSet::new();
+            for index in 0..self.tasks.len() {
+                if self.eligible(&self.tasks[index]) {
+                    loops.spawn(self.clone().task_loop(index, s2.clone()));
                 }
             }
+            while loops.join_next().await.is_some() {}
         });
         (stop, handle)
+    }
+
+    /// The loop of the task at `index`.
+    async fn task_loop(self: Arc<Self>, index: usize, stop: CancellationToken) {
+        let task = &self.tasks[index];
+        let last = Arc::new(LastWrite::default());
+        let mut runs = tokio::task::JoinSet::new();
+        let mut wake = Wake::default();
+        let mut attempt_now = true;
+        loop {
+            if !attempt_now {
+                tokio::select! {
+                    // A stopped scheduler claims nothing more, whatever else is ready.
+                    biased;
+                    _ = stop.cancelled() => break,
+                    _ = self.until(wake) => {}
+                    ended = runs.join_next(), if !runs.is_empty() => {
+                        if let Some(Err(e)) = ended {
+                            tracing::warn!(task = %task.name, error = %e, "a run panicked");
+                        }
+                        // A due period that waited for this run may be claimed now.
+                        if !wake.blocked {
+                            continue;
+                        }
+                    }
+                }
+            }
+            attempt_now = false;
+            wake = match self.claim_due(index, &last, &mut runs, &stop).await {
+                Ok(step) => self.next_wake(task, &step, last.get().is_some()),
+                Err(e) => {
+                    tracing::warn!(task = %task.name, error = %e, "claim attempt failed; retrying");
+                    Wake {
+                        watch: Some(Instant::now() + self.config.poll),
+                        ..Wake::default()
+                    }
+                }
+            };
+        }
+        while runs.join_next().await.is_some() {}
+    }
+
+    /// Claims what is due for the task at `index` and starts each run beside the loop; the
+    /// last step (the one that claimed nothing).
+    async fn claim_due(
+        self: &Arc<Self>,
+        index: usize,
+        last: &Arc<LastWrite>,
+        runs: &mut tokio::task::JoinSet<()>,
+        stop: &CancellationToken,
+    ) -> Result<Step> {
+        let task = &self.tasks[index];
+        loop {
+            let mut step = self.step(task, last).await?;
+            let Some((claim, claimed_at)) = step.claim.take() else {
+                return Ok(step);
+            };
+            let (me, last, cancel) = (self.clone(), last.clone(), stop.child_token());
+            runs.spawn(async move {
+                let task = &me.tasks[index];
+                if let Err(e) = me.run(task, &claim, claimed_at, cancel, &last).await {
+                    tracing::warn!(task = %claim.task, period = claim.period, error = %e,
+                        "the end of a run could not be recorded");
+                }
+            });
+        }
+    }
+
+    /// When the loop of `task` wakes after `step`: at the start of the next period plus
+    /// jitter, or sooner to look again at a run in progress. The last writer of the record
+    /// (`wrote_last`: normally the process that ran the last period) goes first, without
+    /// jitter: its compare-and-swap needs no read and, made before the others look, wins,
+    /// so they find the period claimed with one read each and no failed write.
+    fn next_wake(&self, task: &TaskSpec, step: &Step, wrote_last: bool) -> Wake {
+        let now = self.clock.now_ms();
+        let at_ms = task
+            .schedule
+            .period_at(now)
+            .and_then(|p| task.schedule.next(p))
+            .map(|start| {
+                let jitter = if wrote_last {
+                    0
+                } else {
+                    self.jitter_ms(task, start)
+                };
+                start.saturating_add(jitter)
+            });
+        Wake {
+            at_ms,
+            watch: step.watch,
+            blocked: step.blocked,
+        }
+    }
+
+    /// A random delay for the claim of the period starting at `start`, between half of the
+    /// jitter and all of it ([`jitter`](SchedulerConfig::jitter), at most a tenth of the
+    /// period): the first half is left to the last writer, which goes at once.
+    fn jitter_ms(&self, task: &TaskSpec, start: i64) -> i64 {
+        let period = task
+            .schedule
+            .next(start)
+            .map_or(0, |n| n.saturating_sub(start));
+        let cap = (self.config.jitter.as_millis() as i64).min(period / 10);
+        if cap <= 0 {
+            return 0;
+        }
+        let half = cap / 2;
+        half + (random_u64() % ((cap - half) as u64 + 1)) as i64
+    }
+
+    /// Waits until `wake`: the wall clock reaching its time, or the monotonic instant,
+    /// whichever comes first (neither: forever).
+    async fn until(&self, wake: Wake) {
+        let clock = async {
+            match wake.at_ms {
+                Some(ms) => self.clock.sleep_until(ms).await,
+                None => std::future::pending().await,
+            }
+        };
+        let watch = async {
+            match wake.watch {
+                Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = clock => {}
+            _ = watch => {}
+        }
     }
 }

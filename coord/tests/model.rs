@@ -38,6 +38,12 @@
 //! (read; rewrite if the run is still ours, stop if the same period runs under another
 //! token), finish (read; the bookkeeping of `Scheduler::finish`; compare-and-swap, retried
 //! on conflict), fenced effects with the run's token at any time while the run goes on.
+//! Where the code decides on the record without reading it first (on the record as this
+//! process last wrote it, or on the current record a lost compare-and-swap returned), the
+//! model's read stands for it: each is a state the record held, and the compare-and-swap
+//! on its version succeeds only if the record still holds it, exactly as after a read (a
+//! run is judged dead only after two looks a lease apart found it unchanged, whichever
+//! way each look was made).
 //!
 //! **Bounds** (so that each check is exhaustive and takes seconds in a debug build): the
 //! lease over 4 ticks with 1 pause, 1 crash and 2 fenced effects; the task over 3 ticks (two

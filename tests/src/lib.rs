@@ -1,12 +1,14 @@
 //! Support for larder's cross-crate tests: real servers started on free ports
 //! ([`server`]), a TCP proxy that cuts or stalls connections ([`proxy`]), and a backend
-//! wrapper that injects one fault at one point ([`fault`]).
+//! wrapper that injects one fault at one point ([`fault`]), many periodic-task schedulers
+//! in one process, counted ([`coord_sim`]).
 //!
 //! Helpers panic with a clear message when something the tests need is missing (a server
 //! binary, a free port): in CI a missing server is a failure, never a skip.
 #![allow(clippy::unwrap_used)]
 
 pub mod cluster;
+pub mod coord_sim;
 pub mod db;
 pub mod fault;
 pub mod owning;
