@@ -197,3 +197,39 @@ pub async fn echo_iters(s: &tokio::sync::Mutex<TcpStream>, msg: &[u8], iters: u6
     }
     t.elapsed()
 }
+
+/// Throughput of larder and of the raw anchor in `rounds` alternated rounds of `dur` each
+/// (L R L R ...), for a shared machine whose speed drifts more between two runs than the
+/// difference measured. Prints a `throughput` line to stderr: the median ops/s of each side
+/// and the median of the per-round ratios larder / raw, which it returns.
+#[allow(clippy::too_many_arguments)]
+pub fn throughput_rounds<LF, LFut, RF, RFut>(
+    bench: &str,
+    what: &str,
+    rt: &Runtime,
+    tasks: usize,
+    dur: Duration,
+    rounds: usize,
+    larder: LF,
+    raw: RF,
+) -> f64
+where
+    LF: Fn(usize) -> LFut + Send + Sync + Clone + 'static,
+    LFut: Future<Output = ()> + Send + 'static,
+    RF: Fn(usize) -> RFut + Send + Sync + Clone + 'static,
+    RFut: Future<Output = ()> + Send + 'static,
+{
+    let (mut l, mut r, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let a = throughput(rt, tasks, dur, larder.clone());
+        let b = throughput(rt, tasks, dur, raw.clone());
+        l.push(a);
+        r.push(b);
+        ratio.push(a / b);
+    }
+    let (l, r, ratio) = (median(&mut l), median(&mut r), median(&mut ratio));
+    eprintln!(
+        "throughput {bench} {what:<24} {tasks} tasks, {rounds} rounds  larder {l:>10.0} ops/s  raw {r:>10.0} ops/s  median round larder/raw {ratio:.3}"
+    );
+    ratio
+}
