@@ -31,7 +31,7 @@
 //! `throughput coord postgres kv put trigger/none` 8 concurrent writers in 5 alternated
 //! rounds of 1 s (`harness::throughput_rounds`); in both lines "larder" is the table with the
 //! trigger and "raw" the one without.
-//! `-- kv_notify` runs only this part.
+//! `LARDER_COORD_BENCH=kv_notify` runs only this part.
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -471,8 +471,7 @@ fn kv_notify_cost() {
 }
 
 fn main() {
-    // `-- kv_notify` (no Criterion id matches it) runs only the trigger-cost measurement.
-    if std::env::args().any(|a| a == "kv_notify") {
+    if std::env::var("LARDER_COORD_BENCH").is_ok_and(|v| v == "kv_notify") {
         kv_notify_cost();
         return;
     }
