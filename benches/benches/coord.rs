@@ -30,6 +30,15 @@
 //! (`tick` by every scheduler at every poll: 10 and 2 polls per period, i.e. a 1 s period
 //! with a poll of 100 ms and of the default 500 ms). `LARDER_COORD_BENCH=load` runs only
 //! this part.
+//! Last, the cost of the `larder_kv_notify` trigger (migration `kv_notify`, the near cache's
+//! invalidation channel on PostgreSQL) on a write, in a fresh schema where nobody listens:
+//! the backend's overwrite upsert on `larder_kv` (trigger fires) against the same statement
+//! on `larder_kv_plain` (`LIKE larder_kv INCLUDING ALL`, no trigger), same pool and runtime.
+//! `ratio coord postgres kv put trigger/none` is one writer alternated per op, and
+//! `throughput coord postgres kv put trigger/none` 8 concurrent writers in 5 alternated
+//! rounds of 1 s (`harness::throughput_rounds`); in both lines "larder" is the table with the
+//! trigger and "raw" the one without.
+//! `LARDER_COORD_BENCH=kv_notify` runs only this part.
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -423,7 +432,87 @@ fn store_load(rt: &Runtime) {
     }
 }
 
+/// The `larder_kv` upsert of `PutMode::Overwrite` (`backend-sql/src/core.rs`) without a TTL,
+/// on table `{table}`.
+fn kv_upsert(table: &str) -> String {
+    format!(
+        "INSERT INTO {table} (key, value, version, expires_at) \
+         VALUES ($1, $2, nextval('larder_kv_version'), NULL) \
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value, \
+         version = excluded.version, expires_at = excluded.expires_at RETURNING version"
+    )
+}
+
+/// Keys the notify-cost runs write (each writer task its own share of them).
+const NOTIFY_KEYS: usize = 256;
+
+/// Writer tasks of the concurrent notify-cost run.
+const NOTIFY_WRITERS: usize = 8;
+
+/// The cost of the `larder_kv_notify` trigger (migration `kv_notify`: `pg_notify` for every
+/// written row) on a write: the backend's overwrite upsert on `larder_kv` against the same
+/// statement on `larder_kv_plain`, a copy of the table without the trigger, in one fresh
+/// schema on one pool. Nobody listens. One writer alternated per op (`ratio`), then
+/// [`NOTIFY_WRITERS`] concurrent writers in rounds of 1 s, alternated (`throughput`).
+fn kv_notify_cost() {
+    let mrt = harness::multi_thread();
+    let (pool, _kv) = mrt.block_on(async {
+        let (kv, _schema) = larder_tests::db::pg_kv().await;
+        let pool = kv.pool().clone();
+        sqlx::raw_sql("CREATE TABLE larder_kv_plain (LIKE larder_kv INCLUDING ALL)")
+            .execute(&pool)
+            .await
+            .expect("plain table");
+        (pool, kv)
+    });
+    let keys: Arc<Vec<String>> = Arc::new(
+        (0..NOTIFY_KEYS)
+            .map(|i| format!("session:user:{i:08}:state"))
+            .collect(),
+    );
+    let value: Arc<Vec<u8>> = Arc::new(vec![7u8; 300]);
+    let put = |table: &'static str| {
+        let (pool, keys, value) = (pool.clone(), keys.clone(), value.clone());
+        let q: Arc<str> = kv_upsert(table).into();
+        move |i: usize| {
+            let (pool, keys, value, q) = (pool.clone(), keys.clone(), value.clone(), q.clone());
+            async move {
+                let v: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(q))
+                    .bind(&keys[i % keys.len()])
+                    .bind(&value[..])
+                    .fetch_one(&pool)
+                    .await
+                    .expect("upsert");
+                black_box(v);
+            }
+        }
+    };
+    let (notify, plain) = (put("larder_kv"), put("larder_kv_plain"));
+    mrt.block_on(async {
+        for i in 0..NOTIFY_KEYS {
+            notify(i).await;
+            plain(i).await;
+        }
+        let one = alternate(ROUNDS, PER_ROUND, &notify, &plain).await;
+        report("coord", "postgres kv put trigger/none", one);
+    });
+    harness::throughput_rounds(
+        "coord",
+        "postgres kv put trigger/none",
+        &mrt,
+        NOTIFY_WRITERS,
+        Duration::from_secs(1),
+        5,
+        notify,
+        plain,
+    );
+}
+
 fn main() {
+    if std::env::var("LARDER_COORD_BENCH").is_ok_and(|v| v == "kv_notify") {
+        kv_notify_cost();
+        return;
+    }
     let rt = harness::current_thread();
     if std::env::var("LARDER_COORD_BENCH").is_ok_and(|v| v == "load") {
         store_load(&rt);
@@ -453,4 +542,5 @@ fn main() {
     }
     drop(server);
     store_load(&rt);
+    kv_notify_cost();
 }

@@ -22,8 +22,13 @@
 //!   because on a shared VM drift between two sequential criterion benches is larger than
 //!   the difference being measured. These are the ratios `RESULTS.md` reports.
 //! * `throughput redis ...` (stderr): 64 tasks on a 2-worker runtime, each looping `get` of
-//!   a 128 B value for 2 s, larder and raw (fresh clients on that runtime), run L R L R,
-//!   best run of each kept.
+//!   a 128 B value, larder and raw (fresh clients on that runtime), in 20 alternated rounds
+//!   of 0.5 s per side (`harness::throughput_rounds`): the median ops/s of each and the
+//!   median of the per-round ratios. Then the raw get inside `tokio::time::timeout` against
+//!   the raw get alone (10 rounds): the cost of one more timer per command.
+//!
+//! A filter no Criterion id matches (`-- throughput`) skips the Criterion groups and runs
+//! only the `ratio` and `throughput` measurements.
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -457,20 +462,33 @@ fn concurrent(port: u16, keys: &[Key]) {
             }
         }
     };
-    harness::throughput_pair(
+    harness::throughput_rounds(
         "redis",
         "get 128B",
         &mrt,
         TASKS,
-        Duration::from_secs(2),
+        Duration::from_millis(500),
+        THROUGHPUT_ROUNDS,
         larder,
+        raw.clone(),
+    );
+    // The raw get inside a `tokio::time::timeout` against the raw get alone: what one more
+    // timer per command costs (the single-server backend sets none of its own, see
+    // `backend-redis/src/core.rs`, `Core::run`).
+    harness::throughput_rounds(
+        "redis",
+        "raw+timeout/raw get 128B",
+        &mrt,
+        TASKS,
+        Duration::from_millis(500),
+        THROUGHPUT_ROUNDS / 2,
+        raw_timeout,
         raw,
     );
-    // The raw get inside `tokio::time::timeout`, as the backend bounds every operation
-    // (`backend-redis/src/core.rs`, `Core::run`): how much of the gap that timer explains.
-    let t = harness::throughput(&mrt, TASKS, Duration::from_secs(2), raw_timeout);
-    eprintln!("throughput redis get 128B raw inside tokio::time::timeout  {t:>10.0} ops/s");
 }
+
+/// Alternated rounds of 0.5 s per side in the throughput comparison.
+const THROUGHPUT_ROUNDS: usize = 20;
 
 fn main() {
     let server = ServerProcess::redis();

@@ -208,3 +208,84 @@ pub async fn echo_iters(s: &tokio::sync::Mutex<TcpStream>, msg: &[u8], iters: u6
     }
     t.elapsed()
 }
+
+/// Throughput of larder and of the raw anchor in `rounds` alternated rounds of `dur` each
+/// (L R L R ...), for a shared machine whose speed drifts more between two runs than the
+/// difference measured. Prints a `throughput` line to stderr: the median ops/s of each side
+/// and the median of the per-round ratios larder / raw, which it returns. On Linux the line
+/// also gives this process's CPU time per operation (all threads, so the client's work
+/// without the server's), median per side and median per-round ratio: under a loaded
+/// machine that ratio moves far less than ops/s.
+#[allow(clippy::too_many_arguments)]
+pub fn throughput_rounds<LF, LFut, RF, RFut>(
+    bench: &str,
+    what: &str,
+    rt: &Runtime,
+    tasks: usize,
+    dur: Duration,
+    rounds: usize,
+    larder: LF,
+    raw: RF,
+) -> f64
+where
+    LF: Fn(usize) -> LFut + Send + Sync + Clone + 'static,
+    LFut: Future<Output = ()> + Send + 'static,
+    RF: Fn(usize) -> RFut + Send + Sync + Clone + 'static,
+    RFut: Future<Output = ()> + Send + 'static,
+{
+    // (ops/s, CPU µs per op) of one round.
+    fn measure<F, Fut>(rt: &Runtime, tasks: usize, dur: Duration, op: F) -> (f64, Option<f64>)
+    where
+        F: Fn(usize) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let cpu = process_cpu_ns();
+        let t = Instant::now();
+        let ops_per_s = throughput(rt, tasks, dur, op);
+        let ops = ops_per_s * t.elapsed().as_secs_f64();
+        let cpu = cpu
+            .zip(process_cpu_ns())
+            .map(|(a, b)| (b - a) as f64 / 1e3 / ops);
+        (ops_per_s, cpu)
+    }
+    let (mut l, mut r, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut lc, mut rc, mut cratio) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let (a, ac) = measure(rt, tasks, dur, larder.clone());
+        let (b, bc) = measure(rt, tasks, dur, raw.clone());
+        l.push(a);
+        r.push(b);
+        ratio.push(a / b);
+        if let (Some(ac), Some(bc)) = (ac, bc) {
+            lc.push(ac);
+            rc.push(bc);
+            cratio.push(ac / bc);
+        }
+    }
+    let (l, r, ratio) = (median(&mut l), median(&mut r), median(&mut ratio));
+    let cpu = if cratio.len() == rounds {
+        format!(
+            "  cpu/op larder {:.2} µs raw {:.2} µs, median round larder/raw {:.3}",
+            median(&mut lc),
+            median(&mut rc),
+            median(&mut cratio)
+        )
+    } else {
+        String::new()
+    };
+    eprintln!(
+        "throughput {bench} {what:<24} {tasks} tasks, {rounds} rounds  larder {l:>10.0} ops/s  raw {r:>10.0} ops/s  median round larder/raw {ratio:.3}{cpu}"
+    );
+    ratio
+}
+
+/// CPU time (ns) used so far by all threads of this process, from
+/// `/proc/self/task/*/schedstat`; `None` where that does not exist.
+fn process_cpu_ns() -> Option<u64> {
+    let mut total = 0;
+    for t in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let s = std::fs::read_to_string(t.path().join("schedstat")).ok()?;
+        total += s.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(total)
+}

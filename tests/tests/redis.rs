@@ -193,6 +193,36 @@ async fn cut_connection_is_unavailable_then_recovers() {
     assert_eq!(&b.get(&k).await.unwrap().unwrap().value[..], b"v");
 }
 
+/// The backend sets no timer of its own around a command on one server (the client's
+/// connect and response timeouts bound it): a reconnect that hangs (the connection is
+/// accepted, the handshake never answered) must still end every operation in time, with a
+/// retryable error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hung_reconnect_times_out_then_recovers() {
+    let srv = ServerProcess::redis();
+    let proxy = FaultProxy::start(&srv.addr()).await;
+    let b = RedisBackend::connect(&format!("redis://{}/?{FAST}", proxy.addr()))
+        .await
+        .unwrap();
+    let k = key("hung-reconnect");
+    b.put(&k, Bytes::from_static(b"v"), None, PutMode::Overwrite)
+        .await
+        .unwrap();
+    // Drop the connection, then hold every new one: each reconnect hangs in its handshake.
+    proxy.set(Mode::Cut);
+    assert_down(&b.get(&k).await.unwrap_err());
+    proxy.set(Mode::Stall);
+    for _ in 0..4 {
+        let t = Instant::now();
+        let e = b.get(&k).await.unwrap_err();
+        assert!(t.elapsed() < BOUND, "get took {:?}", t.elapsed());
+        assert_down(&e);
+    }
+    proxy.set(Mode::Pass);
+    recovers(&b, Duration::from_secs(10)).await;
+    assert_eq!(&b.get(&k).await.unwrap().unwrap().value[..], b"v");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_server_at_connect_is_unavailable() {
     let port = larder_tests::free_port();
