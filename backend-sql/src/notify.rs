@@ -2,9 +2,20 @@
 //!
 //! # How
 //!
-//! A trigger on `larder_kv` (migration `kv_notify`) sends `NOTIFY larder_kv, <key>` for every
-//! row inserted, updated or deleted; PostgreSQL delivers it to every listening session when
-//! the writing transaction commits. [`PgNotify`] keeps one dedicated listening connection.
+//! A trigger on `larder_kv` sends `NOTIFY larder_kv, <key>` for every row inserted, updated or
+//! deleted; PostgreSQL delivers it to every listening session when the writing transaction
+//! commits. [`PgNotify`] keeps one dedicated listening connection.
+//!
+//! # The trigger is installed on demand
+//!
+//! A transaction that sends a notification takes a database-wide lock at commit, so with
+//! the trigger, writes to `larder_kv` commit one at a time (measured: 8 concurrent writers
+//! reach about a fifth of their throughput without it, `benches/RESULTS.md`). The migrations
+//! leave it out; the first listener installs it, after its `LISTEN` and before the channel is
+//! declared up, and it stays for every later listener (the connecting role needs the right
+//! to create triggers on `larder_kv`; without it the channel stays down and the near cache
+//! bypasses its local tier). Creating a trigger waits for every write in progress on the
+//! table, so each write either committed before the channel came up or notifies.
 //!
 //! # Sync points
 //!
@@ -103,6 +114,26 @@ fn down(msg: &'static str) -> Error {
     Error::new(ErrorKind::Unavailable, msg).with_backend(BACKEND)
 }
 
+/// Installs the `larder_kv_notify` trigger unless it is there (see the module docs). Two
+/// listeners may race to create it; the loser's error is swallowed.
+async fn install_trigger(pool: &PgPool) -> Result<()> {
+    sqlx::query(INSTALL_TRIGGER)
+        .execute(pool)
+        .await
+        .map(drop)
+        .map_err(|e| err("CREATE TRIGGER larder_kv_notify", e))
+}
+
+const INSTALL_TRIGGER: &str = "DO $$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger
+                   WHERE tgrelid = 'larder_kv'::regclass AND tgname = 'larder_kv_notify') THEN
+        CREATE TRIGGER larder_kv_notify
+            AFTER INSERT OR UPDATE OR DELETE ON larder_kv
+            FOR EACH ROW EXECUTE FUNCTION larder_kv_notify();
+    END IF;
+EXCEPTION WHEN duplicate_object THEN NULL;
+END $$";
+
 /// One listening connection, until it fails; `Ok` when the near cache is gone.
 async fn session(notify: &PgNotify, sink: &InvalidationSink, id: u64) -> Result<()> {
     let deadline = notify.ping_timeout * 5;
@@ -125,6 +156,9 @@ async fn session(notify: &PgNotify, sink: &InvalidationSink, id: u64) -> Result<
     .await
     .map_err(|_| down("LISTEN timed out"))?
     .map_err(|e| err("LISTEN", e))?;
+    tokio::time::timeout(deadline, install_trigger(&notify.pool))
+        .await
+        .map_err(|_| down("installing the larder_kv_notify trigger timed out"))??;
     sink.up();
 
     let pending: Arc<std::sync::Mutex<VecDeque<(u64, Instant)>>> = Arc::default();

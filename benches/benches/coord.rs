@@ -463,6 +463,14 @@ fn kv_notify_cost() {
             .execute(&pool)
             .await
             .expect("plain table");
+        // The trigger a near cache's first `PgNotify` installs (none until one listens).
+        sqlx::raw_sql(
+            "CREATE TRIGGER larder_kv_notify AFTER INSERT OR UPDATE OR DELETE ON larder_kv \
+             FOR EACH ROW EXECUTE FUNCTION larder_kv_notify()",
+        )
+        .execute(&pool)
+        .await
+        .expect("notify trigger");
         (pool, kv)
     });
     let keys: Arc<Vec<String>> = Arc::new(

@@ -15,8 +15,8 @@ use crate::clock::{Clock, SystemClock};
 use crate::holder::HolderId;
 use crate::lease::{check_backend, Durability, LeaseConfig};
 use crate::misfire::MisfirePolicy;
-use crate::schedule::Schedule;
 use crate::random::random_u64;
+use crate::schedule::Schedule;
 use crate::token;
 use larder_cache_api::codec::Postcard;
 use larder_cache_api::{

@@ -399,3 +399,72 @@ async fn backends_with_a_channel_declare_it_and_the_refusal_names_it() {
     }
     drop(server);
 }
+
+/// A NOTIFY costs every write a database-wide lock at commit, so the migrations leave the
+/// trigger out and the first listener installs it, before its channel is up; two listeners
+/// starting together both come up, and a write through one reaches the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_trigger_is_installed_by_the_first_listener_only() {
+    use bytes::Bytes;
+    use larder::layer::ChannelState;
+    use larder::{Key, PutMode};
+
+    let (kv, _schema) = db::pg_kv().await;
+    let pool = kv.pool().clone();
+    let has_trigger = || async {
+        sqlx::query_scalar::<_, bool>(
+            "SELECT EXISTS (SELECT 1 FROM pg_trigger \
+             WHERE tgrelid = 'larder_kv'::regclass AND tgname = 'larder_kv_notify')",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    let k = Key::new("first-listener").unwrap();
+    kv.put(&k, Bytes::from_static(b"v0"), None, PutMode::Overwrite)
+        .await
+        .unwrap();
+    assert!(!has_trigger().await, "the migrations installed the trigger");
+
+    let (a_notify, b_notify) = (kv.notify(), kv.notify());
+    let shared: DynBackend = Arc::new(kv);
+    let a = Near::builder(shared.clone())
+        .channel(a_notify)
+        .build()
+        .unwrap();
+    let b = Near::builder(shared).channel(b_notify).build().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while a.channel_state() != ChannelState::Up || b.channel_state() != ChannelState::Up {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a channel never came up"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(has_trigger().await, "no listener installed the trigger");
+
+    // B keeps v0 locally; A's write must reach it through the trigger.
+    // (A local entry is served once the channel has confirmed it after the fill.)
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while b.stats().local_hits() == 0 {
+        assert_eq!(b.get(&k).await.unwrap().unwrap().value, &b"v0"[..]);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "B never kept v0 locally"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    a.put(&k, Bytes::from_static(b"v1"), None, PutMode::Overwrite)
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let seen = b.get(&k).await.unwrap().unwrap().value;
+        if seen == &b"v1"[..] {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "B kept {seen:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(b.stats().invalidations() >= 1, "B saw no invalidation");
+}
