@@ -460,7 +460,7 @@ async fn postgres_trigger_is_installed_by_the_first_listener_only() {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
         let seen = b.get(&k).await.unwrap().unwrap().value;
-        if seen == &b"v1"[..] {
+        if seen == b"v1"[..] {
             break;
         }
         assert!(std::time::Instant::now() < deadline, "B kept {seen:?}");
