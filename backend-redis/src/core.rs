@@ -266,12 +266,16 @@ impl Core {
                 let mc = redis::aio::ConnectionManagerConfig::new()
                     .set_response_timeout(Some(config.response_timeout))
                     .set_connection_timeout(Some(config.connect_timeout))
-                    // One connection attempt per reconnect, no retries inside the manager:
-                    // an operation then waits at most one attempt (`connect_timeout`) and
-                    // one reply (`response_timeout`), which is the operation deadline, so
-                    // `run` needs no timer of its own (see there). A failed reconnect is
-                    // retried by the next operation that finds it failed.
-                    .set_number_of_retries(0);
+                    // Reconnect in the background a few times with a short, capped backoff:
+                    // with no retries a reconnect that fails on something other than an I/O
+                    // error (a server still loading its data, say) is never tried again, and
+                    // the backend stays down after the server is back (the web app's
+                    // restart test caught it). Every operation is bounded by its own deadline
+                    // (`run`), and a failed reconnect is retried by the next operation that
+                    // finds it failed.
+                    .set_number_of_retries(4)
+                    .set_min_delay(std::time::Duration::from_millis(50))
+                    .set_max_delay(std::time::Duration::from_millis(500));
                 // One direct attempt first, without the manager's retries, so that a wrong
                 // password, database or certificate is reported as such, at once.
                 let probe = async {
@@ -404,22 +408,14 @@ impl Core {
 
     /// Runs `cmd` within the operation deadline.
     ///
-    /// On one server the connection manager keeps that bound by itself: waiting for a
-    /// reconnect costs at most one attempt (`connect_timeout`, no retries, see `connect`) and
-    /// the reply at most `response_timeout`, each ending in the client's timeout error
-    /// (mapped to [`ErrorKind::Timeout`](larder_cache_api::ErrorKind::Timeout)). A second
-    /// timer around every command cost about a tenth of the throughput of 64 concurrent
-    /// `get`s (`benches/RESULTS.md`, Redis), so only the cluster client (which retries
-    /// internally) and Sentinel (which may look up the primary first) get one.
+    /// The timer costs about a tenth of the throughput of 64 concurrent `get`s
+    /// (`benches/RESULTS.md`, Redis), but the connection manager's reconnect retries make
+    /// its own timeouts no bound on an operation, and without retries it can stay down.
     async fn run(&self, op: &'static str, cmd: &Cmd) -> Result<Value> {
-        let reply = match &self.conn {
-            Conn::Single(c) => cmd.query_async(&mut c.clone()).await,
-            other => match tokio::time::timeout(self.deadline, other.query(cmd)).await {
-                Ok(r) => r,
-                Err(e) => return Err(error::deadline(op, self.deadline, e)),
-            },
-        };
-        reply.map_err(|e| map(op, e))
+        match tokio::time::timeout(self.deadline, self.conn.query(cmd)).await {
+            Ok(r) => r.map_err(|e| map(op, e)),
+            Err(e) => Err(error::deadline(op, self.deadline, e)),
+        }
     }
 
     /// Runs a script on `keys` (all in one hash slot): EVALSHA, then EVAL if the server
