@@ -36,7 +36,7 @@ use crate::schedule::Schedule;
 /// // Last claimed the period of 10:00; now it is 14:10: 11:00 to 14:00 were missed.
 /// let (last, now) = (Some(10 * h), 14 * h + 600_000);
 /// let claims = |p: MisfirePolicy| p.periods_to_claim(&hourly, last, now).collect::<Vec<_>>();
-/// assert_eq!(claims(MisfirePolicy::Skip { grace: Duration::from_secs(60) }), vec![]);
+/// assert_eq!(claims(MisfirePolicy::Skip { grace: Duration::from_secs(60) }), Vec::<i64>::new());
 /// assert_eq!(claims(MisfirePolicy::Skip { grace: Duration::from_secs(900) }), vec![14 * h]);
 /// assert_eq!(claims(MisfirePolicy::RunLatest), vec![14 * h]);
 /// assert_eq!(claims(MisfirePolicy::RunEach { max: 2 }), vec![13 * h, 14 * h]);
