@@ -139,17 +139,24 @@ async fn stopped_server_fails_fast_then_same_backend_recovers() {
     assert_eq!(b.get(&k).await.unwrap().unwrap().version, v);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stalled_connection_times_out_then_recovers() {
+/// A backend connected through a fault proxy to a server of its own, with `name` holding
+/// `v`.
+async fn behind_proxy(name: &str) -> (ServerProcess, FaultProxy, RedisBackend, Key) {
     let srv = ServerProcess::redis();
     let proxy = FaultProxy::start(&srv.addr()).await;
     let b = RedisBackend::connect(&format!("redis://{}/?{FAST}", proxy.addr()))
         .await
         .unwrap();
-    let k = key("stall");
+    let k = key(name);
     b.put(&k, Bytes::from_static(b"v"), None, PutMode::Overwrite)
         .await
         .unwrap();
+    (srv, proxy, b, k)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_connection_times_out_then_recovers() {
+    let (_srv, proxy, b, k) = behind_proxy("stall").await;
     proxy.set(Mode::Stall);
     for _ in 0..3 {
         let t = Instant::now();
@@ -172,15 +179,7 @@ async fn stalled_connection_times_out_then_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cut_connection_is_unavailable_then_recovers() {
-    let srv = ServerProcess::redis();
-    let proxy = FaultProxy::start(&srv.addr()).await;
-    let b = RedisBackend::connect(&format!("redis://{}/?{FAST}", proxy.addr()))
-        .await
-        .unwrap();
-    let k = key("cut");
-    b.put(&k, Bytes::from_static(b"v"), None, PutMode::Overwrite)
-        .await
-        .unwrap();
+    let (_srv, proxy, b, k) = behind_proxy("cut").await;
     proxy.set(Mode::Cut);
     for _ in 0..3 {
         let t = Instant::now();
@@ -193,21 +192,12 @@ async fn cut_connection_is_unavailable_then_recovers() {
     assert_eq!(&b.get(&k).await.unwrap().unwrap().value[..], b"v");
 }
 
-/// The backend sets no timer of its own around a command on one server (the client's
-/// connect and response timeouts bound it): a reconnect that hangs (the connection is
-/// accepted, the handshake never answered) must still end every operation in time, with a
-/// retryable error.
+/// A reconnect that hangs (the connection is accepted, the handshake never answered) must
+/// still end every operation in time, with a retryable error: the connection manager's
+/// reconnect retries are no bound on an operation, the backend's own deadline is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hung_reconnect_times_out_then_recovers() {
-    let srv = ServerProcess::redis();
-    let proxy = FaultProxy::start(&srv.addr()).await;
-    let b = RedisBackend::connect(&format!("redis://{}/?{FAST}", proxy.addr()))
-        .await
-        .unwrap();
-    let k = key("hung-reconnect");
-    b.put(&k, Bytes::from_static(b"v"), None, PutMode::Overwrite)
-        .await
-        .unwrap();
+    let (_srv, proxy, b, k) = behind_proxy("hung-reconnect").await;
     // Drop the connection, then hold every new one: each reconnect hangs in its handshake.
     proxy.set(Mode::Cut);
     assert_down(&b.get(&k).await.unwrap_err());
