@@ -43,7 +43,9 @@
 //!
 //! Settings for a profile or a quick look: `PEERS_STORES=sqlx-pg,larder-pg` (names as in the
 //! table, `caching` for the caching store) runs only those stores, `PEERS_ROUNDS=n` sets the rounds, `PEERS_CONTENTION=0`
-//! skips the contention runs, `PEERS_OPS=read` (or `write`) runs only those requests.
+//! skips the contention runs, `PEERS_OPS=read` (or `write`) runs only those requests,
+//! `PEERS_SQLX_CHECK=0` gives the sqlx peer's pool larder's setting of no liveness check
+//! before each use.
 //!
 //! `errors` are requests without a 2xx and a whole body (timeouts included); `store errors`
 //! are the errors the stores returned to tower-sessions (which answers those with a 500).
@@ -422,8 +424,12 @@ impl Env {
 async fn sqlx_store(env: &Env, kind: Kind) -> PostgresStore {
     let opts: tower_sessions_sqlx_store::sqlx::postgres::PgConnectOptions =
         env.pg_url.parse().expect("postgres url");
+    // `PEERS_SQLX_CHECK=0` turns off sqlx's check before each use for the peer too, to
+    // see how much of a difference is that check.
+    let check = std::env::var("PEERS_SQLX_CHECK").map_or(true, |v| v != "0");
     let pool = tower_sessions_sqlx_store::sqlx::postgres::PgPoolOptions::new()
         .max_connections(PG_POOL)
+        .test_before_acquire(check)
         .connect_with(opts.application_name(&pg_application(kind)))
         .await
         .expect("sqlx 0.8 pool");
@@ -440,10 +446,12 @@ async fn fred_pool(env: &Env) -> Pool {
     pool
 }
 
-/// A larder `PgStore` with its own pool on the run's schema (migrated once in `main`).
+/// A larder `PgStore` with its own pool on the run's schema (migrated once in `main`), from
+/// larder's pool settings as `PgStore::connect` uses them (the peer gets sqlx's defaults,
+/// which is what its `PostgresStore::new(pool)` is documented with).
 async fn larder_pg(env: &Env, kind: Kind) -> PgStore {
     let opts: PgConnectOptions = env.pg_url.parse().expect("postgres url");
-    let pool = PgPoolOptions::new()
+    let pool = PgStore::pool_options()
         .max_connections(PG_POOL)
         .connect_with(
             opts.options([("search_path", env.schema(kind))])

@@ -49,10 +49,21 @@ pub async fn pg_pool_in(schema: &str) -> PgPool {
         .expect("connect")
 }
 
+/// A pool with the session store's own settings (as `PgStore::connect` makes it) whose
+/// connections work in `schema`.
+pub async fn pg_session_pool_in(schema: &str) -> PgPool {
+    let opts: PgConnectOptions = postgres_url().parse().expect("url");
+    PgStore::pool_options()
+        .max_connections(10)
+        .connect_with(opts.options([("search_path", schema)]))
+        .await
+        .expect("connect")
+}
+
 /// A session store on its own new schema, so tests never see each other's rows.
 pub async fn pg_store() -> (PgStore, String) {
     let schema = pg_schema().await;
-    let store = PgStore::from_pool(pg_pool_in(&schema).await);
+    let store = PgStore::from_pool(pg_session_pool_in(&schema).await);
     store.migrate().await.expect("migrations");
     (store, schema)
 }
@@ -104,5 +115,5 @@ fn rand_u64() -> u64 {
 
 /// Another store on an existing schema (a second "instance" on the same database).
 pub async fn pg_store_in(schema: &str) -> PgStore {
-    PgStore::from_pool(pg_pool_in(schema).await)
+    PgStore::from_pool(pg_session_pool_in(schema).await)
 }

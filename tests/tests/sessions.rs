@@ -278,11 +278,14 @@ async fn sweep_removes_expired_rows_in_batches(db: Db) {
     let keep = store.create(data(&[]), None, soon(60_000)).await.unwrap();
     let gone = store.create(data(&[]), None, soon(60_000)).await.unwrap();
     store.delete(&gone.id).await.unwrap();
+    // Long expired, beside the recently expired ones.
+    let hours_ago = Timestamp(Timestamp::now().0 - 3 * 3_600_000 - 1);
+    store.create(data(&[]), None, hours_ago).await.unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(
         store.sweep(5).await.unwrap(),
-        24,
-        "23 expired + 1 tombstone"
+        25,
+        "23 expired + 1 expired hours ago + 1 tombstone"
     );
     assert_eq!(store.sweep(5).await.unwrap(), 0);
     assert!(store.load(&keep.id).await.unwrap().is_some());

@@ -12,6 +12,7 @@ use sqlx::{Database, IntoArguments, Pool};
 use crate::id::{IdSource, OsRandom};
 use crate::store::DEFAULT_TOMBSTONE_TTL;
 
+mod lost;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod queries;

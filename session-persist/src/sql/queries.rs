@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use larder_cache_api::{Error, ErrorKind, Result};
 use sqlx::{ColumnIndex, Decode, Encode, Executor, Type};
 
-use super::{db_error, Dialect, SqlStore, MAX_ID_ATTEMPTS};
+use super::{db_error, lost, Dialect, SqlStore, MAX_ID_ATTEMPTS};
 use crate::id::{IdHash, SessionId};
 use crate::record::{Record, SessionData, Timestamp};
 use crate::store::{ApplyFn, Invalidation, SaveOutcome, SessionStore};
@@ -48,17 +48,20 @@ where
         let now = Timestamp::now();
         for _ in 0..MAX_ID_ATTEMPTS {
             let id = self.options.ids.generate()?;
-            let done = sqlx::query(
-                "INSERT INTO larder_sessions \
-                 (id_hash, principal, data, version, expires_at, deleted, updated_at) \
-                 VALUES ($1, $2, $3, 1, $4, FALSE, $5) ON CONFLICT (id_hash) DO NOTHING",
-            )
-            .bind(&id.hash().0[..])
-            .bind(principal.as_deref())
-            .bind(&blob[..])
-            .bind(expires_at.0)
-            .bind(now.0)
-            .execute(&self.pool)
+            let hash = id.hash();
+            let done = lost::retried(|| {
+                sqlx::query(
+                    "INSERT INTO larder_sessions \
+                     (id_hash, principal, data, version, expires_at, deleted, updated_at) \
+                     VALUES ($1, $2, $3, 1, $4, FALSE, $5) ON CONFLICT (id_hash) DO NOTHING",
+                )
+                .bind(&hash.0[..])
+                .bind(principal.as_deref())
+                .bind(&blob[..])
+                .bind(expires_at.0)
+                .bind(now.0)
+                .execute(&self.pool)
+            })
             .await
             .map_err(|e| db_error(DB::BACKEND, "create", e))?;
             if DB::rows_affected(&done) == 1 {
@@ -81,13 +84,17 @@ where
     }
 
     async fn load(&self, id: &SessionId) -> Result<Option<Record>> {
-        let row: Option<(Option<String>, Vec<u8>, i64, i64)> = sqlx::query_as(
-            "SELECT principal, data, version, expires_at FROM larder_sessions \
-             WHERE id_hash = $1 AND deleted = FALSE AND expires_at > $2",
-        )
-        .bind(&id.hash().0[..])
-        .bind(Timestamp::now().0)
-        .fetch_optional(&self.pool)
+        let hash = id.hash();
+        let now = Timestamp::now();
+        let row: Option<(Option<String>, Vec<u8>, i64, i64)> = lost::retried(|| {
+            sqlx::query_as(
+                "SELECT principal, data, version, expires_at FROM larder_sessions \
+                 WHERE id_hash = $1 AND deleted = FALSE AND expires_at > $2",
+            )
+            .bind(&hash.0[..])
+            .bind(now.0)
+            .fetch_optional(&self.pool)
+        })
         .await
         .map_err(|e| db_error(DB::BACKEND, "load", e))?;
         row.map(|row| to_record(id, row)).transpose()
@@ -97,19 +104,23 @@ where
         let blob = record.data.to_bytes()?;
         let hash = record.id.hash();
         let now = Timestamp::now();
-        let updated: Option<(i64,)> = sqlx::query_as(
-            "UPDATE larder_sessions SET principal = $1, data = $2, expires_at = $3, \
-             version = version + 1, updated_at = $4 \
-             WHERE id_hash = $5 AND version = $6 AND deleted = FALSE AND expires_at > $4 \
-             RETURNING version",
-        )
-        .bind(record.principal.as_deref())
-        .bind(&blob[..])
-        .bind(record.expires_at.0)
-        .bind(now.0)
-        .bind(&hash.0[..])
-        .bind(record.version)
-        .fetch_optional(&self.pool)
+        // Repeated after a lost reply to an applied update, this finds the version moved
+        // and hands back the current record, which holds this save's data.
+        let updated: Option<(i64,)> = lost::retried(|| {
+            sqlx::query_as(
+                "UPDATE larder_sessions SET principal = $1, data = $2, expires_at = $3, \
+                 version = version + 1, updated_at = $4 \
+                 WHERE id_hash = $5 AND version = $6 AND deleted = FALSE AND expires_at > $4 \
+                 RETURNING version",
+            )
+            .bind(record.principal.as_deref())
+            .bind(&blob[..])
+            .bind(record.expires_at.0)
+            .bind(now.0)
+            .bind(&hash.0[..])
+            .bind(record.version)
+            .fetch_optional(&self.pool)
+        })
         .await
         .map_err(|e| db_error(DB::BACKEND, "save", e))?;
         if let Some((version,)) = updated {
@@ -119,13 +130,15 @@ where
         }
         // A lost race or a session that is no more: one more statement tells which,
         // and hands back the current record so the caller need not load it again.
-        let current: Option<(Option<String>, Vec<u8>, i64, i64)> = sqlx::query_as(
-            "SELECT principal, data, version, expires_at FROM larder_sessions \
-             WHERE id_hash = $1 AND deleted = FALSE AND expires_at > $2",
-        )
-        .bind(&hash.0[..])
-        .bind(now.0)
-        .fetch_optional(&self.pool)
+        let current: Option<(Option<String>, Vec<u8>, i64, i64)> = lost::retried(|| {
+            sqlx::query_as(
+                "SELECT principal, data, version, expires_at FROM larder_sessions \
+                 WHERE id_hash = $1 AND deleted = FALSE AND expires_at > $2",
+            )
+            .bind(&hash.0[..])
+            .bind(now.0)
+            .fetch_optional(&self.pool)
+        })
         .await
         .map_err(|e| db_error(DB::BACKEND, "save", e))?;
         match current {
@@ -147,7 +160,9 @@ where
         let hash = id.hash();
         let now = Timestamp::now();
         let err = |e| db_error(DB::BACKEND, "save", e);
-        let mut tx = self.pool.begin_with(DB::BEGIN_WRITE).await.map_err(err)?;
+        let mut tx = lost::retried(|| self.pool.begin_with(DB::BEGIN_WRITE))
+            .await
+            .map_err(err)?;
         let row: Option<(Option<String>, Vec<u8>, i64, i64)> =
             sqlx::query_as(sqlx::AssertSqlSafe(format!(
                 "SELECT principal, data, version, expires_at FROM larder_sessions \
@@ -188,15 +203,19 @@ where
     }
 
     async fn touch(&self, id: &SessionId, expires_at: Timestamp) -> Result<Option<Record>> {
-        let row: Option<(Option<String>, Vec<u8>, i64, i64)> = sqlx::query_as(
-            "UPDATE larder_sessions SET expires_at = $1, updated_at = $2 \
-             WHERE id_hash = $3 AND deleted = FALSE AND expires_at > $2 \
-             RETURNING principal, data, version, expires_at",
-        )
-        .bind(expires_at.0)
-        .bind(Timestamp::now().0)
-        .bind(&id.hash().0[..])
-        .fetch_optional(&self.pool)
+        let hash = id.hash();
+        let now = Timestamp::now();
+        let row: Option<(Option<String>, Vec<u8>, i64, i64)> = lost::retried(|| {
+            sqlx::query_as(
+                "UPDATE larder_sessions SET expires_at = $1, updated_at = $2 \
+                 WHERE id_hash = $3 AND deleted = FALSE AND expires_at > $2 \
+                 RETURNING principal, data, version, expires_at",
+            )
+            .bind(expires_at.0)
+            .bind(now.0)
+            .bind(&hash.0[..])
+            .fetch_optional(&self.pool)
+        })
         .await
         .map_err(|e| db_error(DB::BACKEND, "touch", e))?;
         row.map(|row| to_record(id, row)).transpose()
@@ -204,16 +223,19 @@ where
 
     async fn delete(&self, id: &SessionId) -> Result<bool> {
         let now = Timestamp::now();
-        let done = sqlx::query(
-            "UPDATE larder_sessions SET deleted = TRUE, data = $1, principal = NULL, \
-             version = version + 1, expires_at = $2, updated_at = $3 \
-             WHERE id_hash = $4 AND deleted = FALSE AND expires_at > $3",
-        )
-        .bind(&[][..] as &[u8])
-        .bind(now.plus(self.options.tombstone_ttl).0)
-        .bind(now.0)
-        .bind(&id.hash().0[..])
-        .execute(&self.pool)
+        let hash = id.hash();
+        let done = lost::retried(|| {
+            sqlx::query(
+                "UPDATE larder_sessions SET deleted = TRUE, data = $1, principal = NULL, \
+                 version = version + 1, expires_at = $2, updated_at = $3 \
+                 WHERE id_hash = $4 AND deleted = FALSE AND expires_at > $3",
+            )
+            .bind(&[][..] as &[u8])
+            .bind(now.plus(self.options.tombstone_ttl).0)
+            .bind(now.0)
+            .bind(&hash.0[..])
+            .execute(&self.pool)
+        })
         .await
         .map_err(|e| db_error(DB::BACKEND, "delete", e))?;
         Ok(DB::rows_affected(&done) == 1)
@@ -221,9 +243,7 @@ where
 
     async fn rotate(&self, id: &SessionId) -> Result<Option<Record>> {
         let now = Timestamp::now();
-        let mut tx = self
-            .pool
-            .begin()
+        let mut tx = lost::retried(|| self.pool.begin())
             .await
             .map_err(|e| db_error(DB::BACKEND, "rotate", e))?;
         // Claim the old row first (a write, so SQLite takes its write lock at once and
