@@ -31,6 +31,7 @@ pub(crate) fn is_lost(e: &sqlx::Error) -> bool {
 
 /// Whether a connection was lost in the last few seconds: then every connection is checked
 /// before use.
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
 pub(crate) fn recently() -> bool {
     let at = LOST_AT.load(Ordering::Relaxed);
     at != 0 && Timestamp::now().0.saturating_sub(at) < CHECK_ALL_FOR_MS
