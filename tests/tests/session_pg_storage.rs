@@ -1,10 +1,13 @@
 //! How the PostgreSQL session store uses its server, checked by the server itself: saves
 //! through the tower-sessions adapter are heap-only updates (no index entry written), and
 //! pooled connections the server ended between two uses (as after a restart) cost no
-//! request an error, although a connection used in the last second is handed out unchecked.
+//! request an error, although a connection used in the last second is handed out unchecked;
+//! statements keep their connection between them without starving the pool's other users,
+//! and statements cancelled midway leave no broken connection behind.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -223,4 +226,136 @@ async fn connections_ended_by_the_server_cost_no_request_an_error() {
     terminate(&admin, &app).await;
     assert!(store.delete(&records[0].id).await.unwrap());
     assert!(store.load(&records[0].id).await.unwrap().is_none());
+}
+
+/// A store over a pool of `max` connections that counts the connections sqlx hands out.
+async fn counted_store(schema: &str, max: u32) -> (PgStore, Arc<AtomicUsize>) {
+    let handed = Arc::new(AtomicUsize::new(0));
+    let h = handed.clone();
+    let opts: PgConnectOptions = postgres_url().parse().unwrap();
+    let pool = PgStore::pool_options()
+        .max_connections(max)
+        .acquire_timeout(Duration::from_secs(10))
+        .before_acquire(move |_, _| {
+            h.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async { Ok(true) })
+        })
+        .connect_with(opts.options([("search_path", schema)]))
+        .await
+        .unwrap();
+    let store = PgStore::from_pool(pool);
+    store.migrate().await.unwrap();
+    (store, handed)
+}
+
+#[tokio::test]
+async fn statements_keep_their_connection_and_share_the_pool() {
+    let schema = pg_schema().await;
+    let (store, handed) = counted_store(&schema, 4).await;
+    let r = store
+        .create(
+            data("x"),
+            None,
+            Timestamp::now().plus(Duration::from_secs(600)),
+        )
+        .await
+        .unwrap();
+    // One after another: the connection stays with the store, sqlx hands out (and checks
+    // on its return) at most a few.
+    let before = handed.load(Ordering::SeqCst);
+    for _ in 0..100 {
+        assert!(store.load(&r.id).await.unwrap().is_some());
+    }
+    let from_pool = handed.load(Ordering::SeqCst) - before;
+    assert!(
+        from_pool <= 2,
+        "{from_pool} of 100 loads took a connection from sqlx"
+    );
+
+    // Concurrent loads keep at most half of the pool; once the store is idle, another user
+    // of the pool gets every connection (sqlx would time out after 10 s otherwise).
+    let loads = (0..16).map(|_| store.load(&r.id));
+    for got in futures_util::future::join_all(loads).await {
+        assert!(got.unwrap().is_some());
+    }
+    let pool = store.pool().clone();
+    let all = (0..4).map(|_| pool.acquire());
+    let conns: Vec<_> = futures_util::future::join_all(all).await;
+    for c in &conns {
+        assert!(
+            c.is_ok(),
+            "another user of the pool got no connection: {c:?}"
+        );
+    }
+    drop(conns);
+    // While another user holds every connection, the store waits for one, then goes on.
+    let blocker: Vec<_> = futures_util::future::join_all((0..4).map(|_| pool.acquire())).await;
+    let waiting = tokio::spawn({
+        let store = store.clone();
+        let id = r.id.clone();
+        async move { store.load(&id).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(blocker);
+    assert!(waiting.await.unwrap().unwrap().is_some());
+
+    // Closing the pool does not wait for the store to give its connections back.
+    tokio::time::timeout(Duration::from_secs(10), pool.close())
+        .await
+        .expect("the pool closed while the store kept connections");
+    let err = store.load(&r.id).await.unwrap_err();
+    assert_eq!(
+        err.kind(),
+        larder_cache_api::ErrorKind::Unavailable,
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn cancelled_statements_leave_no_broken_connection() {
+    let schema = pg_schema().await;
+    let (store, _) = counted_store(&schema, 4).await;
+    let mut records = Vec::new();
+    for i in 0..4 {
+        records.push(
+            store
+                .create(
+                    data(&i.to_string()),
+                    None,
+                    Timestamp::now().plus(Duration::from_secs(600)),
+                )
+                .await
+                .unwrap(),
+        );
+    }
+    // Statements dropped at every point of their round trip (a client that went away),
+    // each followed by statements that must see exactly their own session.
+    let mut cancelled = 0;
+    for i in 0..300u64 {
+        let r = &records[(i % 4) as usize];
+        let cut = Duration::from_micros(10 + (i * 37) % 400);
+        let mut next = r.clone();
+        next.data = data(&format!("c{i}"));
+        if tokio::time::timeout(cut, store.save_or_current(&next))
+            .await
+            .is_err()
+        {
+            cancelled += 1;
+        }
+        for r in &records {
+            let back = store.load(&r.id).await.unwrap().expect("live");
+            assert_eq!(back.id, r.id);
+        }
+    }
+    assert!(cancelled > 0, "no statement was cut short");
+    // Every record still saves with the version it has now.
+    for r in &records {
+        let cur = store.load(&r.id).await.unwrap().unwrap();
+        let mut next = cur.clone();
+        next.data = data("last");
+        assert!(matches!(
+            store.save_or_current(&next).await.unwrap(),
+            SaveOutcome::Saved(_)
+        ));
+    }
 }

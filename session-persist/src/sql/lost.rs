@@ -37,9 +37,9 @@ pub(crate) fn recently() -> bool {
     at != 0 && Timestamp::now().0.saturating_sub(at) < CHECK_ALL_FOR_MS
 }
 
-/// Runs `statement`, and once more if its connection turned out to be dead (the second
-/// run takes a checked connection). Only for statements whose repetition is harmless: reads,
-/// versioned or conditional writes, and inserts of a fresh id.
+/// Runs `statement` (one that takes its connection from the pool itself: the start of a
+/// transaction), and once more if its connection turned out to be dead (the second run takes
+/// a checked connection).
 pub(crate) async fn retried<T, F, Fut>(statement: F) -> Result<T, sqlx::Error>
 where
     F: Fn() -> Fut,
@@ -47,10 +47,15 @@ where
 {
     match statement().await {
         Err(e) if is_lost(&e) => {
-            LOST_AT.store(Timestamp::now().0.max(1), Ordering::Relaxed);
-            tracing::info!("a pooled database connection was closed by the server; retrying once");
+            note();
             statement().await
         }
         done => done,
     }
+}
+
+/// Records that a connection was found dead: every connection is checked for a while.
+pub(crate) fn note() {
+    LOST_AT.store(Timestamp::now().0.max(1), Ordering::Relaxed);
+    tracing::info!("a pooled database connection was closed by the server; retrying once");
 }

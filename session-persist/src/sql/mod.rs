@@ -12,6 +12,7 @@ use sqlx::{Database, IntoArguments, Pool};
 use crate::id::{IdSource, OsRandom};
 use crate::store::DEFAULT_TOMBSTONE_TTL;
 
+mod held;
 mod lost;
 #[cfg(feature = "postgres")]
 mod postgres;
@@ -167,6 +168,8 @@ pub trait Dialect:
 pub struct SqlStore<DB: Database> {
     pub(crate) pool: Pool<DB>,
     pub(crate) options: SqlOptions,
+    /// Connections kept between statements (shared by clones).
+    pub(crate) held: Arc<held::Held<DB>>,
 }
 
 /// Sessions in PostgreSQL (feature `postgres`).
@@ -203,6 +206,7 @@ impl<DB: Database> Clone for SqlStore<DB> {
         SqlStore {
             pool: self.pool.clone(),
             options: self.options.clone(),
+            held: Arc::clone(&self.held),
         }
     }
 }
@@ -221,6 +225,7 @@ impl<DB: Dialect> SqlStore<DB> {
     /// Uses an existing pool; run [`migrate`](Self::migrate) once before use.
     pub fn from_pool(pool: Pool<DB>) -> Self {
         SqlStore {
+            held: held::Held::new(&pool),
             pool,
             options: SqlOptions::default(),
         }

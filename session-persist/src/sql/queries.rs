@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use larder_cache_api::{Error, ErrorKind, Result};
 use sqlx::{ColumnIndex, Decode, Encode, Executor, Type};
 
-use super::{db_error, lost, Dialect, SqlStore, MAX_ID_ATTEMPTS};
+use super::{db_error, held, lost, Dialect, SqlStore, MAX_ID_ATTEMPTS};
 use crate::id::{IdHash, SessionId};
 use crate::record::{Record, SessionData, Timestamp};
 use crate::store::{ApplyFn, Invalidation, SaveOutcome, SessionStore};
@@ -49,7 +49,7 @@ where
         for _ in 0..MAX_ID_ATTEMPTS {
             let id = self.options.ids.generate()?;
             let hash = id.hash();
-            let done = lost::retried(|| {
+            let done = held::statement!(self, |conn| {
                 sqlx::query(
                     "INSERT INTO larder_sessions \
                      (id_hash, principal, data, version, expires_at, deleted, updated_at) \
@@ -60,7 +60,7 @@ where
                 .bind(&blob[..])
                 .bind(expires_at.0)
                 .bind(now.0)
-                .execute(&self.pool)
+                .execute(conn)
             })
             .await
             .map_err(|e| db_error(DB::BACKEND, "create", e))?;
@@ -86,14 +86,14 @@ where
     async fn load(&self, id: &SessionId) -> Result<Option<Record>> {
         let hash = id.hash();
         let now = Timestamp::now();
-        let row: Option<(Option<String>, Vec<u8>, i64, i64)> = lost::retried(|| {
+        let row: Option<(Option<String>, Vec<u8>, i64, i64)> = held::statement!(self, |conn| {
             sqlx::query_as(
                 "SELECT principal, data, version, expires_at FROM larder_sessions \
                  WHERE id_hash = $1 AND deleted = FALSE AND expires_at > $2",
             )
             .bind(&hash.0[..])
             .bind(now.0)
-            .fetch_optional(&self.pool)
+            .fetch_optional(conn)
         })
         .await
         .map_err(|e| db_error(DB::BACKEND, "load", e))?;
@@ -106,7 +106,7 @@ where
         let now = Timestamp::now();
         // Repeated after a lost reply to an applied update, this finds the version moved
         // and hands back the current record, which holds this save's data.
-        let updated: Option<(i64,)> = lost::retried(|| {
+        let updated: Option<(i64,)> = held::statement!(self, |conn| {
             sqlx::query_as(
                 "UPDATE larder_sessions SET principal = $1, data = $2, expires_at = $3, \
                  version = version + 1, updated_at = $4 \
@@ -119,7 +119,7 @@ where
             .bind(now.0)
             .bind(&hash.0[..])
             .bind(record.version)
-            .fetch_optional(&self.pool)
+            .fetch_optional(conn)
         })
         .await
         .map_err(|e| db_error(DB::BACKEND, "save", e))?;
@@ -130,14 +130,14 @@ where
         }
         // A lost race or a session that is no more: one more statement tells which,
         // and hands back the current record so the caller need not load it again.
-        let current: Option<(Option<String>, Vec<u8>, i64, i64)> = lost::retried(|| {
+        let current: Option<(Option<String>, Vec<u8>, i64, i64)> = held::statement!(self, |conn| {
             sqlx::query_as(
                 "SELECT principal, data, version, expires_at FROM larder_sessions \
                  WHERE id_hash = $1 AND deleted = FALSE AND expires_at > $2",
             )
             .bind(&hash.0[..])
             .bind(now.0)
-            .fetch_optional(&self.pool)
+            .fetch_optional(conn)
         })
         .await
         .map_err(|e| db_error(DB::BACKEND, "save", e))?;
@@ -205,7 +205,7 @@ where
     async fn touch(&self, id: &SessionId, expires_at: Timestamp) -> Result<Option<Record>> {
         let hash = id.hash();
         let now = Timestamp::now();
-        let row: Option<(Option<String>, Vec<u8>, i64, i64)> = lost::retried(|| {
+        let row: Option<(Option<String>, Vec<u8>, i64, i64)> = held::statement!(self, |conn| {
             sqlx::query_as(
                 "UPDATE larder_sessions SET expires_at = $1, updated_at = $2 \
                  WHERE id_hash = $3 AND deleted = FALSE AND expires_at > $2 \
@@ -214,7 +214,7 @@ where
             .bind(expires_at.0)
             .bind(now.0)
             .bind(&hash.0[..])
-            .fetch_optional(&self.pool)
+            .fetch_optional(conn)
         })
         .await
         .map_err(|e| db_error(DB::BACKEND, "touch", e))?;
@@ -224,7 +224,7 @@ where
     async fn delete(&self, id: &SessionId) -> Result<bool> {
         let now = Timestamp::now();
         let hash = id.hash();
-        let done = lost::retried(|| {
+        let done = held::statement!(self, |conn| {
             sqlx::query(
                 "UPDATE larder_sessions SET deleted = TRUE, data = $1, principal = NULL, \
                  version = version + 1, expires_at = $2, updated_at = $3 \
@@ -234,7 +234,7 @@ where
             .bind(now.plus(self.options.tombstone_ttl).0)
             .bind(now.0)
             .bind(&hash.0[..])
-            .execute(&self.pool)
+            .execute(conn)
         })
         .await
         .map_err(|e| db_error(DB::BACKEND, "delete", e))?;
