@@ -3,22 +3,25 @@
 //! sqlx checks every connection that comes back to its pool with a round trip to the server
 //! (and spawns a task for it), whatever the pool's settings: for a store that runs one
 //! statement per operation, that doubles the round trips and costs more CPU than the
-//! statement itself. A connection whose statement succeeded is therefore kept here, and the
-//! next statement takes it without that check.
+//! statement itself. A connection whose statement succeeded therefore stays with the store
+//! for its next statement.
 //!
-//! What keeps this from hurting the pool's other users: at most half of the pool's
-//! connections are kept (so sqlx always has connections to hand to its waiters, ours
-//! included); a kept connection unused for [`FRESH`] goes back to sqlx (which checks it),
+//! The store runs at most half as many statements at once as the pool has connections
+//! (others wait their turn, first come first served), so the pool's other users always find
+//! connections; a kept connection unused for [`FRESH`] goes back to sqlx (which checks it),
 //! within [`REAP_EVERY`] even when the store is idle; a closed pool gets its connections
 //! back at once. A statement that failed or was cancelled never comes back here: sqlx's own
 //! release (which drains and checks the connection) handles it.
 
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use parking_lot::{Mutex, MutexGuard};
+use parking_lot::Mutex;
 use sqlx::pool::PoolConnection;
 use sqlx::{Database, Pool};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// How long a kept connection may sit unused before it goes back to sqlx: as long as the
 /// PostgreSQL pool hands out a connection without a liveness check.
@@ -27,77 +30,138 @@ const FRESH: Duration = Duration::from_secs(1);
 /// How often an idle store gives stale connections back.
 const REAP_EVERY: Duration = Duration::from_millis(250);
 
+/// A connection lent to one statement, with its turn; dropped, the connection goes back to
+/// sqlx.
+pub(crate) struct Lent<DB: Database> {
+    conn: Option<PoolConnection<DB>>,
+    _turn: Option<OwnedSemaphorePermit>,
+}
+
+impl<DB: Database> Deref for Lent<DB> {
+    type Target = DB::Connection;
+    fn deref(&self) -> &DB::Connection {
+        self.conn.as_ref().expect("a lent connection until dropped")
+    }
+}
+
+impl<DB: Database> DerefMut for Lent<DB> {
+    fn deref_mut(&mut self) -> &mut DB::Connection {
+        self.conn.as_mut().expect("a lent connection until dropped")
+    }
+}
+
+impl<DB: Database> Drop for Lent<DB> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            release(conn);
+        }
+    }
+}
+
+/// Gives `conn` back to sqlx.
+fn release<DB: Database>(conn: PoolConnection<DB>) {
+    if tokio::runtime::Handle::try_current().is_err() {
+        // sqlx spawns a task to release a pooled connection, which needs a runtime: without
+        // one (the store dropped after its runtime), close the connection itself.
+        drop(conn.leak());
+    } else {
+        drop(conn);
+    }
+}
+
 pub(crate) struct Held<DB: Database> {
     /// Kept connections with the time each came back, most recent last.
     idle: Mutex<Vec<(PoolConnection<DB>, Instant)>>,
-    /// At most this many are kept.
-    cap: usize,
+    /// Turns: as many as statements may run at once; none for a pool of one connection
+    /// (which must stay available to others, a statistics probe say): then every statement
+    /// takes its connection from sqlx and gives it back.
+    turns: Option<Arc<Semaphore>>,
     /// Whether the task that gives stale connections back runs.
-    reaping: std::sync::atomic::AtomicBool,
+    reaping: AtomicBool,
+}
+
+impl<DB: Database> Drop for Held<DB> {
+    fn drop(&mut self) {
+        for (conn, _) in std::mem::take(self.idle.get_mut()) {
+            release(conn);
+        }
+    }
 }
 
 impl<DB: Database> Held<DB> {
-    /// Keeps up to half of `pool`'s connections (none for a pool of one: its only
-    /// connection must stay available to others, a statistics probe say).
+    /// Runs up to half as many statements at once as `pool` has connections.
     pub(crate) fn new(pool: &Pool<DB>) -> Arc<Self> {
-        let max = pool.options().get_max_connections() as usize;
+        let turns = pool.options().get_max_connections() as usize / 2;
         Arc::new(Held {
             idle: Mutex::new(Vec::new()),
-            cap: max / 2,
-            reaping: std::sync::atomic::AtomicBool::new(false),
+            turns: (turns > 0).then(|| Arc::new(Semaphore::new(turns))),
+            reaping: AtomicBool::new(false),
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Vec<(PoolConnection<DB>, Instant)>> {
-        self.idle.lock()
-    }
-
-    /// A connection for one statement: the most recently kept one if it is fresh, else one
-    /// from the pool. `checked` (a retry after a lost connection) skips the kept ones.
+    /// A connection for one statement, in turn: a fresh kept one, else one from sqlx's
+    /// pool. `checked` (a retry after a lost connection) gives every kept connection back
+    /// and takes one from sqlx.
     pub(crate) async fn take(
         &self,
         pool: &Pool<DB>,
         checked: bool,
-    ) -> Result<PoolConnection<DB>, sqlx::Error> {
-        if !checked && !pool.is_closed() {
-            let mut idle = self.lock();
-            if let Some((conn, at)) = idle.pop() {
-                if at.elapsed() < FRESH {
-                    return Ok(conn);
+    ) -> Result<Lent<DB>, sqlx::Error> {
+        let turn = match &self.turns {
+            // The semaphore is never closed.
+            Some(turns) => Some(
+                Arc::clone(turns)
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| sqlx::Error::PoolClosed)?,
+            ),
+            None => None,
+        };
+        let stale = {
+            let mut idle = self.idle.lock();
+            if !checked && !pool.is_closed() {
+                if let Some((conn, at)) = idle.pop() {
+                    if at.elapsed() < FRESH {
+                        return Ok(Lent {
+                            conn: Some(conn),
+                            _turn: turn,
+                        });
+                    }
+                    // The rest are older still.
+                    idle.push((conn, at));
                 }
-                // The rest are older still.
-                idle.push((conn, at));
             }
+            // Stale, or one was found dead (the others may be too), or the pool is
+            // closing: back to sqlx, which checks them.
+            std::mem::take(&mut *idle)
+        };
+        for (conn, _) in stale {
+            release(conn);
         }
-        // Stale, or one was found dead (the others may be too), or the pool is closing:
-        // back to sqlx, which checks them.
-        drop(std::mem::take(&mut *self.lock()));
-        pool.acquire().await
+        let conn = pool.acquire().await?;
+        Ok(Lent {
+            conn: Some(conn),
+            _turn: turn,
+        })
     }
 
-    /// Keeps `conn` after a successful statement, or gives it back to sqlx.
-    pub(crate) fn give(self: &Arc<Self>, pool: &Pool<DB>, conn: PoolConnection<DB>) {
-        if pool.is_closed() {
+    /// Keeps the connection of a successful statement for the next one (which may be
+    /// waiting for this turn).
+    pub(crate) fn give(self: &Arc<Self>, pool: &Pool<DB>, mut lent: Lent<DB>) {
+        if self.turns.is_none() || pool.is_closed() {
             return;
         }
-        let back = {
-            let mut idle = self.lock();
-            if idle.len() < self.cap {
-                idle.push((conn, Instant::now()));
-                None
-            } else {
-                Some(conn)
-            }
-        };
-        // Dropped outside the lock: sqlx spawns its release.
-        drop(back);
+        if let Some(conn) = lent.conn.take() {
+            self.idle.lock().push((conn, Instant::now()));
+        }
+        // The turn ends after the connection is kept: the next statement finds it.
+        drop(lent);
         self.start_reaping(pool);
     }
 
     /// Starts the task that gives stale connections back (once per store, in the runtime
     /// of the first statement).
     fn start_reaping(self: &Arc<Self>, pool: &Pool<DB>) {
-        use std::sync::atomic::Ordering;
         if self.reaping.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -113,7 +177,7 @@ impl<DB: Database> Held<DB> {
                 let closing = tokio::time::timeout(REAP_EVERY, &mut closed).await.is_ok();
                 let Some(held) = held.upgrade() else { return };
                 let stale: Vec<_> = {
-                    let mut idle = held.lock();
+                    let mut idle = held.idle.lock();
                     if closing {
                         std::mem::take(&mut *idle)
                     } else {
@@ -125,7 +189,9 @@ impl<DB: Database> Held<DB> {
                         idle.drain(..fresh_from).collect()
                     }
                 };
-                drop(stale);
+                for (conn, _) in stale {
+                    release(conn);
+                }
                 if closing {
                     return;
                 }
@@ -134,37 +200,24 @@ impl<DB: Database> Held<DB> {
     }
 }
 
-impl<DB: Database> Drop for Held<DB> {
-    fn drop(&mut self) {
-        let idle = std::mem::take(self.idle.get_mut());
-        if tokio::runtime::Handle::try_current().is_err() {
-            // sqlx spawns a task to release a pooled connection, which needs a runtime:
-            // without one, close the connections themselves.
-            for (conn, _) in idle {
-                drop(conn.leak());
-            }
-        }
-    }
-}
-
-/// Runs one statement (`$statement`, an sqlx query executed on `$conn`) on a kept connection
-/// or one from the pool, keeps the connection after a success, and runs the statement once
-/// more on a checked connection if the first one turned out dead (see `lost`). Evaluates to
-/// a future of `Result<_, sqlx::Error>`. Only for statements whose repetition is harmless:
-/// reads, versioned or conditional writes, and inserts of a fresh id.
+/// Runs one statement (`$statement`, an sqlx query executed on `$conn`) on a connection
+/// from [`Held::take`], gives the connection back after a success, and runs the statement
+/// once more on a checked connection if the first one turned out dead (see `lost`).
+/// Evaluates to a future of `Result<_, sqlx::Error>`. Only for statements whose repetition
+/// is harmless: reads, versioned or conditional writes, and inserts of a fresh id.
 macro_rules! statement {
     ($store:expr, |$conn:ident| $statement:expr) => {
         async {
             let mut checked = false;
             loop {
-                let mut held = match $store.held.take(&$store.pool, checked).await {
+                let mut lent = match $store.held.take(&$store.pool, checked).await {
                     Ok(conn) => conn,
                     Err(e) => break Err(e),
                 };
-                let $conn = &mut *held;
+                let $conn = &mut *lent;
                 match $statement.await {
                     Ok(done) => {
-                        $store.held.give(&$store.pool, held);
+                        $store.held.give(&$store.pool, lent);
                         break Ok(done);
                     }
                     Err(e) if !checked && $crate::sql::lost::is_lost(&e) => {
