@@ -788,8 +788,24 @@ async fn redis_without_persistence_keeps_tokens_growing_across_a_restart() {
     sleep_ms(1000).await;
     redis.start();
     let up = now_ms();
-    // Long enough for a new leader (a lost lease record is free at once) and several runs.
+    // Long enough for a new leader (a lost lease record is free at once) and several runs;
+    // then, on a machine the whole suite shares, until both are recorded (bounded).
     sleep_ms(3 * LEASE_MS).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (terms, claims): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM terms WHERE won_at_ms >= $1), \
+                    (SELECT count(*) FROM claims WHERE at_ms >= $1)",
+        )
+        .bind(up)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if (terms >= 1 && claims >= 3) || Instant::now() >= deadline {
+            break;
+        }
+        sleep_ms(200).await;
+    }
     c.kill_all();
 
     let claims: Vec<(i64, String, i64, i64)> =

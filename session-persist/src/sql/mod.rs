@@ -223,6 +223,12 @@ impl<DB: Database> std::fmt::Debug for SqlStore<DB> {
 
 impl<DB: Dialect> SqlStore<DB> {
     /// Uses an existing pool; run [`migrate`](Self::migrate) once before use.
+    ///
+    /// The store runs at most half as many statements at once as the pool has connections
+    /// (the others wait their turn) and keeps the connection of a successful statement for
+    /// the next one, which spares sqlx's check of every connection it gets back (a round
+    /// trip). A kept connection unused for a second goes back to the pool, as do all of them
+    /// when the pool closes; a pool of one connection is never kept from its other users.
     pub fn from_pool(pool: Pool<DB>) -> Self {
         SqlStore {
             held: held::Held::new(&pool),

@@ -37,7 +37,8 @@ impl SqlStore<Postgres> {
     /// 16 connections, a 5 s acquire timeout, and a liveness check (one round trip) only for
     /// a connection idle for a second or more. sqlx's default checks before every use, on top
     /// of the check it always makes when a connection is returned: three round trips for one
-    /// statement. A connection that the server ended in between (a restart, an
+    /// statement (the store spares most statements the second check too, see
+    /// [`from_pool`](Self::from_pool)). A connection that the server ended in between (a restart, an
     /// administrator's `pg_terminate_backend`) costs the statement one retry on a checked
     /// connection, not an error; for a few seconds after that every connection is checked.
     ///
