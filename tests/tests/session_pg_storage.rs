@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use larder_session_persist::{
-    PgStore, SaveOutcome, SessionData, SessionStore, Timestamp, TowerStore,
+    PgStore, Record, SaveOutcome, SessionData, SessionStore, Timestamp, TowerStore,
 };
 use larder_tests::db::{pg_schema, postgres_url};
 use serde_json::json;
@@ -43,6 +43,16 @@ async fn store(schema: &str, app: &str, max: u32) -> PgStore {
     let store = PgStore::from_pool(pool);
     store.migrate().await.unwrap();
     store
+}
+
+/// `n` live sessions, the i-th holding `k = i`, expiring in ten minutes.
+async fn sessions(store: &PgStore, n: usize) -> Vec<Record> {
+    let mut records = Vec::new();
+    for i in 0..n {
+        let exp = Timestamp::now().plus(Duration::from_secs(600));
+        records.push(store.create(data(&i.to_string()), None, exp).await.unwrap());
+    }
+    records
 }
 
 fn data(v: &str) -> SessionData {
@@ -144,19 +154,7 @@ async fn connections_ended_by_the_server_cost_no_request_an_error() {
     let admin = admin().await;
     let app = format!("larder lost {schema}");
     let store = store(&schema, &app, 4).await;
-    let mut records = Vec::new();
-    for i in 0..8 {
-        records.push(
-            store
-                .create(
-                    data(&i.to_string()),
-                    None,
-                    Timestamp::now().plus(Duration::from_secs(600)),
-                )
-                .await
-                .unwrap(),
-        );
-    }
+    let mut records = sessions(&store, 8).await;
     for round in 0..3 {
         // Every connection busy at once, so the pool holds four of them, all just used
         // (sqlx checks a connection when it comes back, in a task of its own: let it).
@@ -315,19 +313,7 @@ async fn statements_keep_their_connection_and_share_the_pool() {
 async fn cancelled_statements_leave_no_broken_connection() {
     let schema = pg_schema().await;
     let (store, _) = counted_store(&schema, 4).await;
-    let mut records = Vec::new();
-    for i in 0..4 {
-        records.push(
-            store
-                .create(
-                    data(&i.to_string()),
-                    None,
-                    Timestamp::now().plus(Duration::from_secs(600)),
-                )
-                .await
-                .unwrap(),
-        );
-    }
+    let records = sessions(&store, 4).await;
     // Statements dropped at every point of their round trip (a client that went away),
     // each followed by statements that must see exactly their own session.
     let mut cancelled = 0;
