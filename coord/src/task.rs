@@ -119,8 +119,11 @@ pub struct Heartbeat {
 pub const MAX_RUNS_IN_PROGRESS: usize = 8;
 
 /// The stored state of a task.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(from = "StoredTask", into = "StoredTask")]
+///
+/// Its serde impls are each other's inverse on every codec, self-describing (JSON) or not
+/// (postcard, bincode), and read every layout earlier versions wrote (see [`StoredTask`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(into = "StoredTask")]
 pub struct TaskRecord {
     /// The highest period ever claimed (`None`: never).
     pub last_period: Option<i64>,
@@ -141,6 +144,10 @@ pub struct TaskRecord {
 /// How a [`TaskRecord`] is stored: the four fields records have always had, then the
 /// overlapping runs and their heartbeats only when there are any, so that the record of a
 /// task whose runs never overlap keeps the layout that earlier versions read and write.
+///
+/// A codec that is not self-describing (postcard, bincode) cannot tell a missing last field
+/// from a truncated record, so the record is read by [`TaskRecord`]'s own `Deserialize`: it
+/// takes the fifth field as absent when the input ends where it would start.
 #[derive(Serialize, Deserialize)]
 struct StoredTask {
     last_period: Option<i64>,
@@ -157,14 +164,104 @@ struct Overlap {
     heartbeats: Vec<Heartbeat>,
 }
 
-/// The layout without overlapping runs: what [`StoredTask`] looks like to a decoder when no
-/// run overlaps (and what every earlier version wrote).
-#[derive(Deserialize)]
-struct StoredTaskV1 {
-    last_period: Option<i64>,
-    token: u64,
-    running: Option<RunInfo>,
-    last_run: Option<RunInfo>,
+const STORED_TASK_FIELDS: &[&str] = &["last_period", "token", "running", "last_run", "overlap"];
+
+impl<'de> Deserialize<'de> for TaskRecord {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        d.deserialize_struct("StoredTask", STORED_TASK_FIELDS, StoredTaskVisitor)
+    }
+}
+
+struct StoredTaskVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StoredTaskVisitor {
+    type Value = TaskRecord;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a stored task record")
+    }
+
+    // Self-describing formats: the derived map reading, with `overlap` defaulted.
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        map: A,
+    ) -> std::result::Result<TaskRecord, A::Error> {
+        StoredTask::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Into::into)
+    }
+
+    // Positional formats: four fields, then `overlap` if the input goes on.
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> std::result::Result<TaskRecord, A::Error> {
+        use serde::de::Error as _;
+        let missing = |i| A::Error::invalid_length(i, &"a task record of 4 or 5 fields");
+        let last_period = seq.next_element()?.ok_or_else(|| missing(0))?;
+        let token = seq.next_element()?.ok_or_else(|| missing(1))?;
+        let running = seq.next_element()?.ok_or_else(|| missing(2))?;
+        let last_run = seq.next_element()?.ok_or_else(|| missing(3))?;
+        let overlap = seq.next_element_seed(TrailingOverlap)?.flatten();
+        Ok(StoredTask {
+            last_period,
+            token,
+            running,
+            last_run,
+            overlap,
+        }
+        .into())
+    }
+}
+
+/// The optional last field of a positional record. Reading it fails before its `Option` tag
+/// is seen only when no tag is there: the input ended (a four-field record) or the next byte
+/// is no tag at all (which the codec then reports as trailing input, or takes as the end).
+/// Once the tag is read, every error is the record's.
+struct TrailingOverlap;
+
+impl<'de> serde::de::DeserializeSeed<'de> for TrailingOverlap {
+    type Value = Option<Overlap>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> std::result::Result<Option<Overlap>, D::Error> {
+        let seen = std::cell::Cell::new(false);
+        match d.deserialize_option(OverlapTag { seen: &seen }) {
+            Ok(v) => Ok(v),
+            Err(_) if !seen.get() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+struct OverlapTag<'a> {
+    seen: &'a std::cell::Cell<bool>,
+}
+
+impl<'de> serde::de::Visitor<'de> for OverlapTag<'_> {
+    type Value = Option<Overlap>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the overlapping runs of a task record, or none")
+    }
+
+    fn visit_none<E: serde::de::Error>(self) -> std::result::Result<Self::Value, E> {
+        self.seen.set(true);
+        Ok(None)
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> std::result::Result<Self::Value, E> {
+        self.seen.set(true);
+        Ok(None)
+    }
+
+    fn visit_some<D: serde::Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> std::result::Result<Self::Value, D::Error> {
+        self.seen.set(true);
+        Overlap::deserialize(d).map(Some)
+    }
 }
 
 impl From<StoredTask> for TaskRecord {
@@ -180,19 +277,6 @@ impl From<StoredTask> for TaskRecord {
             last_run: s.last_run,
             overlapping,
             heartbeats,
-        }
-    }
-}
-
-impl From<StoredTaskV1> for TaskRecord {
-    fn from(s: StoredTaskV1) -> Self {
-        TaskRecord {
-            last_period: s.last_period,
-            token: s.token,
-            running: s.running,
-            last_run: s.last_run,
-            overlapping: Vec::new(),
-            heartbeats: Vec::new(),
         }
     }
 }
@@ -666,17 +750,9 @@ impl Scheduler {
                 .is_none_or(|names| names.contains(&self.config.process_name))
     }
 
-    /// A stored task record. Records written before runs could overlap in them (and records
-    /// of tasks whose runs do not overlap) have four fields; they are read as such when the
-    /// longer layout does not fit.
+    /// A stored task record, in any layout a version of larder wrote.
     fn decode(entry: &Entry) -> Result<TaskRecord> {
-        match envelope::open::<_, TaskRecord>(&Postcard, &entry.value) {
-            Ok(rec) => Ok(rec),
-            Err(e) => match envelope::open::<_, StoredTaskV1>(&Postcard, &entry.value) {
-                Ok(old) => Ok(old.into()),
-                Err(_) => Err(e),
-            },
-        }
+        envelope::open::<_, TaskRecord>(&Postcard, &entry.value)
     }
 
     /// The record of a task with its version.
