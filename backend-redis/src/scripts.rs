@@ -33,7 +33,7 @@ use crate::connect::Conn;
 use crate::error::{self, map};
 
 /// Set-if-absent. Replies 1 when written (or when the stored entry is this very write,
-/// retried: its version is the one in ARGV[1]), else the stored string.
+/// retried: its version is the one in `ARGV[1]`), else the stored string.
 const CREATE: &str = r"
 local cur = redis.call('GET', KEYS[1])
 if cur then
@@ -66,8 +66,8 @@ end
 return 1
 ";
 
-/// Delete-if-version. KEYS[2] is the entry's delete marker, ARGV[2] the caller's request id,
-/// ARGV[3] the marker's lifetime in milliseconds. Replies 1 when deleted (or when the marker
+/// Delete-if-version. `KEYS[2]` is the entry's delete marker, `ARGV[2]` the caller's request id,
+/// `ARGV[3]` the marker's lifetime in milliseconds. Replies 1 when deleted (or when the marker
 /// shows that this very request deleted it, retried), 0 when absent, else the stored string.
 const DELETE_IF: &str = r"
 local cur = redis.call('GET', KEYS[1])
