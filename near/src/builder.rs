@@ -11,9 +11,16 @@ use larder_cache_api::{Capabilities, DynBackend, Error, ErrorKind, Result};
 use crate::clock::nanos;
 use crate::coherence::Coherence;
 use crate::hint::TtlHints;
+use crate::layer::Near;
 use crate::stats::NearStats;
 use crate::sync::Health;
-use crate::{Near, DEFAULT_CAPACITY, DEFAULT_MAX_AGE, DEFAULT_MAX_STALENESS};
+
+/// Default number of entries kept in process.
+pub const DEFAULT_CAPACITY: usize = 10_000;
+/// Default longest time an entry is served from process memory.
+pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(60);
+/// Default staleness bound of a near cache with an invalidation channel.
+pub const DEFAULT_MAX_STALENESS: Duration = Duration::from_millis(50);
 
 /// Builds a [`Near`] cache; see [`Near::builder`].
 #[derive(Debug)]
@@ -34,8 +41,9 @@ enum Freshness {
     Accepted(Duration),
 }
 
-impl NearBuilder {
-    pub(crate) fn new(inner: DynBackend) -> Self {
+impl Near {
+    /// A builder for a near cache in front of `inner`.
+    pub fn builder(inner: DynBackend) -> NearBuilder {
         NearBuilder {
             inner,
             capacity: DEFAULT_CAPACITY,
@@ -45,7 +53,9 @@ impl NearBuilder {
             accepted: None,
         }
     }
+}
 
+impl NearBuilder {
     /// Most entries kept in process (default 10,000; 0 is refused).
     pub fn capacity(mut self, entries: usize) -> Self {
         self.capacity = entries;

@@ -12,7 +12,6 @@ use larder_cache_api::{
     CacheBackend, Capabilities, DeleteMode, DynBackend, Entry, Key, PutMode, Result, Ttl, Version,
 };
 
-use crate::builder::NearBuilder;
 use crate::clock::nanos;
 use crate::coherence::Coherence;
 use crate::hint::{TtlHints, Verdict};
@@ -91,11 +90,6 @@ impl fmt::Debug for Near {
 }
 
 impl Near {
-    /// A builder for a near cache in front of `inner`.
-    pub fn builder(inner: DynBackend) -> NearBuilder {
-        NearBuilder::new(inner)
-    }
-
     /// The layer's counters (shared; keep the `Arc`).
     pub fn stats(&self) -> Arc<NearStats> {
         Arc::clone(&self.coherence.stats)
