@@ -32,14 +32,14 @@ use crate::tag::Tag;
 /// layer drops the local entry at once, in this process. An entry is only ever replaced by one
 /// read after a newer invalidation (versions of some backends are random, so "newer" is
 /// decided by the invalidation sequence, not by the version). Put `Near` directly on the
-/// store whose channel it uses (below a
-/// [`Namespace`](larder_cache_api::layer::Namespace)): invalidations name
-/// keys as the store sees them. An entry written elsewhere with a TTL may outlive its expiry
-/// locally by up to `max_age`, unless the channel reports expiries (Redis does).
+/// store whose channel it uses (below a [`Namespace`](larder_cache_api::layer::Namespace)):
+/// invalidations name keys as the store sees them. An entry written elsewhere with a TTL may
+/// outlive its expiry locally by up to `max_age`, unless the channel reports expiries (Redis
+/// does).
 ///
 /// A local hit is answered by [`get_now`](CacheBackend::get_now), so callers that try it
-/// first ([`Cache`](larder_cache_api::Cache), `lookup` on a [`DynBackend`]) read it without a boxed
-/// future.
+/// first ([`Cache`](larder_cache_api::Cache), `lookup` on a [`DynBackend`]) read it without a
+/// boxed future.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
