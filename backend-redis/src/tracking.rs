@@ -36,7 +36,7 @@ use crate::node::{self, node_info};
 use crate::sentinel::SentinelConn;
 
 /// The invalidation channel of a Redis server, Cluster or Sentinel-monitored primary, for
-/// [`Near`](larder_cache_api::layer::Near): see [`RedisBackend::tracking`](crate::RedisBackend::tracking).
+/// `larder_near::Near`: see [`RedisBackend::tracking`](crate::RedisBackend::tracking).
 #[derive(Debug, Clone)]
 pub struct RedisTracking {
     config: RedisConfig,
