@@ -200,6 +200,7 @@ mod elector;
 mod holder;
 mod lease;
 mod misfire;
+mod quote;
 mod random;
 mod schedule;
 mod task;
