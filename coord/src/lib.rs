@@ -199,6 +199,7 @@ mod clock;
 mod elector;
 mod holder;
 mod lease;
+mod liveness;
 mod misfire;
 mod quote;
 mod random;
@@ -225,3 +226,10 @@ pub use task::{
 };
 #[cfg(feature = "cron")]
 pub use zoned_cron::CronSchedule;
+
+/// The claim decision of periodic tasks, for the protocol model (`tests/model.rs`), which
+/// checks this function rather than a copy of it. Not a stable API.
+#[doc(hidden)]
+pub mod claim_decision {
+    pub use crate::task::plan::{plan, DeadRuns, Decision, Write};
+}
