@@ -1,12 +1,14 @@
 //! Periodic tasks claimed once per period by compare-and-swap.
 //!
-//! * [`spec`]: what a task is and how a scheduler is set up (the public configuration);
-//! * [`record`]: the stored state of a task and the layouts it is stored in;
-//! * [`plan`]: the claim decision, a pure function of the task, the time, the record and
-//!   the runs seen dead (the protocol model calls it);
-//! * `store`: the reads and compare-and-swap writes of a record;
+//! * `spec`: what a task is and how a scheduler is set up (the public configuration);
+//! * `record`: the stored state of a task and the layouts it is stored in;
+//! * `plan`: the claim decision, a pure function of the task, the time, the record and the
+//!   runs seen dead (the protocol model calls it);
+//! * `store`: the reads and compare-and-swap writes of a record, and `last_write`: the record
+//!   as this process last wrote it (tried without a read);
 //! * `runner`: a run beside its heartbeats, and the loop of each task;
-//! * here: the [`Scheduler`], what it observes of runs in progress, and one claim attempt.
+//! * this file: the [`Scheduler`], what it observes of runs in progress before it decides,
+//!   and one claim attempt.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -22,6 +24,7 @@ use crate::lease::check_backend;
 use crate::liveness::{Look, Watcher};
 use larder_cache_api::{Cache, DynBackend, Error, ErrorKind, Key, Result, Version};
 
+mod last_write;
 pub(crate) mod plan;
 mod record;
 mod runner;
@@ -31,8 +34,8 @@ mod store;
 pub use record::{Heartbeat, RunInfo, TaskRecord, MAX_RUNS_IN_PROGRESS};
 pub use spec::{Candidacy, Claim, RunContext, RunMode, SchedulerConfig, TaskSpec, TaskStatus};
 
+use last_write::LastWrite;
 use plan::{plan, DeadRuns};
-use store::LastWrite;
 
 /// What shows that a run in progress is alive: for a run that never overlapped another any
 /// change of its record (its version), for one that did its own heartbeat count.

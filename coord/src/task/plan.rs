@@ -1,8 +1,8 @@
 //! The claim decision: given a task, the time, one view of its record and which of its runs
 //! in progress this process has seen dead, what to write. Pure: no I/O, no lock, no clock
-//! read, so the property tests below and the protocol model (`tests/model.rs`) call the
-//! code that runs. The scheduler reads the record, observes the runs' signs of life
-//! ([`crate::liveness`]), calls [`plan`], and writes what it decided by compare-and-swap.
+//! read, so the property tests (`plan/tests.rs`) and the protocol model (`tests/model.rs`)
+//! call the code that runs. The scheduler reads the record, observes the runs' signs of
+//! life (`crate::liveness`), calls [`plan`], and writes what it decided by compare-and-swap.
 
 use std::time::Instant;
 
@@ -52,7 +52,7 @@ pub struct Decision {
 /// in progress it has seen dead (`dead`): the claim of the next due period, or the takeover
 /// of a run whose process died (at-least-once), and when to look again at runs in progress.
 ///
-/// The rules (checked by the property tests below):
+/// The rules (checked by the property tests in `plan/tests.rs`):
 ///
 /// * a period is claimed only if the task's [`MisfirePolicy`](crate::MisfirePolicy) names it
 ///   (the first of [`periods_to_claim`](crate::MisfirePolicy::periods_to_claim)), so it is

@@ -1,16 +1,17 @@
 //! The run loops: a claimed run beside its heartbeats, and the loop of each task of a
 //! spawned scheduler (when to wake, jitter, runs beside the loop).
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use std::collections::HashSet;
 use tokio_util::sync::CancellationToken;
 
+use super::last_write::LastWrite;
 use super::spec::{Claim, RunContext, TaskSpec};
-use super::store::{lost_races, LastWrite};
+use super::store::lost_races;
 use super::{Scheduler, Step};
 use crate::random::random_u64;
 use larder_cache_api::Result;

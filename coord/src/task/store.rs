@@ -4,8 +4,7 @@
 
 use std::time::Duration;
 
-use parking_lot::Mutex;
-
+use super::last_write::LastWrite;
 use super::record::{decode, Heartbeat, RunInfo, TaskRecord};
 use super::spec::Claim;
 use super::Scheduler;
@@ -25,25 +24,6 @@ pub(super) fn lost_races(task: &str, what: &str) -> Error {
     )
 }
 
-/// The record of one task as this process last wrote it, kept while no one else is known to
-/// have written it since: the next write of this process is tried on it directly, without a
-/// read (the compare-and-swap on its version still decides). Cleared as soon as a conflict
-/// or an unknown outcome shows it may be out of date.
-#[derive(Debug, Default)]
-pub(super) struct LastWrite(Mutex<Option<(TaskRecord, Version)>>);
-
-impl LastWrite {
-    pub(super) fn get(&self) -> Option<(TaskRecord, Version)> {
-        self.0.lock().clone()
-    }
-    pub(super) fn set(&self, rec: TaskRecord, version: Version) {
-        *self.0.lock() = Some((rec, version));
-    }
-    pub(super) fn clear(&self) {
-        *self.0.lock() = None;
-    }
-}
-
 /// A record as stored, or `None` (absent) with no version.
 type Stored = (TaskRecord, Option<Version>);
 
@@ -56,6 +36,7 @@ enum Edit<T> {
 }
 
 impl Scheduler {
+    /// The key of a task's record.
     pub(super) fn key(name: &str) -> Result<Key> {
         Key::new(format!("larder:task:{name}"))
     }
