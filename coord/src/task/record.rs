@@ -48,7 +48,8 @@ pub const MAX_RUNS_IN_PROGRESS: usize = 8;
 /// The stored state of a task.
 ///
 /// Its serde impls are each other's inverse on every codec, self-describing (JSON) or not
-/// (postcard, bincode), and read every layout earlier versions wrote (four fields, or five when runs overlap).
+/// (postcard, bincode), and read every layout earlier versions wrote (four fields, or five
+/// when runs overlap).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 #[serde(into = "StoredTask")]
 pub struct TaskRecord {
