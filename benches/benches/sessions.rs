@@ -37,7 +37,8 @@ use larder_benches::harness::{alternate, report};
 use larder_cache_api::codec::Postcard;
 use larder_cache_api::{envelope, DynBackend, PutMode, Ttl};
 use larder_session_persist::{
-    CachedStore, Record, SessionData, SessionStore, Timestamp, TowerStore, DEFAULT_TOMBSTONE_TTL,
+    CachedStore, Outbox, Record, SessionData, SessionStore, Timestamp, TowerStore,
+    DEFAULT_TOMBSTONE_TTL,
 };
 use tokio::runtime::Runtime;
 use tower_sessions::SessionStore as _;
@@ -109,8 +110,8 @@ impl RawPool {
 
 struct Fixture {
     name: &'static str,
-    sql: Arc<dyn SessionStore>,
-    cached: Arc<CachedStore<Arc<dyn SessionStore>>>,
+    sql: Arc<dyn Outbox>,
+    cached: Arc<CachedStore<Arc<dyn Outbox>>>,
     cache: DynBackend,
     raw: RawPool,
     _guard: Box<dyn std::any::Any>,
@@ -118,7 +119,7 @@ struct Fixture {
 
 fn fixture(
     name: &'static str,
-    sql: Arc<dyn SessionStore>,
+    sql: Arc<dyn Outbox>,
     raw: RawPool,
     guard: Box<dyn std::any::Any>,
 ) -> Fixture {

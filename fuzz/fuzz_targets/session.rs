@@ -12,8 +12,8 @@ use arbitrary::Arbitrary;
 use async_trait::async_trait;
 use larder_cache_api::{envelope, DynBackend, Error, ErrorKind, Key, PutMode, Result};
 use larder_session_persist::{
-    CachedStore, IdHash, Record, SaveOutcome, SessionData, SessionId, SessionStore, Timestamp,
-    TowerStore, RESERVED_KEY,
+    CachedStore, IdHash, Invalidation, Outbox, Record, SaveOutcome, SessionData, SessionId,
+    SessionStore, Timestamp, TowerStore, RESERVED_KEY,
 };
 use libfuzzer_sys::fuzz_target;
 use parking_lot::Mutex;
@@ -86,6 +86,17 @@ impl SessionStore for MemStore {
     }
     async fn count(&self) -> Result<u64> {
         Ok(self.rows.lock().len() as u64)
+    }
+}
+
+/// No change log (its outbox stays empty): every delete here goes through the cache.
+#[async_trait]
+impl Outbox for MemStore {
+    async fn outbox_pending(&self, _limit: u32) -> Result<Vec<Invalidation>> {
+        Ok(Vec::new())
+    }
+    async fn outbox_ack(&self, _seqs: &[i64]) -> Result<()> {
+        Ok(())
     }
 }
 

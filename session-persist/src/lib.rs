@@ -5,14 +5,18 @@
 mod actix;
 #[cfg(feature = "axum")]
 mod axum;
+mod breaker;
 mod cached_store;
 mod expiry;
 mod id;
 #[cfg(any(feature = "tower-sessions", feature = "actix"))]
 mod merge;
+mod outbox;
 mod record;
+mod seal;
 mod session;
 mod sql;
+mod stats;
 mod store;
 #[cfg(feature = "tower-sessions")]
 mod tower;
@@ -21,11 +25,12 @@ mod tower;
 pub use actix::ActixStore;
 #[cfg(feature = "axum")]
 pub use axum::{AtomicSession, SessionError};
-pub use cached_store::{CachedStore, WriteThroughSnapshot, WriteThroughStats};
+pub use cached_store::CachedStore;
 pub use expiry::EXPIRY_TASK;
 pub use id::{IdHash, IdSource, OsRandom, SessionId};
 #[cfg(any(feature = "tower-sessions", feature = "actix"))]
 pub use merge::RESERVED_KEY;
+pub use outbox::{Invalidation, Outbox};
 pub use record::{Record, SessionData, Timestamp};
 pub use session::{ConflictPolicy, Session, SessionConfig, SessionManager, ValueFormat};
 #[cfg(feature = "postgres")]
@@ -33,6 +38,7 @@ pub use sql::PgStore;
 #[cfg(feature = "sqlite")]
 pub use sql::SqliteStore;
 pub use sql::{connect, open_existing, Dialect, SqlOptions, SqlStore};
-pub use store::{ApplyFn, Invalidation, SaveOutcome, SessionStore, DEFAULT_TOMBSTONE_TTL};
+pub use stats::{WriteThroughSnapshot, WriteThroughStats};
+pub use store::{ApplyFn, SaveOutcome, SessionStore, DEFAULT_TOMBSTONE_TTL};
 #[cfg(feature = "tower-sessions")]
 pub use tower::TowerStore;

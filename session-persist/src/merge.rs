@@ -392,16 +392,10 @@ impl KeyMerge {
         self.store().as_ref().delete(id).await.map(drop)
     }
 
-    /// Replays `changes` (already applied in `record`) with the request's expiry.
+    /// Replays `changes` (already applied in `record`) with the request's expiry; a session
+    /// gone meanwhile drops the save.
     async fn commit(&self, record: Record, changes: Vec<Change>, exp: Timestamp) -> Result<()> {
-        let touch_only = changes.is_empty();
-        let mut s = self.manager.replay(record, changes);
-        let res = if touch_only {
-            s.touch_until(exp).await
-        } else {
-            s.save_until(exp).await
-        };
-        match res {
+        match self.manager.save_replayed(record, changes, exp).await {
             Err(e) if e.kind() == ErrorKind::Gone => {
                 dropped();
                 Ok(())

@@ -272,15 +272,28 @@ impl SessionManager {
         }
     }
 
-    /// A handle whose `record` already holds `changes` (made by a request elsewhere, e.g.
-    /// through tower-sessions or actix-session) on top of the version it loaded.
+    /// Writes `changes` made by a request elsewhere (through tower-sessions or
+    /// actix-session), already applied in `record` on top of the version it loaded, with
+    /// the expiry `exp`, as [`Session::save`] would; with no changes, only moves the expiry
+    /// when due. The one way in for the adapters: the retries on lost races happen here.
     #[cfg(any(feature = "tower-sessions", feature = "actix"))]
-    pub(crate) fn replay(&self, record: Record, changes: Vec<Change>) -> Session {
-        Session {
+    pub(crate) async fn save_replayed(
+        &self,
+        record: Record,
+        changes: Vec<Change>,
+        exp: Timestamp,
+    ) -> Result<()> {
+        let touch_only = changes.is_empty();
+        let mut s = Session {
             manager: self.clone(),
             record,
             changes,
             base: BTreeMap::new(),
+        };
+        if touch_only {
+            s.touch_until(exp).await
+        } else {
+            s.save_until(exp).await
         }
     }
 }
@@ -417,7 +430,7 @@ impl Session {
 
     /// [`save`](Session::save) with a given expiry. One statement when nobody saved in
     /// between; each lost race costs one more (the store hands back the current record).
-    pub(crate) async fn save_until(&mut self, expires_at: Timestamp) -> Result<()> {
+    async fn save_until(&mut self, expires_at: Timestamp) -> Result<()> {
         let store = Arc::clone(&self.manager.store);
         let cfg = self.manager.config.clone();
         let mut tries = Backoff::new(Duration::from_millis(1), Duration::from_millis(32))
@@ -545,7 +558,7 @@ impl Session {
 
     /// Moves the expiry to `wanted` (expiry only: no data rewrite, no cache write) if that
     /// gains at least `touch_after` of the TTL.
-    pub(crate) async fn touch_until(&mut self, wanted: Timestamp) -> Result<()> {
+    async fn touch_until(&mut self, wanted: Timestamp) -> Result<()> {
         if !self
             .manager
             .config

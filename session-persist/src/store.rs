@@ -22,18 +22,6 @@ pub enum SaveOutcome {
     Stale(Record),
 }
 
-/// A pending cache invalidation recorded by the database in the same transaction as a
-/// delete, rotation or revocation (the outbox), so that no failed cache write and no crash
-/// can leave a deleted session live in a shared cache.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Invalidation {
-    /// Its position in the outbox (acknowledge it with
-    /// [`outbox_ack`](SessionStore::outbox_ack)).
-    pub seq: i64,
-    /// The deleted session.
-    pub hash: IdHash,
-}
-
 /// Where sessions live. The SQL stores are the authority; [`CachedStore`](crate::CachedStore)
 /// wraps any store with write-through caching and is a store itself.
 ///
@@ -44,9 +32,9 @@ pub struct Invalidation {
 ///   version is [`Conflict`](larder_cache_api::ErrorKind::Conflict); a session that was
 ///   deleted, expired or never existed is [`Gone`](larder_cache_api::ErrorKind::Gone), so a
 ///   late save cannot resurrect a logged-out session.
-/// * [`delete`](SessionStore::delete) leaves a short tombstone, and records the session in
-///   the invalidation outbox in the same transaction (so do rotation and
-///   [`delete_principal`](SessionStore::delete_principal)).
+/// * [`delete`](SessionStore::delete) leaves a short tombstone. A store with an
+///   [`Outbox`](crate::Outbox) records the session there in the same transaction (so do
+///   rotation and [`delete_principal`](SessionStore::delete_principal)).
 /// * Every change of data, principal or liveness moves the version forward by one;
 ///   [`touch`](SessionStore::touch) moves only the expiry and keeps the version, so a touch
 ///   never makes a concurrent save conflict.
@@ -151,19 +139,6 @@ pub trait SessionStore: Send + Sync + Debug {
 
     /// Live sessions now.
     async fn count(&self) -> Result<u64>;
-
-    /// Up to `limit` pending cache invalidations, oldest first (stores without an outbox
-    /// have none).
-    async fn outbox_pending(&self, limit: u32) -> Result<Vec<Invalidation>> {
-        let _ = limit;
-        Ok(Vec::new())
-    }
-
-    /// Removes invalidations whose tombstones are now in the cache.
-    async fn outbox_ack(&self, seqs: &[i64]) -> Result<()> {
-        let _ = seqs;
-        Ok(())
-    }
 }
 
 /// How long a deleted session's tombstone is kept by default.
@@ -216,11 +191,5 @@ impl<S: SessionStore + ?Sized> SessionStore for std::sync::Arc<S> {
     }
     async fn count(&self) -> Result<u64> {
         (**self).count().await
-    }
-    async fn outbox_pending(&self, limit: u32) -> Result<Vec<Invalidation>> {
-        (**self).outbox_pending(limit).await
-    }
-    async fn outbox_ack(&self, seqs: &[i64]) -> Result<()> {
-        (**self).outbox_ack(seqs).await
     }
 }

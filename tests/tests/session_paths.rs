@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use larder::{DynBackend, ErrorKind};
 use larder_session_persist::{
-    CachedStore, ConflictPolicy, IdHash, Invalidation, PgStore, Record, SaveOutcome, SessionConfig,
-    SessionData, SessionId, SessionManager, SessionStore, Timestamp, TowerStore, RESERVED_KEY,
+    CachedStore, ConflictPolicy, IdHash, PgStore, Record, SaveOutcome, SessionConfig, SessionData,
+    SessionId, SessionManager, SessionStore, Timestamp, TowerStore, RESERVED_KEY,
 };
 use larder_tests::fault::{Fault, Faulty, PutGate};
 use larder_tests::server::ServerProcess;
@@ -207,9 +207,6 @@ impl SessionStore for Interfering {
     }
     async fn count(&self) -> larder::Result<u64> {
         self.inner.count().await
-    }
-    async fn outbox_pending(&self, limit: u32) -> larder::Result<Vec<Invalidation>> {
-        self.inner.outbox_pending(limit).await
     }
 }
 

@@ -9,8 +9,8 @@ use std::time::Duration;
 use larder::{DynBackend, ErrorKind};
 use larder_backend_memory::MemoryBackend;
 use larder_session_persist::{
-    CachedStore, ConflictPolicy, IdSource, PgStore, Record, SessionConfig, SessionData, SessionId,
-    SessionManager, SessionStore, SqlOptions, SqliteStore, Timestamp,
+    CachedStore, ConflictPolicy, IdSource, Outbox, PgStore, Record, SessionConfig, SessionData,
+    SessionId, SessionManager, SessionStore, SqlOptions, SqliteStore, Timestamp,
 };
 use larder_tests::fault::{Fault, Faulty};
 
@@ -59,7 +59,7 @@ enum Guard {
 }
 
 /// A new store on a fresh database of kind `db`.
-async fn open(db: Db, opts: SqlOptions) -> (Arc<dyn SessionStore>, Guard) {
+async fn open(db: Db, opts: SqlOptions) -> (Arc<dyn Outbox>, Guard) {
     match db {
         Db::Postgres => {
             let (s, schema) = larder_tests::db::pg_store().await;
@@ -344,7 +344,7 @@ async fn undecodable_data_is_a_clear_error_and_kept(db: Db) {
 
 async fn malformed_ids_are_rejected_before_any_query(db: Db) {
     let (store, _g) = open(db, SqlOptions::default()).await;
-    let m = SessionManager::new(store);
+    let m = SessionManager::new(Arc::new(store));
     let huge = "x".repeat(100_000);
     for bad in [
         "",
@@ -367,7 +367,7 @@ async fn managers(db: Db, cache: Option<DynBackend>) -> (SessionManager, Guard) 
     let (store, g) = open(db, SqlOptions::default()).await;
     let store: Arc<dyn SessionStore> = match cache {
         Some(c) => Arc::new(CachedStore::new(store, c)),
-        None => store,
+        None => Arc::new(store),
     };
     (SessionManager::new(store), g)
 }

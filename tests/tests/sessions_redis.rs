@@ -8,7 +8,7 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use larder_session_persist::{CachedStore, SessionManager, SessionStore};
+use larder_session_persist::{CachedStore, Outbox, SessionManager};
 use larder_tests::server::ServerProcess;
 
 async fn redis_cache(server: &ServerProcess) -> larder::DynBackend {
@@ -21,7 +21,7 @@ async fn redis_cache(server: &ServerProcess) -> larder::DynBackend {
     .unwrap()
 }
 
-async fn outage_run<S: SessionStore + 'static>(store: S) {
+async fn outage_run<S: Outbox + 'static>(store: S) {
     let mut redis = ServerProcess::redis();
     let cached = Arc::new(CachedStore::new(store, redis_cache(&redis).await));
     let stats = cached.stats();

@@ -204,7 +204,7 @@ impl App {
         // Every database call is timed (`larder_session_db_op_seconds`); the expiry task's
         // sweeps are counted for the status page.
         let expiry_runs = Arc::new(AtomicU64::new(0));
-        let sql: Arc<dyn SessionStore> = Arc::new(ObservedStore::new(
+        let sql = Arc::new(ObservedStore::new(
             larder::sessions::connect(&db_url).await?,
             expiry_runs.clone(),
         ));

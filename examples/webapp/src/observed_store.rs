@@ -9,23 +9,23 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use larder::sessions::{
-    ApplyFn, IdHash, Invalidation, Record, SaveOutcome, SessionData, SessionId, SessionStore,
-    Timestamp,
+    ApplyFn, IdHash, Invalidation, Outbox, Record, SaveOutcome, SessionData, SessionId,
+    SessionStore, Timestamp,
 };
 
 use crate::telemetry::DB_OP_SECONDS;
 
 /// Wraps the SQL store. Forwards every method, the provided ones too, so the store's own
-/// `save_locked` (a row lock) is kept.
+/// `save_locked` (a row lock) is kept, and its outbox.
 #[derive(Debug)]
 pub(crate) struct ObservedStore {
-    inner: Arc<dyn SessionStore>,
+    inner: Arc<dyn Outbox>,
     sweeps: Arc<AtomicU64>,
 }
 
 impl ObservedStore {
     /// Wraps `inner`; `sweeps` counts its `sweep` calls.
-    pub(crate) fn new(inner: Arc<dyn SessionStore>, sweeps: Arc<AtomicU64>) -> Self {
+    pub(crate) fn new(inner: Arc<dyn Outbox>, sweeps: Arc<AtomicU64>) -> Self {
         ObservedStore { inner, sweeps }
     }
 
@@ -89,6 +89,10 @@ impl SessionStore for ObservedStore {
     async fn count(&self) -> larder::Result<u64> {
         self.timed("count", self.inner.count()).await
     }
+}
+
+#[async_trait]
+impl Outbox for ObservedStore {
     async fn outbox_pending(&self, limit: u32) -> larder::Result<Vec<Invalidation>> {
         self.timed("outbox_pending", self.inner.outbox_pending(limit))
             .await

@@ -14,6 +14,7 @@ use crate::store::DEFAULT_TOMBSTONE_TTL;
 
 mod held;
 mod lost;
+mod outbox;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod queries;
@@ -107,7 +108,7 @@ fn not_built(feature: &str) -> Error {
 /// assert!(larder_session_persist::open_existing(&other).await.is_err());
 /// # Ok(()) }
 /// ```
-pub async fn connect(url: &str) -> Result<Arc<dyn crate::SessionStore>> {
+pub async fn connect(url: &str) -> Result<Arc<dyn crate::Outbox>> {
     match database_of(url)? {
         #[cfg(feature = "postgres")]
         "postgres" => Ok(Arc::new(PgStore::connect(url).await?)),
@@ -119,7 +120,7 @@ pub async fn connect(url: &str) -> Result<Arc<dyn crate::SessionStore>> {
 
 /// Like [`connect`], without running migrations: a database without the session tables is
 /// [`ErrorKind::Config`] (for operator tools, which must create nothing).
-pub async fn open_existing(url: &str) -> Result<Arc<dyn crate::SessionStore>> {
+pub async fn open_existing(url: &str) -> Result<Arc<dyn crate::Outbox>> {
     match database_of(url)? {
         #[cfg(feature = "postgres")]
         "postgres" => Ok(Arc::new(PgStore::open_existing(url).await?)),

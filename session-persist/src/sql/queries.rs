@@ -8,7 +8,7 @@ use sqlx::{ColumnIndex, Decode, Encode, Executor, Type};
 use super::{db_error, held, lost, Dialect, SqlStore, MAX_ID_ATTEMPTS};
 use crate::id::{IdHash, SessionId};
 use crate::record::{Record, SessionData, Timestamp};
-use crate::store::{ApplyFn, Invalidation, SaveOutcome, SessionStore};
+use crate::store::{ApplyFn, SaveOutcome, SessionStore};
 
 /// A row `(principal, data, version, expires_at)` of `larder_sessions` as a record.
 fn to_record(
@@ -372,46 +372,5 @@ where
         .await
         .map_err(|e| db_error(DB::BACKEND, "count", e))?;
         Ok(n.max(0) as u64)
-    }
-
-    async fn outbox_pending(&self, limit: u32) -> Result<Vec<Invalidation>> {
-        let rows: Vec<(i64, Vec<u8>)> =
-            sqlx::query_as("SELECT seq, id_hash FROM larder_session_outbox ORDER BY seq LIMIT $1")
-                .bind(i64::from(limit.max(1)))
-                .fetch_all(&self.pool)
-                .await
-                .map_err(|e| db_error(DB::BACKEND, "outbox", e))?;
-        rows.into_iter()
-            .map(|(seq, h)| {
-                Ok(Invalidation {
-                    seq,
-                    hash: IdHash::from_slice(&h)?,
-                })
-            })
-            .collect()
-    }
-
-    async fn outbox_ack(&self, seqs: &[i64]) -> Result<()> {
-        // Bounded batches keep the statement's parameter list small.
-        for chunk in seqs.chunks(256) {
-            let mut q = String::from("DELETE FROM larder_session_outbox WHERE seq IN (");
-            for i in 0..chunk.len() {
-                if i > 0 {
-                    q.push(',');
-                }
-                q.push_str(&format!("${}", i + 1));
-            }
-            q.push(')');
-            // Only placeholders are spliced in: the values are bound.
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(q));
-            for s in chunk {
-                query = query.bind(*s);
-            }
-            query
-                .execute(&self.pool)
-                .await
-                .map_err(|e| db_error(DB::BACKEND, "outbox", e))?;
-        }
-        Ok(())
     }
 }
