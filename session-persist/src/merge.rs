@@ -402,7 +402,7 @@ impl KeyMerge {
             s.save_until(exp).await
         };
         match res {
-            Err(e) if e.kind() == ErrorKind::Gone => {
+            Err(e) if e.kind() == ErrorKind::NotFound => {
                 dropped();
                 Ok(())
             }
