@@ -122,9 +122,9 @@ async fn postgres_sessions_and_kv_share_a_database_in_either_order() {
         "../session-persist/migrations/postgres",
         "../session-persist/migrations/retired/postgres"
     )
-        .run(store.pool())
-        .await
-        .unwrap();
+    .run(store.pool())
+    .await
+    .unwrap();
     let old = PgKv::from_pool(store.pool().clone());
     put(&old, "written-before", b"kept").await;
     let kv = db::pg_kv_beside(&store).await;
@@ -187,9 +187,9 @@ async fn sqlite_sessions_and_kv_share_a_file_in_either_order() {
         "../session-persist/migrations/sqlite",
         "../session-persist/migrations/retired/sqlite"
     )
-        .run(&pool)
-        .await
-        .unwrap();
+    .run(&pool)
+    .await
+    .unwrap();
     pool.close().await;
     let store = SqliteStore::open(&path).await.unwrap();
     let old = SqliteKv::from_pool(store.pool().clone());
