@@ -1,4 +1,5 @@
-//! The whole conformance suite against the memory backend, coordination cases included.
+//! The contract's conformance suite against the memory backend (the coordination cases run
+//! over it in the workspace's `tests/tests/memory.rs`).
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
@@ -11,5 +12,5 @@ async fn backend() -> DynBackend {
 }
 
 mod memory {
-    larder_coord::conformance_suite!(super::backend);
+    larder_cache_api::conformance_suite!(super::backend);
 }

@@ -6,8 +6,9 @@ use larder_cache_api::{
 };
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, Pool, Type};
 
-use crate::core::{Core, Dialect};
+use crate::core::Core;
 use crate::fence::Fence;
+use crate::Dialect;
 
 /// Largest value the store accepts: 16 MiB.
 pub const MAX_VALUE_SIZE: usize = 16 * 1024 * 1024;

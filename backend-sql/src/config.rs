@@ -12,25 +12,8 @@ use crate::error::config;
 /// Default size of the connection pool.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 8;
 
-/// Which database a URL names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum SqlDatabase {
-    /// PostgreSQL (`postgres://`, `postgresql://`; feature `postgres`).
-    Postgres,
-    /// An SQLite file (`sqlite://`; feature `sqlite`).
-    Sqlite,
-}
-
-impl SqlDatabase {
-    /// The backend name: `"postgres"` or `"sqlite"`.
-    pub fn name(self) -> &'static str {
-        match self {
-            SqlDatabase::Postgres => "postgres",
-            SqlDatabase::Sqlite => "sqlite",
-        }
-    }
-}
+/// Which database a URL names (one enum with the [`Dialect`](crate::Dialect)).
+pub use larder_sql_common::SqlDatabase;
 
 /// How to reach the database of a [`SqlKv`](crate::SqlKv), and the size of its pool.
 ///

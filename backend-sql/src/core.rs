@@ -1,5 +1,6 @@
-//! The database side: the tables, the SQL of each operation, and the few fragments in which
-//! PostgreSQL and SQLite differ ([`Dialect`]).
+//! The database side: the tables, the SQL of each operation, built from the few fragments in
+//! which PostgreSQL and SQLite differ (the [`Dialect`], shared with the session store, and
+//! this crate's migrations and version expression).
 //!
 //! # Stored layout
 //!
@@ -12,9 +13,9 @@
 //!
 //! A TTL never ends before it has fully passed by the database clock. A write stores
 //! `expires_at` = the database clock **rounded up** to the millisecond plus the TTL
-//! ([`Dialect::EXPIRY_BASE_MS`]), never rounded to nearest or truncated; a row counts as
+//! (`Dialect::EXPIRY_BASE_MS`), never rounded to nearest or truncated; a row counts as
 //! expired only once the clock is **past** `expires_at` (`now > expires_at`, compared at the
-//! clock's own precision, [`Dialect::NOW_MS`]), never when it merely reaches it. PostgreSQL's
+//! clock's own precision, `Dialect::NOW_MS`), never when it merely reaches it. PostgreSQL's
 //! clock has microseconds: `expires_at` is its ceiling in milliseconds, and `now >
 //! expires_at` exactly when the ceiling of now is. SQLite's `'now'` is truncated to the
 //! millisecond: the true time may be up to 1 ms later, so a write adds one millisecond, and a
@@ -40,120 +41,50 @@
 //! created with `IF NOT EXISTS`: databases where an earlier `larder-session-persist` created
 //! `larder_kv` and `larder_fences` keep them, rows included.
 
-use std::sync::LazyLock;
+use std::sync::OnceLock;
 
 use larder_cache_api::{Bytes, Entry, Error, ErrorKind, Key, PutMode, Result, Ttl, Version};
-use sqlx::migrate::{Migrate, Migrator};
-use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Type};
+use larder_sql_common::{Dialect, SqlDatabase};
+use sqlx::migrate::Migrator;
+use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, Pool, Type};
 
 use crate::error::{conflict, db_error};
 
 /// The table in which this crate's migrations are tracked.
 pub const MIGRATIONS_TABLE: &str = "_larder_kv_migrations";
 
-mod sealed {
-    pub trait Sealed {}
-    #[cfg(feature = "postgres")]
-    impl Sealed for sqlx::Postgres {}
-    #[cfg(feature = "sqlite")]
-    impl Sealed for sqlx::Sqlite {}
+/// This crate's migrations for the database, tracked in [`MIGRATIONS_TABLE`].
+fn migrator<D: Dialect>() -> Migrator {
+    let mut m = match D::DATABASE {
+        SqlDatabase::Postgres => sqlx::migrate!("./migrations/postgres"),
+        SqlDatabase::Sqlite => sqlx::migrate!("./migrations/sqlite"),
+    };
+    m.dangerous_set_table_name(MIGRATIONS_TABLE);
+    m
 }
 
-/// What differs between the databases the store runs on: a few SQL fragments, the
-/// migrations, and how a statement reports the rows it changed. Implemented for
-/// [`sqlx::Postgres`] (feature `postgres`) and [`sqlx::Sqlite`] (feature `sqlite`); sealed.
-pub trait Dialect:
-    Database<Connection: Migrate, Arguments: IntoArguments<Self>> + sealed::Sealed
-{
-    /// The backend's name in [`Capabilities`](larder_cache_api::Capabilities) and errors.
-    const BACKEND: &'static str;
-    /// An SQL expression for the database clock, in whole milliseconds since the Unix epoch,
-    /// such that `NOW_MS > expires_at` exactly when the clock (at its own precision) is past
-    /// `expires_at`: what reads compare with.
-    const NOW_MS: &'static str;
-    /// An SQL expression for whole milliseconds since the Unix epoch never before the
-    /// database clock (its ceiling): the base to which writes add the TTL.
-    const EXPIRY_BASE_MS: &'static str;
-    /// An SQL expression for a fresh version, evaluated inside the statement that writes it.
-    const NEXT_VERSION: &'static str;
-    /// Whether the database reports changed keys to other connections (PostgreSQL `NOTIFY`
-    /// from the table's trigger), for [`Capabilities::invalidation_channel`](larder_cache_api::Capabilities::invalidation_channel).
-    const NOTIFIES: bool;
-
-    /// This crate's migrations for the database, tracked in [`MIGRATIONS_TABLE`].
-    fn migrator() -> Migrator;
-
-    /// The rows a statement changed.
-    fn rows_affected(result: &Self::QueryResult) -> u64;
-
-    /// The statements, built once from the fragments above.
-    #[doc(hidden)]
-    fn statements() -> &'static Statements;
-}
-
-#[cfg(feature = "postgres")]
-impl Dialect for sqlx::Postgres {
-    const BACKEND: &'static str = "postgres";
-    const NOTIFIES: bool = true;
-    // clock_timestamp(), not now(): now() is frozen at the start of the transaction. EXTRACT
-    // gives an exact numeric with microseconds; its ceiling in milliseconds is above the
-    // clock only when the clock is past the millisecond below (`::BIGINT` alone rounds to
-    // nearest, which could end a TTL up to 0.5 ms early).
-    const NOW_MS: &'static str = "CEIL(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT";
-    const EXPIRY_BASE_MS: &'static str =
-        "CEIL(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT";
-    const NEXT_VERSION: &'static str = "nextval('larder_kv_version')";
-
-    fn migrator() -> Migrator {
-        let mut m = sqlx::migrate!("./migrations/postgres");
-        m.dangerous_set_table_name(MIGRATIONS_TABLE);
-        m
-    }
-
-    fn rows_affected(result: &sqlx::postgres::PgQueryResult) -> u64 {
-        result.rows_affected()
-    }
-
-    fn statements() -> &'static Statements {
-        static SQL: LazyLock<Statements> = LazyLock::new(Statements::of::<sqlx::Postgres>);
-        &SQL
+/// An SQL expression for a fresh version, evaluated inside the statement that writes it.
+fn next_version<D: Dialect>() -> &'static str {
+    match D::DATABASE {
+        SqlDatabase::Postgres => "nextval('larder_kv_version')",
+        SqlDatabase::Sqlite => "(random() & 9223372036854775807)",
     }
 }
 
-#[cfg(feature = "sqlite")]
-impl Dialect for sqlx::Sqlite {
-    const BACKEND: &'static str = "sqlite";
-    const NOTIFIES: bool = false;
-    // SQLite's 'now' is a whole number of milliseconds (the true time truncated); as a Julian
-    // day in a double it comes back a few hundredths of a millisecond off, so it is rounded
-    // back to that whole number (a plain CAST truncates it, up to 1 ms early). The true time
-    // may be up to 1 ms past it: a write adds that millisecond.
-    const NOW_MS: &'static str =
-        "CAST(ROUND((julianday('now') - 2440587.5) * 86400000.0) AS INTEGER)";
-    const EXPIRY_BASE_MS: &'static str =
-        "(CAST(ROUND((julianday('now') - 2440587.5) * 86400000.0) AS INTEGER) + 1)";
-    const NEXT_VERSION: &'static str = "(random() & 9223372036854775807)";
-
-    fn migrator() -> Migrator {
-        let mut m = sqlx::migrate!("./migrations/sqlite");
-        m.dangerous_set_table_name(MIGRATIONS_TABLE);
-        m
-    }
-
-    fn rows_affected(result: &sqlx::sqlite::SqliteQueryResult) -> u64 {
-        result.rows_affected()
-    }
-
-    fn statements() -> &'static Statements {
-        static SQL: LazyLock<Statements> = LazyLock::new(Statements::of::<sqlx::Sqlite>);
-        &SQL
-    }
+/// The statements for `D`, built once from its fragments.
+fn statements<D: Dialect>() -> &'static Statements {
+    static POSTGRES: OnceLock<Statements> = OnceLock::new();
+    static SQLITE: OnceLock<Statements> = OnceLock::new();
+    let cell = match D::DATABASE {
+        SqlDatabase::Postgres => &POSTGRES,
+        SqlDatabase::Sqlite => &SQLITE,
+    };
+    cell.get_or_init(Statements::of::<D>)
 }
 
 /// The SQL of every operation for one dialect. Parameters are `$n` in both databases.
-#[doc(hidden)]
 #[derive(Debug)]
-pub struct Statements {
+struct Statements {
     get: String,
     overwrite: String,
     create: String,
@@ -167,7 +98,7 @@ pub struct Statements {
 
 impl Statements {
     fn of<D: Dialect>() -> Self {
-        let (now, base, next) = (D::NOW_MS, D::EXPIRY_BASE_MS, D::NEXT_VERSION);
+        let (now, base, next) = (D::NOW_MS, D::EXPIRY_BASE_MS, next_version::<D>());
         // Expired only once the clock is past `expires_at`; the TTL added to a clock rounded
         // up (see the module docs: never early).
         let live = format!("(expires_at IS NULL OR expires_at >= {now})");
@@ -240,7 +171,7 @@ where
     usize: ColumnIndex<DB::Row>,
 {
     pub(crate) async fn migrate(&self) -> Result<()> {
-        DB::migrator().run(&self.pool).await.map_err(|e| {
+        migrator::<DB>().run(&self.pool).await.map_err(|e| {
             Error::new(
                 ErrorKind::Backend,
                 "running the larder_kv migrations failed",
@@ -251,7 +182,7 @@ where
     }
 
     pub(crate) async fn get(&self, key: &Key) -> Result<Option<Entry>> {
-        let row: Option<(Vec<u8>, i64)> = sqlx::query_as(DB::statements().get.as_str())
+        let row: Option<(Vec<u8>, i64)> = sqlx::query_as(statements::<DB>().get.as_str())
             .bind(key.as_str())
             .fetch_optional(&self.pool)
             .await
@@ -276,7 +207,7 @@ where
         mode: PutMode,
     ) -> Result<Version> {
         const CREATE_ATTEMPTS: u32 = 8;
-        let sql = DB::statements();
+        let sql = statements::<DB>();
         let mut attempt = 1;
         loop {
             let query = match mode {
@@ -309,7 +240,7 @@ where
     }
 
     pub(crate) async fn delete(&self, key: &Key) -> Result<bool> {
-        let done = sqlx::query(DB::statements().delete.as_str())
+        let done = sqlx::query(statements::<DB>().delete.as_str())
             .bind(key.as_str())
             .execute(&self.pool)
             .await
@@ -318,7 +249,7 @@ where
     }
 
     pub(crate) async fn delete_if(&self, key: &Key, expected: Version) -> Result<bool> {
-        let done = sqlx::query(DB::statements().delete_if.as_str())
+        let done = sqlx::query(statements::<DB>().delete_if.as_str())
             .bind(key.as_str())
             .bind(expected.into_raw() as i64)
             .execute(&self.pool)
@@ -331,7 +262,7 @@ where
     }
 
     pub(crate) async fn touch(&self, key: &Key, ttl: Option<Ttl>) -> Result<bool> {
-        let done = sqlx::query(DB::statements().touch.as_str())
+        let done = sqlx::query(statements::<DB>().touch.as_str())
             .bind(ttl_ms(ttl))
             .bind(key.as_str())
             .execute(&self.pool)
@@ -344,7 +275,7 @@ where
         let batch = u64::from(batch.max(1));
         let mut total = 0;
         loop {
-            let done = sqlx::query(DB::statements().purge.as_str())
+            let done = sqlx::query(statements::<DB>().purge.as_str())
                 .bind(batch as i64)
                 .execute(&self.pool)
                 .await
@@ -358,7 +289,7 @@ where
     }
 
     pub(crate) async fn now_ms(&self) -> Result<i64> {
-        let (now,): (i64,) = sqlx::query_as(DB::statements().clock.as_str())
+        let (now,): (i64,) = sqlx::query_as(statements::<DB>().clock.as_str())
             .fetch_one(&self.pool)
             .await
             .map_err(|e| db_error(DB::BACKEND, "clock", e))?;

@@ -2,22 +2,11 @@
 
 use larder_cache_api::{Entry, Error, ErrorKind};
 
-/// Maps a database error of operation `op`: connection trouble is
-/// [`Unavailable`](ErrorKind::Unavailable) (retryable), the rest
-/// [`Backend`](ErrorKind::Backend); the sqlx error is kept as the source.
+/// Maps a database error of operation `op` (the mapping shared with the session store:
+/// connection trouble is [`Unavailable`](ErrorKind::Unavailable), the rest
+/// [`Backend`](ErrorKind::Backend); the sqlx error is kept as the source).
 pub(crate) fn db_error(backend: &'static str, op: &'static str, e: sqlx::Error) -> Error {
-    let kind = match &e {
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed
-        | sqlx::Error::Protocol(_) => ErrorKind::Unavailable,
-        _ => ErrorKind::Backend,
-    };
-    Error::new(kind, format!("{op} failed"))
-        .with_backend(backend)
-        .with_source(e)
+    larder_sql_common::db_error(backend, format!("{op} failed"), e)
 }
 
 /// The [`Conflict`](ErrorKind::Conflict) of a refused write: a create-only write that found

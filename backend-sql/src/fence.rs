@@ -12,8 +12,9 @@ use std::pin::Pin;
 use larder_cache_api::Result;
 use sqlx::{Database, Decode, Encode, Executor, Transaction, Type};
 
-use crate::core::{Core, Dialect};
+use crate::core::Core;
 use crate::error::{db_error, token_too_large};
+use crate::Dialect;
 
 /// The fence of one resource (a row of `larder_fences`): get one with
 /// [`SqlKv::fence`](crate::SqlKv::fence).

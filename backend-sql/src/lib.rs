@@ -14,7 +14,7 @@ mod fence;
 #[cfg(feature = "postgres")]
 mod notify;
 
-pub use crate::core::{Dialect, MIGRATIONS_TABLE};
+pub use crate::core::MIGRATIONS_TABLE;
 #[cfg(feature = "postgres")]
 pub use backend::PgKv;
 #[cfg(feature = "sqlite")]
@@ -26,5 +26,7 @@ pub use fence::PgFence;
 #[cfg(feature = "sqlite")]
 pub use fence::SqliteFence;
 pub use fence::{Effect, Fence};
+/// What differs between PostgreSQL and SQLite (shared with larder-session-persist).
+pub use larder_sql_common::Dialect;
 #[cfg(feature = "postgres")]
 pub use notify::{PgNotify, NOTIFY_CHANNEL};

@@ -40,16 +40,29 @@ pub enum ErrorKind {
     Config,
     /// The loader passed to [`Cache::get_or_insert_with`](crate::Cache::get_or_insert_with) failed.
     Loader,
-    /// The thing written to was deleted; a late write must not bring it back (a session
-    /// saved after logout).
-    Gone,
-    /// A malformed identifier (a session id of the wrong length or alphabet).
-    InvalidId,
+    /// The operation needs something to exist and it does not: deleted, expired or never
+    /// created. The operation creates nothing (a save after a delete must not bring the
+    /// thing back). Reads of an absent key are not errors: they return `None`.
+    NotFound,
+    /// An argument other than a key, a value or a TTL is malformed (an identifier of the
+    /// wrong length or alphabet, say); checked before any I/O.
+    InvalidInput,
     /// Any other failure reported by the backend.
     Backend,
 }
 
+// The kinds are the contract's: general enough for any store or layer built on it, so that
+// one `Error` serves the whole family. Sessions report a save after logout as `NotFound` and a
+// malformed session id as `InvalidInput`; the names they had before stay as aliases.
+#[allow(non_upper_case_globals)]
 impl ErrorKind {
+    /// Former name of [`NotFound`](ErrorKind::NotFound).
+    #[deprecated(note = "renamed `ErrorKind::NotFound`")]
+    pub const Gone: ErrorKind = ErrorKind::NotFound;
+    /// Former name of [`InvalidInput`](ErrorKind::InvalidInput).
+    #[deprecated(note = "renamed `ErrorKind::InvalidInput`")]
+    pub const InvalidId: ErrorKind = ErrorKind::InvalidInput;
+
     /// A short, stable, lower-case name, used in metrics labels and messages.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -64,8 +77,8 @@ impl ErrorKind {
             ErrorKind::Unsupported => "unsupported",
             ErrorKind::Config => "config",
             ErrorKind::Loader => "loader",
-            ErrorKind::Gone => "gone",
-            ErrorKind::InvalidId => "invalid_id",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::InvalidInput => "invalid_input",
             ErrorKind::Backend => "backend",
         }
     }

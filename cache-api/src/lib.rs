@@ -9,7 +9,10 @@ pub mod envelope;
 mod error;
 mod key;
 pub mod layer;
-mod random;
+// Shared with larder-coord (holder ids, jitter) so the workspace has one such helper; not a
+// stable API.
+#[doc(hidden)]
+pub mod random;
 pub mod retry;
 mod single_flight;
 mod ttl;

@@ -1,9 +1,13 @@
-//! The coordination cases of the shared conformance suite, and
-//! [`conformance_suite!`](crate::conformance_suite), the one macro that stamps the **whole** suite into a
-//! backend's tests: every case of `larder_cache_api::conformance` (the contract) and every
-//! case here.
+//! The coordination cases of the shared conformance suite, and the macros that stamp them
+//! into a store's tests: [`coordination_cases!`](crate::coordination_cases) (these cases) and
+//! [`conformance_suite!`](crate::conformance_suite) (the **whole** suite: every case of
+//! `larder_cache_api::conformance`, the contract, and every case here).
 //!
 //! **Not a stable API**: cases are added as the contract is sharpened.
+//!
+//! Backends stamp only the contract's cases (`larder_cache_api::conformance_suite!`), so that
+//! none of them depends on this crate; the coordination cases run over every store where the
+//! crates meet, in the workspace's `tests/`.
 //!
 //! Each case reads the backend's declared [`Capabilities`] and decides what to check: on a
 //! backend that declares linearizable compare-and-swap it exercises leases; on any other it
@@ -453,16 +457,28 @@ pub async fn lease_config_is_validated(_b: DynBackend) {
 }
 
 /// Stamps every case of the conformance suite into the current module as a
-/// `#[tokio::test]`: the contract's cases (`larder_cache_api::conformance`) and the
-/// coordination cases of this module. Each case picks what to check from the backend's
-/// declared capabilities.
+/// `#[tokio::test]`: the contract's cases (`larder_cache_api::conformance_suite!`) and the
+/// coordination cases of this module ([`coordination_cases!`](crate::coordination_cases)).
+/// Each case picks what to check from the backend's declared capabilities.
 ///
 /// `$make` is the path of an `async fn() -> DynBackend`, called once per case.
 #[macro_export]
 macro_rules! conformance_suite {
     ($make:path) => {
-        $crate::conformance::__cache_api::contract_cases!($make);
-        $crate::conformance_suite!(@cases $make;
+        $crate::conformance::__cache_api::conformance_suite!($make);
+        $crate::coordination_cases!($make);
+    };
+}
+
+/// Stamps the coordination cases of this module into the current module as a
+/// `#[tokio::test]` each, for a store whose contract cases run elsewhere (a backend's own
+/// tests stamp `larder_cache_api::conformance_suite!`).
+///
+/// `$make` is the path of an `async fn() -> DynBackend`, called once per case.
+#[macro_export]
+macro_rules! coordination_cases {
+    ($make:path) => {
+        $crate::coordination_cases!(@cases $make;
             lease_acquire_then_second_acquire_fails,
             lease_names_are_independent,
             lease_expiry_then_takeover_with_higher_token,

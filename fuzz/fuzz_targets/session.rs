@@ -1,7 +1,7 @@
 //! What sessions read from outside: the id in a cookie, the stored record's bytes (from the
 //! cache or the database), the values a tower-sessions app stored, and the reserved
 //! `__larder_loaded` entry that comes back with the request's record. Malformed ids are
-//! `InvalidId`; corrupt bytes are a miss or a `Decode` error; a reserved entry this process
+//! `InvalidInput`; corrupt bytes are a miss or a `Decode` error; a reserved entry this process
 //! did not write is refused and nothing is saved; nothing panics.
 #![no_main]
 
@@ -54,7 +54,7 @@ impl SessionStore for MemStore {
     async fn save_or_current(&self, record: &Record) -> Result<SaveOutcome> {
         let mut rows = self.rows.lock();
         let Some(cur) = rows.get_mut(record.id.as_bytes()) else {
-            return Err(Error::new(ErrorKind::Gone, "gone"));
+            return Err(Error::new(ErrorKind::NotFound, "gone"));
         };
         if cur.version != record.version {
             return Ok(SaveOutcome::Stale(cur.clone()));
@@ -171,7 +171,7 @@ async fn session_paths(input: Input<'_>) {
         }
         Err(e) => {
             assert!(!canonical(input.id_text), "refused {:?}", input.id_text);
-            assert_eq!(e.kind(), ErrorKind::InvalidId);
+            assert_eq!(e.kind(), ErrorKind::InvalidInput);
         }
     }
 

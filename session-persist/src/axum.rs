@@ -78,7 +78,7 @@ impl AtomicSession {
 
     /// Sets `key` to `f(current value)` and saves at once; if another request saved in
     /// between, `f` runs again on its value. Returns the value stored. A request without a
-    /// session gets [`SessionError`] with kind [`ErrorKind::Gone`].
+    /// session gets [`SessionError`] with kind [`ErrorKind::NotFound`].
     pub async fn update<T, F>(&self, key: &str, f: F) -> Result<T, SessionError>
     where
         T: Serialize + DeserializeOwned + Send + Sync + 'static,
@@ -87,7 +87,7 @@ impl AtomicSession {
         let mut s = self
             .handle()
             .await?
-            .ok_or_else(|| Error::new(ErrorKind::Gone, "the request has no session"))?;
+            .ok_or_else(|| Error::new(ErrorKind::NotFound, "the request has no session"))?;
         s.update(key, f)?;
         s.save_keeping_expiry().await?;
         s.get(key)?
@@ -133,7 +133,7 @@ impl axum_core::response::IntoResponse for SessionError {
         let kind = self.0.kind();
         let status = match kind {
             ErrorKind::Conflict => StatusCode::CONFLICT,
-            ErrorKind::Gone => StatusCode::UNAUTHORIZED,
+            ErrorKind::NotFound => StatusCode::UNAUTHORIZED,
             _ if self.0.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };

@@ -57,7 +57,7 @@ impl SessionId {
     pub fn parse(s: &str) -> Result<Self> {
         if s.len() != Self::TEXT_LEN {
             return Err(Error::new(
-                ErrorKind::InvalidId,
+                ErrorKind::InvalidInput,
                 format!(
                     "session id must be {} characters, got {}",
                     Self::TEXT_LEN,
@@ -70,7 +70,7 @@ impl SessionId {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         {
             return Err(Error::new(
-                ErrorKind::InvalidId,
+                ErrorKind::InvalidInput,
                 "session id has characters outside base64url",
             ));
         }
@@ -79,7 +79,7 @@ impl SessionId {
             Ok(16) => {}
             _ => {
                 return Err(Error::new(
-                    ErrorKind::InvalidId,
+                    ErrorKind::InvalidInput,
                     "session id is not a canonical 128-bit base64url value",
                 ))
             }
@@ -88,7 +88,7 @@ impl SessionId {
         // Reject non-canonical trailing bits so one session has exactly one id text.
         if id.text != s {
             return Err(Error::new(
-                ErrorKind::InvalidId,
+                ErrorKind::InvalidInput,
                 "session id is not in canonical form",
             ));
         }
@@ -192,7 +192,7 @@ mod tests {
         });
         for bad in ["", "short", &huge, &bad_char, &non_canonical, "ééééééééééé"] {
             let e = SessionId::parse(bad).unwrap_err();
-            assert_eq!(e.kind(), ErrorKind::InvalidId, "{bad:.30}");
+            assert_eq!(e.kind(), ErrorKind::InvalidInput, "{bad:.30}");
         }
     }
 
@@ -238,7 +238,7 @@ mod props {
                 }
                 Err(e) => {
                     prop_assert!(!canonical(&s), "refused {s:?}");
-                    prop_assert_eq!(e.kind(), ErrorKind::InvalidId);
+                    prop_assert_eq!(e.kind(), ErrorKind::InvalidInput);
                 }
             }
         }

@@ -396,7 +396,7 @@ impl KeyMerge {
     /// gone meanwhile drops the save.
     async fn commit(&self, record: Record, changes: Vec<Change>, exp: Timestamp) -> Result<()> {
         match self.manager.save_replayed(record, changes, exp).await {
-            Err(e) if e.kind() == ErrorKind::Gone => {
+            Err(e) if e.kind() == ErrorKind::NotFound => {
                 dropped();
                 Ok(())
             }

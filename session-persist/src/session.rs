@@ -247,7 +247,7 @@ impl SessionManager {
     }
 
     /// The session whose id is `id` (the cookie's text), or `None` if it does not exist or
-    /// has expired. A malformed id is [`ErrorKind::InvalidId`], checked before any query.
+    /// has expired. A malformed id is [`ErrorKind::InvalidInput`], checked before any query.
     pub async fn load(&self, id: &str) -> Result<Option<Session>> {
         let id = SessionId::parse(id)?;
         Ok(self.store.as_ref().load(&id).await?.map(|r| self.wrap(r)))
@@ -409,7 +409,7 @@ impl Session {
     /// If another request saved in between, reloads and re-applies this request's changes
     /// key by key. With no changes, only extends the expiry when due.
     ///
-    /// Errors: [`ErrorKind::Gone`] if the session was deleted meanwhile (it is not
+    /// Errors: [`ErrorKind::NotFound`] if the session was deleted meanwhile (it is not
     /// recreated); [`ErrorKind::Conflict`] if the policy is
     /// [`ConflictPolicy::Error`] and a changed key was changed by another request, or the
     /// attempts ran out.
@@ -578,7 +578,7 @@ impl Session {
                 Ok(())
             }
             None => Err(Error::new(
-                ErrorKind::Gone,
+                ErrorKind::NotFound,
                 "session was deleted or has expired",
             )),
         }
@@ -594,7 +594,7 @@ impl Session {
                 Ok(())
             }
             None => Err(Error::new(
-                ErrorKind::Gone,
+                ErrorKind::NotFound,
                 "session was deleted or has expired",
             )),
         }

@@ -30,7 +30,7 @@ pub enum SaveOutcome {
 /// * An expired session is absent for every operation.
 /// * [`save`](SessionStore::save) only ever updates: it never creates a row. A stale
 ///   version is [`Conflict`](larder_cache_api::ErrorKind::Conflict); a session that was
-///   deleted, expired or never existed is [`Gone`](larder_cache_api::ErrorKind::Gone), so a
+///   deleted, expired or never existed is [`NotFound`](larder_cache_api::ErrorKind::NotFound), so a
 ///   late save cannot resurrect a logged-out session.
 /// * [`delete`](SessionStore::delete) leaves a short tombstone. A store with an
 ///   [`Outbox`](crate::Outbox) records the session there in the same transaction (so do
@@ -60,14 +60,14 @@ pub trait SessionStore: Send + Sync + Debug {
     /// Writes `record` if the stored version is still `record.version` (one statement);
     /// otherwise writes nothing and returns the stored record, so a retry needs no second
     /// load. A session that was deleted, expired or never existed is
-    /// [`Gone`](larder_cache_api::ErrorKind::Gone).
+    /// [`NotFound`](larder_cache_api::ErrorKind::NotFound).
     async fn save_or_current(&self, record: &Record) -> Result<SaveOutcome>;
 
     /// Applies `apply` to the stored record and writes it, holding the database's lock on
     /// the row in between, so no other save can come between: the answer to repeated lost
     /// races (a transaction costs more round trips than an optimistic save, but waits its
     /// turn instead of retrying). The expiry is moved to at least `expires_at`. A session
-    /// that is gone is [`Gone`](larder_cache_api::ErrorKind::Gone).
+    /// that is gone is [`NotFound`](larder_cache_api::ErrorKind::NotFound).
     ///
     /// The default does optimistic attempts (stores without row locks).
     async fn save_locked(
@@ -78,7 +78,7 @@ pub trait SessionStore: Send + Sync + Debug {
     ) -> Result<Record> {
         let gone = || {
             larder_cache_api::Error::new(
-                larder_cache_api::ErrorKind::Gone,
+                larder_cache_api::ErrorKind::NotFound,
                 "session was deleted or has expired; it is not recreated",
             )
         };

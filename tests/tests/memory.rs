@@ -1,4 +1,5 @@
-//! Memory-backend behaviour beyond the shared contract: bounds, eviction, expiry cleanup.
+//! Memory-backend behaviour beyond the shared contract: bounds, eviction, expiry cleanup;
+//! and the coordination cases of the conformance suite over it.
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
@@ -254,4 +255,14 @@ async fn a_one_millisecond_ttl_is_never_early() {
         early, 0,
         "reads that found a 1 ms entry gone before 1 ms had passed"
     );
+}
+
+async fn memory_backend() -> larder::DynBackend {
+    Arc::new(MemoryBackend::default())
+}
+
+/// The coordination cases of the conformance suite over the memory backend (its own tests
+/// stamp the contract's cases; the backend does not depend on `larder-coord`).
+mod coordination {
+    larder_coord::coordination_cases!(super::memory_backend);
 }

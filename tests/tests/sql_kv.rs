@@ -78,6 +78,29 @@ async fn get(kv: &dyn CacheBackend, key: &str) -> Option<Vec<u8>> {
         .map(|e| e.value.to_vec())
 }
 
+/// The session migrations as larder-session-persist 0.1.0 and earlier ran them: they also
+/// created `larder_kv` and `larder_fences`, migrated since by larder-backend-sql alone (the
+/// retired files are the ones those versions embedded, so the checksums are theirs).
+macro_rules! previous_session_migrations {
+    ($current:literal, $retired:literal) => {
+        sqlx::migrate::Migrator::with_migrations(
+            sqlx::migrate!($current)
+                .iter()
+                .chain(sqlx::migrate!($retired).iter())
+                .cloned()
+                .collect(),
+        )
+    };
+}
+
+/// Files in a directory of the workspace.
+fn files_in(dir: &str) -> usize {
+    std::fs::read_dir(format!("{}/../{dir}", env!("CARGO_MANIFEST_DIR")))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_type().unwrap().is_file())
+        .count()
+}
+
 /// Applied versions in a migrations table.
 async fn applied(pool: &sqlx::PgPool, table: &str) -> Vec<i64> {
     sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
@@ -90,10 +113,18 @@ async fn applied(pool: &sqlx::PgPool, table: &str) -> Vec<i64> {
 
 #[tokio::test]
 async fn postgres_sessions_and_kv_share_a_database_in_either_order() {
-    // Sessions first (the tables of an existing database: the session migrations of earlier
-    // versions created larder_kv and larder_fences), with a row written before the store's
-    // own migrations ever ran.
-    let (store, _schema) = db::pg_store().await;
+    // Sessions first, in a database as earlier versions left it (their session migrations
+    // created larder_kv and larder_fences), with a row written before the store's own
+    // migrations ever ran.
+    let schema = db::pg_schema().await;
+    let store = PgStore::from_pool(db::pg_session_pool_in(&schema).await);
+    previous_session_migrations!(
+        "../session-persist/migrations/postgres",
+        "../session-persist/migrations/retired/postgres"
+    )
+    .run(store.pool())
+    .await
+    .unwrap();
     let old = PgKv::from_pool(store.pool().clone());
     put(&old, "written-before", b"kept").await;
     let kv = db::pg_kv_beside(&store).await;
@@ -105,12 +136,9 @@ async fn postgres_sessions_and_kv_share_a_database_in_either_order() {
     );
     let sessions = applied(store.pool(), "_sqlx_migrations").await;
     let own = applied(store.pool(), MIGRATIONS_TABLE).await;
-    let files = std::fs::read_dir(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../session-persist/migrations/postgres"
-    ))
-    .unwrap()
-    .count();
+    // Every session migration ran, and the retired ones stay recorded.
+    let files = files_in("session-persist/migrations/postgres")
+        + files_in("session-persist/migrations/retired/postgres");
     assert_eq!(
         sessions.len(),
         files,
@@ -150,6 +178,19 @@ async fn postgres_sessions_and_kv_share_a_database_in_either_order() {
 async fn sqlite_sessions_and_kv_share_a_file_in_either_order() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("app.db");
+    // A file as earlier versions left it (their session migrations created larder_kv).
+    let opts = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&path)
+        .create_if_missing(true);
+    let pool = sqlx::SqlitePool::connect_with(opts).await.unwrap();
+    previous_session_migrations!(
+        "../session-persist/migrations/sqlite",
+        "../session-persist/migrations/retired/sqlite"
+    )
+    .run(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
     let store = SqliteStore::open(&path).await.unwrap();
     let old = SqliteKv::from_pool(store.pool().clone());
     put(&old, "written-before", b"kept").await;

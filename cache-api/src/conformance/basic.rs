@@ -221,12 +221,12 @@ pub async fn get_now_agrees_with_get(b: DynBackend) {
 }
 
 /// Stamps this module's cases into the current module; used by
-/// [`contract_cases!`](crate::contract_cases), which stamps every module.
+/// [`conformance_suite!`](crate::conformance_suite), which stamps every module.
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __conformance_basic {
     ($make:path) => {
-        $crate::contract_cases!(@cases $make;
+        $crate::conformance_suite!(@cases $make;
             basic::get_absent_is_none,
             basic::put_then_get_roundtrips,
             basic::overwrite_replaces_value_and_version,

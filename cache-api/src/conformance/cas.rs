@@ -246,12 +246,12 @@ pub async fn create_race_has_one_winner(b: DynBackend) {
 }
 
 /// Stamps this module's cases into the current module; used by
-/// [`contract_cases!`](crate::contract_cases), which stamps every module.
+/// [`conformance_suite!`](crate::conformance_suite), which stamps every module.
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __conformance_cas {
     ($make:path) => {
-        $crate::contract_cases!(@cases $make;
+        $crate::conformance_suite!(@cases $make;
             cas::create_on_absent_succeeds,
             cas::create_on_present_conflicts_with_current,
             cas::create_on_expired_succeeds,

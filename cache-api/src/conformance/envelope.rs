@@ -115,12 +115,12 @@ pub async fn decode_error_loses_nothing(b: DynBackend) {
 }
 
 /// Stamps this module's cases into the current module; used by
-/// [`contract_cases!`](crate::contract_cases), which stamps every module.
+/// [`conformance_suite!`](crate::conformance_suite), which stamps every module.
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __conformance_envelope {
     ($make:path) => {
-        $crate::contract_cases!(@cases $make;
+        $crate::conformance_suite!(@cases $make;
             envelope::foreign_bytes_give_decode_error,
             envelope::other_codec_bytes_give_decode_error,
             envelope::truncated_envelope_gives_decode_error,

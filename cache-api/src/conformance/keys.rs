@@ -126,12 +126,12 @@ pub async fn similar_keys_are_distinct(b: DynBackend) {
 }
 
 /// Stamps this module's cases into the current module; used by
-/// [`contract_cases!`](crate::contract_cases), which stamps every module.
+/// [`conformance_suite!`](crate::conformance_suite), which stamps every module.
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __conformance_keys {
     ($make:path) => {
-        $crate::contract_cases!(@cases $make;
+        $crate::conformance_suite!(@cases $make;
             keys::empty_key_rejected,
             keys::key_of_251_bytes_rejected,
             keys::key_at_declared_limit_roundtrips,

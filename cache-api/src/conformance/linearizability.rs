@@ -645,12 +645,12 @@ pub async fn mixed_history_is_linearizable(b: DynBackend) {
 }
 
 /// Stamps this module's cases into the current module; used by
-/// [`contract_cases!`](crate::contract_cases), which stamps every module.
+/// [`conformance_suite!`](crate::conformance_suite), which stamps every module.
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __conformance_linearizability {
     ($make:path) => {
-        $crate::contract_cases!(@cases $make;
+        $crate::conformance_suite!(@cases $make;
             linearizability::mixed_history_is_linearizable,
         );
     };

@@ -9,18 +9,23 @@
 //! capabilities and decides what to check: a capability a backend does not declare is
 //! checked for refusal ([`ErrorKind::Unsupported`](crate::ErrorKind)), never skipped.
 //!
-//! Backends stamp the whole suite (these cases and the coordination cases of
-//! `larder-coord`) into their tests with one macro, `larder_coord::conformance_suite!`
-//! (feature `conformance` of `larder-coord`), which makes one `#[tokio::test]` per case:
+//! A backend stamps the whole suite into its tests with one macro,
+//! [`conformance_suite!`](crate::conformance_suite) (feature `conformance`), which makes one
+//! `#[tokio::test]` per case:
 //!
 //! ```text
 //! async fn backend() -> larder_cache_api::DynBackend {
 //!     std::sync::Arc::new(MyBackend::connect("...").await.unwrap())
 //! }
 //! mod my_backend {
-//!     larder_coord::conformance_suite!(super::backend);
+//!     larder_cache_api::conformance_suite!(super::backend);
 //! }
 //! ```
+//!
+//! The coordination cases (leases on the same contract) belong to `larder-coord`; they are
+//! stamped over every store where the crates meet, in the workspace's `tests/`, with
+//! `larder_coord::conformance_suite!` (these cases and the coordination ones), so that no
+//! backend depends on `larder-coord`.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::time::Duration;
@@ -76,14 +81,15 @@ pub async fn value(b: &DynBackend, key: &Key) -> Option<Bytes> {
         .map(|e| e.value)
 }
 
-/// Stamps every contract case into the current module as a `#[tokio::test]`; used by
-/// `larder_coord::conformance_suite!`, which adds the coordination cases (call that one).
+/// Stamps every contract case into the current module as a `#[tokio::test]`, one per case,
+/// so that a failure reads `my_backend::cas_race`.
 ///
 /// `$make` is the path of an `async fn() -> DynBackend`, called once per case. Each module
-/// of the suite lists its own cases next to them (a hidden macro per module).
-#[doc(hidden)]
+/// of the suite lists its own cases next to them (a hidden macro per module). The crate using
+/// it needs `tokio` with the `macros` and `rt-multi-thread` features as a dev-dependency, and
+/// `larder-cache-api` with the `conformance` feature.
 #[macro_export]
-macro_rules! contract_cases {
+macro_rules! conformance_suite {
     ($make:path) => {
         $crate::__conformance_basic!($make);
         $crate::__conformance_cas!($make);

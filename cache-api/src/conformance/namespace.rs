@@ -113,12 +113,12 @@ pub async fn versions_not_reused_across_invalidation(b: DynBackend) {
 }
 
 /// Stamps this module's cases into the current module; used by
-/// [`contract_cases!`](crate::contract_cases), which stamps every module.
+/// [`conformance_suite!`](crate::conformance_suite), which stamps every module.
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __conformance_namespace {
     ($make:path) => {
-        $crate::contract_cases!(@cases $make;
+        $crate::conformance_suite!(@cases $make;
             namespace::namespaces_are_isolated,
             namespace::invalidate_hides_old_entries,
             namespace::invalidation_seen_by_other_handle,

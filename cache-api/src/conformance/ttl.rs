@@ -165,12 +165,12 @@ pub async fn put_many_applies_ttl(b: DynBackend) {
 }
 
 /// Stamps this module's cases into the current module; used by
-/// [`contract_cases!`](crate::contract_cases), which stamps every module.
+/// [`conformance_suite!`](crate::conformance_suite), which stamps every module.
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __conformance_ttl {
     ($make:path) => {
-        $crate::contract_cases!(@cases $make;
+        $crate::conformance_suite!(@cases $make;
             ttl::ttl_expires,
             ttl::ttl_rounds_up_never_early,
             ttl::ttl_over_30_days_is_kept,

@@ -176,12 +176,12 @@ pub async fn update_exhausted_returns_conflict(b: DynBackend) {
 }
 
 /// Stamps this module's cases into the current module; used by
-/// [`contract_cases!`](crate::contract_cases), which stamps every module.
+/// [`conformance_suite!`](crate::conformance_suite), which stamps every module.
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __conformance_typed {
     ($make:path) => {
-        $crate::contract_cases!(@cases $make;
+        $crate::conformance_suite!(@cases $make;
             typed::typed_struct_roundtrips,
             typed::single_flight_100_callers_one_load,
             typed::get_or_insert_with_hit_skips_loader,

@@ -63,12 +63,12 @@ pub async fn typed_oversized_value_rejected_before_sending(b: DynBackend) {
 }
 
 /// Stamps this module's cases into the current module; used by
-/// [`contract_cases!`](crate::contract_cases), which stamps every module.
+/// [`conformance_suite!`](crate::conformance_suite), which stamps every module.
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __conformance_values {
     ($make:path) => {
-        $crate::contract_cases!(@cases $make;
+        $crate::conformance_suite!(@cases $make;
             values::value_at_limit_accepted,
             values::value_over_limit_rejected,
             values::oversized_write_keeps_old_value,

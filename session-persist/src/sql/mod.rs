@@ -6,14 +6,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use larder_cache_api::{Error, ErrorKind, Result};
-use sqlx::migrate::{Migrate, Migrator};
-use sqlx::{Database, IntoArguments, Pool};
+use sqlx::{Database, Pool};
 
 use crate::id::{IdSource, OsRandom};
 use crate::store::DEFAULT_TOMBSTONE_TTL;
 
 mod held;
 mod lost;
+mod migrations;
 mod outbox;
 #[cfg(feature = "postgres")]
 mod postgres;
@@ -130,36 +130,8 @@ pub async fn open_existing(url: &str) -> Result<Arc<dyn crate::Outbox>> {
     }
 }
 
-mod sealed {
-    pub trait Sealed {}
-    #[cfg(feature = "postgres")]
-    impl Sealed for sqlx::Postgres {}
-    #[cfg(feature = "sqlite")]
-    impl Sealed for sqlx::Sqlite {}
-}
-
-/// What differs between the databases sessions are stored in: the backend name, the
-/// migrations, and how a statement reports the rows it changed. Implemented for
-/// [`sqlx::Postgres`] (feature `postgres`) and [`sqlx::Sqlite`] (feature `sqlite`); sealed.
-pub trait Dialect:
-    Database<Connection: Migrate, Arguments: IntoArguments<Self>> + sealed::Sealed
-{
-    /// The name in errors: `"postgres"` or `"sqlite"`.
-    const BACKEND: &'static str;
-
-    /// The session migrations (sqlx's default migrations table, `_sqlx_migrations`).
-    fn migrator() -> Migrator;
-
-    /// The rows a statement changed.
-    fn rows_affected(result: &Self::QueryResult) -> u64;
-
-    /// How a transaction that writes starts.
-    const BEGIN_WRITE: &'static str;
-
-    /// `SELECT ... FOR UPDATE` where the database has it: how a read locks the row it will
-    /// write.
-    const LOCK_ROW: &'static str;
-}
+/// What differs between PostgreSQL and SQLite (shared with larder-backend-sql).
+pub use larder_sql_common::Dialect;
 
 /// Sessions in an SQL database: the authority. Use it as [`PgStore`] or [`SqliteStore`].
 ///
@@ -245,9 +217,12 @@ impl<DB: Dialect> SqlStore<DB> {
     }
 
     /// Applies the embedded session migrations (idempotent; on PostgreSQL concurrent runs are
-    /// serialised by sqlx's migration lock).
+    /// serialised by sqlx's migration lock). The tables of the SQL cache backend
+    /// (`larder_kv`, `larder_fences`) are not among them: `larder-backend-sql` migrates its
+    /// own. A database migrated by an earlier version, whose session migrations created
+    /// those tables too, keeps working.
     pub async fn migrate(&self) -> Result<()> {
-        DB::migrator().run(&self.pool).await.map_err(|e| {
+        migrations::run(&self.pool).await.map_err(|e| {
             Error::new(ErrorKind::Backend, "running session migrations failed")
                 .with_backend(DB::BACKEND)
                 .with_source(e)
@@ -260,19 +235,9 @@ impl<DB: Dialect> SqlStore<DB> {
     }
 }
 
-/// Maps a database error: connection trouble is `Unavailable` (retryable), the rest
-/// `Backend`; the sqlx error is kept as the source.
+/// Maps a database error of session operation `op` (the mapping shared with the SQL cache
+/// backend: connection trouble is `Unavailable` (retryable), the rest `Backend`; the sqlx
+/// error is kept as the source).
 pub(crate) fn db_error(backend: &'static str, op: &'static str, e: sqlx::Error) -> Error {
-    let kind = match &e {
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed
-        | sqlx::Error::Protocol(_) => ErrorKind::Unavailable,
-        _ => ErrorKind::Backend,
-    };
-    Error::new(kind, format!("session {op} failed"))
-        .with_backend(backend)
-        .with_source(e)
+    larder_sql_common::db_error(backend, format!("session {op} failed"), e)
 }

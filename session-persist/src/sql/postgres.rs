@@ -1,29 +1,13 @@
-//! The PostgreSQL store: its dialect and its constructor.
+//! The PostgreSQL store: its constructors.
 
 use std::str::FromStr;
 use std::time::Duration;
 
 use larder_cache_api::{Error, ErrorKind, Result};
-use sqlx::migrate::Migrator;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgQueryResult};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::Postgres;
 
-use super::{db_error, Dialect, SqlStore};
-
-impl Dialect for Postgres {
-    const BACKEND: &'static str = "postgres";
-
-    fn migrator() -> Migrator {
-        sqlx::migrate!("./migrations/postgres")
-    }
-
-    const BEGIN_WRITE: &'static str = "BEGIN";
-    const LOCK_ROW: &'static str = " FOR UPDATE";
-
-    fn rows_affected(result: &PgQueryResult) -> u64 {
-        result.rows_affected()
-    }
-}
+use super::{db_error, SqlStore};
 
 /// A pooled connection idle for less than this is handed out without a liveness check: sqlx
 /// checks every connection when it comes back to the pool, so it was alive a moment ago.

@@ -144,7 +144,7 @@ where
         match current {
             Some(row) => Ok(SaveOutcome::Stale(to_record(&record.id, row)?)),
             None => Err(Error::new(
-                ErrorKind::Gone,
+                ErrorKind::NotFound,
                 "session was deleted or has expired; it is not recreated",
             )
             .with_backend(DB::BACKEND)),
@@ -176,7 +176,7 @@ where
             .map_err(err)?;
         let Some(row) = row else {
             return Err(Error::new(
-                ErrorKind::Gone,
+                ErrorKind::NotFound,
                 "session was deleted or has expired; it is not recreated",
             )
             .with_backend(DB::BACKEND));

@@ -1,33 +1,13 @@
-//! The SQLite store: its dialect and its constructors.
+//! The SQLite store: its constructors.
 
 use std::str::FromStr;
 use std::time::Duration;
 
 use larder_cache_api::{Error, ErrorKind, Result};
-use sqlx::migrate::Migrator;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteQueryResult,
-    SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::Sqlite;
 
-use super::{db_error, Dialect, SqlStore};
-
-impl Dialect for Sqlite {
-    const BACKEND: &'static str = "sqlite";
-
-    fn migrator() -> Migrator {
-        sqlx::migrate!("./migrations/sqlite")
-    }
-
-    // The write lock at once: two such transactions queue instead of failing.
-    const BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
-    const LOCK_ROW: &'static str = "";
-
-    fn rows_affected(result: &SqliteQueryResult) -> u64 {
-        result.rows_affected()
-    }
-}
+use super::{db_error, SqlStore};
 
 impl SqlStore<Sqlite> {
     /// Opens (creating it if needed) the database at `url` (`sqlite://path` or

@@ -1,0 +1,8 @@
+#![doc = include_str!("../README.md")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod dialect;
+mod error;
+
+pub use dialect::{Dialect, SqlDatabase};
+pub use error::{db_error, error_kind};
