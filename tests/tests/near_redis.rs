@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use larder::layer::{ChannelState, Near, NearStats, DEFAULT_MAX_STALENESS};
 use larder::{Bytes, CacheBackend, DynBackend, Key, PutMode};
@@ -16,6 +16,7 @@ use larder_tests::cluster::RedisCluster;
 use larder_tests::db;
 use larder_tests::server::ServerProcess;
 use larder_tests::tls::TlsRedis;
+use larder_tests::{eventually, Patience};
 
 /// `Near(Redis)` with its channel up.
 async fn near(url: &str) -> (DynBackend, Arc<NearStats>) {
@@ -25,11 +26,11 @@ async fn near(url: &str) -> (DynBackend, Arc<NearStats>) {
         .channel(tracking)
         .build()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while near.channel_state() != ChannelState::Up {
-        assert!(Instant::now() < deadline, "tracking never came up");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let patience = Patience::new(Duration::from_secs(10)).every(Duration::from_millis(10));
+    eventually(patience, "tracking is up", async || {
+        near.channel_state() == ChannelState::Up
+    })
+    .await;
     let stats = near.stats();
     (Arc::new(near), stats)
 }
@@ -138,11 +139,11 @@ async fn tracking_prefixes_keep_only_covered_keys() {
         .channel(tracking)
         .build()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while near.channel_state() != ChannelState::Up {
-        assert!(Instant::now() < deadline, "tracking never came up");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let patience = Patience::new(Duration::from_secs(10)).every(Duration::from_millis(10));
+    eventually(patience, "tracking is up", async || {
+        near.channel_state() == ChannelState::Up
+    })
+    .await;
     let stats = near.stats();
     let other = RedisBackend::connect(&url).await.unwrap();
     let inside = Key::new("near-p:a").unwrap();
@@ -203,11 +204,11 @@ async fn tracking_over_tls() {
         .channel(tracking)
         .build()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while near.channel_state() != ChannelState::Up {
-        assert!(Instant::now() < deadline, "tracking never came up over TLS");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let patience = Patience::new(Duration::from_secs(10)).every(Duration::from_millis(10));
+    eventually(patience, "tracking is up over TLS", async || {
+        near.channel_state() == ChannelState::Up
+    })
+    .await;
     let stats = near.stats();
     let other = RedisBackend::new(config).await.unwrap();
     let k = Key::new("near-tls").unwrap();

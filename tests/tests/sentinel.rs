@@ -18,6 +18,7 @@ use larder_backend_redis::{RedisBackend, RedisConfig, Topology};
 use larder_tests::sentinel::{SentinelSet, TlsSentinel, FAILOVER_TIMEOUT, SERVICE};
 use larder_tests::server::ServerProcess;
 use larder_tests::tls::TlsRedis;
+use larder_tests::{eventually, Patience};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 static SET: OnceLock<SentinelSet> = OnceLock::new();
@@ -570,13 +571,12 @@ async fn manual_failover_with_the_old_primary_alive_is_followed() {
     // backend must move over on the sentinels' word alone (it asks every 250 ms).
     let limit = FAILOVER_TIMEOUT + Duration::from_secs(2);
     let named_new = format!("127.0.0.1 {}", set.replica_port());
-    while set.primary_by_sentinel(set.sentinel_ports()[2]) != named_new {
-        assert!(
-            asked.elapsed() < limit,
-            "the sentinels never named the replica"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        limit.saturating_sub(asked.elapsed()),
+        "the sentinels name the replica",
+        async || set.primary_by_sentinel(set.sentinel_ports()[2]) == named_new,
+    )
+    .await;
     let named = asked.elapsed();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -847,13 +847,10 @@ async fn a_near_cache_over_sentinel_is_flushed_and_follows_a_failover() {
     let stats = near.stats();
     let up_within = |limit: Duration| {
         let near = &near;
-        async move {
-            let deadline = Instant::now() + limit;
-            while near.channel_state() != ChannelState::Up {
-                assert!(Instant::now() < deadline, "tracking never came up");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
+        let patience = Patience::new(limit).every(Duration::from_millis(10));
+        eventually(patience, "tracking is up", async move || {
+            near.channel_state() == ChannelState::Up
+        })
     };
     up_within(Duration::from_secs(10)).await;
     let other = RedisBackend::connect(&url).await.unwrap();
@@ -863,41 +860,46 @@ async fn a_near_cache_over_sentinel_is_flushed_and_follows_a_failover() {
         .unwrap();
     // Read until one read is a local hit (a read is served locally only while the channel
     // has synced within the bound, which a loaded machine may miss now and then).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while stats.local_hits() == 0 {
+    let patience = Patience::new(Duration::from_secs(10)).every(Duration::ZERO);
+    eventually(patience, "the local tier is used", async || {
+        if stats.local_hits() > 0 {
+            return true;
+        }
         let e = near.get(&k).await.unwrap().unwrap();
         assert_eq!(&e.value[..], b"before");
-        assert!(Instant::now() < deadline, "the local tier was never used");
-    }
+        false
+    })
+    .await;
     let flushes_before = stats.flushes();
 
     set.failover();
     let limit = FAILOVER_TIMEOUT + Duration::from_secs(2);
     let asked = Instant::now();
     let new = format!("127.0.0.1:{}", set.replica_port());
-    while detail(&other, "primary") != new {
-        assert!(asked.elapsed() < limit, "the client never moved over");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        limit.saturating_sub(asked.elapsed()),
+        "the client moves over",
+        async || detail(&other, "primary") == new,
+    )
+    .await;
     // Written on the new primary by another client: the new primary's tracking (if any)
     // is what must tell the near cache.
     other
         .put(&k, Bytes::from_static(b"after"), None, PutMode::Overwrite)
         .await
         .unwrap();
-    let deadline = Instant::now() + limit;
-    loop {
-        up_within(limit).await;
-        tokio::time::sleep(larder::layer::DEFAULT_MAX_STALENESS).await;
-        let e = near.get(&k).await.unwrap().unwrap();
-        if &e.value[..] == b"after" {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the near cache still serves the value from before the failover"
-        );
-    }
+    let patience = Patience::new(limit).every(Duration::ZERO);
+    eventually(
+        patience,
+        "the near cache serves the value from after the failover",
+        async || {
+            up_within(limit).await;
+            tokio::time::sleep(larder::layer::DEFAULT_MAX_STALENESS).await;
+            let e = near.get(&k).await.unwrap().unwrap();
+            &e.value[..] == b"after"
+        },
+    )
+    .await;
     assert!(
         stats.flushes() > flushes_before,
         "the failover did not flush the local tier"
