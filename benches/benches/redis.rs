@@ -39,11 +39,12 @@ use bytes::Bytes;
 use criterion::Criterion;
 use larder_backend_redis::RedisBackend;
 use larder_benches::harness::{self, alternate, report};
+use larder_benches::raw_redis::{raw_connection, raw_get, raw_mget, raw_set, script_load};
 use larder_benches::{keys, value, BACKEND_SIZES, MANY, TASKS};
 use larder_cache_api::{DynBackend, Key, PutMode, Ttl, Version};
 use larder_tests::server::ServerProcess;
 use redis::aio::MultiplexedConnection;
-use redis::{IntoConnectionInfo, Value};
+use redis::Value;
 use tokio::runtime::Runtime;
 
 const KEYS: usize = 1000;
@@ -73,21 +74,8 @@ struct Clients {
 
 /// Both clients, connected from inside the runtime that will drive them.
 async fn connect(port: u16) -> Clients {
-    let info = redis::ConnectionAddr::Tcp("127.0.0.1".into(), port)
-        .into_connection_info()
-        .expect("connection info")
-        .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
-    let mut raw = redis::Client::open(info)
-        .expect("client")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("raw connection");
-    let update_sha: String = redis::cmd("SCRIPT")
-        .arg("LOAD")
-        .arg(UPDATE)
-        .query_async(&mut raw)
-        .await
-        .expect("SCRIPT LOAD");
+    let mut raw = raw_connection(port).await;
+    let update_sha = script_load(&mut raw, UPDATE).await;
     Clients {
         backend: Arc::new(
             RedisBackend::connect(&format!("redis://127.0.0.1:{port}"))
@@ -96,50 +84,6 @@ async fn connect(port: u16) -> Clients {
         ),
         raw,
         update_sha,
-    }
-}
-
-async fn raw_get(raw: &MultiplexedConnection, k: &Key) -> Bytes {
-    let mut c = raw.clone();
-    match redis::cmd("GET")
-        .arg(k.as_bytes())
-        .query_async::<Value>(&mut c)
-        .await
-        .expect("GET")
-    {
-        Value::BulkString(b) => Bytes::from(b),
-        other => panic!("GET: {other:?}"),
-    }
-}
-
-async fn raw_set(raw: &MultiplexedConnection, k: &Key, v: &[u8]) {
-    let mut c = raw.clone();
-    let r: Value = redis::cmd("SET")
-        .arg(k.as_bytes())
-        .arg(v)
-        .arg("PX")
-        .arg(60_000)
-        .query_async(&mut c)
-        .await
-        .expect("SET");
-    assert_eq!(r, Value::Okay);
-}
-
-async fn raw_mget(raw: &MultiplexedConnection, batch: &[Key]) -> Vec<Option<Bytes>> {
-    let mut c = raw.clone();
-    let mut cmd = redis::cmd("MGET");
-    for k in batch {
-        cmd.arg(k.as_bytes());
-    }
-    match cmd.query_async::<Value>(&mut c).await.expect("MGET") {
-        Value::Array(items) => items
-            .into_iter()
-            .map(|v| match v {
-                Value::BulkString(b) => Some(Bytes::from(b)),
-                _ => None,
-            })
-            .collect(),
-        other => panic!("MGET: {other:?}"),
     }
 }
 
