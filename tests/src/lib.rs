@@ -1,6 +1,7 @@
 //! Support for larder's cross-crate tests: real servers started on free ports
 //! ([`server`]), a TCP proxy that cuts or stalls connections ([`proxy`]), and a backend
-//! wrapper that injects one fault at one point ([`fault`]), many periodic-task schedulers
+//! wrapper that injects one fault at one point ([`fault`]), fault cases stamped over every
+//! networked store ([`outage`]), many periodic-task schedulers
 //! in one process, counted ([`coord_sim`]); one poll loop for waiting on anything
 //! ([`eventually`], [`wait_until`]).
 //!
@@ -12,6 +13,7 @@ pub mod cluster;
 pub mod coord_sim;
 pub mod db;
 pub mod fault;
+pub mod outage;
 pub mod owning;
 pub mod proxy;
 pub mod sentinel;
