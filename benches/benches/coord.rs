@@ -48,7 +48,7 @@ use std::time::{Duration, Instant};
 use criterion::Criterion;
 use larder_backend_redis::RedisBackend;
 use larder_benches::harness::{self, alternate, report};
-use larder_benches::raw_redis::{raw_connection, script_load};
+use larder_benches::raw_redis::{raw_connection, script_load, UPDATE};
 use larder_cache_api::{Bytes, DynBackend, Key, PutMode};
 use larder_coord::{
     Durability, Held, HolderId, Lease, LeaseConfig, ManualClock, Schedule, Scheduler,
@@ -58,19 +58,6 @@ use larder_tests::server::ServerProcess;
 use redis::aio::MultiplexedConnection;
 use redis::Value;
 use tokio::runtime::Runtime;
-
-/// The backend's compare-version-then-SET script (`backend-redis/src/core.rs`, `UPDATE`).
-const UPDATE: &str = r"
-local cur = redis.call('GET', KEYS[1])
-if not cur then return 0 end
-if string.sub(cur, 1, 8) ~= ARGV[1] then return cur end
-if ARGV[3] == '0' then
-  redis.call('SET', KEYS[1], ARGV[2])
-else
-  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-end
-return 1
-";
 
 const PERIOD_MS: i64 = 60_000;
 

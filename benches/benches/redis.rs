@@ -39,7 +39,7 @@ use bytes::Bytes;
 use criterion::Criterion;
 use larder_backend_redis::RedisBackend;
 use larder_benches::harness::{self, alternate, report};
-use larder_benches::raw_redis::{raw_connection, raw_get, raw_mget, raw_set, script_load};
+use larder_benches::raw_redis::{raw_connection, raw_get, raw_mget, raw_set, script_load, UPDATE};
 use larder_benches::{keys, value, BACKEND_SIZES, MANY, TASKS};
 use larder_cache_api::{DynBackend, Key, PutMode, Ttl, Version};
 use larder_tests::server::ServerProcess;
@@ -48,22 +48,6 @@ use redis::Value;
 use tokio::runtime::Runtime;
 
 const KEYS: usize = 1000;
-
-/// The compare-version-then-SET script the backend runs for `PutMode::Update`
-/// (`backend-redis/src/core.rs`, `UPDATE`), without the backend's check for its own
-/// resent write (which runs only when the versions differ): the ratio includes that
-/// check's cost.
-const UPDATE: &str = r"
-local cur = redis.call('GET', KEYS[1])
-if not cur then return 0 end
-if string.sub(cur, 1, 8) ~= ARGV[1] then return cur end
-if ARGV[3] == '0' then
-  redis.call('SET', KEYS[1], ARGV[2])
-else
-  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-end
-return 1
-";
 
 #[derive(Clone)]
 struct Clients {

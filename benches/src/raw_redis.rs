@@ -6,6 +6,22 @@ use larder_cache_api::Key;
 use redis::aio::MultiplexedConnection;
 use redis::{IntoConnectionInfo, Value};
 
+/// The compare-version-then-SET script the backend runs for `PutMode::Update`
+/// (`backend-redis/src/core.rs`, `UPDATE`), without the backend's check for its own
+/// resent write (which runs only when the versions differ): the ratio includes that
+/// check's cost.
+pub const UPDATE: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if not cur then return 0 end
+if string.sub(cur, 1, 8) ~= ARGV[1] then return cur end
+if ARGV[3] == '0' then
+  redis.call('SET', KEYS[1], ARGV[2])
+else
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+end
+return 1
+";
+
 /// A multiplexed connection to the redis-server on `127.0.0.1:port`, with `TCP_NODELAY` as
 /// larder's backend sets it.
 pub async fn raw_connection(port: u16) -> MultiplexedConnection {

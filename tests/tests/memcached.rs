@@ -141,8 +141,9 @@ async fn memcached_server() -> Outage {
     Outage::server(Arc::new(b), server, "memcached")
 }
 
-/// A backend with 300 ms timeouts through a fault proxy.
-async fn memcached_proxied() -> Outage {
+/// A server of its own, a fault proxy to it, and a backend with 300 ms timeouts through
+/// the proxy.
+async fn behind_proxy() -> (ServerProcess, FaultProxy, MemcachedBackend) {
     let server = ServerProcess::memcached();
     let proxy = FaultProxy::start(&server.addr()).await;
     let b = MemcachedBackend::connect(&format!(
@@ -151,6 +152,11 @@ async fn memcached_proxied() -> Outage {
     ))
     .await
     .unwrap();
+    (server, proxy, b)
+}
+
+async fn memcached_proxied() -> Outage {
+    let (server, proxy, b) = behind_proxy().await;
     Outage::proxied(Arc::new(b), proxy, Some(server), "memcached")
 }
 
@@ -160,14 +166,7 @@ mod memcached_outages {
 
 #[tokio::test]
 async fn proxy_stall_times_out_cut_is_unavailable_pass_works() {
-    let server = ServerProcess::memcached();
-    let proxy = FaultProxy::start(&server.addr()).await;
-    let b = MemcachedBackend::connect(&format!(
-        "memcache://{}?timeout_ms=300&connect_timeout_ms=300",
-        proxy.addr()
-    ))
-    .await
-    .unwrap();
+    let (_server, proxy, b) = behind_proxy().await;
     let k = key("proxy");
     let v = b
         .put(&k, Bytes::from_static(b"x"), None, PutMode::Overwrite)
