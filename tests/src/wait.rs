@@ -1,8 +1,8 @@
 //! Waiting for something that happens in another task, process or server: one poll loop
 //! for every test, async ([`eventually`]) and blocking ([`wait_until`]).
 //!
-//! Both look first, then give up once `limit` has passed, then sleep between looks; a test
-//! that waited by hand before keeps its limit and its pace through [`Patience::every`].
+//! Both look first, give up once `limit` has passed, and sleep between looks: 50 ms, or the
+//! pace [`Patience::every`] sets where a test needs its own.
 
 use std::fmt::Display;
 use std::time::{Duration, Instant};
