@@ -40,7 +40,7 @@ fn chromedriver() -> String {
 /// missing and stale elements are retried for up to 15 s.
 async fn wait_text(browser: &fantoccini::Client, id: &str, want: &str) {
     let patience = Patience::new(Duration::from_secs(15)).every(Duration::from_millis(100));
-    eventually(patience, format_args!("#{id} shows {want:?}"), async || {
+    eventually(patience, format!("#{id} shows {want:?}"), async || {
         let last = match browser.find(Locator::Id(id)).await {
             Ok(el) => match el.text().await {
                 Ok(t) if t == want => return Ok(()),
