@@ -3,6 +3,19 @@
 
 pub use larder_cache_api::*;
 
+/// Layers over any backend: those of the contract crate (`Namespace`, `Timeout`,
+/// `Instrumented`, `Restrict`, the invalidation channel) and the near cache (`Near`, the
+/// `larder-near` crate).
+pub mod layer {
+    #[doc(inline)]
+    pub use larder_cache_api::layer::*;
+    #[doc(inline)]
+    pub use larder_near::{
+        ChannelState, Near, NearBuilder, NearStats, DEFAULT_CAPACITY, DEFAULT_MAX_AGE,
+        DEFAULT_MAX_STALENESS,
+    };
+}
+
 /// Coordination across processes: leases with fencing tokens, an elector, periodic tasks
 /// claimed once per period (the `larder-coord` crate; feature `cron` adds cron schedules).
 #[doc(inline)]

@@ -88,7 +88,7 @@ impl RedisBackend {
     }
 
     /// This server's (or cluster's) invalidation channel, for a
-    /// [`Near`](larder_cache_api::layer::Near) cache in front of this backend: Redis client
+    /// `larder_near::Near` cache in front of this backend: Redis client
     /// tracking on a connection of its own per master (see [`RedisTracking`]).
     pub fn tracking(&self) -> RedisTracking {
         RedisTracking::new(self.config.clone())

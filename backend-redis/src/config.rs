@@ -1,12 +1,13 @@
-//! Configuration of the Redis backend, parsed from a URL.
+//! Configuration of the Redis backend: the topology, where the nodes are, credentials,
+//! TLS and limits, and what Sentinel adds. Parsed from a URL in [`url`], the one place where
+//! the backend reads a URL.
 
 use std::fmt;
 use std::time::Duration;
 
-use larder_cache_api::url::BackendUrl;
 use larder_cache_api::{Error, ErrorKind, Result};
 
-pub use crate::sentinel::SentinelConfig;
+mod url;
 
 /// Default largest value: 16 MiB.
 pub const DEFAULT_MAX_VALUE_SIZE: usize = 16 * 1024 * 1024;
@@ -253,95 +254,6 @@ impl RedisConfig {
         }
     }
 
-    /// Parses a `redis://`, `rediss://`, `redis+cluster://` or `rediss+cluster://` URL (see
-    /// the [type docs](RedisConfig)).
-    pub fn from_url(url: &str) -> Result<Self> {
-        Self::from_backend_url(&BackendUrl::parse(url)?)
-    }
-
-    /// The configuration a parsed Redis URL describes.
-    pub fn from_backend_url(u: &BackendUrl) -> Result<Self> {
-        let (topology, tls) = match u.scheme() {
-            "redis" => (Topology::Single, false),
-            "rediss" => (Topology::Single, true),
-            "redis+cluster" => (Topology::Cluster, false),
-            "rediss+cluster" => (Topology::Cluster, true),
-            "redis+sentinel" => (Topology::Sentinel, false),
-            "rediss+sentinel" => (Topology::Sentinel, true),
-            other => {
-                return Err(config_err(format!(
-                    "unsupported scheme {other:?} (expected redis, rediss, redis+cluster, rediss+cluster, redis+sentinel or rediss+sentinel)"
-                )))
-            }
-        };
-        let mut c = match topology {
-            Topology::Single => RedisConfig::single(String::new(), DEFAULT_PORT),
-            Topology::Cluster => RedisConfig::cluster(Vec::new()),
-            Topology::Sentinel => crate::sentinel::from_url(u)?,
-        };
-        c.tls = tls;
-        let default_port = match topology {
-            Topology::Sentinel => crate::sentinel::DEFAULT_SENTINEL_PORT,
-            _ => DEFAULT_PORT,
-        };
-        c.nodes = u
-            .hosts()
-            .iter()
-            .map(|h| (h.host.clone(), h.port.unwrap_or(default_port)))
-            .collect();
-        c.username = u.username().map(str::to_owned);
-        c.password = u.password().map(str::to_owned);
-        match u.path().trim_matches('/') {
-            // Sentinel: `/service_name[/db]`, read by `sentinel::from_url`.
-            _ if topology == Topology::Sentinel => {}
-            "" => {}
-            db => {
-                c.db = db.parse().map_err(|e| {
-                    config_err(format!(
-                        "database {db:?} in the Redis URL is not a number from 0 up"
-                    ))
-                    .with_source(e)
-                })?;
-            }
-        }
-        let mut known = vec![
-            "response_timeout_ms",
-            "timeout_ms",
-            "connect_timeout_ms",
-            "max_value_size",
-            "tls_insecure",
-        ];
-        if topology == Topology::Sentinel {
-            known.extend(crate::sentinel::OPTIONS);
-        }
-        u.check_options(&known)?;
-        for name in ["response_timeout_ms", "timeout_ms"] {
-            if let Some(n) = u.option_parsed::<u64>(name)? {
-                c.response_timeout = Duration::from_millis(n);
-            }
-        }
-        if let Some(n) = u.option_parsed::<u64>("connect_timeout_ms")? {
-            c.connect_timeout = Duration::from_millis(n);
-        }
-        if let Some(n) = u.option_parsed::<u64>("max_value_size")? {
-            c.max_value_size = usize::try_from(n).unwrap_or(usize::MAX);
-        }
-        if let Some(f) = u.option_flag("tls_insecure")? {
-            c.tls_insecure = f;
-        }
-        match u.fragment() {
-            None | Some("") => {}
-            Some("insecure") => c.tls_insecure = true,
-            Some(other) => {
-                return Err(config_err(format!(
-                    "unknown URL fragment #{other} (only #insecure is known)"
-                )))
-            }
-        }
-        c.validate()?;
-        Ok(c)
-    }
-
     pub(crate) fn validate(&self) -> Result<()> {
         if self.nodes.is_empty() {
             return Err(config_err("no Redis host given"));
@@ -396,6 +308,97 @@ impl RedisConfig {
     }
 }
 
+/// The Sentinel part of a [`RedisConfig`]: which service, and how to authenticate to the
+/// sentinels themselves. `Debug` never shows the password.
+///
+/// Parsed from `redis+sentinel://[user[:password]@]s1:p1,s2:p2/service_name[/db]`: the
+/// hosts are sentinels (default port 26379). The URL's user and password authenticate to
+/// the **primary**; the sentinels get none of them, only `sentinel_username` and
+/// `sentinel_password` when given (both options, the password hidden wherever the URL is
+/// printed). `sentinel_check_ms` (default 250) is how often a sentinel is asked whether
+/// the primary moved while the one in use still answers.
+///
+/// A Sentinel backend declares `linearizable_cas = false`: replication to the replica that
+/// gets promoted is asynchronous, so a failover can lose writes the old primary
+/// acknowledged, and coordination (`larder-coord`) refuses it.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SentinelConfig {
+    /// The name the sentinels monitor the primary under.
+    pub service_name: String,
+    /// ACL user name for the sentinels (`sentinel_username=`); `None` is `default`.
+    pub username: Option<String>,
+    password: Option<String>,
+    /// How often a sentinel is asked whether the primary moved while the one in use still
+    /// answers (`sentinel_check_ms=`, default 250).
+    pub check_interval: std::time::Duration,
+}
+
+impl fmt::Debug for SentinelConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SentinelConfig")
+            .field("service_name", &self.service_name)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("check_interval", &self.check_interval)
+            .finish()
+    }
+}
+
+impl SentinelConfig {
+    /// The service `service_name`, sentinels without authentication.
+    pub fn new(service_name: impl Into<String>) -> Self {
+        SentinelConfig {
+            service_name: service_name.into(),
+            username: None,
+            password: None,
+            check_interval: std::time::Duration::from_millis(250),
+        }
+    }
+
+    /// Sets the password the sentinels require (kept out of `Debug` and errors).
+    pub fn with_password(mut self, password: impl Into<String>) -> Self {
+        self.password = Some(password.into());
+        self
+    }
+
+    /// Sets the ACL user name for the sentinels.
+    pub fn with_username(mut self, username: impl Into<String>) -> Self {
+        self.username = Some(username.into());
+        self
+    }
+
+    /// Whether a sentinel password is set.
+    pub fn has_password(&self) -> bool {
+        self.password.is_some()
+    }
+
+    pub(crate) fn password(&self) -> Option<&str> {
+        self.password.as_deref()
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        if self.check_interval < std::time::Duration::from_millis(10) {
+            return Err(config_err("sentinel_check_ms must be at least 10"));
+        }
+        let name = &self.service_name;
+        if name.is_empty() {
+            return Err(config_err(
+                "no Sentinel service name: write redis+sentinel://host:port,.../service_name[/db]",
+            ));
+        }
+        if name
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '/')
+        {
+            return Err(config_err(format!(
+                "Sentinel service name {name:?} holds a space, control character or '/'"
+            )));
+        }
+        Ok(())
+    }
+}
+
 fn config_err(msg: impl Into<std::borrow::Cow<'static, str>>) -> Error {
     Error::new(ErrorKind::Config, msg).with_backend(crate::error::BACKEND)
 }
@@ -406,34 +409,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn single_defaults() {
-        let c = RedisConfig::from_url("redis://localhost").unwrap();
-        assert_eq!(c.nodes, vec![("localhost".into(), 6379)]);
-        assert_eq!(c.db, 0);
-        assert_eq!(c.topology, Topology::Single);
-        assert!(!c.tls && !c.has_password() && c.username.is_none());
-        assert_eq!(c.max_value_size, DEFAULT_MAX_VALUE_SIZE);
-    }
-
-    #[test]
-    fn auth_db_and_params() {
-        let c = RedisConfig::from_url(
-            "redis://u%40x:p%3Aw%25@127.0.0.1:7000/5?connect_timeout_ms=50&max_value_size=2048",
-        )
-        .unwrap();
-        assert_eq!(c.username.as_deref(), Some("u@x"));
-        assert_eq!(c.password(), Some("p:w%"));
-        assert_eq!(c.db, 5);
-        assert_eq!(c.connect_timeout, Duration::from_millis(50));
-        assert_eq!(c.max_value_size, 2048);
-        let c = RedisConfig::from_url("redis://:only@h:1/").unwrap();
-        assert!(c.username.is_none());
-        assert_eq!(c.password(), Some("only"));
-        let c = RedisConfig::from_url("redis://[::1]:7001").unwrap();
-        assert_eq!(c.nodes, vec![("::1".into(), 7001)]);
-    }
-
-    #[test]
     fn debug_hides_password() {
         let c = RedisConfig::from_url("redis://user:hunter2-secret@h:1").unwrap();
         let d = format!("{c:?}");
@@ -442,126 +417,13 @@ mod tests {
     }
 
     #[test]
-    fn bad_urls_are_config_errors() {
-        for bad in [
-            "http://h",
-            "redis://",
-            "redis://h:99999",
-            "redis://h:0",
-            "redis://h:port",
-            "redis://h/abc",
-            "redis://h/-1",
-            "redis://h/99999999999",
-            "redis://h?nope=1",
-            "redis://h?response_timeout_ms=0",
-            "redis://h?max_value_size=10",
-            "redis://h?max_value_size=100000000",
-            "redis://h1,h2",
-            "redis://h#other",
-        ] {
-            let e = RedisConfig::from_url(bad).unwrap_err();
-            assert_eq!(e.kind(), ErrorKind::Config, "{bad}: {e}");
-        }
-        // A '%' that starts no escape is part of the password, as written.
-        let c = RedisConfig::from_url("redis://:pw%zz-secret@h").unwrap();
-        assert_eq!(c.password(), Some("pw%zz-secret"));
-        let e = RedisConfig::from_url("redis://:pw-secret@h:port").unwrap_err();
-        assert!(!e.to_string().contains("secret"), "{e}");
-    }
-
-    #[test]
-    fn cluster_urls() {
-        let r = RedisConfig::from_url("redis+cluster://:pw@a:1,b:2,[::1]:3");
-        if cfg!(feature = "cluster") {
-            let c = r.unwrap();
-            assert_eq!(c.topology, Topology::Cluster);
-            assert_eq!(
-                c.nodes,
-                vec![("a".into(), 1), ("b".into(), 2), ("::1".into(), 3)]
-            );
-            assert_eq!(
-                RedisConfig::from_url("redis+cluster://a:1/2")
-                    .unwrap_err()
-                    .kind(),
-                ErrorKind::Config
-            );
-        } else {
-            assert_eq!(r.unwrap_err().kind(), ErrorKind::Config);
-        }
-    }
-
-    #[test]
-    fn sentinel_urls() {
-        let c = RedisConfig::from_url(
-            "redis+sentinel://app:main-pw-1@s1:5000,s2,[::1]:5002/mymaster/4?sentinel_password=sent-pw-2&sentinel_username=watch&connect_timeout_ms=300",
-        )
-        .unwrap();
-        assert_eq!(c.topology, Topology::Sentinel);
-        assert_eq!(
-            c.nodes,
-            vec![
-                ("s1".into(), 5000),
-                ("s2".into(), 26379),
-                ("::1".into(), 5002)
-            ]
-        );
-        assert_eq!(c.db, 4);
-        assert_eq!(c.username.as_deref(), Some("app"));
-        assert_eq!(c.password(), Some("main-pw-1"));
-        assert_eq!(c.connect_timeout, Duration::from_millis(300));
-        let s = c.sentinel.as_ref().unwrap();
-        assert_eq!(s.service_name, "mymaster");
-        assert_eq!(s.username.as_deref(), Some("watch"));
-        assert!(s.has_password());
+    fn debug_hides_the_sentinel_password() {
+        let c = SentinelConfig::new("m").with_password("sentinel-secret-9");
         let d = format!("{c:?}");
-        assert!(!d.contains("main-pw-1") && !d.contains("sent-pw-2"), "{d}");
-        let c = RedisConfig::from_url("redis+sentinel://h/svc").unwrap();
-        assert_eq!((c.db, c.nodes[0].1), (0, 26379));
-        assert!(!c.sentinel.unwrap().has_password());
-
-        for (bad, says) in [
-            ("redis+sentinel://h:1", "service name"),
-            ("redis+sentinel://h:1/", "service name"),
-            ("redis+sentinel://h:1//2", "service name"),
-            ("redis+sentinel:///svc", "no Redis host"),
-            ("redis+sentinel://,h:1/svc", "empty Redis host"),
-            ("redis+sentinel://h:1/svc/abc", "database"),
-            ("redis+sentinel://h:1/svc/-1", "database"),
-            ("redis+sentinel://h:1/svc/99999999999", "database"),
-            ("redis+sentinel://h:1/svc/1/2", "path"),
-            (
-                "redis+sentinel://h:1/svc?sentinel_pasword=x",
-                "unknown option",
-            ),
-            ("redis+sentinel://h:port/svc", "port"),
-            ("redis+sentinel://h:1/sv%20c", "service name"),
-            ("redis://h:1?sentinel_password=x", "unknown option"),
-        ] {
-            let e = RedisConfig::from_url(bad).unwrap_err();
-            assert_eq!(e.kind(), ErrorKind::Config, "{bad}: {e}");
-            assert!(e.to_string().contains(says), "{bad}: {e}");
-        }
-        let e = RedisConfig::from_url(
-            "redis+sentinel://:pw-secret-3@h:1?sentinel_password=sp-secret-4",
-        )
-        .unwrap_err();
-        assert!(!e.to_string().contains("secret"), "{e}");
-        let r = RedisConfig::from_url("rediss+sentinel://h:1/svc");
-        if cfg!(feature = "tls") {
-            assert!(r.unwrap().tls);
-        } else {
-            assert_eq!(r.unwrap_err().kind(), ErrorKind::Config);
-        }
-    }
-
-    #[test]
-    fn tls_needs_feature() {
-        let r = RedisConfig::from_url("rediss://h:6380#insecure");
-        if cfg!(feature = "tls") {
-            let c = r.unwrap();
-            assert!(c.tls && c.tls_insecure);
-        } else {
-            assert_eq!(r.unwrap_err().kind(), ErrorKind::Config);
-        }
+        assert!(
+            !d.contains("sentinel-secret-9") && d.contains("<redacted>"),
+            "{d}"
+        );
+        assert!(c.has_password());
     }
 }

@@ -31,12 +31,12 @@ use larder_cache_api::{Error, ErrorKind, Result};
 use redis::{ProtocolVersion, PushInfo, PushKind, Value};
 
 use crate::config::{RedisConfig, Topology};
-use crate::core::{node_info, Core};
 use crate::error::{self, BACKEND};
+use crate::node::{self, node_info};
 use crate::sentinel::SentinelConn;
 
 /// The invalidation channel of a Redis server, Cluster or Sentinel-monitored primary, for
-/// [`Near`](larder_cache_api::layer::Near): see [`RedisBackend::tracking`](crate::RedisBackend::tracking).
+/// `larder_near::Near`: see [`RedisBackend::tracking`](crate::RedisBackend::tracking).
 #[derive(Debug, Clone)]
 pub struct RedisTracking {
     config: RedisConfig,
@@ -106,7 +106,7 @@ async fn connect(
     let config = &tracking.config;
     #[cfg(feature = "tls")]
     if config.tls {
-        crate::core::ensure_crypto_provider();
+        node::ensure_crypto_provider();
     }
     let info = node_info(config, host, port)?;
     let settings = info
@@ -114,7 +114,7 @@ async fn connect(
         .clone()
         .set_protocol(ProtocolVersion::RESP3);
     let info = info.set_redis_settings(settings);
-    let client = Core::single_client(config, info)?;
+    let client = node::client(config, info)?;
     let lost = Arc::new(AtomicBool::new(false));
     let (push_sink, push_lost) = (sink.clone(), lost.clone());
     let cfg = redis::AsyncConnectionConfig::new()
@@ -201,7 +201,7 @@ async fn cluster_masters(
     host: &str,
     port: u16,
 ) -> Result<Vec<(String, u16)>> {
-    let client = Core::single_client(config, node_info(config, host, port)?)?;
+    let client = node::client(config, node_info(config, host, port)?)?;
     let cfg = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(config.connect_timeout))
         .set_response_timeout(Some(config.response_timeout));

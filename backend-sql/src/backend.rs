@@ -147,7 +147,7 @@ impl SqlKv<sqlx::Postgres> {
     }
 
     /// This database's invalidation channel, for a
-    /// [`Near`](larder_cache_api::layer::Near) cache in front of this store: `LISTEN
+    /// `larder_near::Near` cache in front of this store: `LISTEN
     /// larder_kv` on a connection of its own (see [`PgNotify`](crate::PgNotify)).
     pub fn notify(&self) -> crate::PgNotify {
         crate::PgNotify::new(self.core.pool.clone())

@@ -46,7 +46,7 @@ pub const NOTIFY_CHANNEL: &str = "larder_kv";
 const BACKEND: &str = "postgres";
 
 /// The invalidation channel of [`PgKv`](crate::PgKv), for
-/// [`Near`](larder_cache_api::layer::Near): see [`PgKv::notify`](crate::PgKv::notify).
+/// `larder_near::Near`: see [`PgKv::notify`](crate::PgKv::notify).
 #[derive(Debug, Clone)]
 pub struct PgNotify {
     pool: PgPool,

@@ -61,7 +61,7 @@ pub trait CacheBackend: Send + Sync + Debug {
     /// waiting; `None` means "not at hand: ask `get`".
     ///
     /// The synchronous hit path: the memory backend always answers here, a
-    /// [`Near`](crate::layer::Near) cache answers its local hits, and a network backend keeps
+    /// near cache (`larder_near::Near`) answers its local hits, and a network backend keeps
     /// the default (`None`). `Some` must be exactly what `get` would have returned at that
     /// moment, errors included (the conformance suite compares the two). It must not block:
     /// no I/O, no waiting on a lock held across I/O.

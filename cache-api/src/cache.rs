@@ -132,8 +132,8 @@ impl<C: Codec> Cache<C> {
 
     /// The value under `key`, or `None`.
     ///
-    /// An entry the backend has at hand (the memory backend, a [`Near`](crate::layer::Near)
-    /// cache's local hit) is read without a boxed future
+    /// An entry the backend has at hand (the memory backend, a local hit
+    /// of a near cache, `larder_near::Near`) is read without a boxed future
     /// ([`get_now`](crate::CacheBackend::get_now)).
     pub async fn get<T: DeserializeOwned>(&self, key: &Key) -> Result<Option<T>> {
         Ok(self.get_versioned(key).await?.map(|(v, _)| v))

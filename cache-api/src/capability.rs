@@ -49,7 +49,7 @@ pub struct Capabilities {
     /// Several processes see the same data.
     pub shared: bool,
     /// The backend offers an invalidation channel that reports every change of its keys,
-    /// for a [`Near`](crate::layer::Near) cache in front of it (Redis client tracking,
+    /// for a near cache (`larder_near::Near`) in front of it (Redis client tracking,
     /// PostgreSQL `LISTEN/NOTIFY`); `Near` refuses a backend without one unless a staleness
     /// is accepted, and its refusal says which of the two applies. False behind a layer that
     /// changes keys ([`Namespace`](crate::layer::Namespace)).

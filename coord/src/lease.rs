@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::{Clock, SystemClock};
 use crate::holder::HolderId;
+use crate::liveness::{Look, Watcher};
 use crate::token;
 use larder_cache_api::{Cache, Capabilities, DynBackend, Error, ErrorKind, Key, Result, Version};
 
@@ -176,12 +177,6 @@ pub struct Held {
     pub valid_until: Instant,
 }
 
-#[derive(Debug, Clone)]
-struct Observed {
-    version: Version,
-    since: Instant,
-}
-
 /// One named lease. Expiry is judged the way Kubernetes leader election judges it: a
 /// candidate takes over only after it has seen the record **unchanged** for a whole lease,
 /// by its own monotonic clock; no wall clocks are compared across machines.
@@ -192,7 +187,8 @@ pub struct Lease {
     holder: HolderId,
     config: LeaseConfig,
     clock: Arc<dyn Clock>,
-    observed: Mutex<Option<Observed>>,
+    /// The record's version as last seen, and since when (one record: the key is `()`).
+    observed: Mutex<Watcher<(), Version>>,
 }
 
 impl fmt::Debug for Lease {
@@ -296,7 +292,7 @@ impl Lease {
             holder,
             config,
             clock: Arc::new(SystemClock),
-            observed: Mutex::new(None),
+            observed: Mutex::new(Watcher::default()),
         })
     }
 
@@ -332,23 +328,8 @@ impl Lease {
     pub(crate) fn takeover_in(&self) -> Option<Duration> {
         self.observed
             .lock()
-            .as_ref()
-            .map(|seen| self.config.lease.saturating_sub(seen.since.elapsed()))
-    }
-
-    /// How long the current record has been seen unchanged by this process.
-    fn unchanged_for(&self, version: Version) -> Duration {
-        let mut o = self.observed.lock();
-        match &*o {
-            Some(seen) if seen.version == version => seen.since.elapsed(),
-            _ => {
-                *o = Some(Observed {
-                    version,
-                    since: Instant::now(),
-                });
-                Duration::ZERO
-            }
-        }
+            .dead_at(&(), self.config.lease)
+            .map(|at| at.saturating_duration_since(Instant::now()))
     }
 
     fn record(&self, token: u64, acquired_at_ms: i64) -> LeaseRecord {
@@ -387,9 +368,12 @@ impl Lease {
                         self.cache.replace(&self.key, &next, None, version).await,
                     )
                 } else {
-                    let waited = self.unchanged_for(version);
                     let lease = Duration::from_millis(rec.lease_ms).max(self.config.lease);
-                    if !rec.released && waited < lease {
+                    let look = self
+                        .observed
+                        .lock()
+                        .look((), version, Instant::now(), lease);
+                    if !rec.released && look != Look::Dead {
                         return Ok(None);
                     }
                     let next = self.record(token::after(rec.token), self.clock.now_ms());

@@ -199,7 +199,9 @@ mod clock;
 mod elector;
 mod holder;
 mod lease;
+mod liveness;
 mod misfire;
+mod quote;
 mod random;
 mod schedule;
 mod task;
@@ -224,3 +226,10 @@ pub use task::{
 };
 #[cfg(feature = "cron")]
 pub use zoned_cron::CronSchedule;
+
+/// The claim decision of periodic tasks, for the protocol model (`tests/model.rs`), which
+/// checks this function rather than a copy of it. Not a stable API.
+#[doc(hidden)]
+pub mod claim_decision {
+    pub use crate::task::plan::{plan, DeadRuns, Decision, Write};
+}

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use larder_cache_api::{Error, ErrorKind, Result};
 
+use crate::quote::quoted;
+
 #[cfg(feature = "cron")]
 use crate::zoned_cron::CronSchedule;
 
@@ -37,20 +39,6 @@ impl fmt::Debug for Schedule {
             Schedule::Cron(c) => write!(f, "Cron({c:?})"),
         }
     }
-}
-
-/// `text` quoted for an error message: a bounded prefix only, as the text may be arbitrarily
-/// long.
-pub(crate) fn quoted(text: &str) -> String {
-    let mut end = text.len().min(40);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!(
-        "{:?}{}",
-        &text[..end],
-        if end < text.len() { "…" } else { "" }
-    )
 }
 
 /// The longest interval a schedule accepts.

@@ -9,7 +9,7 @@ use chrono_tz::{GapInfo, Tz};
 use cron::TimeUnitSpec;
 use larder_cache_api::{Error, ErrorKind, Result};
 
-use crate::schedule::quoted;
+use crate::quote::quoted;
 
 /// A cron expression (with a seconds field) read on the wall clock of a time zone: the
 /// schedule of a [`Schedule::Cron`](crate::Schedule::Cron). Build it with

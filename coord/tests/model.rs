@@ -29,12 +29,16 @@
 //! in ticks: lease 3, renew deadline 2, retry period 1 (valid: `lease > renew deadline >
 //! 1.2 × retry`, `lease ≥ renew deadline + retry`).
 //!
-//! **Periodic task** (`larder_coord::Scheduler`, `coord/src/task.rs`), one task with a
+//! **Periodic task** (`larder_coord::Scheduler`, `coord/src/task/`), one task with a
 //! period of 3 ticks by each process's own clock, misfire policy `RunLatest`, no overlap, in
-//! both run modes: claim (read; a running run seen unchanged for a whole lease is abandoned: at-least-once
-//! takes it over with token + 1 for the same period, at-most-once records it abandoned;
-//! otherwise claim the current period if it is after the last claimed one, token + 1; one
-//! compare-and-swap, or create if the record is absent), heartbeat every retry period
+//! both run modes: claim (read; observe whether the running run's record has been seen
+//! unchanged for a whole lease, as `Scheduler::dead_runs` does; then the decision is the
+//! code's own claim decision, `plan` in `coord/src/task/plan.rs`, called on the record
+//! translated to the code's types: a tick is a second of the wall clock the code reads,
+//! tokens are the code's; at-least-once takes a dead run over with token + 1 for the same
+//! period, at-most-once records it abandoned, otherwise the current period is claimed if it
+//! is after the last claimed one, with token + 1, or a time-based first token if the record
+//! is absent; one compare-and-swap, or create if the record is absent), heartbeat every retry period
 //! (read; rewrite if the run is still ours, stop if the same period runs under another
 //! token), finish (read; the bookkeeping of `Scheduler::finish`; compare-and-swap, retried
 //! on conflict), fenced effects with the run's token at any time while the run goes on.
@@ -83,8 +87,11 @@
 //! display timestamps of the records.
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use larder_cache_api::Version;
+use larder_coord::claim_decision::{plan, DeadRuns};
+use larder_coord::{MisfirePolicy, RunInfo, RunMode, Schedule, TaskSpec};
 use stateright::{Checker, HasDiscoveries, Model, Property};
 
 /// Timing in ticks.
@@ -106,14 +113,14 @@ enum Fence {
 /// whether an accepted write ever went against token order.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Default)]
 struct FencedStore {
-    highest: u8,
-    last: Option<(u8, u8)>,
+    highest: u64,
+    last: Option<(u64, u8)>,
     refused: bool,
     disorder: bool,
 }
 
 impl FencedStore {
-    fn write(&mut self, fence: Fence, token: u8, pid: u8) {
+    fn write(&mut self, fence: Fence, token: u64, pid: u8) {
         if fence == Fence::Compare && token < self.highest {
             self.refused = true;
             return;
@@ -499,7 +506,9 @@ impl Model for LeaseModel {
                             }
                         }
                     }
-                    LeaseStep::Effect { token } => s.world.fence.write(self.fence, token, me),
+                    LeaseStep::Effect { token } => {
+                        s.world.fence.write(self.fence, u64::from(token), me)
+                    }
                 }
             }
         }
@@ -534,31 +543,25 @@ impl Model for LeaseModel {
 // The periodic task.
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-enum Mode {
-    AtMostOnce,
-    AtLeastOnce,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct Run {
     period: u8,
     holder: u8,
-    token: u8,
+    token: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Default)]
 struct TaskRecord {
     last_period: Option<u8>,
-    token: u8,
+    token: u64,
     running: Option<Run>,
     /// (period, token) of the last run that ended (or was abandoned).
-    last_run: Option<(u8, u8)>,
+    last_run: Option<(u8, u64)>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct Claim {
     period: u8,
-    token: u8,
+    token: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -580,7 +583,7 @@ enum TaskStep {
         record: TaskRecord,
     },
     Effect {
-        token: u8,
+        token: u64,
     },
 }
 
@@ -629,7 +632,9 @@ struct TaskModel {
     pauses: u8,
     crashes: u8,
     effects: u8,
-    mode: Mode,
+    mode: RunMode,
+    /// The task as the code is given it (its period in milliseconds, `RunLatest`, `mode`).
+    spec: TaskSpec,
     fence: Fence,
     /// Broken: the claim overwrites the record without comparing versions.
     blind_claim: bool,
@@ -638,7 +643,8 @@ struct TaskModel {
 }
 
 impl TaskModel {
-    fn correct(mode: Mode) -> Self {
+    fn correct(mode: RunMode) -> Self {
+        let every = Schedule::every(Duration::from_millis(PERIOD_MS as u64)).unwrap();
         TaskModel {
             procs: 2,
             horizon: 3,
@@ -646,71 +652,116 @@ impl TaskModel {
             crashes: 1,
             effects: 2,
             mode,
+            spec: TaskSpec::new("task", every, |_| async { Ok(()) })
+                .mode(mode)
+                .misfire(MisfirePolicy::RunLatest),
             fence: Fence::Compare,
             blind_claim: false,
             wipes: 0,
         }
     }
 
-    /// `Scheduler::claim`, read and decide: the step to take, if any.
+    /// `Scheduler::claim`, read and decide: the step to take, if any. The decision is the
+    /// code's own (`plan`); the model only observes the run's sign of life as the scheduler
+    /// does before it decides (`Scheduler::dead_runs`: the record's version, unchanged for
+    /// a whole lease by this process's clock), and translates the record both ways.
     fn decide_claim(
         &self,
         p: &mut TaskProc,
         me: u8,
         stored: &Option<(TaskRecord, u8)>,
     ) -> Option<TaskStep> {
-        let now = p.clock.clk;
-        let current = now / PERIOD;
-        let (mut rec, version) = match stored {
+        let (rec, version) = match stored {
             Some((r, v)) => (r.clone(), Some(*v)),
             None => (TaskRecord::default(), None),
         };
-        if let Some(run) = rec.running {
-            let abandoned = version.is_some_and(|v| p.clock.unchanged_for(v) >= LEASE);
-            if abandoned && self.mode == Mode::AtLeastOnce {
-                rec.token += 1;
-                rec.running = Some(Run {
-                    period: run.period,
-                    holder: me,
-                    token: rec.token,
-                });
-                return Some(TaskStep::ClaimCas {
-                    expect: version,
-                    claim: Claim {
-                        period: run.period,
-                        token: rec.token,
-                    },
-                    record: rec,
-                    fresh: false,
-                });
+        let mut dead = DeadRuns::default();
+        if let (Some(run), Some(v)) = (rec.running, version) {
+            if p.clock.unchanged_for(v) >= LEASE {
+                dead.tokens.push(run.token);
             }
-            if !abandoned {
-                return None;
-            }
-            rec.last_run = Some((run.period, run.token));
-            rec.running = None;
         }
-        let period = match rec.last_period {
-            None => current,
-            Some(last) if last >= current => return None,
-            Some(last) => (last + 1).max(current),
-        };
-        rec.last_period = Some(period);
-        rec.token += 1;
-        rec.running = Some(Run {
-            period,
-            holder: me,
-            token: rec.token,
-        });
+        let decision = plan(
+            &self.spec,
+            &holder_name(me),
+            i64::from(p.clock.clk) * MS_PER_TICK,
+            rec.to_code(),
+            version.map(|v| Version::from_raw(u64::from(v))),
+            &dead,
+        );
+        let write = decision.write?;
         Some(TaskStep::ClaimCas {
             expect: version,
+            record: TaskRecord::from_code(&write.record),
             claim: Claim {
-                period,
-                token: rec.token,
+                period: period_index(write.claim.period),
+                token: write.claim.token,
             },
-            record: rec,
-            fresh: true,
+            fresh: !write.takeover,
         })
+    }
+}
+
+// The translation between the model's record and the code's: a tick is a second of the
+// wall clock the code reads, periods are named by their index and holders by their number
+// (tokens are the code's, `u64`); the fields the decision does not read (display times,
+// outcomes) are left empty.
+
+/// Milliseconds of the code's wall clock per tick.
+const MS_PER_TICK: i64 = 1000;
+/// The task's period in the code's milliseconds.
+const PERIOD_MS: i64 = PERIOD as i64 * MS_PER_TICK;
+
+fn holder_name(p: u8) -> String {
+    format!("p{p}")
+}
+
+fn period_index(ms: i64) -> u8 {
+    u8::try_from(ms / PERIOD_MS).unwrap()
+}
+
+fn run_info(period: u8, holder: String, token: u64) -> RunInfo {
+    RunInfo {
+        period: i64::from(period) * PERIOD_MS,
+        holder,
+        token,
+        started_at_ms: 0,
+        finished_at_ms: None,
+        outcome: None,
+    }
+}
+
+impl TaskRecord {
+    fn to_code(&self) -> larder_coord::TaskRecord {
+        larder_coord::TaskRecord {
+            last_period: self.last_period.map(|p| i64::from(p) * PERIOD_MS),
+            token: self.token,
+            running: self
+                .running
+                .map(|r| run_info(r.period, holder_name(r.holder), r.token)),
+            last_run: self
+                .last_run
+                .map(|(period, token)| run_info(period, String::new(), token)),
+            ..Default::default()
+        }
+    }
+
+    fn from_code(r: &larder_coord::TaskRecord) -> Self {
+        // No overlap in the model: one run in progress at most, no per-run heartbeats.
+        assert!(r.overlapping.is_empty() && r.heartbeats.is_empty());
+        TaskRecord {
+            last_period: r.last_period.map(period_index),
+            token: r.token,
+            running: r.running.as_ref().map(|run| Run {
+                period: period_index(run.period),
+                holder: run.holder[1..].parse().unwrap(),
+                token: run.token,
+            }),
+            last_run: r
+                .last_run
+                .as_ref()
+                .map(|run| (period_index(run.period), run.token)),
+        }
     }
 }
 
@@ -924,7 +975,7 @@ impl Model for TaskModel {
                 !s.world.fence.disorder
             }),
         ];
-        if self.mode == Mode::AtLeastOnce && self.fence == Fence::Compare && !self.blind_claim {
+        if self.mode == RunMode::AtLeastOnce && self.fence == Fence::Compare && !self.blind_claim {
             props.push(Property::sometimes(
                 "an abandoned run is taken over",
                 |_, s: &TaskState| s.takeovers > 0,
@@ -1002,12 +1053,15 @@ fn lease_protocol_is_safe() {
 
 #[test]
 fn task_protocol_at_least_once_is_safe() {
-    check_correct("task at-least-once", TaskModel::correct(Mode::AtLeastOnce));
+    check_correct(
+        "task at-least-once",
+        TaskModel::correct(RunMode::AtLeastOnce),
+    );
 }
 
 #[test]
 fn task_protocol_at_most_once_is_safe() {
-    check_correct("task at-most-once", TaskModel::correct(Mode::AtMostOnce));
+    check_correct("task at-most-once", TaskModel::correct(RunMode::AtMostOnce));
 }
 
 #[test]
@@ -1025,7 +1079,7 @@ fn a_fence_that_does_not_compare_tokens_is_caught() {
         "task, blind fence",
         TaskModel {
             fence: Fence::Blind,
-            ..TaskModel::correct(Mode::AtLeastOnce)
+            ..TaskModel::correct(RunMode::AtLeastOnce)
         },
         "fenced effects apply in token order",
     );
@@ -1053,7 +1107,7 @@ fn a_claim_without_compare_and_swap_is_caught() {
         "task, claim without compare-and-swap",
         TaskModel {
             blind_claim: true,
-            ..TaskModel::correct(Mode::AtMostOnce)
+            ..TaskModel::correct(RunMode::AtMostOnce)
         },
         "no period claimed twice while the store keeps its data",
     );
@@ -1066,7 +1120,7 @@ fn a_store_that_loses_its_data_breaks_once_per_period() {
         "task, store loses the record",
         TaskModel {
             wipes: 1,
-            ..TaskModel::correct(Mode::AtMostOnce)
+            ..TaskModel::correct(RunMode::AtMostOnce)
         },
         "no period claimed twice while the store keeps its data",
     );

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use larder_backend_redis::RedisBackend;
-use larder_cache_api::layer::{ChannelState, Near};
 use larder_cache_api::DynBackend;
+use larder_near::{ChannelState, Near};
 use larder_session_persist::{CachedStore, PgStore, TowerStore};
 use larder_tests::{eventually, Patience};
 use sqlx::postgres::PgConnectOptions;

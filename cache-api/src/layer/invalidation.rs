@@ -1,5 +1,9 @@
-//! The invalidation channel of a [`Near`](super::Near) cache: how a shared backend tells every
-//! process which keys changed.
+//! The invalidation channel of a near cache (`larder_near::Near`): how a shared backend tells
+//! every process which keys changed.
+//!
+//! The contract lives here, beside the backend trait, so that a backend offers its channel
+//! while depending on this crate alone; the near cache itself, which acts on the reports, is
+//! its own crate.
 
 use std::any::Any;
 use std::fmt;
@@ -8,9 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::Result;
 
-use super::near::Coherence;
-
-/// A shared backend's news of changed keys, delivered to a [`Near`](super::Near) cache.
+/// A shared backend's news of changed keys, delivered to a near cache (`larder_near::Near`).
 ///
 /// Implemented by the backends that have one (Redis: `CLIENT TRACKING`, PostgreSQL:
 /// `LISTEN/NOTIFY`). An implementation runs in the background and reports to the
@@ -123,13 +125,30 @@ impl fmt::Debug for Subscription {
     }
 }
 
+/// What a near cache does with its channel's reports, one method per
+/// [`InvalidationSink`] call (see [`InvalidationChannel`] for their order).
+///
+/// Implemented by the near cache; a channel never sees it, only the sink that wraps it.
+pub trait InvalidationTarget: Send + Sync {
+    /// The key stored as `key` changed.
+    fn invalidate(&self, key: &[u8]);
+    /// Anything may have changed.
+    fn invalidate_all(&self);
+    /// The channel is subscribed.
+    fn up(&self);
+    /// The channel may have missed something.
+    fn down(&self);
+    /// Every change completed before `sent_at` has been reported.
+    fn synced(&self, sent_at: Instant);
+}
+
 /// Where an [`InvalidationChannel`] reports; see there for the order of calls. Cheap to
 /// clone; every call does nothing once the near cache is dropped (see
 /// [`is_closed`](Self::is_closed)).
 #[derive(Clone)]
 pub struct InvalidationSink {
-    pub(super) target: Weak<Coherence>,
-    pub(super) sync_interval: Duration,
+    target: Weak<dyn InvalidationTarget>,
+    sync_interval: Duration,
 }
 
 impl fmt::Debug for InvalidationSink {
@@ -142,7 +161,17 @@ impl fmt::Debug for InvalidationSink {
 }
 
 impl InvalidationSink {
-    fn with(&self, f: impl FnOnce(&Arc<Coherence>)) {
+    /// A sink reporting to `target` for as long as it lives, asking for a
+    /// [`synced`](Self::synced) every `sync_interval`. Made by the near cache, which hands it
+    /// to [`InvalidationChannel::subscribe`].
+    pub fn new(target: Weak<dyn InvalidationTarget>, sync_interval: Duration) -> Self {
+        InvalidationSink {
+            target,
+            sync_interval,
+        }
+    }
+
+    fn with(&self, f: impl FnOnce(&Arc<dyn InvalidationTarget>)) {
         if let Some(c) = self.target.upgrade() {
             f(&c);
         }
@@ -161,13 +190,13 @@ impl InvalidationSink {
 
     /// Subscribed: every change from now on will be reported.
     pub fn up(&self) {
-        self.with(|c| c.set_up());
+        self.with(|c| c.up());
     }
 
     /// Something may have been missed: the local tier is flushed and bypassed until
     /// [`up`](Self::up) and a fresh [`synced`](Self::synced).
     pub fn down(&self) {
-        self.with(|c| c.set_down());
+        self.with(|c| c.down());
     }
 
     /// Every change completed before `sent_at` has been reported.

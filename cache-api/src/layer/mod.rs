@@ -5,22 +5,22 @@
 //! * [`Timeout`]: a deadline per operation and, if chosen, fail-open reads.
 //! * [`Instrumented`]: `tracing` spans and `metrics` counters, plus an in-process snapshot.
 //! * [`Restrict`]: declares fewer capabilities than the backend has, and enforces them.
-//! * [`Near`]: an in-process cache in front of a shared backend, kept coherent by the
-//!   backend's [`InvalidationChannel`].
+//!
+//! The near cache, an in-process tier in front of a shared backend, is the `larder-near`
+//! crate (`larder::layer::Near` in the facade); what it needs from a backend, the
+//! [`InvalidationChannel`], is defined here so that a backend offers one while depending on
+//! this crate alone.
 
 mod instrument;
 mod invalidation;
 mod namespace;
-mod near;
 mod restrict;
 mod timeout;
 
 pub use instrument::{CacheStats, Instrumented, StatsSnapshot};
-pub use invalidation::{resubscribe, InvalidationChannel, InvalidationSink, Subscription};
-pub use namespace::Namespace;
-pub use near::{
-    ChannelState, Near, NearBuilder, NearStats, DEFAULT_CAPACITY, DEFAULT_MAX_AGE,
-    DEFAULT_MAX_STALENESS,
+pub use invalidation::{
+    resubscribe, InvalidationChannel, InvalidationSink, InvalidationTarget, Subscription,
 };
+pub use namespace::Namespace;
 pub use restrict::Restrict;
 pub use timeout::{Timeout, TimeoutStats};

@@ -1,0 +1,277 @@
+//! The stored state of a task: its record, the runs in it, and the layout it is stored in.
+//!
+//! The layout is a compatibility promise: every layout an earlier version wrote is read
+//! (`tests/stored_records.rs` checks it on every codec).
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use larder_cache_api::codec::Postcard;
+use larder_cache_api::{envelope, Entry, Result};
+
+/// One run of a task, as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunInfo {
+    /// The period (its start, ms since the epoch).
+    pub period: i64,
+    /// Who ran it.
+    pub holder: String,
+    /// Its fencing token.
+    pub token: u64,
+    /// Start (the runner's clock, ms).
+    pub started_at_ms: i64,
+    /// End, if it ended.
+    pub finished_at_ms: Option<i64>,
+    /// `Ok(())` or the error text, if it ended.
+    pub outcome: Option<std::result::Result<(), String>>,
+}
+
+/// The heartbeat of one run in progress that has overlapped another: kept from the moment the
+/// record first holds it beside another run until the run ends. (A run that never overlapped
+/// has none: its heartbeat is any change of its record.)
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// The run's token.
+    pub token: u64,
+    /// How many heartbeats the run has recorded since it first overlapped; another process
+    /// takes it as dead once this has stayed unchanged for a whole lease.
+    pub beats: u64,
+    /// The runner's clock at its last heartbeat (ms; for display).
+    pub at_ms: i64,
+}
+
+/// The most runs of one task in progress at once (tasks that allow overlap): no new period
+/// is claimed while this many are, so the record stays small.
+pub const MAX_RUNS_IN_PROGRESS: usize = 8;
+
+/// The stored state of a task.
+///
+/// Its serde impls are each other's inverse on every codec, self-describing (JSON) or not
+/// (postcard, bincode), and read every layout earlier versions wrote (four fields, or five
+/// when runs overlap).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(into = "StoredTask")]
+pub struct TaskRecord {
+    /// The highest period ever claimed (`None`: never).
+    pub last_period: Option<i64>,
+    /// Grows with every claim; never reset.
+    pub token: u64,
+    /// The latest run in progress (or abandoned by a dead process).
+    pub running: Option<RunInfo>,
+    /// The last run that ended.
+    pub last_run: Option<RunInfo>,
+    /// Earlier runs still in progress while `running` runs a later period (tasks that allow
+    /// overlap), oldest first; with `running`, at most [`MAX_RUNS_IN_PROGRESS`].
+    pub overlapping: Vec<RunInfo>,
+    /// The heartbeats of the runs in progress that have overlapped another run (every run in
+    /// progress while more than one is).
+    pub heartbeats: Vec<Heartbeat>,
+}
+
+/// How a [`TaskRecord`] is stored: the four fields records have always had, then the
+/// overlapping runs and their heartbeats only when there are any, so that the record of a
+/// task whose runs never overlap keeps the layout that earlier versions read and write.
+///
+/// A codec that is not self-describing (postcard, bincode) cannot tell a missing last field
+/// from a truncated record, so the record is read by [`TaskRecord`]'s own `Deserialize`: it
+/// takes the fifth field as absent when the input ends where it would start.
+#[derive(Serialize, Deserialize)]
+struct StoredTask {
+    last_period: Option<i64>,
+    token: u64,
+    running: Option<RunInfo>,
+    last_run: Option<RunInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    overlap: Option<Overlap>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Overlap {
+    runs: Vec<RunInfo>,
+    heartbeats: Vec<Heartbeat>,
+}
+
+const STORED_TASK_FIELDS: &[&str] = &["last_period", "token", "running", "last_run", "overlap"];
+
+impl<'de> Deserialize<'de> for TaskRecord {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        d.deserialize_struct("StoredTask", STORED_TASK_FIELDS, StoredTaskVisitor)
+    }
+}
+
+struct StoredTaskVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StoredTaskVisitor {
+    type Value = TaskRecord;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a stored task record")
+    }
+
+    // Self-describing formats: the derived map reading, with `overlap` defaulted.
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        map: A,
+    ) -> std::result::Result<TaskRecord, A::Error> {
+        StoredTask::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Into::into)
+    }
+
+    // Positional formats: four fields, then `overlap` if the input goes on.
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> std::result::Result<TaskRecord, A::Error> {
+        use serde::de::Error as _;
+        let missing = |i| A::Error::invalid_length(i, &"a task record of 4 or 5 fields");
+        let last_period = seq.next_element()?.ok_or_else(|| missing(0))?;
+        let token = seq.next_element()?.ok_or_else(|| missing(1))?;
+        let running = seq.next_element()?.ok_or_else(|| missing(2))?;
+        let last_run = seq.next_element()?.ok_or_else(|| missing(3))?;
+        let overlap = seq.next_element_seed(TrailingOverlap)?.flatten();
+        Ok(StoredTask {
+            last_period,
+            token,
+            running,
+            last_run,
+            overlap,
+        }
+        .into())
+    }
+}
+
+/// The optional last field of a positional record. Reading it fails before its `Option` tag
+/// is seen only when no tag is there: the input ended (a four-field record) or the next byte
+/// is no tag at all (which the codec then reports as trailing input, or takes as the end).
+/// Once the tag is read, every error is the record's.
+struct TrailingOverlap;
+
+impl<'de> serde::de::DeserializeSeed<'de> for TrailingOverlap {
+    type Value = Option<Overlap>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> std::result::Result<Option<Overlap>, D::Error> {
+        let seen = std::cell::Cell::new(false);
+        match d.deserialize_option(OverlapTag { seen: &seen }) {
+            Ok(v) => Ok(v),
+            Err(_) if !seen.get() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+struct OverlapTag<'a> {
+    seen: &'a std::cell::Cell<bool>,
+}
+
+impl<'de> serde::de::Visitor<'de> for OverlapTag<'_> {
+    type Value = Option<Overlap>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the overlapping runs of a task record, or none")
+    }
+
+    fn visit_none<E: serde::de::Error>(self) -> std::result::Result<Self::Value, E> {
+        self.seen.set(true);
+        Ok(None)
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> std::result::Result<Self::Value, E> {
+        self.seen.set(true);
+        Ok(None)
+    }
+
+    fn visit_some<D: serde::Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> std::result::Result<Self::Value, D::Error> {
+        self.seen.set(true);
+        Overlap::deserialize(d).map(Some)
+    }
+}
+
+impl From<StoredTask> for TaskRecord {
+    fn from(s: StoredTask) -> Self {
+        let (overlapping, heartbeats) = s
+            .overlap
+            .map(|o| (o.runs, o.heartbeats))
+            .unwrap_or_default();
+        TaskRecord {
+            last_period: s.last_period,
+            token: s.token,
+            running: s.running,
+            last_run: s.last_run,
+            overlapping,
+            heartbeats,
+        }
+    }
+}
+
+impl From<TaskRecord> for StoredTask {
+    fn from(r: TaskRecord) -> Self {
+        let overlap = (!r.overlapping.is_empty() || !r.heartbeats.is_empty()).then_some(Overlap {
+            runs: r.overlapping,
+            heartbeats: r.heartbeats,
+        });
+        StoredTask {
+            last_period: r.last_period,
+            token: r.token,
+            running: r.running,
+            last_run: r.last_run,
+            overlap,
+        }
+    }
+}
+
+impl TaskRecord {
+    /// The runs in progress, oldest period first.
+    pub fn runs_in_progress(&self) -> impl Iterator<Item = &RunInfo> {
+        self.overlapping.iter().chain(self.running.iter())
+    }
+
+    pub(super) fn take_runs(&mut self) -> Vec<RunInfo> {
+        let mut runs = std::mem::take(&mut self.overlapping);
+        runs.extend(self.running.take());
+        runs
+    }
+
+    /// Stores `runs` as the runs in progress: the latest period in `running`, the others in
+    /// `overlapping`. Heartbeats are kept for these runs only; while there are two or more,
+    /// each has one, so that another run's activity never passes for its own.
+    pub(super) fn put_runs(&mut self, mut runs: Vec<RunInfo>) {
+        runs.sort_by_key(|r| (r.period, r.token));
+        self.heartbeats
+            .retain(|h| runs.iter().any(|r| r.token == h.token));
+        if runs.len() > 1 {
+            for r in &runs {
+                if !self.heartbeats.iter().any(|h| h.token == r.token) {
+                    self.heartbeats.push(Heartbeat {
+                        token: r.token,
+                        beats: 0,
+                        at_ms: r.started_at_ms,
+                    });
+                }
+            }
+        }
+        self.running = runs.pop();
+        self.overlapping = runs;
+    }
+
+    /// Records `run` as the last run that ended, unless a later period has already ended.
+    pub(super) fn set_last_run(&mut self, run: RunInfo) {
+        if self
+            .last_run
+            .as_ref()
+            .is_none_or(|l| l.period <= run.period)
+        {
+            self.last_run = Some(run);
+        }
+    }
+}
+
+/// A stored task record, in any layout a version of larder wrote.
+pub(super) fn decode(entry: &Entry) -> Result<TaskRecord> {
+    envelope::open::<_, TaskRecord>(&Postcard, &entry.value)
+}
