@@ -48,6 +48,7 @@ use std::time::{Duration, Instant};
 use criterion::Criterion;
 use larder_backend_redis::RedisBackend;
 use larder_benches::harness::{self, alternate, report};
+use larder_benches::raw_redis::{raw_connection, script_load, UPDATE};
 use larder_cache_api::{Bytes, DynBackend, Key, PutMode};
 use larder_coord::{
     Durability, Held, HolderId, Lease, LeaseConfig, ManualClock, Schedule, Scheduler,
@@ -55,21 +56,8 @@ use larder_coord::{
 };
 use larder_tests::server::ServerProcess;
 use redis::aio::MultiplexedConnection;
-use redis::{IntoConnectionInfo, Value};
+use redis::Value;
 use tokio::runtime::Runtime;
-
-/// The backend's compare-version-then-SET script (`backend-redis/src/core.rs`, `UPDATE`).
-const UPDATE: &str = r"
-local cur = redis.call('GET', KEYS[1])
-if not cur then return 0 end
-if string.sub(cur, 1, 8) ~= ARGV[1] then return cur end
-if ARGV[3] == '0' then
-  redis.call('SET', KEYS[1], ARGV[2])
-else
-  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-end
-return 1
-";
 
 const PERIOD_MS: i64 = 60_000;
 
@@ -314,21 +302,8 @@ impl Fixture {
 
 async fn redis_fixture(server: &ServerProcess) -> Fixture {
     let port = server.port();
-    let info = redis::ConnectionAddr::Tcp("127.0.0.1".into(), port)
-        .into_connection_info()
-        .expect("connection info")
-        .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
-    let mut conn = redis::Client::open(info)
-        .expect("client")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("raw connection");
-    let sha: String = redis::cmd("SCRIPT")
-        .arg("LOAD")
-        .arg(UPDATE)
-        .query_async(&mut conn)
-        .await
-        .expect("SCRIPT LOAD");
+    let mut conn = raw_connection(port).await;
+    let sha = script_load(&mut conn, UPDATE).await;
     let backend: DynBackend = Arc::new(
         RedisBackend::connect(&format!("redis://127.0.0.1:{port}"))
             .await

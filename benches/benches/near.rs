@@ -36,13 +36,14 @@ use bytes::Bytes;
 use larder_backend_memory::{MemoryBackend, MemoryConfig};
 use larder_backend_redis::RedisBackend;
 use larder_benches::harness::{self, alternate, report, report_ns};
+use larder_benches::raw_redis::{raw_connection, raw_get};
 use larder_benches::{keys, value};
 use larder_cache_api::{CacheBackend, DynBackend, Entry, Key, PutMode};
 use larder_near::{ChannelState, Near, NearStats};
 use larder_session_persist::{CachedStore, SessionData, SessionStore, Timestamp};
 use larder_tests::server::ServerProcess;
+use larder_tests::{eventually, Patience};
 use redis::aio::MultiplexedConnection;
-use redis::{IntoConnectionInfo, Value};
 
 /// Keys read in the latency ratios, all held by the local tier.
 const KEYS: usize = 1000;
@@ -65,23 +66,15 @@ async fn fixture(port: u16) -> Fixture {
         .channel(tracking)
         .build()
         .expect("near");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while near.channel_state() != ChannelState::Up {
-        assert!(Instant::now() < deadline, "tracking never came up");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let patience = Patience::new(Duration::from_secs(10)).every(Duration::from_millis(10));
+    eventually(patience, "tracking is up", async || {
+        near.channel_state() == ChannelState::Up
+    })
+    .await;
     let stats = near.stats();
     let concrete = Arc::new(near);
     let near: DynBackend = concrete.clone();
-    let info = redis::ConnectionAddr::Tcp("127.0.0.1".into(), port)
-        .into_connection_info()
-        .expect("connection info")
-        .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
-    let raw = redis::Client::open(info)
-        .expect("client")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("raw connection");
+    let raw = raw_connection(port).await;
     let keys = keys(KEYS);
     let quick = quick_cache::sync::Cache::new(KEYS * 2);
     for (i, k) in keys.iter().enumerate() {
@@ -111,19 +104,6 @@ async fn fixture(port: u16) -> Fixture {
         raw,
         quick,
         keys,
-    }
-}
-
-async fn raw_get(raw: &MultiplexedConnection, k: &Key) -> Bytes {
-    let mut c = raw.clone();
-    match redis::cmd("GET")
-        .arg(k.as_bytes())
-        .query_async::<Value>(&mut c)
-        .await
-        .expect("GET")
-    {
-        Value::BulkString(b) => Bytes::from(b),
-        other => panic!("GET: {other:?}"),
     }
 }
 

@@ -39,30 +39,15 @@ use bytes::Bytes;
 use criterion::Criterion;
 use larder_backend_redis::RedisBackend;
 use larder_benches::harness::{self, alternate, report};
+use larder_benches::raw_redis::{raw_connection, raw_get, raw_mget, raw_set, script_load, UPDATE};
 use larder_benches::{keys, value, BACKEND_SIZES, MANY, TASKS};
 use larder_cache_api::{DynBackend, Key, PutMode, Ttl, Version};
 use larder_tests::server::ServerProcess;
 use redis::aio::MultiplexedConnection;
-use redis::{IntoConnectionInfo, Value};
+use redis::Value;
 use tokio::runtime::Runtime;
 
 const KEYS: usize = 1000;
-
-/// The compare-version-then-SET script the backend runs for `PutMode::Update`
-/// (`backend-redis/src/core.rs`, `UPDATE`), without the backend's check for its own
-/// resent write (which runs only when the versions differ): the ratio includes that
-/// check's cost.
-const UPDATE: &str = r"
-local cur = redis.call('GET', KEYS[1])
-if not cur then return 0 end
-if string.sub(cur, 1, 8) ~= ARGV[1] then return cur end
-if ARGV[3] == '0' then
-  redis.call('SET', KEYS[1], ARGV[2])
-else
-  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-end
-return 1
-";
 
 #[derive(Clone)]
 struct Clients {
@@ -73,21 +58,8 @@ struct Clients {
 
 /// Both clients, connected from inside the runtime that will drive them.
 async fn connect(port: u16) -> Clients {
-    let info = redis::ConnectionAddr::Tcp("127.0.0.1".into(), port)
-        .into_connection_info()
-        .expect("connection info")
-        .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
-    let mut raw = redis::Client::open(info)
-        .expect("client")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("raw connection");
-    let update_sha: String = redis::cmd("SCRIPT")
-        .arg("LOAD")
-        .arg(UPDATE)
-        .query_async(&mut raw)
-        .await
-        .expect("SCRIPT LOAD");
+    let mut raw = raw_connection(port).await;
+    let update_sha = script_load(&mut raw, UPDATE).await;
     Clients {
         backend: Arc::new(
             RedisBackend::connect(&format!("redis://127.0.0.1:{port}"))
@@ -96,50 +68,6 @@ async fn connect(port: u16) -> Clients {
         ),
         raw,
         update_sha,
-    }
-}
-
-async fn raw_get(raw: &MultiplexedConnection, k: &Key) -> Bytes {
-    let mut c = raw.clone();
-    match redis::cmd("GET")
-        .arg(k.as_bytes())
-        .query_async::<Value>(&mut c)
-        .await
-        .expect("GET")
-    {
-        Value::BulkString(b) => Bytes::from(b),
-        other => panic!("GET: {other:?}"),
-    }
-}
-
-async fn raw_set(raw: &MultiplexedConnection, k: &Key, v: &[u8]) {
-    let mut c = raw.clone();
-    let r: Value = redis::cmd("SET")
-        .arg(k.as_bytes())
-        .arg(v)
-        .arg("PX")
-        .arg(60_000)
-        .query_async(&mut c)
-        .await
-        .expect("SET");
-    assert_eq!(r, Value::Okay);
-}
-
-async fn raw_mget(raw: &MultiplexedConnection, batch: &[Key]) -> Vec<Option<Bytes>> {
-    let mut c = raw.clone();
-    let mut cmd = redis::cmd("MGET");
-    for k in batch {
-        cmd.arg(k.as_bytes());
-    }
-    match cmd.query_async::<Value>(&mut c).await.expect("MGET") {
-        Value::Array(items) => items
-            .into_iter()
-            .map(|v| match v {
-                Value::BulkString(b) => Some(Bytes::from(b)),
-                _ => None,
-            })
-            .collect(),
-        other => panic!("MGET: {other:?}"),
     }
 }
 

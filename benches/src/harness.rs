@@ -58,9 +58,10 @@ where
     (median(&mut l), median(&mut r))
 }
 
-fn median(v: &mut [f64]) -> f64 {
+/// The median of `v` (0 when empty); sorts it.
+pub fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// Prints one `ratio` line to stderr: `what`, both per-op times (µs) and larder / raw.

@@ -1,5 +1,6 @@
 //! Shared fixtures for larder's Criterion benchmarks: keys, values and the `Session` struct,
-//! plus the async helpers of the networked benches ([`harness`]).
+//! plus the async helpers of the networked benches ([`harness`]) and the raw Redis client they
+//! are compared with ([`raw_redis`]).
 //!
 //! Not published. Run the benches with `cargo bench -p larder-benches`; see `README.md` in
 //! this crate for options and `RESULTS.md` for the last recorded figures.
@@ -7,6 +8,7 @@
 use std::collections::BTreeMap;
 
 pub mod harness;
+pub mod raw_redis;
 
 use bytes::Bytes;
 use larder_cache_api::Key;

@@ -4,9 +4,9 @@
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::free_port;
+use crate::{free_port, wait_until};
 
 /// Three `redis-server --cluster-enabled yes` masters sharing the 16384 slots; killed on
 /// drop.
@@ -93,7 +93,7 @@ impl RedisCluster {
         for &p in &cluster.ports {
             wait_until(
                 Duration::from_secs(10),
-                &format!("node {p} listens"),
+                format_args!("node {p} listens"),
                 || TcpStream::connect(("127.0.0.1", p)).is_ok(),
             );
         }
@@ -119,7 +119,7 @@ impl RedisCluster {
         for &p in &cluster.ports {
             wait_until(
                 Duration::from_secs(30),
-                &format!("node {p} reports cluster_state:ok"),
+                format_args!("node {p} reports cluster_state:ok"),
                 || {
                     let info = redis_cli(p, &["CLUSTER", "INFO"]);
                     info.contains("cluster_state:ok") && info.contains("cluster_known_nodes:3")
@@ -196,7 +196,7 @@ impl RedisCluster {
         for &p in &self.ports {
             wait_until(
                 Duration::from_secs(30),
-                &format!("node {p} lists port {announced}"),
+                format_args!("node {p} lists port {announced}"),
                 || {
                     let nodes = redis_cli(p, &["CLUSTER", "NODES"]);
                     let slots = redis_cli(p, &["CLUSTER", "SLOTS"]);
@@ -268,12 +268,4 @@ fn watchdog(action: &str) {
     std::thread::spawn(move || {
         let _ = child.wait();
     });
-}
-
-fn wait_until(limit: Duration, what: &str, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }

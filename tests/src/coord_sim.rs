@@ -24,6 +24,8 @@ use larder_coord::{
 };
 use parking_lot::Mutex;
 
+use crate::{eventually, Patience};
+
 /// A simulated period (on the injected clock).
 pub const PERIOD: i64 = 60_000;
 /// The schedulers' jitter: claims spread over the first 250 ms of a period.
@@ -186,21 +188,17 @@ pub fn config(name: &str) -> SchedulerConfig {
 /// Waits until every task loop sleeps again (`loops` sleepers for a later time on the clock)
 /// and no run is in progress (read through `observer`, which is not counted).
 async fn settle(clock: &ManualClock, loops: usize, observer: &Scheduler) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    let patience = Patience::new(Duration::from_secs(60)).every(Duration::from_millis(1));
+    eventually(patience, "the schedulers settle", async || {
         if clock.waiting() == loops {
             let status = observer.status().await.expect("status");
             if status.iter().all(|t| t.running.is_none()) && clock.waiting() == loops {
-                return;
+                return Ok(());
             }
         }
-        assert!(
-            Instant::now() < deadline,
-            "the schedulers did not settle: {} of {loops} task loops asleep",
-            clock.waiting()
-        );
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+        Err(format!("{} of {loops} task loops asleep", clock.waiting()))
+    })
+    .await
 }
 
 /// Runs `n` schedulers with `tasks` tasks each over `backend` for `periods` periods.

@@ -1,7 +1,9 @@
 //! Support for larder's cross-crate tests: real servers started on free ports
 //! ([`server`]), a TCP proxy that cuts or stalls connections ([`proxy`]), and a backend
-//! wrapper that injects one fault at one point ([`fault`]), many periodic-task schedulers
-//! in one process, counted ([`coord_sim`]).
+//! wrapper that injects one fault at one point ([`fault`]), fault cases stamped over every
+//! networked store ([`outage`]), many periodic-task schedulers
+//! in one process, counted ([`coord_sim`]); one poll loop for waiting on anything
+//! ([`eventually`], [`wait_until`]).
 //!
 //! Helpers panic with a clear message when something the tests need is missing (a server
 //! binary, a free port): in CI a missing server is a failure, never a skip.
@@ -11,11 +13,15 @@ pub mod cluster;
 pub mod coord_sim;
 pub mod db;
 pub mod fault;
+pub mod outage;
 pub mod owning;
 pub mod proxy;
 pub mod sentinel;
 pub mod server;
 pub mod tls;
+pub mod wait;
+
+pub use wait::{eventually, wait_until, Patience};
 
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {

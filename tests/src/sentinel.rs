@@ -3,10 +3,11 @@
 
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::free_port;
 use crate::server::ServerProcess;
+use crate::wait_until;
 
 /// The name the sentinels monitor the primary under.
 pub const SERVICE: &str = "larder-primary";
@@ -93,7 +94,7 @@ impl SentinelSet {
         for &(port, _) in &set.sentinels {
             wait_until(
                 Duration::from_secs(10),
-                &format!("sentinel {port} listens"),
+                format_args!("sentinel {port} listens"),
                 || TcpStream::connect(("127.0.0.1", port)).is_ok(),
             );
         }
@@ -101,7 +102,7 @@ impl SentinelSet {
         for &(port, _) in &set.sentinels {
             wait_until(
                 Duration::from_secs(30),
-                &format!("sentinel {port} knows the replica and the other sentinels"),
+                format_args!("sentinel {port} knows the replica and the other sentinels"),
                 || {
                     let f = |name| sentinel_field_auth(port, sauth, name);
                     f("num-slaves").as_deref() == Some("1")
@@ -221,15 +222,6 @@ fn sentinel_field_auth(port: u16, pass: Option<&str>, field: &str) -> Option<Str
         .position(|l| l.trim() == field)
         .and_then(|i| lines.get(i + 1))
         .map(|v| v.trim().to_owned())
-}
-
-/// Waits until `ok`, polling every 50 ms; panics naming `what` after `limit`.
-pub fn wait_until(limit: Duration, what: &str, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// One sentinel that speaks only TLS, monitoring the TLS-only redis-server `primary` (quorum

@@ -4,9 +4,9 @@
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::free_port;
+use crate::{free_port, wait_until, Patience};
 
 /// Which server, and how to start it.
 #[derive(Debug, Clone)]
@@ -132,15 +132,11 @@ impl ServerProcess {
             .spawn()
             .expect("server process starts");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "server on port {} did not come up within 10 s",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_until(
+            Patience::new(Duration::from_secs(10)).every(Duration::from_millis(20)),
+            format_args!("the server on port {} listens", self.port),
+            || TcpStream::connect(("127.0.0.1", self.port)).is_ok(),
+        );
     }
 
     /// Kills the server (SIGKILL) and waits until the port is closed.

@@ -4,9 +4,9 @@
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::free_port;
+use crate::{free_port, wait_until, Patience};
 
 /// A TLS-only redis-server on a free port; killed on drop.
 #[derive(Debug)]
@@ -115,14 +115,11 @@ impl TlsRedis {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server starts (is it installed?)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "TLS redis-server on port {port} did not come up within 10 s"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_until(
+            Patience::new(Duration::from_secs(10)).every(Duration::from_millis(20)),
+            format_args!("the TLS redis-server on port {port} listens"),
+            || TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        );
         let ca_pem = std::fs::read(d.join("ca.crt")).expect("read ca.crt");
         TlsRedis {
             port,

@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use larder::coord::{
     Clock, Durability, Elector, HolderId, Lease, LeaseConfig, ManualClock, RunMode, Schedule,
@@ -21,6 +21,7 @@ use larder::layer::Instrumented;
 use larder::DynBackend;
 use larder_backend_memory::MemoryBackend;
 use larder_tests::coord_sim::{config, simulate, task, Drive, Outcome, PERIOD, T0};
+use larder_tests::{eventually, Patience};
 use parking_lot::Mutex;
 
 /// Runs per (task, period), as the jobs logged them.
@@ -113,11 +114,13 @@ async fn a_run_ten_periods_long_does_not_delay_another_tasks_claims() {
     let settled = |k: i64| {
         let (clock, log) = (clock.clone(), log.clone());
         async move {
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while !(clock.waiting() == 3 && log.lock().contains_key(&(1, t0 + k * PERIOD))) {
-                assert!(Instant::now() < deadline, "period {k} was not claimed");
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
+            let patience = Patience::new(Duration::from_secs(20)).every(Duration::from_millis(1));
+            eventually(
+                patience,
+                format_args!("period {k} is claimed"),
+                async || clock.waiting() == 3 && log.lock().contains_key(&(1, t0 + k * PERIOD)),
+            )
+            .await;
         }
     };
     settled(0).await;
@@ -234,18 +237,17 @@ async fn a_spawned_scheduler_takes_a_dead_run_over_a_lease_after_seeing_it() {
     let reads = |s: larder::layer::StatsSnapshot| s.hits + s.misses;
     let before = stats.snapshot();
     let (stop, handle) = Arc::new(scheduler(&b, "alive")).spawn();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !log.lock().contains_key(&(0, T0)) {
-        assert!(Instant::now() < deadline, "the dead run was not taken over");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let patience = Patience::new(Duration::from_secs(10)).every(Duration::from_millis(5));
+    eventually(patience, "the dead run is taken over", async || {
+        log.lock().contains_key(&(0, T0))
+    })
+    .await;
     // Reads the record past the counting layer.
     let observer = scheduler(&memory, "observer");
-    let settled = Instant::now() + Duration::from_secs(10);
-    while observer.status().await.unwrap()[0].last_run.is_none() {
-        assert!(Instant::now() < settled, "the run's end was not recorded");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    eventually(patience, "the run's end is recorded", async || {
+        observer.status().await.unwrap()[0].last_run.is_some()
+    })
+    .await;
     let after = stats.snapshot();
     stop.cancel();
     handle.await.unwrap();

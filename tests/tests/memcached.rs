@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use larder::{Bytes, CacheBackend, ErrorKind, Key, PutMode, Ttl};
 use larder_backend_memcached::{MemcachedBackend, MemcachedConfig};
 use larder_cache_api::DynBackend;
+use larder_tests::outage::Outage;
 use larder_tests::owning::Owning;
 use larder_tests::proxy::{FaultProxy, Mode};
 use larder_tests::server::ServerProcess;
@@ -130,47 +131,19 @@ async fn connect_to_nothing_is_unavailable_quickly() {
     assert!(t.elapsed() < Duration::from_secs(2));
 }
 
-#[tokio::test]
-async fn stopped_server_is_unavailable_and_restart_recovers() {
-    let mut server = ServerProcess::memcached();
+/// A backend with a 500 ms timeout on a server of its own, for the outage cases; the
+/// restart empties the server.
+async fn memcached_server() -> Outage {
+    let server = ServerProcess::memcached();
     let b = MemcachedBackend::connect(&format!("memcache://{}?timeout_ms=500", server.addr()))
         .await
         .unwrap();
-    let k = key("restart");
-    b.put(&k, Bytes::from_static(b"v"), None, PutMode::Overwrite)
-        .await
-        .unwrap();
-    server.stop();
-    for _ in 0..3 {
-        let t = Instant::now();
-        let e = b.get(&k).await.unwrap_err();
-        assert!(
-            matches!(e.kind(), ErrorKind::Unavailable | ErrorKind::Timeout),
-            "{e}"
-        );
-        assert!(e.is_retryable());
-        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
-        let e = b
-            .put(&k, Bytes::from_static(b"w"), None, PutMode::Overwrite)
-            .await
-            .unwrap_err();
-        assert!(matches!(
-            e.kind(),
-            ErrorKind::Unavailable | ErrorKind::Timeout
-        ));
-    }
-    server.start();
-    // The same backend object works again; the restart emptied the server.
-    assert!(b.get(&k).await.unwrap().is_none());
-    let v = b
-        .put(&k, Bytes::from_static(b"again"), None, PutMode::Create)
-        .await
-        .unwrap();
-    assert_eq!(b.get(&k).await.unwrap().unwrap().version, v);
+    Outage::server(Arc::new(b), server, "memcached")
 }
 
-#[tokio::test]
-async fn proxy_stall_times_out_cut_is_unavailable_pass_works() {
+/// A server of its own, a fault proxy to it, and a backend with 300 ms timeouts through
+/// the proxy.
+async fn behind_proxy() -> (ServerProcess, FaultProxy, MemcachedBackend) {
     let server = ServerProcess::memcached();
     let proxy = FaultProxy::start(&server.addr()).await;
     let b = MemcachedBackend::connect(&format!(
@@ -179,6 +152,21 @@ async fn proxy_stall_times_out_cut_is_unavailable_pass_works() {
     ))
     .await
     .unwrap();
+    (server, proxy, b)
+}
+
+async fn memcached_proxied() -> Outage {
+    let (server, proxy, b) = behind_proxy().await;
+    Outage::proxied(Arc::new(b), proxy, Some(server), "memcached")
+}
+
+mod memcached_outages {
+    larder_tests::outage_cases!(stopped: super::memcached_server, proxied: super::memcached_proxied);
+}
+
+#[tokio::test]
+async fn proxy_stall_times_out_cut_is_unavailable_pass_works() {
+    let (_server, proxy, b) = behind_proxy().await;
     let k = key("proxy");
     let v = b
         .put(&k, Bytes::from_static(b"x"), None, PutMode::Overwrite)

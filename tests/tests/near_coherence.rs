@@ -28,6 +28,7 @@ use larder_backend_sled::{SledBackend, SledConfig};
 use larder_tests::db;
 use larder_tests::proxy::{FaultProxy, Mode};
 use larder_tests::server::ServerProcess;
+use larder_tests::{eventually, Patience};
 use sqlx::postgres::PgConnectOptions;
 
 /// The staleness bound under test (the near cache's default `max_staleness`).
@@ -433,38 +434,36 @@ async fn postgres_trigger_is_installed_by_the_first_listener_only() {
         .build()
         .unwrap();
     let b = Near::builder(shared).channel(b_notify).build().unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while a.channel_state() != ChannelState::Up || b.channel_state() != ChannelState::Up {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "a channel never came up"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let patience = Patience::new(Duration::from_secs(10)).every(Duration::from_millis(10));
+    eventually(patience, "both channels are up", async || {
+        a.channel_state() == ChannelState::Up && b.channel_state() == ChannelState::Up
+    })
+    .await;
     assert!(has_trigger().await, "no listener installed the trigger");
 
     // B keeps v0 locally; A's write must reach it through the trigger.
     // (A local entry is served once the channel has confirmed it after the fill.)
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while b.stats().local_hits() == 0 {
+    let patience = Patience::new(Duration::from_secs(5)).every(Duration::from_millis(5));
+    eventually(patience, "B keeps v0 locally", async || {
+        if b.stats().local_hits() > 0 {
+            return true;
+        }
         assert_eq!(b.get(&k).await.unwrap().unwrap().value, &b"v0"[..]);
-        assert!(
-            std::time::Instant::now() < deadline,
-            "B never kept v0 locally"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+        false
+    })
+    .await;
     a.put(&k, Bytes::from_static(b"v1"), None, PutMode::Overwrite)
         .await
         .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
+    let patience = Patience::new(Duration::from_secs(5)).every(Duration::from_millis(5));
+    eventually(patience, "B reads v1", async || {
         let seen = b.get(&k).await.unwrap().unwrap().value;
         if seen == b"v1"[..] {
-            break;
+            Ok(())
+        } else {
+            Err(format!("B kept {seen:?}"))
         }
-        assert!(std::time::Instant::now() < deadline, "B kept {seen:?}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    })
+    .await;
     assert!(b.stats().invalidations() >= 1, "B saw no invalidation");
 }

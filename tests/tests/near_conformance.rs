@@ -8,7 +8,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use larder::layer::{ChannelState, InvalidationChannel, Near};
 use larder::DynBackend;
@@ -20,6 +20,7 @@ use larder_tests::cluster::{shutdown_redis_at_exit, RedisCluster};
 use larder_tests::db;
 use larder_tests::owning::Owning;
 use larder_tests::server::ServerProcess;
+use larder_tests::{eventually, Patience};
 
 static REDIS: OnceLock<ServerProcess> = OnceLock::new();
 static CLUSTER: OnceLock<RedisCluster> = OnceLock::new();
@@ -34,14 +35,11 @@ fn accepted(b: DynBackend) -> DynBackend {
 /// bypass the local tier, which is correct but would not exercise it).
 async fn with_channel(b: DynBackend, channel: impl InvalidationChannel + 'static) -> DynBackend {
     let near = Near::builder(b).channel(channel).build().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while near.channel_state() != ChannelState::Up {
-        assert!(
-            Instant::now() < deadline,
-            "invalidation channel never came up"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let patience = Patience::new(Duration::from_secs(10)).every(Duration::from_millis(10));
+    eventually(patience, "the invalidation channel is up", async || {
+        near.channel_state() == ChannelState::Up
+    })
+    .await;
     Arc::new(near)
 }
 

@@ -6,9 +6,9 @@
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use larder::layer::{ChannelState, Near, NearStats, DEFAULT_MAX_STALENESS};
+use larder::layer::{ChannelState, InvalidationChannel, Near, NearStats, DEFAULT_MAX_STALENESS};
 use larder::{Bytes, CacheBackend, DynBackend, Key, PutMode};
 use larder_backend_redis::{RedisBackend, RedisConfig, RedisTracking};
 use larder_session_persist::{CachedStore, SessionManager};
@@ -16,20 +16,31 @@ use larder_tests::cluster::RedisCluster;
 use larder_tests::db;
 use larder_tests::server::ServerProcess;
 use larder_tests::tls::TlsRedis;
+use larder_tests::{eventually, Patience};
+
+/// `Near(redis)` kept coherent by `tracking`, once the channel is up (`what`).
+async fn tracked(
+    redis: RedisBackend,
+    tracking: impl InvalidationChannel + 'static,
+    what: &str,
+) -> Near {
+    let near = Near::builder(Arc::new(redis))
+        .channel(tracking)
+        .build()
+        .unwrap();
+    let patience = Patience::new(Duration::from_secs(10)).every(Duration::from_millis(10));
+    eventually(patience, what, async || {
+        near.channel_state() == ChannelState::Up
+    })
+    .await;
+    near
+}
 
 /// `Near(Redis)` with its channel up.
 async fn near(url: &str) -> (DynBackend, Arc<NearStats>) {
     let redis = RedisBackend::connect(url).await.unwrap();
     let tracking = redis.tracking();
-    let near = Near::builder(Arc::new(redis))
-        .channel(tracking)
-        .build()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while near.channel_state() != ChannelState::Up {
-        assert!(Instant::now() < deadline, "tracking never came up");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let near = tracked(redis, tracking, "tracking is up").await;
     let stats = near.stats();
     (Arc::new(near), stats)
 }
@@ -134,15 +145,7 @@ async fn tracking_prefixes_keep_only_covered_keys() {
     let url = format!("redis://{}", server.addr());
     let redis = RedisBackend::connect(&url).await.unwrap();
     let tracking = RedisTracking::new(redis.config().clone()).prefixes(["near-p:"]);
-    let near = Near::builder(Arc::new(redis))
-        .channel(tracking)
-        .build()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while near.channel_state() != ChannelState::Up {
-        assert!(Instant::now() < deadline, "tracking never came up");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let near = tracked(redis, tracking, "tracking is up").await;
     let stats = near.stats();
     let other = RedisBackend::connect(&url).await.unwrap();
     let inside = Key::new("near-p:a").unwrap();
@@ -199,15 +202,7 @@ async fn tracking_over_tls() {
         .with_tls_root_cert(srv.ca_pem().to_vec());
     let redis = RedisBackend::new(config.clone()).await.unwrap();
     let tracking = redis.tracking();
-    let near = Near::builder(Arc::new(redis))
-        .channel(tracking)
-        .build()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while near.channel_state() != ChannelState::Up {
-        assert!(Instant::now() < deadline, "tracking never came up over TLS");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let near = tracked(redis, tracking, "tracking is up over TLS").await;
     let stats = near.stats();
     let other = RedisBackend::new(config).await.unwrap();
     let k = Key::new("near-tls").unwrap();

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use larder::{Bytes, CacheBackend, DeleteMode, DynBackend, ErrorKind, Key, PutMode};
 use larder_backend_redis::{RedisBackend, RedisConfig};
 use larder_tests::cluster::{shutdown_redis_at_exit, RedisCluster};
-use larder_tests::proxy::{FaultProxy, Mode};
+use larder_tests::outage::Outage;
+use larder_tests::proxy::FaultProxy;
 use larder_tests::server::ServerProcess;
 use larder_tests::tls::TlsRedis;
 
@@ -87,130 +88,33 @@ fn assert_down(e: &larder::Error) {
     );
 }
 
-/// Retries `get` until it succeeds (the backend reconnects by itself), within `limit`.
-async fn recovers(b: &RedisBackend, limit: Duration) {
-    let start = Instant::now();
-    loop {
-        match b.get(&key("probe")).await {
-            Ok(_) => return,
-            Err(e) => assert!(start.elapsed() < limit, "no recovery within {limit:?}: {e}"),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stopped_server_fails_fast_then_same_backend_recovers() {
-    let mut srv = ServerProcess::redis();
+/// A backend with [`FAST`] timeouts on a server of its own, for the outage cases.
+async fn redis_server() -> Outage {
+    let srv = ServerProcess::redis();
     let b = RedisBackend::connect(&format!("redis://{}/?{FAST}", srv.addr()))
         .await
         .unwrap();
-    let k = key("stop");
-    b.put(&k, Bytes::from_static(b"v"), None, PutMode::Overwrite)
-        .await
-        .unwrap();
-    srv.stop();
-    for round in 0..3 {
-        let t = Instant::now();
-        let e = b.get(&k).await.unwrap_err();
-        assert!(t.elapsed() < BOUND, "get took {:?}", t.elapsed());
-        assert_down(&e);
-        let t = Instant::now();
-        let e = b
-            .put(&k, Bytes::from_static(b"w"), None, PutMode::Overwrite)
-            .await
-            .unwrap_err();
-        assert!(
-            t.elapsed() < BOUND,
-            "put took {:?} (round {round})",
-            t.elapsed()
-        );
-        assert_down(&e);
-    }
-    srv.start();
-    recovers(&b, Duration::from_secs(10)).await;
-    // The server kept nothing (no persistence: `persistent` is false), and the same
-    // backend object writes again.
-    assert!(b.get(&k).await.unwrap().is_none());
-    let v = b
-        .put(&k, Bytes::from_static(b"again"), None, PutMode::Create)
-        .await
-        .unwrap();
-    assert_eq!(b.get(&k).await.unwrap().unwrap().version, v);
+    // No persistence: the restarted server kept nothing (`persistent` is false).
+    Outage::server(Arc::new(b), srv, "redis")
+        .bound(BOUND)
+        .recovers_within(Duration::from_secs(10))
 }
 
-/// A backend connected through a fault proxy to a server of its own, with `name` holding
-/// `v`.
-async fn behind_proxy(name: &str) -> (ServerProcess, FaultProxy, RedisBackend, Key) {
+/// The same, through a fault proxy.
+async fn redis_proxied() -> Outage {
     let srv = ServerProcess::redis();
     let proxy = FaultProxy::start(&srv.addr()).await;
     let b = RedisBackend::connect(&format!("redis://{}/?{FAST}", proxy.addr()))
         .await
         .unwrap();
-    let k = key(name);
-    b.put(&k, Bytes::from_static(b"v"), None, PutMode::Overwrite)
-        .await
-        .unwrap();
-    (srv, proxy, b, k)
+    Outage::proxied(Arc::new(b), proxy, Some(srv), "redis")
+        .bound(BOUND)
+        .recovers_within(Duration::from_secs(10))
+        .recovers_from_stall_within(Duration::from_secs(5))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stalled_connection_times_out_then_recovers() {
-    let (_srv, proxy, b, k) = behind_proxy("stall").await;
-    proxy.set(Mode::Stall);
-    for _ in 0..3 {
-        let t = Instant::now();
-        let e = b.get(&k).await.unwrap_err();
-        assert!(t.elapsed() < BOUND, "get took {:?}", t.elapsed());
-        assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
-        assert!(e.is_retryable());
-    }
-    let t = Instant::now();
-    let e = b
-        .put(&k, Bytes::from_static(b"w"), None, PutMode::Create)
-        .await
-        .unwrap_err();
-    assert!(t.elapsed() < BOUND);
-    assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
-    proxy.set(Mode::Pass);
-    recovers(&b, Duration::from_secs(5)).await;
-    assert_eq!(&b.get(&k).await.unwrap().unwrap().value[..], b"v");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cut_connection_is_unavailable_then_recovers() {
-    let (_srv, proxy, b, k) = behind_proxy("cut").await;
-    proxy.set(Mode::Cut);
-    for _ in 0..3 {
-        let t = Instant::now();
-        let e = b.get(&k).await.unwrap_err();
-        assert!(t.elapsed() < BOUND, "get took {:?}", t.elapsed());
-        assert_down(&e);
-    }
-    proxy.set(Mode::Pass);
-    recovers(&b, Duration::from_secs(10)).await;
-    assert_eq!(&b.get(&k).await.unwrap().unwrap().value[..], b"v");
-}
-
-/// A reconnect that hangs (the connection is accepted, the handshake never answered) must
-/// still end every operation in time, with a retryable error: the connection manager's
-/// reconnect retries are no bound on an operation, the backend's own deadline is.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hung_reconnect_times_out_then_recovers() {
-    let (_srv, proxy, b, k) = behind_proxy("hung-reconnect").await;
-    // Drop the connection, then hold every new one: each reconnect hangs in its handshake.
-    proxy.set(Mode::Cut);
-    assert_down(&b.get(&k).await.unwrap_err());
-    proxy.set(Mode::Stall);
-    for _ in 0..4 {
-        let t = Instant::now();
-        let e = b.get(&k).await.unwrap_err();
-        assert!(t.elapsed() < BOUND, "get took {:?}", t.elapsed());
-        assert_down(&e);
-    }
-    proxy.set(Mode::Pass);
-    recovers(&b, Duration::from_secs(10)).await;
-    assert_eq!(&b.get(&k).await.unwrap().unwrap().value[..], b"v");
+mod redis_outages {
+    larder_tests::outage_cases!(stopped: super::redis_server, proxied: super::redis_proxied);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

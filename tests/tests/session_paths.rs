@@ -19,6 +19,7 @@ use larder_session_persist::{
 };
 use larder_tests::fault::{Fault, Faulty, PutGate};
 use larder_tests::server::ServerProcess;
+use larder_tests::{eventually, Patience};
 use serde_json::{json, Value};
 use tower_sessions::session::{Id, Record as TowerRecord};
 use tower_sessions::SessionStore as _;
@@ -267,17 +268,15 @@ async fn conflict_policy_error_survives_conflicts_on_unrelated_keys() {
 
 /// Loads on `b` until the session is gone; the time from `since` until then.
 async fn time_until_gone(b: &CachedStore<PgStore>, id: &SessionId, since: Instant) -> Duration {
-    let deadline = since + Duration::from_secs(10);
-    loop {
-        if b.load(id).await.unwrap().is_none() {
-            return since.elapsed();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "B still serves the deleted session"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    // Ten seconds from `since`, not from now.
+    let limit = Duration::from_secs(10).saturating_sub(since.elapsed());
+    let patience = Patience::new(limit).every(Duration::from_millis(10));
+    eventually(
+        patience,
+        "B no longer serves the deleted session",
+        async || b.load(id).await.unwrap().is_none().then(|| since.elapsed()),
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,12 +9,13 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use larder_session_persist::{
     PgStore, Record, SaveOutcome, SessionData, SessionStore, Timestamp, TowerStore,
 };
 use larder_tests::db::{pg_schema, postgres_url};
+use larder_tests::{eventually, Patience};
 use serde_json::json;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use tower_sessions::session::{Id, Record as TowerRecord};
@@ -64,8 +65,8 @@ fn data(v: &str) -> SessionData {
 /// (updates, heap-only updates) of the schema's session table, once the store's one
 /// connection has reported at least `want` updates.
 async fn updates(store: &PgStore, admin: &PgPool, schema: &str, want: i64) -> (i64, i64) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    let patience = Patience::new(Duration::from_secs(10)).every(Duration::from_millis(20));
+    eventually(patience, "the statistics arrive", async || {
         sqlx::query("SELECT pg_stat_force_next_flush()")
             .execute(store.pool())
             .await
@@ -79,14 +80,12 @@ async fn updates(store: &PgStore, admin: &PgPool, schema: &str, want: i64) -> (i
         .await
         .unwrap();
         if upd >= want {
-            return (upd, hot);
+            Ok((upd, hot))
+        } else {
+            Err(format!("{upd} < {want}"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "statistics never arrived: {upd} < {want}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await
 }
 
 #[tokio::test]
@@ -132,8 +131,8 @@ async fn terminate(admin: &PgPool, app: &str) -> i64 {
     .await
     .unwrap();
     // pg_terminate_backend only signals: wait until they are gone.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    let patience = Patience::new(Duration::from_secs(10)).every(Duration::from_millis(10));
+    eventually(patience, "the connections are gone", async || {
         let (left,): (i64,) =
             sqlx::query_as("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1")
                 .bind(app)
@@ -141,11 +140,12 @@ async fn terminate(admin: &PgPool, app: &str) -> i64 {
                 .await
                 .unwrap();
         if left == 0 {
-            return n;
+            Ok(n)
+        } else {
+            Err(format!("{left} connections still there"))
         }
-        assert!(Instant::now() < deadline, "{left} connections still there");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    })
+    .await
 }
 
 #[tokio::test]

@@ -9,12 +9,13 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use larder_session_persist::{
     CachedStore, PgStore, SessionConfig, SessionId, SessionManager, SessionStore, TowerStore,
 };
 use larder_tests::server::ServerProcess;
+use larder_tests::{eventually, Patience};
 use serde_json::json;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -44,25 +45,24 @@ impl Counters {
             .execute(&self.pool)
             .await
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
+        let patience = Patience::new(Duration::from_secs(10)).every(Duration::from_millis(20));
+        let last = self.last;
+        let v = eventually(patience, "the statistics arrive", async || {
             let (v,): (i64,) =
                 sqlx::query_as("SELECT xact_commit FROM pg_stat_database WHERE datname = $1")
                     .bind(DB)
                     .fetch_one(&self.admin)
                     .await
                     .unwrap();
-            if v > self.last {
-                self.last = v;
-                return v;
+            if v > last {
+                Ok(v)
+            } else {
+                Err(format!("{v} <= {last}"))
             }
-            assert!(
-                Instant::now() < deadline,
-                "statistics never arrived ({v} <= {})",
-                self.last
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        })
+        .await;
+        self.last = v;
+        v
     }
 
     /// Commands clients sent to Redis so far, once MONITOR has reported them.

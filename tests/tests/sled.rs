@@ -14,6 +14,7 @@ use larder_backend_sled::{Dispatch, Flush, SledBackend, SledConfig, ENTRIES_TREE
 use larder_cache_api::{
     Bytes, CacheBackend, DeleteMode, DynBackend, ErrorKind, Key, PutMode, Result, Ttl, Version,
 };
+use larder_tests::eventually;
 use larder_tests::owning::Owning;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -148,15 +149,15 @@ async fn background_sweeper_empties_the_expiry_index() {
     assert_eq!(tree_len(&b, ENTRIES_TREE), 2010);
     assert_eq!(tree_len(&b, EXPIRY_TREE), 2000);
     // Nobody reads the expired keys: only the sweeper can remove them.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while tree_len(&b, ENTRIES_TREE) > 10 {
-        assert!(
-            Instant::now() < deadline,
-            "sweeper left {} entries",
-            tree_len(&b, ENTRIES_TREE)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        Duration::from_secs(20),
+        "the sweeper removes the expired keys",
+        async || match tree_len(&b, ENTRIES_TREE) {
+            left if left > 10 => Err(format!("the sweeper left {left} entries")),
+            _ => Ok(()),
+        },
+    )
+    .await;
     assert_eq!(tree_len(&b, EXPIRY_TREE), 0, "expiry index is empty");
     assert!(b.get(&k("keep-3")).await.unwrap().is_some());
 }

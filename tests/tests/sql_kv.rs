@@ -4,10 +4,16 @@
 //! sessions, whichever migrations ran first.
 #![allow(clippy::unwrap_used)]
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use larder::{CacheBackend, DynBackend, Key, PutMode, Ttl};
 use larder_backend_sql::{PgKv, SqliteKv, MIGRATIONS_TABLE};
 use larder_session_persist::{PgStore, SessionData, SessionStore, SqliteStore, Timestamp};
 use larder_tests::db;
+use larder_tests::outage::Outage;
+use larder_tests::proxy::FaultProxy;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 /// A fresh, empty schema: the store's own schema step creates everything it needs.
 async fn postgres_kv() -> DynBackend {
@@ -30,6 +36,35 @@ mod postgres_kv {
 
 mod sqlite_kv {
     larder_coord::conformance_suite!(super::sqlite_kv);
+}
+
+/// `larder_kv` in a fresh schema, reached through a fault proxy to PostgreSQL: the server
+/// is shared, so "stopped" is every connection cut and new ones refused. A short wait for a
+/// connection bounds each operation while it lasts; the rows stay.
+async fn postgres_kv_proxied() -> Outage {
+    let schema = db::pg_schema().await;
+    let opts: PgConnectOptions = db::postgres_url().parse().unwrap();
+    let upstream = format!("{}:{}", opts.get_host(), opts.get_port());
+    let proxy = FaultProxy::start(&upstream).await;
+    let pool = PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(Duration::from_millis(500))
+        .connect_with(
+            opts.host("127.0.0.1")
+                .port(proxy.port())
+                .options([("search_path", schema.as_str())]),
+        )
+        .await
+        .unwrap();
+    let kv = PgKv::from_pool(pool);
+    kv.migrate().await.unwrap();
+    Outage::proxied(Arc::new(kv), proxy, None, "postgres")
+        .keeps_data()
+        .recovers_within(Duration::from_secs(5))
+}
+
+mod postgres_kv_outages {
+    larder_tests::outage_cases!(stopped: super::postgres_kv_proxied);
 }
 
 #[tokio::test]

@@ -7,10 +7,11 @@ mod common;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::AppProcess;
 use fantoccini::{ClientBuilder, Locator};
+use larder_tests::{eventually, wait_until, Patience};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 
@@ -38,23 +39,21 @@ fn chromedriver() -> String {
 /// Waits until the element with this id shows `want`: the page may still be navigating, so
 /// missing and stale elements are retried for up to 15 s.
 async fn wait_text(browser: &fantoccini::Client, id: &str, want: &str) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let mut last = String::from("(not found)");
-    loop {
-        if let Ok(el) = browser.find(Locator::Id(id)).await {
-            match el.text().await {
-                Ok(t) if t == want => return,
-                Ok(t) => last = t,
-                Err(e) => last = format!("(error: {e})"),
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "#{id} shows {last:?}, not {want:?}; page: {}",
-            browser.source().await.unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let patience = Patience::new(Duration::from_secs(15)).every(Duration::from_millis(100));
+    eventually(patience, format!("#{id} shows {want:?}"), async || {
+        let last = match browser.find(Locator::Id(id)).await {
+            Ok(el) => match el.text().await {
+                Ok(t) if t == want => return Ok(()),
+                Ok(t) => t,
+                Err(e) => format!("(error: {e})"),
+            },
+            Err(_) => String::from("(not found)"),
+        };
+        // The page goes into the report, should this be the last look.
+        let page = browser.source().await.unwrap_or_default();
+        Err(format!("#{id} shows {last:?}; page: {page}"))
+    })
+    .await;
 }
 
 /// The element's rendered size through WebDriver.
@@ -133,11 +132,9 @@ async fn a_browser_stays_logged_in_across_a_restart() {
             .spawn()
             .expect("chromedriver starts"),
     );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "chromedriver did not come up");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until(Duration::from_secs(20), "chromedriver listens", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
 
     let mut caps = serde_json::Map::new();
     caps.insert(

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use common::{pg_url_with_schema, AppProcess, Client};
 use larder::layer::DEFAULT_MAX_STALENESS;
 use larder_tests::server::ServerProcess;
+use larder_tests::{eventually, Patience};
 
 fn hits(v: &serde_json::Value) -> u64 {
     v["cache_stats"]["hits"].as_u64().unwrap()
@@ -180,18 +181,23 @@ async fn three_instances_share_sessions_and_coordinate() {
     assert!(runners >= 1);
 
     // A leader holds the "leader" lease, and every instance sees the same one.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let mut holders = Vec::new();
-        for b in &bases {
-            holders.push(c.status(b).await["leader"]["holder"].clone());
-        }
-        if holders[0].is_string() && holders.iter().all(|h| *h == holders[0]) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no agreed leader: {holders:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let patience = Patience::new(Duration::from_secs(20)).every(Duration::from_millis(200));
+    eventually(
+        patience,
+        "every instance sees the same leader",
+        async || {
+            let mut holders = Vec::new();
+            for b in &bases {
+                holders.push(c.status(b).await["leader"]["holder"].clone());
+            }
+            if holders[0].is_string() && holders.iter().all(|h| *h == holders[0]) {
+                Ok(())
+            } else {
+                Err(format!("no agreed leader: {holders:?}"))
+            }
+        },
+    )
+    .await;
 
     // A second browser of the same user, then "log out everywhere" from the first: both
     // sessions are gone on every instance (the old cookies are replayed on purpose).

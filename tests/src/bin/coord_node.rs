@@ -1,4 +1,4 @@
-//! One node of the multi-process coordination fault test (`tests/coord_faults.rs`). Not a
+//! One node of the multi-process coordination fault test (`tests/coord_faults/`). Not a
 //! user tool.
 //!
 //! It runs an [`Elector`] on the lease `leader` and a [`Scheduler`] with one task `tick`

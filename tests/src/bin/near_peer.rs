@@ -19,12 +19,13 @@ use std::io::{BufRead, Write};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use larder::layer::{ChannelState, Near};
 use larder::{Bytes, CacheBackend, DynBackend, Key, PutMode};
 use larder_backend_redis::{RedisBackend, RedisConfig, RedisTracking};
 use larder_backend_sql::{PgKv, PgNotify};
+use larder_tests::{eventually, Patience};
 use sqlx::postgres::PgConnectOptions;
 
 fn now_ns() -> u64 {
@@ -88,14 +89,11 @@ async fn write_loop(b: DynBackend, key: Key, writes: u64, pace: Duration, out: &
 }
 
 async fn read_loop(near: Near, key: Key, out: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while near.channel_state() != ChannelState::Up {
-        assert!(
-            Instant::now() < deadline,
-            "invalidation channel never came up"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let patience = Patience::new(Duration::from_secs(20)).every(Duration::from_millis(10));
+    eventually(patience, "the invalidation channel is up", async || {
+        near.channel_state() == ChannelState::Up
+    })
+    .await;
     let stop = Arc::new(AtomicBool::new(false));
     let stop2 = stop.clone();
     std::thread::spawn(move || {

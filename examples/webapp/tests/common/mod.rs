@@ -5,6 +5,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use larder_tests::server::ServerProcess;
+use larder_tests::wait_until;
 use serde_json::Value;
 
 /// The test database's URL with `search_path` set to `schema` (the app's flag for it).
@@ -92,23 +93,19 @@ impl AppProcess {
             .spawn()
             .expect("larder-webapp starts");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(c) = self.child.as_mut() {
-                if let Ok(Some(status)) = c.try_wait() {
-                    panic!("larder-webapp exited at start: {status}");
+        let port = self.port;
+        wait_until(
+            Duration::from_secs(30),
+            format_args!("larder-webapp on port {port} listens"),
+            || {
+                if let Some(c) = self.child.as_mut() {
+                    if let Ok(Some(status)) = c.try_wait() {
+                        panic!("larder-webapp exited at start: {status}");
+                    }
                 }
-            }
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "larder-webapp on port {} did not come up within 30 s",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+                std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            },
+        );
     }
 
     /// SIGKILL, no chance to clean up.

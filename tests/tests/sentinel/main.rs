@@ -14,11 +14,13 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use larder::{Bytes, CacheBackend, DynBackend, ErrorKind, Key, PutMode};
-use larder_backend_redis::{RedisBackend, RedisConfig, Topology};
+use larder_backend_redis::{RedisBackend, RedisConfig};
 use larder_tests::sentinel::{SentinelSet, TlsSentinel, FAILOVER_TIMEOUT, SERVICE};
-use larder_tests::server::ServerProcess;
 use larder_tests::tls::TlsRedis;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use larder_tests::{eventually, Patience};
+
+mod bad_input;
+mod readonly;
 
 static SET: OnceLock<SentinelSet> = OnceLock::new();
 
@@ -317,172 +319,6 @@ async fn failover_under_a_writing_client() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_urls_are_config_errors_without_passwords() {
-    let s = set().sentinels();
-    for url in [
-        format!("redis+sentinel://{s}"),
-        format!("redis+sentinel://{s}/"),
-        format!("redis+sentinel://{s}?{FAST}"),
-        format!("redis+sentinel:///{SERVICE}"),
-        format!("redis+sentinel://{s}/{SERVICE}/abc"),
-        format!("redis+sentinel://{s}/{SERVICE}/-1"),
-        format!("redis+sentinel://{s}/{SERVICE}/1/2"),
-        format!("redis+sentinel://{s}/{SERVICE}?sentinel_pass=x"),
-        format!("redis+sentinel://127.0.0.1:notaport/{SERVICE}"),
-        "redis+sentinel:/nohosts".to_string(),
-        "redis+sentinel://127.0.0.1:99999/svc".to_string(),
-    ] {
-        for e in [
-            RedisBackend::connect(&url).await.unwrap_err(),
-            larder::connect(&url).await.unwrap_err(),
-        ] {
-            assert_eq!(e.kind(), ErrorKind::Config, "{url}: {e}");
-            assert!(!e.is_retryable());
-        }
-    }
-    let e = larder::connect(&format!("redis+sentinel://{s}"))
-        .await
-        .unwrap_err();
-    assert!(e.to_string().contains("service name"), "{e}");
-    // Neither password shows up in errors or in Debug output.
-    let url = format!(
-        "redis+sentinel://app:primary-pw-77@127.0.0.1:notaport/{SERVICE}?sentinel_password=sent-pw-88"
-    );
-    let e = larder::connect(&url).await.unwrap_err();
-    let c = RedisConfig::from_url(&format!(
-        "redis+sentinel://app:primary-pw-77@{s}/{SERVICE}?sentinel_password=sent-pw-88"
-    ))
-    .unwrap();
-    assert_eq!(c.topology, Topology::Sentinel);
-    for text in [
-        e.to_string(),
-        format!("{e:?}"),
-        format!("{c:?}"),
-        larder::url::redact(&url),
-    ] {
-        assert!(!text.contains("primary-pw-77"), "{text}");
-        assert!(!text.contains("sent-pw-88"), "{text}");
-    }
-}
-
-/// A TCP listener that answers every connection with bytes that are not Redis protocol,
-/// or (`stall`) with nothing at all, keeping the connection open.
-async fn fake_sentinel(stall: bool) -> u16 {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = l.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((mut sock, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 1024];
-                loop {
-                    if !stall
-                        && sock
-                            .write_all(
-                                b"HTTP/1.1 400 Bad Request\r\n\r\n\x00\xff\xfe garbage ?!\r\n",
-                            )
-                            .await
-                            .is_err()
-                    {
-                        return;
-                    }
-                    match sock.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(_) => {}
-                    }
-                }
-            });
-        }
-    });
-    port
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn garbage_and_stalled_sentinels_are_clear_errors_within_the_timeout() {
-    let garbage = fake_sentinel(false).await;
-    let stalled = fake_sentinel(true).await;
-    // Alone: a typed error naming the sentinel, after no more than the configured
-    // timeouts (200 + 200 ms per sentinel step).
-    for (port, kind, says) in [
-        (garbage, ErrorKind::Config, "not Redis protocol"),
-        (stalled, ErrorKind::Timeout, "no reply"),
-    ] {
-        let t = Instant::now();
-        let e = RedisBackend::connect(&format!(
-            "redis+sentinel://:pw-secret-5@127.0.0.1:{port}/{SERVICE}?{FAST}"
-        ))
-        .await
-        .unwrap_err();
-        let took = t.elapsed();
-        assert!(took < Duration::from_millis(1500), "took {took:?}: {e}");
-        assert_eq!(e.kind(), kind, "{e}");
-        let text = e.to_string();
-        assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");
-        assert!(text.contains(says), "{text}");
-        assert!(!text.contains("pw-secret-5"), "{text}");
-    }
-    // In front of the real sentinels: passed over, and the primary is found.
-    let t = Instant::now();
-    let b = RedisBackend::connect(&format!(
-        "redis+sentinel://127.0.0.1:{garbage},127.0.0.1:{stalled},{}/{SERVICE}?{FAST}",
-        set().sentinels()
-    ))
-    .await
-    .unwrap();
-    assert!(
-        t.elapsed() < Duration::from_millis(2000),
-        "{:?}",
-        t.elapsed()
-    );
-    let k = key("past-garbage");
-    b.put(&k, Bytes::from_static(b"ok"), None, PutMode::Overwrite)
-        .await
-        .unwrap();
-    assert_eq!(&b.get(&k).await.unwrap().unwrap().value[..], b"ok");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn wrong_service_non_sentinels_and_unreachable_sentinels() {
-    // Sentinels that do not monitor the service: a configuration error naming it.
-    let e = RedisBackend::connect(&format!(
-        "redis+sentinel://{}/no-such-service?{FAST}",
-        set().sentinels()
-    ))
-    .await
-    .unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::Config, "{e}");
-    assert!(e.to_string().contains("no-such-service"), "{e}");
-    // A plain redis-server given as a sentinel.
-    let plain = ServerProcess::redis();
-    let e = RedisBackend::connect(&format!(
-        "redis+sentinel://{}/{SERVICE}?{FAST}",
-        plain.addr()
-    ))
-    .await
-    .unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::Config, "{e}");
-    assert!(e.to_string().contains("Sentinel"), "{e}");
-    // Nobody listening: unavailable, retryable, fast.
-    let (p1, p2) = (larder_tests::free_port(), larder_tests::free_port());
-    let t = Instant::now();
-    let e = RedisBackend::connect(&format!(
-        "redis+sentinel://127.0.0.1:{p1},127.0.0.1:{p2}/{SERVICE}?{FAST}"
-    ))
-    .await
-    .unwrap_err();
-    assert!(
-        t.elapsed() < Duration::from_millis(1500),
-        "{:?}",
-        t.elapsed()
-    );
-    assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
-    assert!(e.is_retryable());
-    assert!(
-        e.to_string().contains(&p2.to_string()),
-        "every sentinel is named: {e}"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn primary_and_sentinel_passwords_are_separate() {
     let set = SentinelSet::start_with(
         &[
@@ -570,13 +406,12 @@ async fn manual_failover_with_the_old_primary_alive_is_followed() {
     // backend must move over on the sentinels' word alone (it asks every 250 ms).
     let limit = FAILOVER_TIMEOUT + Duration::from_secs(2);
     let named_new = format!("127.0.0.1 {}", set.replica_port());
-    while set.primary_by_sentinel(set.sentinel_ports()[2]) != named_new {
-        assert!(
-            asked.elapsed() < limit,
-            "the sentinels never named the replica"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        limit.saturating_sub(asked.elapsed()),
+        "the sentinels name the replica",
+        async || set.primary_by_sentinel(set.sentinel_ports()[2]) == named_new,
+    )
+    .await;
     let named = asked.elapsed();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -682,149 +517,6 @@ async fn tls_sentinel_with_a_private_ca() {
     );
 }
 
-/// A node that speaks just enough Redis protocol: as a sentinel it names the node whose port
-/// is in `target`; as a "primary" it answers `ROLE` as master and refuses every other
-/// command with `READONLY` (a primary demoted behind the client's back), counting them,
-/// and then points `target` at `then` (the sentinels naming the new primary).
-struct FakeNode {
-    port: u16,
-    refused: Arc<std::sync::atomic::AtomicUsize>,
-}
-
-async fn read_command(
-    r: &mut tokio::io::BufReader<tokio::net::tcp::OwnedReadHalf>,
-) -> Option<Vec<String>> {
-    use tokio::io::AsyncBufReadExt;
-    let mut line = String::new();
-    r.read_line(&mut line).await.ok()?;
-    let n: usize = line.trim().strip_prefix('*')?.parse().ok()?;
-    let mut args = Vec::with_capacity(n);
-    for _ in 0..n {
-        line.clear();
-        r.read_line(&mut line).await.ok()?;
-        let len: usize = line.trim().strip_prefix('$')?.parse().ok()?;
-        let mut buf = vec![0u8; len + 2];
-        r.read_exact(&mut buf).await.ok()?;
-        buf.truncate(len);
-        args.push(String::from_utf8_lossy(&buf).into_owned());
-    }
-    Some(args)
-}
-
-async fn fake_node(
-    sentinel: bool,
-    target: Arc<std::sync::atomic::AtomicU16>,
-    then: Option<u16>,
-) -> FakeNode {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = l.local_addr().unwrap().port();
-    let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counter = refused.clone();
-    tokio::spawn(async move {
-        while let Ok((sock, _)) = l.accept().await {
-            let (target, counter) = (target.clone(), counter.clone());
-            tokio::spawn(async move {
-                let (r, mut w) = sock.into_split();
-                let mut r = tokio::io::BufReader::new(r);
-                while let Some(args) = read_command(&mut r).await {
-                    let verb = args.first().map(|a| a.to_ascii_uppercase());
-                    let reply = match verb.as_deref() {
-                        Some("CLIENT") | Some("SELECT") => "+OK\r\n".to_owned(),
-                        Some("PING") => "+PONG\r\n".to_owned(),
-                        // The backend reads INFO at connect to judge durability: an empty
-                        // reply (nothing known) keeps it off the write path counted here.
-                        Some("INFO") if !sentinel => "$0\r\n\r\n".to_owned(),
-                        Some("SENTINEL") if sentinel => {
-                            let p = target.load(std::sync::atomic::Ordering::SeqCst).to_string();
-                            format!("*2\r\n$9\r\n127.0.0.1\r\n${}\r\n{p}\r\n", p.len())
-                        }
-                        Some("ROLE") if !sentinel => "*3\r\n$6\r\nmaster\r\n:0\r\n*0\r\n".into(),
-                        _ if sentinel => "-ERR unknown command\r\n".into(),
-                        _ => {
-                            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                            if let Some(t) = then {
-                                target.store(t, std::sync::atomic::Ordering::SeqCst);
-                            }
-                            "-READONLY You can't write against a read only replica.\r\n".into()
-                        }
-                    };
-                    if w.write_all(reply.as_bytes()).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    FakeNode { port, refused }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_write_refused_with_readonly_goes_once_more_to_the_new_primary() {
-    let real = ServerProcess::redis();
-    let target = Arc::new(std::sync::atomic::AtomicU16::new(0));
-    // The stale primary refuses writes and, as it does, the sentinel starts naming `real`.
-    let stale = fake_node(false, target.clone(), Some(real.port())).await;
-    target.store(stale.port, std::sync::atomic::Ordering::SeqCst);
-    let sentinel = fake_node(true, target.clone(), None).await;
-    // No background checks: only the READONLY reply may move the backend.
-    let url = format!(
-        "redis+sentinel://127.0.0.1:{}/{SERVICE}?{FAST}&sentinel_check_ms=600000",
-        sentinel.port
-    );
-    let b = RedisBackend::connect(&url).await.unwrap();
-    assert_eq!(detail(&b, "primary"), format!("127.0.0.1:{}", stale.port));
-    let k = key("readonly");
-    let v = b
-        .put(&k, Bytes::from_static(b"moved"), None, PutMode::Overwrite)
-        .await
-        .unwrap();
-    assert_eq!(stale.refused.load(std::sync::atomic::Ordering::SeqCst), 1);
-    assert_eq!(detail(&b, "primary"), real.addr());
-    let e = b.get(&k).await.unwrap().unwrap();
-    assert_eq!((&e.value[..], e.version), (&b"moved"[..], v));
-    // Straight from the real server, not through the backend.
-    let direct = RedisBackend::connect(&format!("redis://{}", real.addr()))
-        .await
-        .unwrap();
-    assert_eq!(direct.get(&k).await.unwrap().unwrap().version, v);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_primary_that_stays_read_only_is_an_error_after_one_retry() {
-    let target = Arc::new(std::sync::atomic::AtomicU16::new(0));
-    let stale = fake_node(false, target.clone(), None).await;
-    target.store(stale.port, std::sync::atomic::Ordering::SeqCst);
-    let sentinel = fake_node(true, target.clone(), None).await;
-    let url = format!(
-        "redis+sentinel://127.0.0.1:{}/{SERVICE}?{FAST}&sentinel_check_ms=600000",
-        sentinel.port
-    );
-    let b = RedisBackend::connect(&url).await.unwrap();
-    let t = Instant::now();
-    let e = b
-        .put(
-            &key("ro"),
-            Bytes::from_static(b"x"),
-            None,
-            PutMode::Overwrite,
-        )
-        .await
-        .unwrap_err();
-    assert!(
-        t.elapsed() < Duration::from_millis(1500),
-        "{:?}",
-        t.elapsed()
-    );
-    assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
-    assert!(e.is_retryable());
-    assert!(e.to_string().contains("read-only"), "{e}");
-    assert_eq!(
-        stale.refused.load(std::sync::atomic::Ordering::SeqCst),
-        2,
-        "sent once, and once more after asking the sentinel: no loop"
-    );
-}
-
 /// A near cache over the Sentinel backend tracks the primary; after a failover (writes now
 /// go to the promoted replica, which never heard of the tracking) the channel restarts on
 /// the new primary and the local tier is flushed, so a value written on the new primary by
@@ -847,13 +539,10 @@ async fn a_near_cache_over_sentinel_is_flushed_and_follows_a_failover() {
     let stats = near.stats();
     let up_within = |limit: Duration| {
         let near = &near;
-        async move {
-            let deadline = Instant::now() + limit;
-            while near.channel_state() != ChannelState::Up {
-                assert!(Instant::now() < deadline, "tracking never came up");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
+        let patience = Patience::new(limit).every(Duration::from_millis(10));
+        eventually(patience, "tracking is up", async move || {
+            near.channel_state() == ChannelState::Up
+        })
     };
     up_within(Duration::from_secs(10)).await;
     let other = RedisBackend::connect(&url).await.unwrap();
@@ -863,41 +552,46 @@ async fn a_near_cache_over_sentinel_is_flushed_and_follows_a_failover() {
         .unwrap();
     // Read until one read is a local hit (a read is served locally only while the channel
     // has synced within the bound, which a loaded machine may miss now and then).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while stats.local_hits() == 0 {
+    let patience = Patience::new(Duration::from_secs(10)).every(Duration::ZERO);
+    eventually(patience, "the local tier is used", async || {
+        if stats.local_hits() > 0 {
+            return true;
+        }
         let e = near.get(&k).await.unwrap().unwrap();
         assert_eq!(&e.value[..], b"before");
-        assert!(Instant::now() < deadline, "the local tier was never used");
-    }
+        false
+    })
+    .await;
     let flushes_before = stats.flushes();
 
     set.failover();
     let limit = FAILOVER_TIMEOUT + Duration::from_secs(2);
     let asked = Instant::now();
     let new = format!("127.0.0.1:{}", set.replica_port());
-    while detail(&other, "primary") != new {
-        assert!(asked.elapsed() < limit, "the client never moved over");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        limit.saturating_sub(asked.elapsed()),
+        "the client moves over",
+        async || detail(&other, "primary") == new,
+    )
+    .await;
     // Written on the new primary by another client: the new primary's tracking (if any)
     // is what must tell the near cache.
     other
         .put(&k, Bytes::from_static(b"after"), None, PutMode::Overwrite)
         .await
         .unwrap();
-    let deadline = Instant::now() + limit;
-    loop {
-        up_within(limit).await;
-        tokio::time::sleep(larder::layer::DEFAULT_MAX_STALENESS).await;
-        let e = near.get(&k).await.unwrap().unwrap();
-        if &e.value[..] == b"after" {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the near cache still serves the value from before the failover"
-        );
-    }
+    let patience = Patience::new(limit).every(Duration::ZERO);
+    eventually(
+        patience,
+        "the near cache serves the value from after the failover",
+        async || {
+            up_within(limit).await;
+            tokio::time::sleep(larder::layer::DEFAULT_MAX_STALENESS).await;
+            let e = near.get(&k).await.unwrap().unwrap();
+            &e.value[..] == b"after"
+        },
+    )
+    .await;
     assert!(
         stats.flushes() > flushes_before,
         "the failover did not flush the local tier"
