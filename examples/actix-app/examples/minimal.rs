@@ -5,6 +5,9 @@
 //! --example minimal`; `APP_DB` and `APP_LISTEN` change the file and the address. The
 //! README's copy of this file is checked to be the same text (`tests/readme.rs`).
 
+// actix-web runs each request on one thread: handler futures need not be `Send`.
+#![allow(clippy::future_not_send)]
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
