@@ -10,18 +10,14 @@ use larder_session_persist::SessionData;
 use proptest::prelude::*;
 
 fn session_data() -> impl Strategy<Value = SessionData> {
-    proptest::collection::btree_map(
-        ".{0,8}",
-        proptest::collection::vec(any::<u8>(), 0..16),
-        0..6,
-    )
-    .prop_map(|m: BTreeMap<String, Vec<u8>>| {
-        let mut d = SessionData::new();
-        for (k, v) in m {
-            d.insert_raw(&k, v);
-        }
-        d
-    })
+    proptest::collection::btree_map(".{0,8}", proptest::collection::vec(any::<u8>(), 0..16), 0..6)
+        .prop_map(|m: BTreeMap<String, Vec<u8>>| {
+            let mut d = SessionData::new();
+            for (k, v) in m {
+                d.insert_raw(&k, v);
+            }
+            d
+        })
 }
 
 proptest! {
