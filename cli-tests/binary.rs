@@ -144,3 +144,50 @@ fn intervals_of_any_size_are_errors_not_panics() {
         assert!(first.contains("error"), "--every {every}: {stderr}");
     }
 }
+
+#[test]
+fn help_shows_no_value_from_the_environment() {
+    for args in [
+        &["--help"][..],
+        &["sessions", "--help"][..],
+        &["sessions", "count", "--help"][..],
+        &["tasks", "status", "--help"][..],
+        &["cache", "ping", "--help"][..],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_larder"))
+            .args(args)
+            .env("LARDER_DATABASE_URL", "postgres://u:hunter2@h/db")
+            .env("LARDER_CACHE_URL", "redis://:hunter2@h:6379/0")
+            .env("LARDER_EXPIRY_INTERVAL_MS", "4242424242")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        assert!(stdout.contains("Usage: larder"), "{args:?}: {stdout}");
+        for shown in [&stdout, &stderr] {
+            assert!(
+                !shown.contains("hunter2") && !shown.contains("4242424242"),
+                "{args:?} printed a value from the environment: {shown}"
+            );
+        }
+    }
+    // The rule holds for every argument read from the environment, present or future.
+    fn check(cmd: &clap::Command, path: &str) {
+        for arg in cmd.get_arguments() {
+            if let Some(var) = arg.get_env() {
+                assert!(
+                    arg.is_hide_env_values_set(),
+                    "{path} --{}: the value of {var:?} would show in --help",
+                    arg.get_id()
+                );
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            check(sub, &format!("{path} {}", sub.get_name()));
+        }
+    }
+    check(
+        &<larder::cli::Cli as clap::CommandFactory>::command(),
+        "larder",
+    );
+}

@@ -54,3 +54,33 @@ pub mod sessions;
 pub mod cli;
 mod connect;
 pub use connect::{connect, schemes};
+
+/// The `sqlite://` URL of a database file, for [`connect`] and
+/// [`sessions::connect`](crate::sessions::connect): `%`, `?` and `#` in the path are
+/// percent-encoded (features `sqlite`).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> larder::Result<()> {
+/// # let dir = std::env::temp_dir().join(format!("larder-sqlite-url-{}", std::process::id()));
+/// # std::fs::create_dir_all(&dir).unwrap();
+/// let url = larder::sqlite_url(&dir.join("app.db")); // an absolute path: sqlite:///...
+/// assert!(url.starts_with("sqlite:///"));
+/// let kv = larder::connect(&url).await?;
+/// # let _ = kv;
+/// # Ok(()) }
+/// ```
+#[cfg(feature = "sqlite")]
+pub use larder_backend_sql::sqlite_url;
+
+/// The tower-sessions crate that [`sessions::TowerStore`] implements (feature
+/// `tower-sessions`): use it from here (`larder::tower_sessions::SessionManagerLayer`) and
+/// its version always matches larder's.
+#[cfg(feature = "tower-sessions")]
+pub use larder_session_persist::tower_sessions;
+
+/// The actix-session crate that [`sessions::ActixStore`] implements (feature `actix`): use
+/// it from here (`larder::actix_session::SessionMiddleware`) and its version always matches
+/// larder's.
+#[cfg(feature = "actix")]
+pub use larder_session_persist::actix_session;

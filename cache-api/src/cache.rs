@@ -313,6 +313,42 @@ impl<C: Codec> Cache<C> {
         }
     }
 
+    /// [`get_or_insert_with`](Cache::get_or_insert_with) for a computation that cannot fail:
+    /// the loader returns the value itself, not a `Result`. The same single flight: within
+    /// this process, concurrent callers for one cold key run the loader once. The errors
+    /// left are the cache's own (a key the backend refuses, a value it cannot store, stored
+    /// bytes that do not decode); a backend that is down still answers with the computed
+    /// value.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> larder_cache_api::Result<()> {
+    /// # use larder_cache_api::{Cache, Key, Ttl};
+    /// # let cache = Cache::new(std::sync::Arc::new(larder_backend_memory::MemoryBackend::default()));
+    /// let key = Key::new("report:2026")?;
+    /// let total: u64 = cache
+    ///     .get_or_compute(&key, Some(Ttl::from_secs(60)?), || async { (1..=100).sum() })
+    ///     .await?;
+    /// assert_eq!(total, 5050);
+    /// # Ok(()) }
+    /// ```
+    pub async fn get_or_compute<T, F, Fut>(
+        &self,
+        key: &Key,
+        ttl: Option<Ttl>,
+        loader: F,
+    ) -> Result<T>
+    where
+        T: Serialize + DeserializeOwned + Send,
+        F: FnOnce() -> Fut + Send,
+        Fut: Future<Output = T> + Send,
+    {
+        self.get_or_insert_with(key, ttl, || async move {
+            Ok::<T, std::convert::Infallible>(loader().await)
+        })
+        .await
+    }
+
     /// Read-modify-write by compare-and-swap: `f` gets the current value (`None` if absent)
     /// and returns the new one, which is stored with `ttl` only if nobody wrote in between;
     /// otherwise `f` runs again on the fresh value, with a short randomised back-off, up to

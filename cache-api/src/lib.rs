@@ -7,6 +7,8 @@ mod capability;
 pub mod codec;
 pub mod envelope;
 mod error;
+#[cfg(feature = "axum")]
+mod http;
 mod key;
 pub mod layer;
 // Shared with larder-coord (holder ids, jitter) so the workspace has one such helper; not a

@@ -42,3 +42,12 @@ pub use stats::{WriteThroughSnapshot, WriteThroughStats};
 pub use store::{ApplyFn, SaveOutcome, SessionStore, DEFAULT_TOMBSTONE_TTL};
 #[cfg(feature = "tower-sessions")]
 pub use tower::TowerStore;
+
+/// The actix-session this crate's [`ActixStore`] implements: name it from here so that the
+/// versions cannot differ.
+#[cfg(feature = "actix")]
+pub use actix_session;
+/// The tower-sessions this crate's [`TowerStore`] implements: name it from here so that
+/// the versions cannot differ.
+#[cfg(feature = "tower-sessions")]
+pub use tower_sessions;

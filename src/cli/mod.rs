@@ -43,12 +43,25 @@ mod tasks;
     about = "Operate larder sessions, periodic tasks and caches."
 )]
 pub struct Cli {
+    // Values from the environment are never shown by --help: a URL may carry a password.
     /// The session database: postgres://user@host/db or sqlite://path.
-    #[arg(long, env = "LARDER_DATABASE_URL", global = true, value_name = "URL")]
+    #[arg(
+        long,
+        env = "LARDER_DATABASE_URL",
+        hide_env_values = true,
+        global = true,
+        value_name = "URL"
+    )]
     database_url: Option<String>,
     /// The cache backend, by any URL `larder::connect` knows (`larder cache stats` on an
     /// unknown scheme lists them).
-    #[arg(long, env = "LARDER_CACHE_URL", global = true, value_name = "URL")]
+    #[arg(
+        long,
+        env = "LARDER_CACHE_URL",
+        hide_env_values = true,
+        global = true,
+        value_name = "URL"
+    )]
     cache_url: Option<String>,
     /// Give up after this many seconds.
     #[arg(long, global = true, default_value_t = 30, value_name = "SECS")]
@@ -116,6 +129,7 @@ struct StatusArgs {
     #[arg(
         long,
         env = "LARDER_EXPIRY_INTERVAL_MS",
+        hide_env_values = true,
         value_name = "MS",
         hide = true
     )]

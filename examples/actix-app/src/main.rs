@@ -1,6 +1,5 @@
-//! `larder-actix-app`: the larder example actix-web app.
-//!
-//! Settings from the environment:
+//! `larder-actix-app`: the larder example actix-web app. `larder-actix-app --help` lists the
+//! settings, each a flag or an environment variable:
 //!
 //! * `DATABASE_URL`: `postgres://…` or `sqlite://path` (default `sqlite://larder-actix.db`);
 //! * `LISTEN`: the address to serve on (default `127.0.0.1:8080`);
@@ -13,13 +12,50 @@ use std::net::TcpListener;
 use std::process::ExitCode;
 
 use actix_web::cookie::Key;
+use clap::Parser;
 
-fn env_or(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.to_owned())
+/// An example actix-web app whose sessions live in larder (SQL behind a write-through
+/// cache).
+// Values from the environment are never shown by --help: a URL or a key may be a secret.
+#[derive(Debug, Parser)]
+#[command(name = "larder-actix-app", version, about)]
+struct Config {
+    /// The session database: `postgres://user@host/db` or `sqlite://path`.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        hide_env_values = true,
+        default_value = "sqlite://larder-actix.db",
+        value_name = "URL"
+    )]
+    database_url: String,
+    /// The address to serve on.
+    #[arg(
+        long,
+        env = "LISTEN",
+        hide_env_values = true,
+        default_value = "127.0.0.1:8080",
+        value_name = "ADDR"
+    )]
+    listen: String,
+    /// At least 64 bytes of secret, as hex, sealing the session cookie; the same for every
+    /// instance and restart. Without it a random key is drawn, and sessions end with the
+    /// process. Prefer the environment variable: flags show in process lists.
+    #[arg(long, env = "SESSION_KEY", hide_env_values = true, value_name = "HEX")]
+    session_key: Option<String>,
+    /// `0` for plain-HTTP development (the cookie is `Secure` otherwise).
+    #[arg(
+        long,
+        env = "COOKIE_SECURE",
+        hide_env_values = true,
+        default_value = "1",
+        value_name = "0|1"
+    )]
+    cookie_secure: String,
 }
 
-fn key_from_env() -> Result<Key, String> {
-    let Ok(hex) = std::env::var("SESSION_KEY") else {
+fn key_from_hex(hex: Option<&str>) -> Result<Key, String> {
+    let Some(hex) = hex else {
         tracing::warn!("SESSION_KEY is not set: a random key, sessions end with the process");
         return Ok(Key::generate());
     };
@@ -36,15 +72,21 @@ fn key_from_env() -> Result<Key, String> {
 }
 
 fn main() -> ExitCode {
+    // --help, --version and usage errors: clap prints them and exits before anything starts.
+    let config = Config::parse();
     tracing_subscriber::fmt()
         .with_max_level(tracing::Level::WARN)
         .with_writer(std::io::stderr)
         .init();
     let run = || -> Result<(), String> {
-        let url = env_or("DATABASE_URL", "sqlite://larder-actix.db");
-        let listen = env_or("LISTEN", "127.0.0.1:8080");
-        let secure = env_or("COOKIE_SECURE", "1") != "0";
-        let key = key_from_env()?;
+        let Config {
+            database_url: url,
+            listen,
+            session_key,
+            cookie_secure,
+        } = config;
+        let secure = cookie_secure != "0";
+        let key = key_from_hex(session_key.as_deref())?;
         let listener = TcpListener::bind(&listen).map_err(|e| format!("{listen}: {e}"))?;
         actix_web::rt::System::new().block_on(async move {
             let store = larder_actix_app::store(&url)

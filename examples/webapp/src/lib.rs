@@ -55,35 +55,61 @@ pub const LEADER_LEASE: &str = "leader";
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "larder-webapp", version, about)]
 pub struct Config {
+    // Values from the environment are never shown by --help: a URL may carry a password.
     /// Where the embedded defaults keep their files (SQLite database, sled cache).
-    #[arg(long, env = "LARDER_DATA_DIR", default_value = "./larder-data")]
+    #[arg(
+        long,
+        env = "LARDER_DATA_DIR",
+        hide_env_values = true,
+        default_value = "./larder-data"
+    )]
     pub data_dir: PathBuf,
     /// The session database: `sqlite://path` or `postgres://user@host/db` (a schema can be
     /// chosen with `?options=-csearch_path%3Dname`). Default: `sessions.db` in the data
     /// directory.
-    #[arg(long, env = "LARDER_DATABASE_URL")]
+    #[arg(long, env = "LARDER_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
     /// The session cache: `sled:///path`, `redis://host:port`, `memcache://host:port` or
     /// `memory://`. Default: a sled cache in the data directory.
-    #[arg(long, env = "LARDER_CACHE_URL")]
+    #[arg(long, env = "LARDER_CACHE_URL", hide_env_values = true)]
     pub cache_url: Option<String>,
     /// The port to listen on (127.0.0.1 unless `--bind` says otherwise).
-    #[arg(long, env = "LARDER_PORT", default_value_t = 3000)]
+    #[arg(
+        long,
+        env = "LARDER_PORT",
+        hide_env_values = true,
+        default_value_t = 3000
+    )]
     pub port: u16,
     /// The address to listen on.
-    #[arg(long, env = "LARDER_BIND", default_value = "127.0.0.1")]
+    #[arg(
+        long,
+        env = "LARDER_BIND",
+        hide_env_values = true,
+        default_value = "127.0.0.1"
+    )]
     pub bind: std::net::IpAddr,
     /// This instance's name, shown on the status page and in the leader lease. Default:
     /// `<host>:<port>`.
-    #[arg(long, env = "LARDER_INSTANCE")]
+    #[arg(long, env = "LARDER_INSTANCE", hide_env_values = true)]
     pub instance: Option<String>,
     /// Sessions expire this many seconds after they last changed (login, notes), give or
     /// take the quarter of it by which larder rate-limits moving the expiry; the app does
     /// not rewrite a session on requests that only read it.
-    #[arg(long, env = "LARDER_SESSION_TTL_SECS", default_value_t = 86_400)]
+    #[arg(
+        long,
+        env = "LARDER_SESSION_TTL_SECS",
+        hide_env_values = true,
+        default_value_t = 86_400
+    )]
     pub session_ttl_secs: u64,
     /// How often the session expiry task runs (once per period across all instances).
-    #[arg(long, env = "LARDER_EXPIRY_INTERVAL_MS", default_value_t = 60_000)]
+    #[arg(
+        long,
+        env = "LARDER_EXPIRY_INTERVAL_MS",
+        hide_env_values = true,
+        default_value_t = 60_000
+    )]
     pub expiry_interval_ms: u64,
     /// A key (at least 16 bytes) for tagging shared cache entries with an HMAC, the same on
     /// every instance. With a PostgreSQL database and no key given, the instances agree on
