@@ -14,10 +14,10 @@ fn public(kind: ErrorKind, retryable: bool) -> (StatusCode, &'static str) {
     // Every kind is named, so that a new one needs a decision here.
     match kind {
         ErrorKind::InvalidKey => (StatusCode::BAD_REQUEST, "invalid key"),
-        ErrorKind::InvalidId => (StatusCode::BAD_REQUEST, "invalid id"),
+        ErrorKind::InvalidInput => (StatusCode::BAD_REQUEST, "invalid input"),
         ErrorKind::ValueTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "value too large"),
         ErrorKind::Conflict => (StatusCode::CONFLICT, "conflict, try again"),
-        ErrorKind::Gone => (StatusCode::GONE, "gone"),
+        ErrorKind::NotFound => (StatusCode::NOT_FOUND, "not found"),
         ErrorKind::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "service unavailable"),
         ErrorKind::Timeout => (StatusCode::GATEWAY_TIMEOUT, "timed out"),
         ErrorKind::Backend if retryable => (StatusCode::SERVICE_UNAVAILABLE, "service unavailable"),
@@ -37,10 +37,10 @@ fn public(kind: ErrorKind, retryable: bool) -> (StatusCode, &'static str) {
 ///
 /// | kind | status |
 /// |---|---|
-/// | `InvalidKey`, `InvalidId` | 400 Bad Request |
+/// | `InvalidKey`, `InvalidInput` | 400 Bad Request |
 /// | `ValueTooLarge` | 413 Payload Too Large |
 /// | `Conflict` | 409 Conflict, with `Retry-After: 1` |
-/// | `Gone` | 410 Gone |
+/// | `NotFound` (a session deleted or expired, for example) | 404 Not Found |
 /// | `Unavailable`, and a `Backend` error marked retryable | 503 Service Unavailable, with `Retry-After: 1` |
 /// | `Timeout` | 504 Gateway Timeout, with `Retry-After: 1` |
 /// | anything else | 500 Internal Server Error |
@@ -88,8 +88,8 @@ mod tests {
         ErrorKind::Unsupported,
         ErrorKind::Config,
         ErrorKind::Loader,
-        ErrorKind::Gone,
-        ErrorKind::InvalidId,
+        ErrorKind::NotFound,
+        ErrorKind::InvalidInput,
         ErrorKind::Backend,
     ];
 
@@ -122,10 +122,10 @@ mod tests {
             let res = err.into_response();
             let status = res.status().as_u16();
             let expected = match kind {
-                ErrorKind::InvalidKey | ErrorKind::InvalidId => 400,
+                ErrorKind::InvalidKey | ErrorKind::InvalidInput => 400,
                 ErrorKind::ValueTooLarge => 413,
                 ErrorKind::Conflict => 409,
-                ErrorKind::Gone => 410,
+                ErrorKind::NotFound => 404,
                 ErrorKind::Unavailable => 503,
                 ErrorKind::Timeout => 504,
                 _ => 500,

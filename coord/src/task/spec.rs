@@ -53,11 +53,14 @@ pub enum RunMode {
 /// What a run gets.
 #[derive(Debug, Clone)]
 pub struct RunContext {
-    /// The task name.
+    /// The task name, as given to [`TaskSpec::new`].
     pub task: String,
-    /// The period being run.
+    /// The period being run: its start, in milliseconds since the Unix epoch (UTC), the same
+    /// for every process that sees this period (`chrono::DateTime::from_timestamp_millis`
+    /// turns it into a date).
     pub period: i64,
-    /// The fencing token of this run: pass it to fenced writes.
+    /// The fencing token of this run: pass it to fenced writes. It grows with every claim of
+    /// the task, so a later run always carries a larger one.
     pub token: u64,
     /// Cancelled when this process may lose the run, before anyone else can take it over:
     /// when no heartbeat of the run has succeeded for the lease's `renew_deadline` (from the
