@@ -21,9 +21,16 @@
 //! they arrive, before the reply that follows them). A missed `PONG` (the response timeout),
 //! a lost connection or a changed cluster topology takes the channel down; it reconnects with
 //! a capped back-off.
+//!
+//! # Connection generations
+//!
+//! Each subscription (one connection per master) reports through a sink of its own
+//! generation ([`InvalidationSink::next_generation`]): the `Disconnection` an old connection
+//! pushes when it closes may arrive after its successor is up, and then changes nothing; a
+//! `Disconnection` of the current connections still takes the channel down.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use larder_cache_api::layer::{resubscribe, InvalidationChannel, InvalidationSink, Subscription};
@@ -41,6 +48,40 @@ use crate::sentinel::SentinelConn;
 pub struct RedisTracking {
     config: RedisConfig,
     prefixes: Vec<String>,
+    recent: RecentPushes,
+}
+
+/// The push handlers of the last few connection generations, for the test seam
+/// [`RedisTracking::push_disconnection`].
+#[derive(Clone, Default)]
+struct RecentPushes(Arc<Mutex<Vec<(u64, PushHandler)>>>);
+
+type PushHandler = Arc<dyn Fn(PushInfo) + Send + Sync>;
+
+/// Generations whose push handler stays reachable through the test seam.
+const RECENT_GENERATIONS: usize = 4;
+
+impl RecentPushes {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(u64, PushHandler)>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn record(&self, generation: u64, handler: PushHandler) {
+        let mut v = self.lock();
+        v.push((generation, handler));
+        while v.len() > RECENT_GENERATIONS {
+            v.remove(0);
+        }
+    }
+}
+
+impl std::fmt::Debug for RecentPushes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let generations: Vec<u64> = self.lock().iter().map(|(g, _)| *g).collect();
+        f.debug_tuple("RecentPushes").field(&generations).finish()
+    }
 }
 
 impl RedisTracking {
@@ -50,7 +91,36 @@ impl RedisTracking {
         RedisTracking {
             config,
             prefixes: Vec::new(),
+            recent: RecentPushes::default(),
         }
+    }
+
+    /// The newest connection generation of this channel's subscription (0 before the first
+    /// connection). Test seam.
+    #[doc(hidden)]
+    pub fn generation(&self) -> u64 {
+        self.recent.lock().last().map_or(0, |(g, _)| *g)
+    }
+
+    /// Hands the push handler of the connections of `generation` (one of the last few) a
+    /// `Disconnection`, as redis-rs does when such a connection closes; `false` if that
+    /// generation is not known. Test seam: lets a test deliver a late `Disconnection`.
+    #[doc(hidden)]
+    pub fn push_disconnection(&self, generation: u64) -> bool {
+        let handlers: Vec<PushHandler> = self
+            .recent
+            .lock()
+            .iter()
+            .filter(|(g, _)| *g == generation)
+            .map(|(_, h)| Arc::clone(h))
+            .collect();
+        for h in &handlers {
+            h(PushInfo {
+                kind: PushKind::Disconnection,
+                data: Vec::new(),
+            });
+        }
+        !handlers.is_empty()
     }
 
     /// Only report keys starting with one of `prefixes` (`BCAST PREFIX ...`): less traffic
@@ -116,12 +186,18 @@ async fn connect(
     let info = info.set_redis_settings(settings);
     let client = node::client(config, info)?;
     let lost = Arc::new(AtomicBool::new(false));
+    // `sink` is this connection generation's: a late push of this connection changes
+    // nothing once a newer generation is up.
     let (push_sink, push_lost) = (sink.clone(), lost.clone());
+    let handler: PushHandler = Arc::new(move |p: PushInfo| on_push(&push_sink, &push_lost, p));
+    tracking
+        .recent
+        .record(sink.generation(), Arc::clone(&handler));
     let cfg = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(config.connect_timeout))
         .set_response_timeout(Some(config.response_timeout))
         .set_push_sender(move |p: PushInfo| {
-            on_push(&push_sink, &push_lost, p);
+            handler(p);
             Ok::<(), std::convert::Infallible>(())
         });
     let deadline = config.connect_timeout + config.response_timeout;
@@ -262,6 +338,7 @@ async fn slots_masters(
 /// Tracks every master until something fails; `Ok` when the near cache is gone.
 async fn session(tracking: &RedisTracking, sink: &InvalidationSink) -> Result<()> {
     let (nodes, sentinel) = masters(tracking).await?;
+    let sink = &sink.next_generation();
     let mut conns = Vec::with_capacity(nodes.len());
     for (host, port) in &nodes {
         conns.push(connect(tracking, host, *port, sink).await?);

@@ -15,28 +15,41 @@
 //! declared up, and it stays for every later listener (the connecting role needs the right
 //! to create triggers on `larder_kv`; without it the channel stays down and the near cache
 //! bypasses its local tier). Creating a trigger waits for every write in progress on the
-//! table, so each write either committed before the channel came up or notifies.
+//! table, so each write either committed before the channel came up or notifies. Once a
+//! channel has been up it never installs the trigger again: a trigger dropped later (a
+//! migration, a restore) may have been dropped on purpose, so it is reported instead.
 //!
-//! # Sync points
+//! # Sync points go the way writes go
 //!
 //! Notifications reach listeners in commit order, from one queue. Every quarter of the near
-//! cache's staleness bound, `PgNotify` sends a notification of its own (a *ping*, whose
-//! payload starts with a space, which no key can) from the pool, noting when it was sent.
-//! When the listener receives it, every notification of a transaction that committed before
-//! that instant has been received and handled, so the near cache may trust its entries up to
-//! it. A ping not received within the timeout (default 1 s), a lost listening connection or a
-//! failed ping takes the channel down; it reconnects with a capped back-off.
+//! cache's staleness bound, `PgNotify` *writes* a reserved row of `larder_kv` (an upsert from
+//! the pool; its key starts with a space, which no [`Key`](larder_cache_api::Key) can, so no
+//! reader ever sees it), noting when it was sent. The trigger's notification of that row is
+//! the confirmation: when the listener receives it, every notification of a transaction that
+//! committed before that instant has been received and handled, so the near cache may trust
+//! its entries up to it. The channel is declared up at the first confirmation. Because the
+//! confirmation travels through the trigger, a trigger that is dropped or disabled (`ALTER
+//! TABLE … DISABLE TRIGGER`) stops the confirmations as it stops the invalidations: within
+//! the ping timeout (default 1 s) the channel goes down, the near cache flushes and bypasses
+//! its local tier (and never serves past the staleness bound meanwhile), and its stats say
+//! why ([`ChannelFault::TriggerMissing`], [`ChannelFault::TriggerDisabled`]). A lost
+//! listening connection or a failed sync also takes the channel down; it reconnects with a
+//! capped back-off. The cost is one single-row upsert per sync interval per near cache (80
+//! a second at the default 50 ms bound); each session's row is deleted by the next session
+//! and expires 10 minutes after its last sync, for `purge_expired` to remove.
 //!
 //! Expired rows are not deleted at expiry, so they send nothing: a local copy of an entry
 //! written by another process with a TTL may outlive the expiry by up to the near cache's
 //! `max_age`.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use larder_cache_api::layer::{resubscribe, InvalidationChannel, InvalidationSink, Subscription};
+use larder_cache_api::layer::{
+    resubscribe, ChannelFault, InvalidationChannel, InvalidationSink, Subscription,
+};
 use larder_cache_api::{Error, ErrorKind, Result};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 
@@ -91,14 +104,28 @@ impl InvalidationChannel for PgNotify {
 }
 
 async fn run(notify: PgNotify, sink: InvalidationSink) {
-    // Pings of this channel carry this id; other processes' pings are ignored.
+    // This channel's sync rows carry this id; other processes' are ignored.
     let id = {
         use std::hash::{BuildHasher, Hasher};
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();
         h.write_u32(std::process::id());
         h.finish()
     };
-    resubscribe(&sink, "PostgreSQL LISTEN", || session(&notify, &sink, id)).await;
+    let state = Runs::default();
+    resubscribe(&sink, "PostgreSQL LISTEN", || {
+        session(&notify, &sink, id, &state)
+    })
+    .await;
+}
+
+/// What one listening session leaves to the next.
+#[derive(Default)]
+struct Runs {
+    /// A session of this channel has come up: the trigger was there then, so from now on
+    /// a missing one was removed on purpose and is reported, never installed again.
+    ever_up: AtomicBool,
+    /// The sync row of the previous session, deleted by the next one.
+    last_key: std::sync::Mutex<Option<String>>,
 }
 
 /// The queue of pings in flight (a poisoned lock only means a panic elsewhere; go on).
@@ -134,9 +161,32 @@ const INSTALL_TRIGGER: &str = "DO $$ BEGIN
 EXCEPTION WHEN duplicate_object THEN NULL;
 END $$";
 
+/// The sync: an upsert of this session's reserved row, whose trigger notification is the
+/// confirmation. Its expiry (10 minutes ahead, moved on by every sync) lets
+/// `purge_expired` remove the row of a process that is gone.
+const SYNC: &str = "INSERT INTO larder_kv (key, value, version, expires_at) \
+     VALUES ($1, ''::bytea, 0, CEIL(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT + 600000) \
+     ON CONFLICT (key) DO UPDATE SET expires_at = EXCLUDED.expires_at";
+
+/// Why a sync did not come back: the trigger is gone or disabled, or something else.
+async fn diagnose(pool: &PgPool, timeout: Duration) -> ChannelFault {
+    let q = sqlx::query_scalar::<_, String>(
+        "SELECT tgenabled::text FROM pg_trigger \
+         WHERE tgrelid = 'larder_kv'::regclass AND tgname = 'larder_kv_notify'",
+    )
+    .fetch_optional(pool);
+    match tokio::time::timeout(timeout, q).await {
+        Ok(Ok(None)) => ChannelFault::TriggerMissing,
+        // 'O' fires in ordinary sessions, 'A' always; 'D' never, 'R' only on replicas.
+        Ok(Ok(Some(s))) if s != "O" && s != "A" => ChannelFault::TriggerDisabled,
+        _ => ChannelFault::Unconfirmed,
+    }
+}
+
 /// One listening connection, until it fails; `Ok` when the near cache is gone.
-async fn session(notify: &PgNotify, sink: &InvalidationSink, id: u64) -> Result<()> {
+async fn session(notify: &PgNotify, sink: &InvalidationSink, id: u64, runs: &Runs) -> Result<()> {
     let deadline = notify.ping_timeout * 5;
+    let sink = &sink.next_generation();
     // A connection of its own, not one of the application's pool.
     let options = match &notify.listen {
         Some(o) => o.clone(),
@@ -156,39 +206,47 @@ async fn session(notify: &PgNotify, sink: &InvalidationSink, id: u64) -> Result<
     .await
     .map_err(|_| down("LISTEN timed out"))?
     .map_err(|e| err("LISTEN", e))?;
-    tokio::time::timeout(deadline, install_trigger(&notify.pool))
-        .await
-        .map_err(|_| down("installing the larder_kv_notify trigger timed out"))??;
-    sink.up();
+    if !runs.ever_up.load(Ordering::Acquire) {
+        tokio::time::timeout(deadline, install_trigger(&notify.pool))
+            .await
+            .map_err(|_| down("installing the larder_kv_notify trigger timed out"))??;
+    }
+    // A key no `Key` can be (it starts with a space), fresh per session so that a sync of
+    // an earlier session committed late is never taken for one of this session.
+    let key = format!(" larder-near-sync {id:016x} {}", sink.generation());
+    let previous = lock(&runs.last_key).replace(key.clone());
+    if let Some(previous) = previous {
+        // Best effort: a row left behind expires and is purged.
+        let q = sqlx::query("DELETE FROM larder_kv WHERE key = $1")
+            .bind(previous)
+            .execute(&notify.pool);
+        let _ = tokio::time::timeout(notify.ping_timeout, q).await;
+    }
 
-    let pending: Arc<std::sync::Mutex<VecDeque<(u64, Instant)>>> = Arc::default();
-    let last_seq = Arc::new(AtomicU64::new(0));
-    let prefix = format!(" ping {id:016x} ");
+    let pending: Arc<std::sync::Mutex<VecDeque<Instant>>> = Arc::default();
 
     let reader = async {
+        let mut up = false;
         loop {
             match listener.try_recv().await {
                 Ok(Some(n)) => {
                     let payload = n.payload();
-                    if let Some(seq) = payload.strip_prefix(&prefix) {
-                        let Ok(seq) = seq.parse::<u64>() else {
-                            continue;
-                        };
-                        let mut p = lock(&pending);
-                        let mut sent = None;
-                        while let Some(&(s, at)) = p.front() {
-                            if s > seq {
-                                break;
-                            }
-                            sent = Some(at);
-                            p.pop_front();
-                        }
-                        drop(p);
+                    if payload == key {
+                        // Syncs commit one after another, each notifying once, so this
+                        // confirms the oldest in flight (an earlier one if a notification
+                        // was lost: an older sync point, never a newer one).
+                        let sent = lock(&pending).pop_front();
                         if let Some(at) = sent {
+                            if !up {
+                                // The trigger carried a write to us: the channel is up.
+                                up = true;
+                                runs.ever_up.store(true, Ordering::Release);
+                                sink.up();
+                            }
                             sink.synced(at);
                         }
                     } else if payload.starts_with(' ') {
-                        // Another process's ping.
+                        // Another session's or process's sync row.
                     } else {
                         sink.invalidate(payload.as_bytes());
                     }
@@ -207,21 +265,23 @@ async fn session(notify: &PgNotify, sink: &InvalidationSink, id: u64) -> Result<
             if sink.is_closed() {
                 return Ok(());
             }
-            let oldest = lock(&pending).front().map(|&(_, at)| at);
+            let oldest = lock(&pending).front().copied();
             if oldest.is_some_and(|at| at.elapsed() > notify.ping_timeout) {
-                return Err(down("a ping did not come back in time"));
+                let fault = diagnose(&notify.pool, notify.ping_timeout).await;
+                tracing::warn!(
+                    %fault,
+                    "PostgreSQL LISTEN: a sync written to larder_kv was not notified in time"
+                );
+                sink.down_because(fault);
+                return Err(down("a sync did not come back in time"));
             }
-            let seq = last_seq.fetch_add(1, Ordering::Relaxed) + 1;
             let sent = Instant::now();
-            lock(&pending).push_back((seq, sent));
-            let q = sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(NOTIFY_CHANNEL)
-                .bind(format!("{prefix}{seq}"))
-                .execute(&notify.pool);
+            lock(&pending).push_back(sent);
+            let q = sqlx::query(SYNC).bind(key.as_str()).execute(&notify.pool);
             tokio::time::timeout(notify.ping_timeout, q)
                 .await
-                .map_err(|_| down("ping timed out"))?
-                .map_err(|e| err("NOTIFY", e))?;
+                .map_err(|_| down("sync timed out"))?
+                .map_err(|e| err("sync", e))?;
         }
     };
 

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use larder_cache_api::layer::InvalidationTarget;
+use larder_cache_api::layer::{ChannelFault, InvalidationTarget};
 use larder_cache_api::{Entry, Key};
 use parking_lot::Mutex;
 
@@ -117,22 +117,36 @@ impl InvalidationTarget for Coherence {
         // Entries read before the channel (re)subscribed may have missed an invalidation.
         self.tags.new_epoch();
         self.health.set_up();
+        self.stats.channel_up();
     }
 
     fn down(&self) {
-        let was_up = self.health.set_down();
-        self.tags.new_epoch();
-        self.cache.clear();
-        if was_up {
-            self.stats.flushes.add();
-            tracing::warn!(
-                "near cache: invalidation channel down; local tier flushed and bypassed"
-            );
-        }
+        self.go_down(None);
+    }
+
+    fn down_because(&self, fault: ChannelFault) {
+        self.go_down(Some(fault));
     }
 
     fn synced(&self, sent_at: Instant) {
         self.health.synced(self.clock.at(sent_at));
+    }
+}
+
+impl Coherence {
+    /// Flushes and bypasses the local tier; `fault` (if known) is what the stats show.
+    fn go_down(&self, fault: Option<ChannelFault>) {
+        let was_up = self.health.set_down();
+        self.tags.new_epoch();
+        self.cache.clear();
+        let fault = self.stats.channel_down(fault, was_up);
+        if was_up {
+            self.stats.flushes.add();
+            tracing::warn!(
+                %fault,
+                "near cache: invalidation channel down; local tier flushed and bypassed"
+            );
+        }
     }
 }
 

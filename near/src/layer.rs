@@ -164,6 +164,9 @@ impl CacheBackend for Near {
         let s = &self.coherence.stats;
         d.push(("near channel", self.channel_name.clone()));
         d.push(("near state", format!("{:?}", self.coherence.state())));
+        if let Some(fault) = s.channel_fault() {
+            d.push(("near channel fault", fault.to_string()));
+        }
         d.push(("near capacity", self.coherence.cache.capacity().to_string()));
         d.push(("near max age", format!("{:?}", self.max_age)));
         d.push((

@@ -10,6 +10,10 @@
 //! the second test of each backend cuts the channel for 5 s mid-run: B must flush and bypass
 //! its local tier (and say so in its stats) and still never be stale beyond the bound.
 //!
+//! On PostgreSQL the `larder_kv_notify` trigger is dropped, or disabled, while a writer and
+//! a reader run: the syncs go through the trigger, so the reader's channel goes down and says
+//! why, and no read is stale beyond the bound.
+//!
 //! Then the refusals: a backend without a channel and no accepted staleness, a capacity of 0,
 //! and a channel together with an accepted staleness are configuration errors.
 #![allow(clippy::unwrap_used)]
@@ -466,4 +470,123 @@ async fn postgres_trigger_is_installed_by_the_first_listener_only() {
     })
     .await;
     assert!(b.stats().invalidations() >= 1, "B saw no invalidation");
+}
+
+/// Two near caches on one schema: A writes a counter, B reads it in a loop; 1.5 s in,
+/// `sql` (run on the schema) takes the trigger away. 0 reads of B may return a value older
+/// than the bound after a write was acknowledged, and B's stats must name `fault`.
+async fn trigger_taken_away(sql: &str, fault: larder::layer::ChannelFault) {
+    use bytes::Bytes;
+    use larder::layer::ChannelState;
+    use larder::{Key, PutMode};
+    use std::time::Instant;
+
+    let (kv_a, schema) = db::pg_kv().await;
+    let kv_b = larder_backend_sql::PgKv::from_pool(db::pg_pool_in(&schema).await);
+    let (notify_a, notify_b) = (kv_a.notify(), kv_b.notify());
+    let a = Arc::new(
+        Near::builder(Arc::new(kv_a))
+            .channel(notify_a)
+            .build()
+            .unwrap(),
+    );
+    let b = Arc::new(
+        Near::builder(Arc::new(kv_b))
+            .channel(notify_b)
+            .build()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while a.channel_state() != ChannelState::Up || b.channel_state() != ChannelState::Up {
+        assert!(Instant::now() < deadline, "a channel never came up");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let k = Key::new("trigger-taken-away").unwrap();
+    let put = {
+        let (a, k) = (a.clone(), k.clone());
+        move |n: u64| {
+            let (a, k) = (a.clone(), k.clone());
+            async move {
+                let v = Bytes::copy_from_slice(&n.to_le_bytes());
+                a.put(&k, v, None, PutMode::Overwrite).await.unwrap();
+            }
+        }
+    };
+    put(0).await;
+    let start = Instant::now();
+    let run_for = Duration::from_millis(4500);
+    // A: counter n+1 after n, and when each write returned.
+    let writer = tokio::spawn(async move {
+        let mut acked = Vec::new();
+        while start.elapsed() < run_for {
+            put(acked.len() as u64 + 1).await;
+            acked.push(Instant::now());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        acked
+    });
+    // B: when each read started, and the counter it returned.
+    let reader = tokio::spawn({
+        let (b, k) = (b.clone(), k.clone());
+        async move {
+            let mut reads = Vec::new();
+            while start.elapsed() < run_for {
+                let t = Instant::now();
+                let v = b.get(&k).await.unwrap().unwrap().value;
+                reads.push((t, u64::from_le_bytes(v[..8].try_into().unwrap())));
+                tokio::time::sleep(Duration::from_micros(500)).await;
+            }
+            reads
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let hits_before = b.stats().local_hits();
+    let admin = db::pg_pool_in(&schema).await;
+    sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let acked = writer.await.unwrap();
+    let reads = reader.await.unwrap();
+
+    let stale = reads
+        .iter()
+        .filter(|&&(t, c)| {
+            let must = acked.iter().take_while(|&&w| w + BOUND <= t).count() as u64;
+            c < must
+        })
+        .count();
+    let stats = b.stats();
+    eprintln!(
+        "{sql}: {} writes, {} reads, {stale} stale beyond {BOUND:?}, {stats:?}, fault {:?}",
+        acked.len(),
+        reads.len(),
+        stats.channel_fault()
+    );
+    assert!(
+        hits_before > 0,
+        "B's local tier was never used before: {stats:?}"
+    );
+    assert_eq!(stale, 0, "reads stale beyond {BOUND:?} after `{sql}`");
+    assert_eq!(b.channel_state(), ChannelState::Down, "B still reports up");
+    assert_eq!(stats.channel_fault(), Some(fault));
+    assert_eq!(a.stats().channel_fault(), Some(fault));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_dropped_trigger_is_seen_and_never_stale_beyond_bound() {
+    trigger_taken_away(
+        "DROP TRIGGER larder_kv_notify ON larder_kv",
+        larder::layer::ChannelFault::TriggerMissing,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_disabled_trigger_is_seen_and_never_stale_beyond_bound() {
+    trigger_taken_away(
+        "ALTER TABLE larder_kv DISABLE TRIGGER larder_kv_notify",
+        larder::layer::ChannelFault::TriggerDisabled,
+    )
+    .await;
 }

@@ -1,8 +1,9 @@
 //! The near cache over Redis beyond the conformance suite: sessions written through
 //! (`CachedStore`) over `Near(Redis)` on two instances, where a logout on one is seen by the
 //! other once the staleness bound has passed; on a Redis Cluster, invalidations arrive
-//! from every master; tracking works over TLS; and tracking limited to key prefixes keeps
-//! only the keys it covers.
+//! from every master; tracking works over TLS; tracking limited to key prefixes keeps
+//! only the keys it covers; and a late `Disconnection` of an old tracking connection leaves
+//! the channel of its successor up.
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
@@ -232,4 +233,122 @@ async fn tracking_over_tls() {
         "invalidations: {}",
         stats.invalidations()
     );
+}
+
+/// One command on a fresh connection to `addr`, as an inline command; the reply's payload
+/// (a bulk string's bytes, or the line of any other reply).
+async fn raw_command(addr: &str, cmd: &str) -> String {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let mut c = BufReader::new(tokio::net::TcpStream::connect(addr).await.unwrap());
+    c.get_mut()
+        .write_all(format!("{cmd}\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut line = String::new();
+    c.read_line(&mut line).await.unwrap();
+    let Some(len) = line.strip_prefix('$') else {
+        return line.trim_end().to_string();
+    };
+    let mut body = vec![0; len.trim_end().parse::<usize>().unwrap() + 2];
+    c.read_exact(&mut body).await.unwrap();
+    body.truncate(body.len() - 2);
+    String::from_utf8(body).unwrap()
+}
+
+/// Reads `key` through `near` until one read is answered from process memory.
+async fn until_local_hit(near: &Near, stats: &NearStats, key: &Key) {
+    let before = stats.local_hits();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while stats.local_hits() == before {
+        assert!(Instant::now() < deadline, "no local hit: {stats:?}");
+        assert_eq!(near.get(key).await.unwrap().unwrap().value, &b"v"[..]);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// The tracking connection of generation N is killed and N+1 comes up; then the
+/// `Disconnection` of N arrives late (delivered through the connection's own push handler by
+/// a test seam, as redis-rs does when such a connection closes): the tier stays up and local
+/// hits go on. A `Disconnection` of the current generation still takes it down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_disconnection_of_an_old_connection_leaves_the_channel_up() {
+    let server = ServerProcess::redis();
+    let addr = server.addr();
+    let redis = RedisBackend::connect(&format!("redis://{addr}"))
+        .await
+        .unwrap();
+    let tracking = redis.tracking();
+    let near = Near::builder(Arc::new(redis))
+        .channel(tracking.clone())
+        .build()
+        .unwrap();
+    let stats = near.stats();
+    let wait_up = |generation: u64| {
+        let (near, tracking) = (&near, &tracking);
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while near.channel_state() != ChannelState::Up || tracking.generation() < generation {
+                assert!(Instant::now() < deadline, "tracking never came up");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    wait_up(1).await;
+    let old = tracking.generation();
+    let k = Key::new("generations").unwrap();
+    near.put(&k, Bytes::from_static(b"v"), None, PutMode::Overwrite)
+        .await
+        .unwrap();
+    until_local_hit(&near, &stats, &k).await;
+
+    // Kill generation N's connection (the one client with tracking on) on the server.
+    let list = raw_command(&addr, "CLIENT LIST").await;
+    let tracked: Vec<&str> = list
+        .lines()
+        .filter(|l| {
+            l.split(' ')
+                .any(|f| f.strip_prefix("flags=").is_some_and(|f| f.contains('t')))
+        })
+        .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+        .collect();
+    assert_eq!(tracked.len(), 1, "tracking clients: {list}");
+    let killed = raw_command(&addr, &format!("CLIENT KILL ID {}", tracked[0])).await;
+    assert_eq!(killed, ":1");
+    wait_up(old + 1).await;
+    let current = tracking.generation();
+    until_local_hit(&near, &stats, &k).await;
+
+    // The late Disconnection of generation N: nothing changes.
+    let flushes = stats.flushes();
+    assert!(tracking.push_disconnection(old), "generation {old} unknown");
+    assert_eq!(near.channel_state(), ChannelState::Up);
+    assert_eq!(
+        stats.flushes(),
+        flushes,
+        "the old generation flushed the tier"
+    );
+    for _ in 0..3 {
+        until_local_hit(&near, &stats, &k).await;
+    }
+    assert_eq!(stats.channel_fault(), None);
+
+    // A Disconnection of the current generation still takes the channel down.
+    let bypassed = stats.bypassed();
+    assert!(tracking.push_disconnection(current));
+    assert_eq!(near.channel_state(), ChannelState::Down);
+    assert_eq!(
+        stats.flushes(),
+        flushes + 1,
+        "the current generation did not flush"
+    );
+    assert_eq!(near.get(&k).await.unwrap().unwrap().value, &b"v"[..]);
+    assert!(
+        stats.bypassed() > bypassed,
+        "a read used the tier while down"
+    );
+    assert_eq!(
+        stats.channel_fault(),
+        Some(larder::layer::ChannelFault::Lost)
+    );
+    drop(server);
 }

@@ -7,8 +7,11 @@
 
 use std::any::Any;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 use crate::Result;
 
@@ -28,7 +31,13 @@ use crate::Result;
 ///    channel, behind the invalidations that preceded it), at least every
 ///    [`sync_interval`](InvalidationSink::sync_interval);
 /// 4. [`down`](InvalidationSink::down) as soon as it may have missed something (connection
-///    lost, a ping not answered in time), then `up` again after subscribing anew.
+///    lost, a ping not answered in time), then `up` again after subscribing anew;
+///    [`down_because`](InvalidationSink::down_because) when it can say why.
+///
+/// A channel that opens a new connection for each subscription reports through
+/// [`next_generation`](InvalidationSink::next_generation): a report that arrives late from
+/// an older connection (its `Disconnection`, say) then never changes the state of the
+/// current one.
 ///
 /// The near cache serves local entries only while the channel is up and synced within its
 /// staleness bound, so a channel that stops reporting can never make it serve stale data
@@ -140,6 +149,44 @@ pub trait InvalidationTarget: Send + Sync {
     fn down(&self);
     /// Every change completed before `sent_at` has been reported.
     fn synced(&self, sent_at: Instant);
+    /// The channel may have missed something, and says why (by default the same as
+    /// [`down`](Self::down)).
+    fn down_because(&self, fault: ChannelFault) {
+        let _ = fault;
+        self.down();
+    }
+}
+
+/// Why an invalidation channel went down, as far as it can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ChannelFault {
+    /// The connection was lost or did not answer in time.
+    Lost,
+    /// A sync sent the way writes go did not come back in time: changes may go unreported.
+    Unconfirmed,
+    /// PostgreSQL: the `larder_kv_notify` trigger is missing, so writes notify nobody.
+    TriggerMissing,
+    /// PostgreSQL: the `larder_kv_notify` trigger is disabled, so writes notify nobody.
+    TriggerDisabled,
+}
+
+impl ChannelFault {
+    /// A short name for metrics labels and logs (`"trigger_missing"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChannelFault::Lost => "lost",
+            ChannelFault::Unconfirmed => "unconfirmed",
+            ChannelFault::TriggerMissing => "trigger_missing",
+            ChannelFault::TriggerDisabled => "trigger_disabled",
+        }
+    }
+}
+
+impl fmt::Display for ChannelFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Where an [`InvalidationChannel`] reports; see there for the order of calls. Cheap to
@@ -149,12 +196,26 @@ pub trait InvalidationTarget: Send + Sync {
 pub struct InvalidationSink {
     target: Weak<dyn InvalidationTarget>,
     sync_interval: Duration,
+    /// The connection generation this sink reports for (0: none; its reports always count).
+    generation: u64,
+    generations: Arc<Generations>,
+}
+
+/// Shared by every clone of a sink: which connection generation is current.
+#[derive(Default)]
+struct Generations {
+    /// The last generation handed out.
+    issued: AtomicU64,
+    /// The newest generation that came up; held while a gated report is delivered, so that
+    /// a check and its report are never split by a newer generation's `up`.
+    current: Mutex<u64>,
 }
 
 impl fmt::Debug for InvalidationSink {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("InvalidationSink")
             .field("sync_interval", &self.sync_interval)
+            .field("generation", &self.generation)
             .field("closed", &self.is_closed())
             .finish()
     }
@@ -168,13 +229,48 @@ impl InvalidationSink {
         InvalidationSink {
             target,
             sync_interval,
+            generation: 0,
+            generations: Arc::default(),
         }
+    }
+
+    /// A sink for a new connection of the channel (generation 1, 2, ...): once it has
+    /// reported [`up`](Self::up), the `up`, `down` and `synced` reports of the sinks of older
+    /// generations change nothing (their invalidations still count: dropping an entry is
+    /// always safe). Reports of the sink this was made from (generation 0) always count.
+    pub fn next_generation(&self) -> InvalidationSink {
+        let generation = self.generations.issued.fetch_add(1, Ordering::Relaxed) + 1;
+        InvalidationSink {
+            generation,
+            ..self.clone()
+        }
+    }
+
+    /// The connection generation this sink reports for (0: the sink the near cache made).
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     fn with(&self, f: impl FnOnce(&Arc<dyn InvalidationTarget>)) {
         if let Some(c) = self.target.upgrade() {
             f(&c);
         }
+    }
+
+    /// Delivers a state report unless a newer generation has come up since this one; `up`
+    /// makes this generation the current one.
+    fn gated(&self, up: bool, f: impl FnOnce(&Arc<dyn InvalidationTarget>)) {
+        if self.generation == 0 {
+            return self.with(f);
+        }
+        let mut current = self.generations.current.lock();
+        if self.generation < *current {
+            return;
+        }
+        if up {
+            *current = self.generation;
+        }
+        self.with(f);
     }
 
     /// The key stored as `key` (the backend's own bytes for it) changed.
@@ -190,18 +286,23 @@ impl InvalidationSink {
 
     /// Subscribed: every change from now on will be reported.
     pub fn up(&self) {
-        self.with(|c| c.up());
+        self.gated(true, |c| c.up());
     }
 
     /// Something may have been missed: the local tier is flushed and bypassed until
     /// [`up`](Self::up) and a fresh [`synced`](Self::synced).
     pub fn down(&self) {
-        self.with(|c| c.down());
+        self.gated(false, |c| c.down());
+    }
+
+    /// As [`down`](Self::down), saying why (shown in the near cache's stats and metrics).
+    pub fn down_because(&self, fault: ChannelFault) {
+        self.gated(false, |c| c.down_because(fault));
     }
 
     /// Every change completed before `sent_at` has been reported.
     pub fn synced(&self, sent_at: Instant) {
-        self.with(|c| c.synced(sent_at));
+        self.gated(false, |c| c.synced(sent_at));
     }
 
     /// How often the channel should call [`synced`](Self::synced): a quarter of the near
@@ -213,5 +314,57 @@ impl InvalidationSink {
     /// The near cache is gone: the channel should stop.
     pub fn is_closed(&self) -> bool {
         self.target.strong_count() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records the state reports it receives.
+    #[derive(Default)]
+    struct Log(Mutex<Vec<&'static str>>);
+
+    impl InvalidationTarget for Log {
+        fn invalidate(&self, _: &[u8]) {
+            self.0.lock().push("invalidate");
+        }
+        fn invalidate_all(&self) {
+            self.0.lock().push("invalidate_all");
+        }
+        fn up(&self) {
+            self.0.lock().push("up");
+        }
+        fn down(&self) {
+            self.0.lock().push("down");
+        }
+        fn synced(&self, _: Instant) {
+            self.0.lock().push("synced");
+        }
+    }
+
+    #[test]
+    fn an_older_generation_never_changes_the_state_of_a_newer_one() {
+        let log = Arc::new(Log::default());
+        let target: Weak<dyn InvalidationTarget> = Arc::downgrade(&log) as Weak<Log>;
+        let sink = InvalidationSink::new(target, Duration::from_millis(10));
+        let (old, new) = (sink.next_generation(), sink.next_generation());
+        assert_eq!((old.generation(), new.generation()), (1, 2));
+        old.up();
+        old.synced(Instant::now());
+        new.up();
+        // Late reports of the old connection: only its invalidation counts.
+        old.down();
+        old.down_because(ChannelFault::Lost);
+        old.synced(Instant::now());
+        old.up();
+        old.invalidate(b"k");
+        new.synced(Instant::now());
+        new.down_because(ChannelFault::Lost);
+        sink.down();
+        assert_eq!(
+            *log.0.lock(),
+            ["up", "synced", "up", "invalidate", "synced", "down", "down"]
+        );
     }
 }

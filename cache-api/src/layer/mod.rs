@@ -19,7 +19,8 @@ mod timeout;
 
 pub use instrument::{CacheStats, Instrumented, StatsSnapshot};
 pub use invalidation::{
-    resubscribe, InvalidationChannel, InvalidationSink, InvalidationTarget, Subscription,
+    resubscribe, ChannelFault, InvalidationChannel, InvalidationSink, InvalidationTarget,
+    Subscription,
 };
 pub use namespace::Namespace;
 pub use restrict::Restrict;

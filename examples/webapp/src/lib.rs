@@ -778,6 +778,8 @@ async fn status_value(s: &Shared) -> Value {
                     ChannelState::Down => "down",
                     _ => "accepted staleness",
                 },
+                // Why the channel is down, as far as it said (`trigger_missing`, ...).
+                "channel_fault": ns.channel_fault().map(|f| f.as_str()),
                 "local_hits": ns.local_hits(),
                 "shared_hits": ns.shared_hits(),
                 "misses": ns.misses(),

@@ -179,3 +179,22 @@ fn without_a_channel_the_tier_is_always_usable() {
     read(&c, &k, 1);
     assert!(c.local(&k, c.now()).is_some());
 }
+
+#[test]
+fn the_stats_say_why_the_channel_is_down_until_it_is_up_again() {
+    let c = with_channel();
+    assert_eq!(c.stats.channel_fault(), None);
+    c.down_because(ChannelFault::TriggerMissing);
+    assert_eq!(c.state(), ChannelState::Down);
+    assert_eq!(c.stats.flushes(), 1);
+    // The resubscribing loop's plain `down` keeps the reason given.
+    c.down();
+    assert_eq!(c.stats.channel_fault(), Some(ChannelFault::TriggerMissing));
+    c.down_because(ChannelFault::TriggerDisabled);
+    assert_eq!(c.stats.channel_fault(), Some(ChannelFault::TriggerDisabled));
+    c.up();
+    assert_eq!(c.stats.channel_fault(), None);
+    c.down();
+    assert_eq!(c.stats.channel_fault(), Some(ChannelFault::Lost));
+    assert_eq!(c.stats.flushes(), 2);
+}
