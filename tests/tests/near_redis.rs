@@ -258,12 +258,12 @@ async fn raw_command(addr: &str, cmd: &str) -> String {
 /// Reads `key` through `near` until one read is answered from process memory.
 async fn until_local_hit(near: &Near, stats: &NearStats, key: &Key) {
     let before = stats.local_hits();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while stats.local_hits() == before {
-        assert!(Instant::now() < deadline, "no local hit: {stats:?}");
+    let pace = Patience::new(Duration::from_secs(5)).every(Duration::from_millis(2));
+    eventually(pace, format!("a local hit ({stats:?})"), async || {
         assert_eq!(near.get(key).await.unwrap().unwrap().value, &b"v"[..]);
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+        stats.local_hits() != before
+    })
+    .await;
 }
 
 /// The tracking connection of generation N is killed and N+1 comes up; then the
@@ -286,11 +286,11 @@ async fn a_late_disconnection_of_an_old_connection_leaves_the_channel_up() {
     let wait_up = |generation: u64| {
         let (near, tracking) = (&near, &tracking);
         async move {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while near.channel_state() != ChannelState::Up || tracking.generation() < generation {
-                assert!(Instant::now() < deadline, "tracking never came up");
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
+            let pace = Patience::new(Duration::from_secs(10)).every(Duration::from_millis(5));
+            eventually(pace, "tracking up", async || {
+                near.channel_state() == ChannelState::Up && tracking.generation() >= generation
+            })
+            .await;
         }
     };
     wait_up(1).await;
