@@ -29,6 +29,9 @@
 //! assert!(err.to_string().contains("colour") && err.to_string().contains("capacity"));
 //! # Ok::<(), larder_cache_api::Error>(())
 //! ```
+//!
+//! One file, over 600 lines: the grammar and the redaction that must agree with it, then
+//! their tests (about a third of the file).
 
 use std::fmt;
 use std::str::FromStr;

@@ -1,5 +1,8 @@
-//! The session handle request code uses ([`Session`]): typed values, dirty tracking, and key-level merge
-//! of concurrent requests.
+//! The session handle request code uses ([`Session`]): typed values, dirty tracking, and
+//! key-level merge of concurrent requests.
+//!
+//! One file, just over 600 lines: the handle and its manager share the replay that a save
+//! which lost a race runs, and read best side by side.
 
 use std::collections::BTreeMap;
 use std::fmt;

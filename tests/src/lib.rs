@@ -9,6 +9,7 @@
 //! binary, a free port): in CI a missing server is a failure, never a skip.
 #![allow(clippy::unwrap_used)]
 
+pub mod child;
 pub mod cluster;
 pub mod coord_sim;
 pub mod db;

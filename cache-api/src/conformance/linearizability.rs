@@ -41,6 +41,9 @@
 //! its invocation and return. Operations that fail with an error other than a conflict are
 //! not logged (the caller sees the error; a workload here fails on it): their effect is
 //! unknown, so a write that failed that way but took effect shows up as a violation.
+//!
+//! One file, over 600 lines: the specification, the recorder and the checker are read
+//! together, and half of it is the checker's own tests (the `tests` module at the end).
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::collections::{HashMap, HashSet};

@@ -7,7 +7,6 @@
 //! Arguments: `<postgres url> <node name> <prefix> <tasks> <period ms> <poll ms>`. Prints
 //! `ready` once started; runs until its standard input closes.
 
-use std::io::Read;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,18 +29,8 @@ fn main() {
         })
     };
     let (tasks, period, poll) = (number(tasks), number(period_ms), number(poll_ms));
-    // Exit when the test that started us goes away (its end of our stdin closes).
-    std::thread::spawn(|| {
-        let mut sink = [0u8; 64];
-        let mut stdin = std::io::stdin();
-        while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
-        std::process::exit(0);
-    });
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async move {
+    larder_tests::child::exit_with_parent();
+    larder_tests::child::block_on(async move {
         let pool = PgPoolOptions::new()
             .max_connections(2)
             .connect(url)

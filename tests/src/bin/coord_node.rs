@@ -27,7 +27,6 @@
 //! started it). A store that coordination refuses makes it print `refused: <message>` and
 //! exit with status 3.
 
-use std::io::Read;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -258,16 +257,6 @@ fn main() {
         );
         std::process::exit(2);
     };
-    // Exit when the test that started us goes away (its end of our stdin closes).
-    std::thread::spawn(|| {
-        let mut sink = [0u8; 64];
-        let mut stdin = std::io::stdin();
-        while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
-        std::process::exit(0);
-    });
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(node(pg, schema, backend, redis_url, name, durability));
+    larder_tests::child::exit_with_parent();
+    larder_tests::child::block_on(node(pg, schema, backend, redis_url, name, durability));
 }
