@@ -12,6 +12,7 @@ pub mod coord_sim;
 pub mod db;
 pub mod fault;
 pub mod owning;
+mod pgwire;
 pub mod proxy;
 pub mod sentinel;
 pub mod server;
