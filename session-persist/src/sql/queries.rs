@@ -45,6 +45,13 @@ where
         .map_err(|e| db_error(DB::BACKEND, op, e))?;
         Ok(ids.is_some_and(|(ids,)| write_id::holds(ids.as_deref(), own)))
     }
+
+    /// For a write whose resend failed too: whether its first attempt, whose reply was
+    /// lost, committed after all (then the write is reported done, not failed). `false`
+    /// when that cannot be told either.
+    async fn committed_anyway(&self, resent: bool, hash: &[u8], own: &str) -> bool {
+        resent && self.written(hash, own, "write").await.unwrap_or(false)
+    }
 }
 
 // What sqlx needs to run these statements on `DB`; PostgreSQL and SQLite provide all of it.
@@ -89,12 +96,16 @@ where
                 .bind(own.as_str())
                 .execute(conn)
             })
-            .await
-            .map_err(|e| db_error(DB::BACKEND, "create", e))?;
+            .await;
+            let inserted = match done {
+                Ok(done) => DB::rows_affected(&done) == 1,
+                Err(e) if !self.committed_anyway(resent, &hash.0, &own).await => {
+                    return Err(db_error(DB::BACKEND, "create", e));
+                }
+                Err(_) => true,
+            };
             // Resent after a lost reply, the insert finds the row the first one made.
-            if DB::rows_affected(&done) == 1
-                || (resent && self.written(&hash.0, &own, "create").await?)
-            {
+            if inserted || (resent && self.written(&hash.0, &own, "create").await?) {
                 return Ok(Record {
                     id,
                     data,
@@ -137,25 +148,33 @@ where
         let own = write_id::fresh()?;
         // Repeated after a lost reply to an applied update, this finds the version moved:
         // the write id below tells that the move was this save's own.
-        let updated: Option<(i64,)> = held::statement!(self, |conn| {
-            sqlx::query_as(concat!(
-                "UPDATE larder_sessions SET principal = $1, data = $2, expires_at = $3, \
+        let mut resent = false;
+        let updated: sqlx::Result<Option<(i64,)>> =
+            held::statement!(self, resent = resent, |conn| {
+                sqlx::query_as(concat!(
+                    "UPDATE larder_sessions SET principal = $1, data = $2, expires_at = $3, \
                  version = version + 1, updated_at = $4, ",
-                push!(7),
-                " WHERE id_hash = $5 AND version = $6 AND deleted = FALSE AND expires_at > $4 \
+                    push!(7),
+                    " WHERE id_hash = $5 AND version = $6 AND deleted = FALSE AND expires_at > $4 \
                  RETURNING version"
-            ))
-            .bind(record.principal.as_deref())
-            .bind(&blob[..])
-            .bind(record.expires_at.0)
-            .bind(now.0)
-            .bind(&hash.0[..])
-            .bind(record.version)
-            .bind(own.as_str())
-            .fetch_optional(conn)
-        })
-        .await
-        .map_err(|e| db_error(DB::BACKEND, "save", e))?;
+                ))
+                .bind(record.principal.as_deref())
+                .bind(&blob[..])
+                .bind(record.expires_at.0)
+                .bind(now.0)
+                .bind(&hash.0[..])
+                .bind(record.version)
+                .bind(own.as_str())
+                .fetch_optional(conn)
+            })
+            .await;
+        let updated = match updated {
+            Ok(updated) => updated,
+            Err(e) if !self.committed_anyway(resent, &hash.0, &own).await => {
+                return Err(db_error(DB::BACKEND, "save", e));
+            }
+            Err(_) => Some((record.version + 1,)),
+        };
         if let Some((version,)) = updated {
             let mut saved = record.clone();
             saved.version = version;
@@ -294,11 +313,16 @@ where
             .bind(own.as_str())
             .execute(conn)
         })
-        .await
-        .map_err(|e| db_error(DB::BACKEND, "delete", e))?;
+        .await;
+        let deleted = match done {
+            Ok(done) => DB::rows_affected(&done) == 1,
+            Err(e) if !self.committed_anyway(resent, &hash.0, &own).await => {
+                return Err(db_error(DB::BACKEND, "delete", e));
+            }
+            Err(_) => true,
+        };
         // Resent after a lost reply, the delete finds the tombstone the first one left.
-        Ok(DB::rows_affected(&done) == 1
-            || (resent && self.written(&hash.0, &own, "delete").await?))
+        Ok(deleted || (resent && self.written(&hash.0, &own, "delete").await?))
     }
 
     async fn rotate(&self, id: &SessionId) -> Result<Option<Record>> {
