@@ -11,30 +11,31 @@ use larder_cache_api::{Error, ErrorKind, Result};
 
 /// How many writes' ids a row keeps: a resent write is recognised as long as fewer than this
 /// many other writes followed it in between.
-pub(crate) const KEPT: usize = 8;
+pub(crate) const KEPT: usize = 32;
 
-// `push!` keeps 256 characters: KEPT ids.
-const _: () = assert!(KEPT * LEN == 256);
+// `push!` keeps 512 characters: KEPT ids.
+const _: () = assert!(KEPT * LEN == 512);
 
 /// Length of one id in its text form.
-const LEN: usize = 32;
+const LEN: usize = 16;
 
 /// SQL (`write_ids = …`) pushing the write id bound as parameter `$n` onto the row's
-/// `write_ids`, keeping the newest [`KEPT`](crate::sql::write_id::KEPT) (256 characters).
+/// `write_ids`, keeping the newest [`KEPT`](crate::sql::write_id::KEPT) (512 characters).
 macro_rules! push {
     ($n:literal) => {
         concat!(
             "write_ids = substr($",
             $n,
-            " || COALESCE(write_ids, ''), 1, 256)"
+            " || COALESCE(write_ids, ''), 1, 512)"
         )
     };
 }
 pub(crate) use push;
 
-/// A fresh write id (16 random bytes, as hex).
+/// A fresh write id (8 random bytes, as hex: ample to tell one write among the few a row
+/// keeps).
 pub(crate) fn fresh() -> Result<String> {
-    let mut bytes = [0u8; 16];
+    let mut bytes = [0u8; 8];
     getrandom::fill(&mut bytes).map_err(|e| {
         Error::new(
             ErrorKind::Backend,
