@@ -16,6 +16,7 @@ pub mod db;
 pub mod fault;
 pub mod outage;
 pub mod owning;
+mod pgwire;
 pub mod proxy;
 pub mod sentinel;
 pub mod server;

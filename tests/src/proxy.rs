@@ -1,6 +1,9 @@
 //! A TCP proxy between a client and a real server that can cut or stall connections, to
 //! test timeouts and reconnection without touching the server, or lose one reply after the
-//! server acted on the request (to test what a client does when it sends again).
+//! server acted on the request (to test what a client does when it sends again). A proxy
+//! started with [`FaultProxy::start_postgres`] also follows the PostgreSQL protocol, to lose
+//! the replies to chosen executions of a statement
+//! ([`lose_statement_replies`](FaultProxy::lose_statement_replies)).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -10,6 +13,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+
+use crate::pgwire::{Frames, Rule};
 
 /// What the proxy does with traffic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,11 +44,24 @@ struct LoseReply {
     needle: Mutex<Option<Vec<u8>>>,
     /// How many replies were lost so far.
     fired: AtomicUsize,
+    /// On a PostgreSQL proxy: which statement executions lose their reply.
+    statements: Mutex<Option<Arc<Rule>>>,
 }
 
 impl FaultProxy {
     /// Starts a proxy to `upstream` (`host:port`) on the current tokio runtime.
     pub async fn start(upstream: &str) -> Self {
+        Self::start_speaking(upstream, false).await
+    }
+
+    /// Starts a proxy to the PostgreSQL server at `upstream` (`host:port`) that follows the
+    /// protocol of each connection (which must not be encrypted: `sslmode=disable`), for
+    /// [`lose_statement_replies`](Self::lose_statement_replies).
+    pub async fn start_postgres(upstream: &str) -> Self {
+        Self::start_speaking(upstream, true).await
+    }
+
+    async fn start_speaking(upstream: &str, postgres: bool) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let port = listener.local_addr().expect("addr").port();
         let (mode, rx) = watch::channel(Mode::Pass);
@@ -77,6 +95,7 @@ impl FaultProxy {
                         let up = Tap::Request {
                             lose: lose.clone(),
                             cut: cut.clone(),
+                            pg: postgres.then(Frames::default),
                         };
                         let down = Tap::Reply { lose, cut };
                         tokio::select! {
@@ -104,6 +123,25 @@ impl FaultProxy {
     /// server ran it. Other connections and later requests pass as usual.
     pub fn lose_reply_to(&self, needle: &[u8]) {
         *self.lose.needle.lock() = Some(needle.to_vec());
+    }
+
+    /// On a proxy from [`start_postgres`](Self::start_postgres): from now on, every
+    /// `every`-th execution of a statement whose text contains `needle` (a prepared one
+    /// executed by name, or a simple query) has its reply lost as with
+    /// [`lose_reply_to`](Self::lose_reply_to), at most `limit` times in all. Replaces the
+    /// previous rule, and starts counting anew.
+    pub fn lose_statement_replies(&self, needle: &[u8], every: usize, limit: usize) {
+        *self.lose.statements.lock() = Some(Arc::new(Rule::new(needle, every, limit)));
+    }
+
+    /// Stops [`lose_statement_replies`](Self::lose_statement_replies); returns how many
+    /// replies its last rule had lost.
+    pub fn stop_losing_statement_replies(&self) -> usize {
+        self.lose
+            .statements
+            .lock()
+            .take()
+            .map_or(0, |rule| rule.lost())
     }
 
     /// How many replies [`lose_reply_to`](Self::lose_reply_to) has dropped so far.
@@ -147,6 +185,8 @@ enum Tap {
     Request {
         lose: Arc<LoseReply>,
         cut: Arc<AtomicBool>,
+        /// On a PostgreSQL proxy, the client's messages so far.
+        pg: Option<Frames>,
     },
     /// Server to client: on a marked connection, drops the reply and ends the connection.
     Reply {
@@ -159,7 +199,7 @@ async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mut mode: watch::Receiver<Mode>,
-    tap: Tap,
+    mut tap: Tap,
 ) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
@@ -177,8 +217,13 @@ async fn pump(
         if mode.wait_for(|m| *m == Mode::Pass).await.is_err() {
             return;
         }
-        match &tap {
-            Tap::Request { lose, cut } => {
+        match &mut tap {
+            Tap::Request { lose, cut, pg } => {
+                if let Some(frames) = pg {
+                    if frames.feed(&buf[..n], &lose.statements) {
+                        cut.store(true, Ordering::SeqCst);
+                    }
+                }
                 let mut needle = lose.needle.lock();
                 let hit = needle
                     .as_deref()

@@ -205,29 +205,43 @@ impl<DB: Database> Held<DB> {
 /// once more on a checked connection if the first one turned out dead (see `lost`).
 /// Evaluates to a future of `Result<_, sqlx::Error>`. Only for statements whose repetition
 /// is harmless: reads, versioned or conditional writes, and inserts of a fresh id.
+///
+/// The form `statement!(store, resent = flag, |conn| …)` also sets the caller's `flag` when
+/// the statement was sent a second time: the first may have committed with its reply lost,
+/// so a write that then finds nothing to do checks whether it was its own (see `write_id`).
 macro_rules! statement {
+    ($store:expr, resent = $resent:ident, |$conn:ident| $statement:expr) => {
+        async { $crate::sql::held::statement!(@run $store, $resent, |$conn| $statement) }
+    };
     ($store:expr, |$conn:ident| $statement:expr) => {
         async {
-            let mut checked = false;
-            loop {
-                let mut lent = match $store.held.take(&$store.pool, checked).await {
-                    Ok(conn) => conn,
-                    Err(e) => break Err(e),
-                };
-                let $conn = &mut *lent;
-                match $statement.await {
-                    Ok(done) => {
-                        $store.held.give(&$store.pool, lent);
-                        break Ok(done);
-                    }
-                    Err(e) if !checked && $crate::sql::lost::is_lost(&e) => {
-                        $crate::sql::lost::note();
-                        checked = true;
-                    }
-                    Err(e) => break Err(e),
-                }
-            }
+            let mut resent = false;
+            let done = $crate::sql::held::statement!(@run $store, resent, |$conn| $statement);
+            let _ = resent;
+            done
         }
     };
+    (@run $store:expr, $resent:ident, |$conn:ident| $statement:expr) => {{
+        let mut checked = false;
+        loop {
+            let mut lent = match $store.held.take(&$store.pool, checked).await {
+                Ok(conn) => conn,
+                Err(e) => break Err(e),
+            };
+            let $conn = &mut *lent;
+            match $statement.await {
+                Ok(done) => {
+                    $store.held.give(&$store.pool, lent);
+                    break Ok(done);
+                }
+                Err(e) if !checked && $crate::sql::lost::is_lost(&e) => {
+                    $crate::sql::lost::note();
+                    checked = true;
+                    $resent = true;
+                }
+                Err(e) => break Err(e),
+            }
+        }
+    }};
 }
 pub(crate) use statement;

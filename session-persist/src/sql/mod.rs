@@ -20,6 +20,7 @@ mod postgres;
 mod queries;
 #[cfg(feature = "sqlite")]
 mod sqlite;
+mod write_id;
 
 /// How many fresh ids `create` and `rotate` try before giving up.
 const MAX_ID_ATTEMPTS: u32 = 8;

@@ -5,6 +5,7 @@ use async_trait::async_trait;
 use larder_cache_api::{Error, ErrorKind, Result};
 use sqlx::{ColumnIndex, Decode, Encode, Executor, Type};
 
+use super::write_id::{self, push};
 use super::{db_error, held, lost, Dialect, SqlStore, MAX_ID_ATTEMPTS};
 use crate::id::{IdHash, SessionId};
 use crate::record::{Record, SessionData, Timestamp};
@@ -22,6 +23,35 @@ fn to_record(
         expires_at: Timestamp(expires_at),
         version,
     })
+}
+
+impl<DB> SqlStore<DB>
+where
+    DB: Dialect,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> &'q [u8]: Encode<'q, DB> + Type<DB>,
+    for<'r> String: Decode<'r, DB> + Type<DB>,
+    usize: ColumnIndex<DB::Row>,
+{
+    /// Whether the row of `hash` (live or a tombstone) holds the write id `own`: after a
+    /// lost reply, whether that write committed.
+    async fn written(&self, hash: &[u8], own: &str, op: &'static str) -> Result<bool> {
+        let ids: Option<(Option<String>,)> = held::statement!(self, |conn| {
+            sqlx::query_as("SELECT write_ids FROM larder_sessions WHERE id_hash = $1")
+                .bind(hash)
+                .fetch_optional(conn)
+        })
+        .await
+        .map_err(|e| db_error(DB::BACKEND, op, e))?;
+        Ok(ids.is_some_and(|(ids,)| write_id::holds(ids.as_deref(), own)))
+    }
+
+    /// For a write whose resend failed too: whether its first attempt, whose reply was
+    /// lost, committed after all (then the write is reported done, not failed). `false`
+    /// when that cannot be told either.
+    async fn committed_anyway(&self, resent: bool, hash: &[u8], own: &str) -> bool {
+        resent && self.written(hash, own, "write").await.unwrap_or(false)
+    }
 }
 
 // What sqlx needs to run these statements on `DB`; PostgreSQL and SQLite provide all of it.
@@ -46,25 +76,36 @@ where
     ) -> Result<Record> {
         let blob = data.to_bytes()?;
         let now = Timestamp::now();
+        let own = write_id::fresh()?;
         for _ in 0..MAX_ID_ATTEMPTS {
             let id = self.options.ids.generate()?;
             let hash = id.hash();
-            let done = held::statement!(self, |conn| {
+            let mut resent = false;
+            let done = held::statement!(self, resent = resent, |conn| {
                 sqlx::query(
                     "INSERT INTO larder_sessions \
-                     (id_hash, principal, data, version, expires_at, deleted, updated_at) \
-                     VALUES ($1, $2, $3, 1, $4, FALSE, $5) ON CONFLICT (id_hash) DO NOTHING",
+                     (id_hash, principal, data, version, expires_at, deleted, updated_at, \
+                     write_ids) \
+                     VALUES ($1, $2, $3, 1, $4, FALSE, $5, $6) ON CONFLICT (id_hash) DO NOTHING",
                 )
                 .bind(&hash.0[..])
                 .bind(principal.as_deref())
                 .bind(&blob[..])
                 .bind(expires_at.0)
                 .bind(now.0)
+                .bind(own.as_str())
                 .execute(conn)
             })
-            .await
-            .map_err(|e| db_error(DB::BACKEND, "create", e))?;
-            if DB::rows_affected(&done) == 1 {
+            .await;
+            let inserted = match done {
+                Ok(done) => DB::rows_affected(&done) == 1,
+                Err(e) if !self.committed_anyway(resent, &hash.0, &own).await => {
+                    return Err(db_error(DB::BACKEND, "create", e));
+                }
+                Err(_) => true,
+            };
+            // Resent after a lost reply, the insert finds the row the first one made.
+            if inserted || (resent && self.written(&hash.0, &own, "create").await?) {
                 return Ok(Record {
                     id,
                     data,
@@ -104,25 +145,36 @@ where
         let blob = record.data.to_bytes()?;
         let hash = record.id.hash();
         let now = Timestamp::now();
-        // Repeated after a lost reply to an applied update, this finds the version moved
-        // and hands back the current record, which holds this save's data.
-        let updated: Option<(i64,)> = held::statement!(self, |conn| {
-            sqlx::query_as(
-                "UPDATE larder_sessions SET principal = $1, data = $2, expires_at = $3, \
-                 version = version + 1, updated_at = $4 \
-                 WHERE id_hash = $5 AND version = $6 AND deleted = FALSE AND expires_at > $4 \
-                 RETURNING version",
-            )
-            .bind(record.principal.as_deref())
-            .bind(&blob[..])
-            .bind(record.expires_at.0)
-            .bind(now.0)
-            .bind(&hash.0[..])
-            .bind(record.version)
-            .fetch_optional(conn)
-        })
-        .await
-        .map_err(|e| db_error(DB::BACKEND, "save", e))?;
+        let own = write_id::fresh()?;
+        // Repeated after a lost reply to an applied update, this finds the version moved:
+        // the write id below tells that the move was this save's own.
+        let mut resent = false;
+        let updated: sqlx::Result<Option<(i64,)>> =
+            held::statement!(self, resent = resent, |conn| {
+                sqlx::query_as(concat!(
+                    "UPDATE larder_sessions SET principal = $1, data = $2, expires_at = $3, \
+                 version = version + 1, updated_at = $4, ",
+                    push!(7),
+                    " WHERE id_hash = $5 AND version = $6 AND deleted = FALSE AND expires_at > $4 \
+                 RETURNING version"
+                ))
+                .bind(record.principal.as_deref())
+                .bind(&blob[..])
+                .bind(record.expires_at.0)
+                .bind(now.0)
+                .bind(&hash.0[..])
+                .bind(record.version)
+                .bind(own.as_str())
+                .fetch_optional(conn)
+            })
+            .await;
+        let updated = match updated {
+            Ok(updated) => updated,
+            Err(e) if !self.committed_anyway(resent, &hash.0, &own).await => {
+                return Err(db_error(DB::BACKEND, "save", e));
+            }
+            Err(_) => Some((record.version + 1,)),
+        };
         if let Some((version,)) = updated {
             let mut saved = record.clone();
             saved.version = version;
@@ -130,9 +182,10 @@ where
         }
         // A lost race or a session that is no more: one more statement tells which,
         // and hands back the current record so the caller need not load it again.
-        let current: Option<(Option<String>, Vec<u8>, i64, i64)> = held::statement!(self, |conn| {
+        type Current = (Option<String>, Vec<u8>, i64, i64, Option<String>);
+        let current: Option<Current> = held::statement!(self, |conn| {
             sqlx::query_as(
-                "SELECT principal, data, version, expires_at FROM larder_sessions \
+                "SELECT principal, data, version, expires_at, write_ids FROM larder_sessions \
                  WHERE id_hash = $1 AND deleted = FALSE AND expires_at > $2",
             )
             .bind(&hash.0[..])
@@ -142,7 +195,17 @@ where
         .await
         .map_err(|e| db_error(DB::BACKEND, "save", e))?;
         match current {
-            Some(row) => Ok(SaveOutcome::Stale(to_record(&record.id, row)?)),
+            // This save's own update, committed with its reply lost: it made the version
+            // after the one it was conditioned on.
+            Some((.., ids)) if write_id::holds(ids.as_deref(), &own) => {
+                let mut saved = record.clone();
+                saved.version = record.version + 1;
+                Ok(SaveOutcome::Saved(saved))
+            }
+            Some((principal, data, version, expires_at, _)) => Ok(SaveOutcome::Stale(to_record(
+                &record.id,
+                (principal, data, version, expires_at),
+            )?)),
             None => Err(Error::new(
                 ErrorKind::NotFound,
                 "session was deleted or has expired; it is not recreated",
@@ -159,6 +222,7 @@ where
     ) -> Result<Record> {
         let hash = id.hash();
         let now = Timestamp::now();
+        let own = write_id::fresh()?;
         let err = |e| db_error(DB::BACKEND, "save", e);
         let mut tx = lost::retried(|| self.pool.begin_with(DB::BEGIN_WRITE))
             .await
@@ -185,19 +249,28 @@ where
         apply(&mut rec)?;
         rec.expires_at = rec.expires_at.max(expires_at);
         let blob = rec.data.to_bytes()?;
-        let (version,): (i64,) = sqlx::query_as(
+        let (version,): (i64,) = sqlx::query_as(concat!(
             "UPDATE larder_sessions SET principal = $1, data = $2, expires_at = $3, \
-             version = version + 1, updated_at = $4 WHERE id_hash = $5 RETURNING version",
-        )
+             version = version + 1, updated_at = $4, ",
+            push!(6),
+            " WHERE id_hash = $5 RETURNING version"
+        ))
         .bind(rec.principal.as_deref())
         .bind(&blob[..])
         .bind(rec.expires_at.0)
         .bind(now.0)
         .bind(&hash.0[..])
+        .bind(own.as_str())
         .fetch_one(&mut *tx)
         .await
         .map_err(err)?;
-        tx.commit().await.map_err(err)?;
+        // A commit whose reply was lost may have committed: the row tells (so that the
+        // caller does not apply its change again).
+        if let Err(e) = tx.commit().await {
+            if !(lost::is_lost(&e) && self.written(&hash.0, &own, "save").await?) {
+                return Err(err(e));
+            }
+        }
         rec.version = version;
         Ok(rec)
     }
@@ -224,25 +297,37 @@ where
     async fn delete(&self, id: &SessionId) -> Result<bool> {
         let now = Timestamp::now();
         let hash = id.hash();
-        let done = held::statement!(self, |conn| {
-            sqlx::query(
+        let own = write_id::fresh()?;
+        let mut resent = false;
+        let done = held::statement!(self, resent = resent, |conn| {
+            sqlx::query(concat!(
                 "UPDATE larder_sessions SET deleted = TRUE, data = $1, principal = NULL, \
-                 version = version + 1, expires_at = $2, updated_at = $3 \
-                 WHERE id_hash = $4 AND deleted = FALSE AND expires_at > $3",
-            )
+                 version = version + 1, expires_at = $2, updated_at = $3, ",
+                push!(5),
+                " WHERE id_hash = $4 AND deleted = FALSE AND expires_at > $3"
+            ))
             .bind(&[][..] as &[u8])
             .bind(now.plus(self.options.tombstone_ttl).0)
             .bind(now.0)
             .bind(&hash.0[..])
+            .bind(own.as_str())
             .execute(conn)
         })
-        .await
-        .map_err(|e| db_error(DB::BACKEND, "delete", e))?;
-        Ok(DB::rows_affected(&done) == 1)
+        .await;
+        let deleted = match done {
+            Ok(done) => DB::rows_affected(&done) == 1,
+            Err(e) if !self.committed_anyway(resent, &hash.0, &own).await => {
+                return Err(db_error(DB::BACKEND, "delete", e));
+            }
+            Err(_) => true,
+        };
+        // Resent after a lost reply, the delete finds the tombstone the first one left.
+        Ok(deleted || (resent && self.written(&hash.0, &own, "delete").await?))
     }
 
     async fn rotate(&self, id: &SessionId) -> Result<Option<Record>> {
         let now = Timestamp::now();
+        let own = write_id::fresh()?;
         let mut tx = lost::retried(|| self.pool.begin())
             .await
             .map_err(|e| db_error(DB::BACKEND, "rotate", e))?;
@@ -266,8 +351,9 @@ where
             let candidate = self.options.ids.generate()?;
             let done = sqlx::query(
                 "INSERT INTO larder_sessions \
-                 (id_hash, principal, data, version, expires_at, deleted, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, FALSE, $6) ON CONFLICT (id_hash) DO NOTHING",
+                 (id_hash, principal, data, version, expires_at, deleted, updated_at, \
+                 write_ids) \
+                 VALUES ($1, $2, $3, $4, $5, FALSE, $6, $7) ON CONFLICT (id_hash) DO NOTHING",
             )
             .bind(&candidate.hash().0[..])
             .bind(principal.as_deref())
@@ -275,6 +361,7 @@ where
             .bind(version + 1)
             .bind(expires_at)
             .bind(now.0)
+            .bind(own.as_str())
             .execute(&mut *tx)
             .await
             .map_err(|e| db_error(DB::BACKEND, "rotate", e))?;
@@ -291,19 +378,25 @@ where
             )
             .with_backend(DB::BACKEND));
         };
-        sqlx::query(
+        sqlx::query(concat!(
             "UPDATE larder_sessions SET deleted = TRUE, data = $1, principal = NULL, \
-             version = version + 1, expires_at = $2 WHERE id_hash = $3",
-        )
+             version = version + 1, expires_at = $2, ",
+            push!(4),
+            " WHERE id_hash = $3"
+        ))
         .bind(&[][..] as &[u8])
         .bind(now.plus(self.options.tombstone_ttl).0)
         .bind(&id.hash().0[..])
+        .bind(own.as_str())
         .execute(&mut *tx)
         .await
         .map_err(|e| db_error(DB::BACKEND, "rotate", e))?;
-        tx.commit()
-            .await
-            .map_err(|e| db_error(DB::BACKEND, "rotate", e))?;
+        // A commit whose reply was lost may have committed: the old row's tombstone tells.
+        if let Err(e) = tx.commit().await {
+            if !(lost::is_lost(&e) && self.written(&id.hash().0, &own, "rotate").await?) {
+                return Err(db_error(DB::BACKEND, "rotate", e));
+            }
+        }
         Ok(Some(Record {
             id: new_id,
             data: SessionData::from_bytes(&data)?,
@@ -315,16 +408,19 @@ where
 
     async fn delete_principal(&self, principal: &str) -> Result<Vec<IdHash>> {
         let now = Timestamp::now();
-        let rows: Vec<(Vec<u8>,)> = sqlx::query_as(
+        let own = write_id::fresh()?;
+        let rows: Vec<(Vec<u8>,)> = sqlx::query_as(concat!(
             "UPDATE larder_sessions SET deleted = TRUE, data = $1, principal = NULL, \
-             version = version + 1, expires_at = $2, updated_at = $3 \
-             WHERE principal = $4 AND deleted = FALSE AND expires_at > $3 \
-             RETURNING id_hash",
-        )
+             version = version + 1, expires_at = $2, updated_at = $3, ",
+            push!(5),
+            " WHERE principal = $4 AND deleted = FALSE AND expires_at > $3 \
+             RETURNING id_hash"
+        ))
         .bind(&[][..] as &[u8])
         .bind(now.plus(self.options.tombstone_ttl).0)
         .bind(now.0)
         .bind(principal)
+        .bind(own.as_str())
         .fetch_all(&self.pool)
         .await
         .map_err(|e| db_error(DB::BACKEND, "delete_principal", e))?;
