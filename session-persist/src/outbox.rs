@@ -159,10 +159,20 @@ impl DrainSchedule {
             }
             *last = Some(Instant::now());
         }
+        // A load cancelled mid-drain must not leave the flag set: no drain would run again.
+        let _running = Running(&self.running);
         if let Err(e) = drain().await {
             tracing::warn!(error = %e, "draining the session invalidation outbox failed");
         }
-        self.running.store(false, Ordering::Release);
+    }
+}
+
+/// Clears the "a drain is running" flag when the drain ends, finished or dropped.
+struct Running<'a>(&'a AtomicBool);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
     }
 }
 
@@ -171,6 +181,27 @@ mod tests {
     use std::sync::atomic::AtomicUsize;
 
     use super::*;
+
+    /// A load cancelled while it drains (its request was dropped) once left the schedule
+    /// marked running for good, so that no drain ran again.
+    #[tokio::test]
+    async fn a_drain_cut_short_does_not_stop_later_drains() {
+        let schedule = DrainSchedule::new(Duration::ZERO);
+        let cut = tokio::time::timeout(
+            Duration::from_millis(10),
+            schedule.run_if_due(false, || std::future::pending::<Result<usize>>()),
+        )
+        .await;
+        assert!(cut.is_err(), "the drain never ends on its own");
+        let runs = AtomicUsize::new(0);
+        schedule
+            .run_if_due(false, || async {
+                runs.fetch_add(1, Ordering::Relaxed);
+                Ok(0)
+            })
+            .await;
+        assert_eq!(runs.load(Ordering::Relaxed), 1);
+    }
 
     #[tokio::test]
     async fn a_drain_is_due_once_per_interval_and_never_while_the_cache_is_down() {

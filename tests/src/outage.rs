@@ -248,7 +248,7 @@ pub async fn hung_reconnect_times_out_then_recovers(mut t: Outage) {
 /// Stamps the outage cases as tests: `stopped` names an async fn that launches an
 /// [`Outage`] whose server can be stopped, `proxied` one whose store sits behind a proxy.
 ///
-/// ```ignore
+/// ```text
 /// mod redis_outages {
 ///     larder_tests::outage_cases!(stopped: super::redis_server, proxied: super::redis_proxied);
 /// }
