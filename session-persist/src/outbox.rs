@@ -189,7 +189,7 @@ mod tests {
         let schedule = DrainSchedule::new(Duration::ZERO);
         let cut = tokio::time::timeout(
             Duration::from_millis(10),
-            schedule.run_if_due(false, || std::future::pending::<Result<usize>>()),
+            schedule.run_if_due(false, std::future::pending::<Result<usize>>),
         )
         .await;
         assert!(cut.is_err(), "the drain never ends on its own");
