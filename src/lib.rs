@@ -56,7 +56,7 @@ mod connect;
 pub use connect::{connect, schemes};
 
 /// The `sqlite://` URL of a database file, for [`connect`] and
-/// [`sessions::connect`](crate::sessions::connect): `%`, `?` and `#` in the path are
+/// [`sessions::connect`]: `%`, `?` and `#` in the path are
 /// percent-encoded (features `sqlite`).
 ///
 /// ```

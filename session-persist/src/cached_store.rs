@@ -26,7 +26,7 @@ use crate::stats::WriteThroughStats;
 use crate::store::{ApplyFn, SaveOutcome, SessionStore};
 
 /// What the cache holds for one session (keyed by the id's hash, never the id).
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct Cached {
     version: i64,
     expires_at: i64,
@@ -201,7 +201,7 @@ impl<S: Outbox> CachedStore<S> {
     /// Tags every cache entry with an HMAC-SHA256 under `key` (at least 16 bytes, from
     /// configuration, the same on every instance), so an entry written by anyone without
     /// the key is refused (a miss, counted in
-    /// [`integrity_failures`](WriteThroughSnapshot::integrity_failures)).
+    /// [`integrity_failures`](crate::WriteThroughSnapshot::integrity_failures)).
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
@@ -549,5 +549,64 @@ impl<S: Outbox> Outbox for CachedStore<S> {
 
     async fn outbox_ack(&self, seqs: &[i64]) -> Result<()> {
         self.store.outbox_ack(seqs).await
+    }
+}
+
+#[cfg(test)]
+mod stored_form {
+    use larder_cache_api::codec::{Bincode, Json, Postcard};
+    use larder_cache_api::{envelope, Key};
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::seal::Sealer;
+
+    fn cached() -> impl Strategy<Value = Cached> {
+        (
+            any::<i64>(),
+            any::<i64>(),
+            proptest::option::of(".{0,12}"),
+            proptest::collection::btree_map(
+                ".{0,8}",
+                proptest::collection::vec(any::<u8>(), 0..8),
+                0..4,
+            ),
+            any::<bool>(),
+        )
+            .prop_map(|(version, expires_at, principal, map, deleted)| {
+                let mut data = SessionData::new();
+                for (k, v) in map {
+                    data.insert_raw(&k, v);
+                }
+                Cached {
+                    version,
+                    expires_at,
+                    principal,
+                    data,
+                    deleted,
+                }
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// A session's cache entry reads back as it was written: through the store's own
+        /// sealer (keyed or not), and on every codec.
+        #[test]
+        fn cache_entries_open_as_sealed(c in cached()) {
+            let key = Key::new("larder:session:k").unwrap();
+            for sealer in [Sealer::default(), Sealer::keyed(b"sixteen bytes or more").unwrap()] {
+                let bytes = sealer.seal(&key, &c).unwrap();
+                let back: Cached = sealer.open(&key, &bytes).unwrap();
+                prop_assert_eq!(&back, &c);
+            }
+            let back: Cached = envelope::open(&Postcard, &envelope::seal(&Postcard, &c).unwrap()).unwrap();
+            prop_assert_eq!(&back, &c);
+            let back: Cached = envelope::open(&Json, &envelope::seal(&Json, &c).unwrap()).unwrap();
+            prop_assert_eq!(&back, &c);
+            let back: Cached = envelope::open(&Bincode, &envelope::seal(&Bincode, &c).unwrap()).unwrap();
+            prop_assert_eq!(&back, &c);
+        }
     }
 }

@@ -78,7 +78,7 @@ macro_rules! adapter_methods {
 pub(crate) use adapter_methods;
 
 /// What the reserved entry holds.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct Loaded {
     /// The version loaded.
     v: i64,
@@ -440,4 +440,41 @@ fn digest(bytes: &[u8]) -> String {
     both[..8].copy_from_slice(&a.to_be_bytes());
     both[8..].copy_from_slice(&b.to_be_bytes());
     hex(&both)
+}
+
+#[cfg(test)]
+mod stored_form {
+    use larder_cache_api::codec::{Bincode, Json, Postcard};
+    use larder_cache_api::envelope;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn loaded() -> impl Strategy<Value = Loaded> {
+        (
+            any::<i64>(),
+            any::<i64>(),
+            proptest::collection::btree_map(".{0,8}", "[0-9a-f]{0,16}", 0..4),
+            ".{0,16}",
+        )
+            .prop_map(|(v, e, d, t)| Loaded { v, e, d, t })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// The reserved entry reads back as it was written on every codec (the adapters keep
+        /// it as a JSON value in the session).
+        #[test]
+        fn reserved_entries_open_as_sealed(l in loaded()) {
+            let back: Loaded = serde_json::from_value(serde_json::to_value(&l).unwrap()).unwrap();
+            prop_assert_eq!(&back, &l);
+            let back: Loaded = envelope::open(&Postcard, &envelope::seal(&Postcard, &l).unwrap()).unwrap();
+            prop_assert_eq!(&back, &l);
+            let back: Loaded = envelope::open(&Json, &envelope::seal(&Json, &l).unwrap()).unwrap();
+            prop_assert_eq!(&back, &l);
+            let back: Loaded = envelope::open(&Bincode, &envelope::seal(&Bincode, &l).unwrap()).unwrap();
+            prop_assert_eq!(&back, &l);
+        }
+    }
 }
