@@ -93,20 +93,8 @@ pub fn plan(
                 token: rec.token,
                 started_at_ms: now,
             };
-            runs[i] = RunInfo {
-                period: claim.period,
-                holder: holder.to_owned(),
-                token: claim.token,
-                started_at_ms: now,
-                finished_at_ms: None,
-                outcome: None,
-            };
-            rec.put_runs(runs);
-            decision.write = Some(Write {
-                record: rec,
-                claim,
-                takeover: true,
-            });
+            runs[i] = started(claim.period, holder, &claim, now);
+            decision.write = Some(Write::of(rec, runs, claim, true));
             return decision;
         }
         // At most once: a dead run is recorded as abandoned, never repeated.
@@ -147,22 +135,34 @@ pub fn plan(
         started_at_ms: now,
     };
     let mut runs = rec.take_runs();
-    runs.push(RunInfo {
+    runs.push(started(period, holder, &claim, now));
+    decision.write = Some(Write::of(rec, runs, claim, false));
+    decision
+}
+
+#[cfg(test)]
+mod tests;
+
+/// A run of `period` by `holder` that starts now under `claim`'s token.
+fn started(period: i64, holder: &str, claim: &Claim, now: i64) -> RunInfo {
+    RunInfo {
         period,
         holder: holder.to_owned(),
         token: claim.token,
         started_at_ms: now,
         finished_at_ms: None,
         outcome: None,
-    });
-    rec.put_runs(runs);
-    decision.write = Some(Write {
-        record: rec,
-        claim,
-        takeover: false,
-    });
-    decision
+    }
 }
 
-#[cfg(test)]
-mod tests;
+impl Write {
+    /// The write of `rec` with `runs` as its runs in progress, for `claim`.
+    fn of(mut rec: TaskRecord, runs: Vec<RunInfo>, claim: Claim, takeover: bool) -> Self {
+        rec.put_runs(runs);
+        Write {
+            record: rec,
+            claim,
+            takeover,
+        }
+    }
+}
