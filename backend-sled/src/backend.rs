@@ -41,7 +41,9 @@ impl SledBackend {
     ///
     /// A directory that is already open, in another process or in this one, gives
     /// [`ErrorKind::Unavailable`] naming the directory (sled allows one open database per
-    /// directory; the error clears once the holder closes it). An invalid config gives
+    /// directory; the error clears once the holder closes it). Opening waits up to one
+    /// second for a database closed a moment ago to let go of the directory, so dropping
+    /// a backend and opening the directory again works. An invalid config gives
     /// [`ErrorKind::Config`].
     pub async fn new(config: SledConfig) -> Result<Self> {
         config.validate()?;

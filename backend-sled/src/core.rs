@@ -31,12 +31,16 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use larder_cache_api::{Bytes, DeleteMode, Entry, Key, PutMode, Result, Ttl, Version};
 use sled::IVec;
 
 use crate::error;
+
+/// How long opening waits for the lock of a database that was just closed.
+pub(crate) const LOCK_WAIT: Duration = Duration::from_secs(1);
+const LOCK_RETRY: Duration = Duration::from_millis(20);
 
 /// Name of the tree holding the records.
 pub const ENTRIES_TREE: &str = "larder/entries";
@@ -172,8 +176,22 @@ pub(crate) struct Core {
 }
 
 impl Core {
+    /// Opens the database, waiting up to [`LOCK_WAIT`] for a lock that a database closed
+    /// a moment ago still holds: sled drops its flusher thread, which holds the lock,
+    /// after `Db::drop` returns (spacejam/sled#1234), so closing and reopening a directory
+    /// would otherwise fail now and then. A directory held by a live database stays held
+    /// far longer than the wait, and still fails.
     pub(crate) fn open(path: PathBuf, config: sled::Config) -> Result<Core> {
-        let db = config.open().map_err(|e| error::open(&path, e))?;
+        let started = Instant::now();
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                Err(e) if error::lock_held(&e) && started.elapsed() < LOCK_WAIT => {
+                    std::thread::sleep(LOCK_RETRY);
+                }
+                Err(e) => return Err(error::open(&path, e)),
+            }
+        };
         let entries = db
             .open_tree(ENTRIES_TREE)
             .map_err(|e| error::open(&path, e))?;

@@ -25,12 +25,16 @@ pub(crate) fn sled(op: &'static str, e: sled::Error) -> Error {
         .with_backend(BACKEND)
 }
 
+/// Whether opening failed because another open database holds the directory's lock.
+pub(crate) fn lock_held(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.to_string().contains(LOCK_MESSAGE))
+}
+
 /// A failure to open the database in `dir`. A directory held by another process (or by
 /// another open backend in this process) is [`ErrorKind::Unavailable`]: it becomes
 /// available again when the holder closes it.
 pub(crate) fn open(dir: &Path, e: sled::Error) -> Error {
-    let held = matches!(&e, sled::Error::Io(io) if io.to_string().contains(LOCK_MESSAGE));
-    if held {
+    if lock_held(&e) {
         return Error::new(
             ErrorKind::Unavailable,
             format!(
