@@ -65,7 +65,9 @@ use crate::record::{SessionData, Timestamp};
 /// [`principal_key`](ActixStore::principal_key) is set, the string under that key is the
 /// session's principal, so "log out everywhere"
 /// ([`SessionStore::delete_principal`](crate::SessionStore::delete_principal)) works for
-/// actix-web apps too.
+/// actix-web apps too. A save keeps the principal stored with the session unless the request
+/// changed that key; without a principal key it never changes one (set through larder's
+/// handle at login, say).
 ///
 /// ```
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {

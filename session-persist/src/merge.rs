@@ -84,6 +84,10 @@ struct Loaded {
     v: i64,
     /// The expiry loaded (ms).
     e: i64,
+    /// The principal loaded: a save keeps it unless the request changed the principal key
+    /// (it may have been set through larder's handle, with no key in the data at all).
+    #[serde(default)]
+    p: Option<String>,
     /// A digest of each key's value.
     d: BTreeMap<String, String>,
     /// The signature of all of the above and the session id.
@@ -158,11 +162,22 @@ impl KeyMerge {
         serde_json::from_slice::<String>(raw).ok()
     }
 
-    fn sign(&self, id: &SessionId, v: i64, e: i64, d: &BTreeMap<String, String>) -> String {
+    fn sign(&self, id: &SessionId, l: &Loaded) -> String {
+        let Loaded { v, e, p, d, t: _ } = l;
         let mut m = self.signer.clone();
         m.update(id.as_bytes());
         m.update(&v.to_le_bytes());
         m.update(&e.to_le_bytes());
+        // Length-prefixed, and told apart from no principal: a forged entry cannot move
+        // bytes between the principal and the digests.
+        match p {
+            Some(p) => {
+                m.update(&[1]);
+                m.update(&(p.len() as u64).to_le_bytes());
+                m.update(p.as_bytes());
+            }
+            None => m.update(&[0]),
+        }
         for (k, h) in d {
             m.update(&(k.len() as u64).to_le_bytes());
             m.update(k.as_bytes());
@@ -183,13 +198,15 @@ impl KeyMerge {
             .keys()
             .map(|k| (k.to_owned(), digest(r.data.get_raw(k).unwrap_or_default())))
             .collect();
-        let t = self.sign(&r.id, r.version, r.expires_at.0, &d);
-        Some(Loaded {
+        let mut l = Loaded {
             v: r.version,
             e: r.expires_at.0,
+            p: r.principal.clone(),
             d,
-            t,
-        })
+            t: String::new(),
+        };
+        l.t = self.sign(&r.id, &l);
+        Some(l)
     }
 
     /// `r` as the request sees it: with the reserved entry as JSON text, if it has one.
@@ -212,7 +229,7 @@ impl KeyMerge {
 
     /// `l` if this process signed it for this session; else the "forged" error.
     fn check(&self, id: &SessionId, l: Loaded) -> Result<Loaded> {
-        let want = self.sign(id, l.v, l.e, &l.d);
+        let want = self.sign(id, &l);
         // Constant-time comparison of the signatures.
         let ok = want.len() == l.t.len()
             && want
@@ -340,7 +357,11 @@ impl KeyMerge {
                     Change::Set(k.to_owned(), data.get_raw(k).unwrap_or_default().to_vec())
                 }),
             );
-            changes.push(Change::Principal(principal));
+            // Without a principal key the request cannot name a principal; with one, only a
+            // changed value moves it: a principal set through larder's handle stays.
+            if self.principal_key.is_some() && principal != self.principal_of(&base.data) {
+                changes.push(Change::Principal(principal));
+            }
             for c in &changes {
                 c.apply(&mut base)?;
             }
@@ -365,11 +386,16 @@ impl KeyMerge {
         if principal_touched {
             changes.push(Change::Principal(principal.clone()));
         }
-        // The record as this request sees it: what it loaded, with its changes.
+        // The record as this request sees it: what it loaded, with its changes. The stored
+        // principal stays unless the request changed the principal key.
         let record = Record {
             id,
             data,
-            principal,
+            principal: if principal_touched {
+                principal
+            } else {
+                loaded.p
+            },
             expires_at: Timestamp(loaded.e),
             version: loaded.v,
         };
@@ -454,10 +480,11 @@ mod stored_form {
         (
             any::<i64>(),
             any::<i64>(),
+            proptest::option::of(".{0,12}"),
             proptest::collection::btree_map(".{0,8}", "[0-9a-f]{0,16}", 0..4),
             ".{0,16}",
         )
-            .prop_map(|(v, e, d, t)| Loaded { v, e, d, t })
+            .prop_map(|(v, e, p, d, t)| Loaded { v, e, p, d, t })
     }
 
     proptest! {

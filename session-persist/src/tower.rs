@@ -43,7 +43,9 @@ use crate::record::{SessionData, Timestamp};
 /// [`principal_key`](TowerStore::principal_key) is set, the string under that key is the
 /// session's principal, so "log out everywhere"
 /// ([`SessionStore::delete_principal`](crate::SessionStore::delete_principal)) works for
-/// tower-sessions apps too.
+/// tower-sessions apps too. A save keeps the principal stored with the session unless the request
+/// changed that key; without a principal key it never changes one (set through larder's
+/// handle at login, say).
 ///
 /// ```no_run
 /// # async fn demo() -> larder_cache_api::Result<()> {
