@@ -15,8 +15,15 @@
 //!   new version, the write already happened: the script answers success, and the caller
 //!   gets the version stored. This costs nothing on the common path and changes nothing in
 //!   the stored layout. The check sees the current record only: if another client
-//!   overwrote or deleted the entry between the lost reply and the retry, the retry reports
-//!   the conflict it finds (the first write did take effect, and was replaced since).
+//!   overwrote the entry between the lost reply and the retry, the retry reports the
+//!   conflict it finds (the first write did take effect, and was replaced since).
+//! * **Create after a delete:** a create retried after its entry was deleted (or expired)
+//!   would find the key absent and write it again, bringing back what the delete removed.
+//!   So a create also leaves a create marker (a small key in the entry's slot, see
+//!   [`create_marker_key`](crate::slot::create_marker_key)) naming the versions of the
+//!   key's latest creates, for as long as a delete marker lives; a create that finds its
+//!   own version there reports success and writes nothing. One `GET` and one `SET` more
+//!   inside the script; no extra round trip.
 //! * **Delete-if-version:** once the key is gone there is no record left to carry an id,
 //!   so the script leaves a marker: a small key next to the entry (same hash slot, a name
 //!   no valid [`Key`](larder_cache_api::Key) can take, see
@@ -32,19 +39,28 @@ use redis::{Cmd, Value};
 use crate::connect::Conn;
 use crate::error::{self, map};
 
-/// Set-if-absent. Replies 1 when written (or when the stored entry is this very write,
-/// retried: its version is the one in `ARGV[1]`), else the stored string.
+/// Set-if-absent. `KEYS[2]` is the entry's create marker (the versions of the key's eight
+/// latest creates, 64 bytes at most: a resend is recognised even if that many creates and
+/// deletes came between it and its lost reply), `ARGV[3]` its lifetime in milliseconds. Replies 1 when written (or when this very write, retried, is the stored
+/// entry or is named by the marker: its version is the one in `ARGV[1]`), else the stored
+/// string.
 const CREATE: &str = r"
+local v = string.sub(ARGV[1], 1, 8)
 local cur = redis.call('GET', KEYS[1])
 if cur then
-  if string.sub(cur, 1, 8) == string.sub(ARGV[1], 1, 8) then return 1 end
+  if string.sub(cur, 1, 8) == v then return 1 end
   return cur
+end
+local seen = redis.call('GET', KEYS[2]) or ''
+for i = 1, #seen - 7, 8 do
+  if string.sub(seen, i, i + 7) == v then return 1 end
 end
 if ARGV[2] == '0' then
   redis.call('SET', KEYS[1], ARGV[1])
 else
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 end
+redis.call('SET', KEYS[2], string.sub(v .. seen, 1, 64), 'PX', ARGV[3])
 return 1
 ";
 

@@ -31,7 +31,7 @@ pub enum Mode {
 #[derive(Debug)]
 pub struct FaultProxy {
     port: u16,
-    mode: watch::Sender<Mode>,
+    mode: Arc<watch::Sender<Mode>>,
     conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
     accept: JoinHandle<()>,
     lose: Arc<LoseReply>,
@@ -46,6 +46,9 @@ struct LoseReply {
     fired: AtomicUsize,
     /// On a PostgreSQL proxy: which statement executions lose their reply.
     statements: Mutex<Option<Arc<Rule>>>,
+    /// Armed with [`FaultProxy::lose_reply_then_hold`]: the proxy's mode, set to
+    /// [`Mode::Stall`] once the reply is lost.
+    hold: Mutex<Option<Arc<watch::Sender<Mode>>>>,
 }
 
 impl FaultProxy {
@@ -65,6 +68,7 @@ impl FaultProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let port = listener.local_addr().expect("addr").port();
         let (mode, rx) = watch::channel(Mode::Pass);
+        let mode = Arc::new(mode);
         let conns: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
         let upstream = upstream.to_string();
         let conns2 = conns.clone();
@@ -123,6 +127,15 @@ impl FaultProxy {
     /// server ran it. Other connections and later requests pass as usual.
     pub fn lose_reply_to(&self, needle: &[u8]) {
         *self.lose.needle.lock() = Some(needle.to_vec());
+    }
+
+    /// [`lose_reply_to`](Self::lose_reply_to), after which the proxy holds every
+    /// connection ([`Mode::Stall`]; new ones are accepted and held too) until
+    /// [`set`](Self::set)`(Mode::Pass)`: the client's resend waits, so the test can act on the
+    /// server (through another connection) between the lost reply and the resend.
+    pub fn lose_reply_then_hold(&self, needle: &[u8]) {
+        *self.lose.hold.lock() = Some(Arc::clone(&self.mode));
+        self.lose_reply_to(needle);
     }
 
     /// On a proxy from [`start_postgres`](Self::start_postgres): from now on, every
@@ -238,6 +251,9 @@ async fn pump(
                 if cut.load(Ordering::SeqCst) {
                     // The server has answered: it ran the request. Drop the answer, and
                     // returning ends this connection (both halves are dropped).
+                    if let Some(mode) = lose.hold.lock().take() {
+                        mode.send_replace(Mode::Stall);
+                    }
                     lose.fired.fetch_add(1, Ordering::SeqCst);
                     return;
                 }

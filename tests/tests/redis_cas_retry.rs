@@ -10,11 +10,13 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use larder::{Bytes, Cache, DeleteMode, DynBackend, ErrorKind, Key, PutMode};
 use larder_backend_redis::RedisBackend;
 use larder_tests::cluster::RedisCluster;
-use larder_tests::proxy::FaultProxy;
+use larder_tests::eventually;
+use larder_tests::proxy::{FaultProxy, Mode};
 use larder_tests::server::ServerProcess;
 
 /// All keys of a run share this hash tag, so on a cluster they live on one node.
@@ -167,4 +169,73 @@ async fn cluster_lost_cas_replies_are_own_success() {
             .unwrap(),
     );
     lost_replies_report_own_success(b, &proxy).await;
+}
+
+/// A create whose reply is lost, then its entry deleted by another client before the resend
+/// arrives: the resend recognises its own write (the create marker) and reports success
+/// without writing the key again, for a delete-if-version and for a plain `DEL`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resent_create_after_a_delete_leaves_the_key_deleted() {
+    let srv = ServerProcess::redis();
+    let proxy = FaultProxy::start(&srv.addr()).await;
+    let b: DynBackend = Arc::new(
+        RedisBackend::connect(&format!("redis://{}", proxy.addr()))
+            .await
+            .unwrap(),
+    );
+    let direct: DynBackend = Arc::new(
+        RedisBackend::connect(&format!("redis://{}", srv.addr()))
+            .await
+            .unwrap(),
+    );
+    // The scripts loaded on the server first (see above).
+    let w = key("warm");
+    let v = b
+        .put(&w, Bytes::from_static(b"0"), None, PutMode::Create)
+        .await
+        .unwrap();
+    assert!(b.delete(&w, DeleteMode::IfVersion(v)).await.unwrap());
+
+    for (round, by_version) in [(1, true), (2, false)] {
+        let k = key(if by_version { "del-if" } else { "del" });
+        proxy.lose_reply_then_hold(b"EVALSHA");
+        let put = {
+            let (b, k) = (b.clone(), k.clone());
+            tokio::spawn(async move {
+                b.put(&k, Bytes::from_static(b"created"), None, PutMode::Create)
+                    .await
+            })
+        };
+        // The create ran, its reply is lost, and the resend is held at the proxy.
+        eventually(
+            Duration::from_secs(5),
+            "the create's reply is lost",
+            async || proxy.replies_lost() == round,
+        )
+        .await;
+        let created = direct.get(&k).await.unwrap().expect("the create ran");
+        assert_eq!(&created.value[..], b"created");
+        let deleted = if by_version {
+            direct.delete(&k, DeleteMode::IfVersion(created.version))
+        } else {
+            direct.delete(&k, DeleteMode::Any)
+        };
+        assert!(deleted.await.unwrap());
+        proxy.set(Mode::Pass);
+
+        let v = put
+            .await
+            .unwrap()
+            .expect("the resend reports the create's success");
+        assert_eq!(v, created.version, "the version of the one write");
+        assert!(
+            direct.get(&k).await.unwrap().is_none(),
+            "the resend re-created a deleted key (round {round})"
+        );
+        // The key itself is free: a new create writes it.
+        direct
+            .put(&k, Bytes::from_static(b"new"), None, PutMode::Create)
+            .await
+            .unwrap();
+    }
 }
