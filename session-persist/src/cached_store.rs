@@ -5,7 +5,7 @@
 //! (`seal.rs`), the outbox drain (`outbox.rs`) and the counters (`stats.rs`). A save runs
 //! through it once: the store's statement, then one fill of the session's cache slot.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,7 +36,8 @@ struct Cached {
 }
 
 /// Order of cache entries: a fill only ever replaces a lower rank. A touch keeps the version
-/// and moves the expiry, so the expiry breaks ties; a tombstone outranks everything.
+/// and moves the expiry, so the expiry breaks ties; a tombstone outranks everything; an
+/// invalidation marker ranks just below the versions it lets in.
 type Rank = (i64, i64);
 
 impl Cached {
@@ -55,6 +56,20 @@ impl Cached {
             principal: None,
             data: SessionData::new(),
             deleted: true,
+        }
+    }
+
+    /// What an invalidation leaves in place of an entry: no session (its expiry is the
+    /// smallest there is, so a load misses), ranked below every record of version `floor`
+    /// and above every older one, so a slow fill of an older version cannot come back after
+    /// it. Earlier releases read it the same way (an expired entry, ranked by its fields).
+    fn marker(floor: i64) -> Self {
+        Cached {
+            version: floor,
+            expires_at: i64::MIN,
+            principal: None,
+            data: SessionData::new(),
+            deleted: false,
         }
     }
 
@@ -129,7 +144,9 @@ pub struct CachedStore<S> {
     drains: DrainSchedule,
     sealer: Sealer,
     stats: Arc<WriteThroughStats>,
-    pending: Mutex<HashSet<Key>>,
+    /// Invalidations waiting for the cache, each with the lowest version a fill may still
+    /// bring (see [`Cached::marker`]).
+    pending: Mutex<HashMap<Key, i64>>,
     /// Per session: the rank and cache version this process last saw in the cache, so a
     /// write can be one compare-and-swap instead of a read and a write.
     hints: quick_cache::sync::Cache<[u8; 32], (Rank, Version)>,
@@ -138,6 +155,11 @@ pub struct CachedStore<S> {
 /// Most invalidations kept waiting for a cache that is down; beyond it the oldest entries
 /// are only bounded by `max_cache_ttl`.
 const MAX_PENDING: usize = 100_000;
+
+/// Longest life of an invalidation marker (and at most `max_cache_ttl`): longer than a fill
+/// takes, from its store read to its cache write, so a fill that read before the
+/// invalidation finds the marker. A marker holds no session: a newer fill replaces it.
+const MARKER_TTL: Duration = Duration::from_secs(60);
 
 impl<S: fmt::Debug> fmt::Debug for CachedStore<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -167,7 +189,7 @@ impl<S: Outbox> CachedStore<S> {
             drains: DrainSchedule::new(Duration::from_millis(500)),
             sealer: Sealer::default(),
             stats,
-            pending: Mutex::new(HashSet::new()),
+            pending: Mutex::new(HashMap::new()),
             hints: quick_cache::sync::Cache::new(10_000),
         }
     }
@@ -264,19 +286,21 @@ impl<S: Outbox> CachedStore<S> {
     /// compare-and-swap in the common case (the hint names the entry to replace).
     async fn fill(&self, slot: &Slot, cached: Cached) {
         let Slot { hash, key } = slot;
+        // Any invalidation below keeps out what is older than this committed version.
+        let floor = cached.version;
         if self.breaker.is_open() {
             self.breaker.skipped();
-            return self.queue_invalidation(key.clone());
+            return self.queue_invalidation(key.clone(), floor);
         }
         let Some(ttl) = self.ttl_for(&cached) else {
             return;
         };
         let Ok(bytes) = self.sealer.seal(key, &cached) else {
-            return self.invalidate(key).await;
+            return self.invalidate(key, floor).await;
         };
         let caps = self.cache.capabilities();
         if caps.max_value_size < bytes.len() {
-            return self.invalidate(key).await;
+            return self.invalidate(key, floor).await;
         }
         let rank = cached.rank();
         if !caps.cas {
@@ -285,7 +309,7 @@ impl<S: Outbox> CachedStore<S> {
             if let Call::Done(_) = self.breaker.call("put", When::Closed, put).await {
                 return;
             }
-            return self.invalidate(key).await;
+            return self.invalidate(key, floor).await;
         }
         let mut mode = match self.hints.get(hash.as_bytes()) {
             Some((seen, _)) if seen >= rank => return,
@@ -313,11 +337,11 @@ impl<S: Outbox> CachedStore<S> {
                         _ => mode = PutMode::Update(cur.version),
                     },
                 },
-                Call::Failed => return self.invalidate(key).await,
+                Call::Failed => return self.invalidate(key, floor).await,
             }
         }
         // Lost four races in a row: leave it to the newer writers, but never stale data.
-        self.invalidate(key).await;
+        self.invalidate(key, floor).await;
     }
 
     async fn fill_record(&self, r: &Record) {
@@ -344,23 +368,28 @@ impl<S: Outbox> CachedStore<S> {
         }
     }
 
-    fn queue_invalidation(&self, key: Key) {
+    /// Queues an invalidation that keeps out versions older than `floor`.
+    fn queue_invalidation(&self, key: Key, floor: i64) {
         let mut p = self.pending.lock();
-        if p.len() < MAX_PENDING {
-            p.insert(key);
+        if p.len() < MAX_PENDING || p.contains_key(&key) {
+            let f = p.entry(key).or_insert(floor);
+            *f = (*f).max(floor);
         }
     }
 
-    /// Removes a possibly stale entry, but never a tombstone (a fill racing a delete must
-    /// find it). Queued for a later retry if the cache cannot be reached.
-    async fn invalidate(&self, key: &Key) {
+    /// Replaces a possibly stale entry with a marker that refuses fills older than `floor`
+    /// (a committed version) or than the entry it removes, so a slower fill of an older
+    /// version cannot land after it; never replaces a tombstone (a fill racing a delete
+    /// must find it). Queued for a later retry if the cache cannot be reached.
+    async fn invalidate(&self, key: &Key, floor: i64) {
         WriteThroughStats::bump(&self.stats.invalidations);
-        if !self.try_invalidate(key).await {
-            self.queue_invalidation(key.clone());
+        if !self.try_invalidate(key, floor).await {
+            self.queue_invalidation(key.clone(), floor);
         }
     }
 
-    async fn try_invalidate(&self, key: &Key) -> bool {
+    async fn try_invalidate(&self, key: &Key, floor: i64) -> bool {
+        let cas = self.cache.capabilities().cas;
         let mut tries = Backoff::new(Duration::ZERO, Duration::ZERO).max_attempts(3);
         while tries.next_attempt_now() {
             let entry = match self
@@ -368,16 +397,34 @@ impl<S: Outbox> CachedStore<S> {
                 .call("get", When::Closed, self.cache.get(key))
                 .await
             {
-                Call::Done(Some(e)) => e,
-                Call::Done(None) => return true,
+                Call::Done(e) => e,
                 _ => return false,
             };
-            if self.open(key, &entry.value).is_some_and(|c| c.deleted) {
+            let stored = entry.as_ref().and_then(|e| self.open(key, &e.value));
+            if stored.as_ref().is_some_and(|c| c.deleted) {
                 return true;
             }
-            let delete = self.cache.delete(key, DeleteMode::IfVersion(entry.version));
-            match self.breaker.call("delete", When::Closed, delete).await {
-                Call::Done(_) => return true,
+            let write = match (&entry, cas) {
+                // Without CAS no fill is refused anyway: removing the entry is all there is.
+                (None, false) => return true,
+                (Some(e), false) => {
+                    let delete = self.cache.delete(key, DeleteMode::IfVersion(e.version));
+                    settled(self.breaker.call("delete", When::Closed, delete).await)
+                }
+                (_, true) => {
+                    let floor = stored.map_or(floor, |c| c.version.max(floor));
+                    let marker = Cached::marker(floor);
+                    let ttl = Ttl::new(MARKER_TTL.min(self.max_cache_ttl)).ok();
+                    let Ok(bytes) = self.sealer.seal(key, &marker) else {
+                        return false;
+                    };
+                    let mode = entry.map_or(PutMode::Create, |e| PutMode::Update(e.version));
+                    let put = self.cache.put(key, bytes, ttl, mode);
+                    settled(self.breaker.call("put", When::Closed, put).await)
+                }
+            };
+            match write {
+                Call::Done(()) => return true,
                 Call::Conflict(_) => continue,
                 Call::Failed => return false,
             }
@@ -390,20 +437,20 @@ impl<S: Outbox> CachedStore<S> {
         if self.breaker.is_open() {
             return;
         }
-        let keys: Vec<Key> = {
+        let keys: Vec<(Key, i64)> = {
             let mut p = self.pending.lock();
             if p.is_empty() {
                 return;
             }
-            let batch: Vec<Key> = p.iter().take(256).cloned().collect();
-            for k in &batch {
-                p.remove(k);
-            }
+            let batch: Vec<Key> = p.keys().take(256).cloned().collect();
             batch
+                .into_iter()
+                .filter_map(|k| p.remove_entry(&k))
+                .collect()
         };
-        for key in keys {
-            if !self.try_invalidate(&key).await {
-                self.queue_invalidation(key);
+        for (key, floor) in keys {
+            if !self.try_invalidate(&key, floor).await {
+                self.queue_invalidation(key, floor);
             }
         }
     }
@@ -420,6 +467,15 @@ impl<S: Outbox> CachedStore<S> {
     pub async fn drain_outbox(&self) -> Result<usize> {
         let bury = |hash| async move { self.bury(&Slot::of(hash)).await };
         outbox::drain(&self.store, DRAIN_BATCH, &self.stats.outbox_drained, bury).await
+    }
+}
+
+/// `call` without its value: whether it was done, lost a race or failed.
+fn settled<T>(call: Call<T>) -> Call<()> {
+    match call {
+        Call::Done(_) => Call::Done(()),
+        Call::Conflict(e) => Call::Conflict(e),
+        Call::Failed => Call::Failed,
     }
 }
 

@@ -416,6 +416,64 @@ async fn a_fill_racing_a_delete_never_resurrects() {
     }
 }
 
+/// A fill that read an older version before an invalidation and reaches the cache after it
+/// is refused: B's save cannot write its new version to the cache (the put fails), so it
+/// invalidates, while A's fill of the version before is held between its database read and
+/// its cache write. Neither instance serves the older version afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fill_older_than_an_invalidation_is_refused() {
+    let (pg_a, schema) = larder_tests::db::pg_store().await;
+    let pg_b = larder_tests::db::pg_store_in(&schema).await;
+    let redis = ServerProcess::redis();
+    let raw = redis_cache(&redis).await;
+    let gate = PutGate::new(redis_cache(&redis).await);
+    let faulty = Faulty::new(redis_cache(&redis).await);
+    let a = Arc::new(CachedStore::new(pg_a, gate.clone()).cache_timeout(Duration::from_secs(10)));
+    // No breaker: B's invalidation goes out right after its failed put.
+    let b = CachedStore::new(pg_b, faulty.clone()).breaker_cooldown(Duration::ZERO);
+    for round in 0..6 {
+        let old = b
+            .create(
+                data_of("step", "old"),
+                None,
+                Timestamp::now().plus(Duration::from_secs(600)),
+            )
+            .await
+            .unwrap();
+        if round % 2 == 0 {
+            // The entry was evicted: A's fill is a create, and the invalidation finds nothing
+            // to replace.
+            raw.delete(&old.id.hash().cache_key(), larder::DeleteMode::Any)
+                .await
+                .unwrap();
+        }
+        gate.arm();
+        let a2 = a.clone();
+        let id = old.id.clone();
+        let slow = tokio::spawn(async move { a2.load_authoritative(&id).await });
+        // A has read the old version from the database and is about to fill the cache.
+        gate.reached().await;
+        let mut new = old.clone();
+        new.data.insert("step", &"new").unwrap();
+        faulty.fail_next_puts(1);
+        let SaveOutcome::Saved(saved) = b.save_or_current(&new).await.unwrap() else {
+            panic!("no concurrent save")
+        };
+        assert_eq!(faulty.injected(), round + 1, "B's cache write failed");
+        gate.release();
+        let read = slow.await.unwrap().unwrap().unwrap();
+        assert_eq!(read.version, old.version, "A read before the save");
+        for (who, store) in [("A", &*a), ("B", &b)] {
+            let r = store.load(&old.id).await.unwrap().unwrap();
+            assert_eq!(
+                (r.version, r.data.get::<String>("step").unwrap().as_deref()),
+                (saved.version, Some("new")),
+                "round {round}: {who} served the version before the invalidation"
+            );
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tower_adapter_refuses_forged_and_foreign_input_and_changes_nothing() {
     let (pg, _schema) = larder_tests::db::pg_store().await;
