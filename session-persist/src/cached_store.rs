@@ -114,7 +114,9 @@ impl Slot {
 /// * **Cache trouble never fails a request**: errors and timeouts become misses, are logged
 ///   and counted; a cache write that fails invalidates the entry instead of leaving a stale
 ///   one (never removing a tombstone), and invalidations that fail are retried on later
-///   calls.
+///   calls. An invalidation leaves a short-lived marker carrying the newest version it knows
+///   of, so a slower fill of an older version (read from the store before the invalidation)
+///   is refused rather than served until `max_cache_ttl`.
 /// * **Logout is effective everywhere within a bound.** A delete, rotation or revocation
 ///   writes a tombstone that outranks every version, so no fill can bring the session back.
 ///   The database records the same deletion in its outbox in the same transaction, and
@@ -414,12 +416,14 @@ impl<S: Outbox> CachedStore<S> {
                 (_, true) => {
                     let floor = stored.map_or(floor, |c| c.version.max(floor));
                     let marker = Cached::marker(floor);
-                    let ttl = Ttl::new(MARKER_TTL.min(self.max_cache_ttl)).ok();
-                    let Ok(bytes) = self.sealer.seal(key, &marker) else {
+                    let (Ok(ttl), Ok(bytes)) = (
+                        Ttl::new(MARKER_TTL.min(self.max_cache_ttl)),
+                        self.sealer.seal(key, &marker),
+                    ) else {
                         return false;
                     };
                     let mode = entry.map_or(PutMode::Create, |e| PutMode::Update(e.version));
-                    let put = self.cache.put(key, bytes, ttl, mode);
+                    let put = self.cache.put(key, bytes, Some(ttl), mode);
                     settled(self.breaker.call("put", When::Closed, put).await)
                 }
             };
