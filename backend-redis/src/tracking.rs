@@ -415,7 +415,20 @@ async fn session(tracking: &RedisTracking, sink: &InvalidationSink) -> Result<()
         // writes go, so the channel goes down (the near cache is flushed) and starts anew.
         if let (Some(s), Some(w)) = (&sentinel, &mut witnesses) {
             match w.ask(&nodes[0]).await {
-                Agreement::Agreed if s.primary_node().as_ref() == Some(&nodes[0]) => {}
+                Agreement::Agreed if s.primary_node().as_ref() == Some(&nodes[0]) => {
+                    // The near cache keeps what the backend reads: while the backend still
+                    // reads another node, nothing it reads is confirmed here.
+                    if let Some(b) = &tracking.backend {
+                        match b.primary_node() {
+                            Some(p) if p == nodes[0] => {}
+                            Some(p) => {
+                                b.moved_from(&p);
+                                continue;
+                            }
+                            None => continue,
+                        }
+                    }
+                }
                 Agreement::Unknown => continue,
                 _ => {
                     s.moved_from(&nodes[0]);

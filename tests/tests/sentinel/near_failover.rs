@@ -145,27 +145,34 @@ async fn near_reads_stay_within_the_bound_across_a_sentinel_failover() {
     .await;
     tokio::time::sleep(Duration::from_millis(2000)).await;
     stop.store(true, Ordering::SeqCst);
+    let hits_after = stats.local_hits() - hits_before;
     let (writes, reads) = (b.await.unwrap(), a.await.unwrap());
 
     // Writes the old primary acknowledged after the failover was asked for may be lost
     // (asynchronous replication, Sentinel's documented limit): a read need not see them.
     let must_see = |w: &Acked| w.node == new || (w.node == old && w.acked < asked);
     let on_new = writes.iter().filter(|w| w.node == new).count();
-    assert!(on_new > 20, "B reached the new primary with {on_new} writes");
+    assert!(
+        on_new > 20,
+        "B reached the new primary with {on_new} writes"
+    );
     let around = reads
         .iter()
         .filter(|r| r.started + Duration::from_millis(1000) >= asked)
         .count();
     assert!(around >= 1000, "only {around} reads around the failover");
-    assert!(hits_before > 0, "the local tier was not used before the failover");
+    assert!(
+        hits_before > 0,
+        "the local tier was not used before the failover"
+    );
     let stale = stale_reads(&writes, &reads, must_see);
     let worst = stale.iter().map(|s| s.2).max().unwrap_or_default();
     println!(
         "near over sentinel failover: {} reads ({around} from 1 s before the failover on), \
-         {} local hits; B: {} writes acknowledged, {on_new} by the new primary; reads older \
-         than a write acknowledged {DEFAULT_MAX_STALENESS:?} before: {} (worst {worst:?})",
+         {hits_before} local hits before the failover, {hits_after} after; B: {} writes \
+         acknowledged, {on_new} by the new primary; reads older than a write acknowledged \
+         {DEFAULT_MAX_STALENESS:?} before: {} (worst {worst:?})",
         reads.len(),
-        stats.local_hits(),
         writes.len(),
         stale.len()
     );
