@@ -416,16 +416,21 @@ async fn session(tracking: &RedisTracking, sink: &InvalidationSink) -> Result<()
         if let (Some(s), Some(w)) = (&sentinel, &mut witnesses) {
             match w.ask(&nodes[0]).await {
                 Agreement::Agreed if s.primary_node().as_ref() == Some(&nodes[0]) => {
-                    // The near cache keeps what the backend reads: while the backend still
-                    // reads another node, nothing it reads is confirmed here.
+                    // The near cache keeps what the backend reads, so the backend must read
+                    // the tracked node too: one that is looking its primary up again (after
+                    // `READONLY` or a lost connection) or found another is a topology sign.
                     if let Some(b) = &tracking.backend {
                         match b.primary_node() {
                             Some(p) if p == nodes[0] => {}
-                            Some(p) => {
-                                b.moved_from(&p);
-                                continue;
+                            other => {
+                                if let Some(p) = other {
+                                    b.moved_from(&p);
+                                }
+                                return Err(moved(
+                                    sink,
+                                    "the backend no longer reads the tracked primary",
+                                ));
                             }
-                            None => continue,
                         }
                     }
                 }
