@@ -34,7 +34,9 @@
 //! not answer confirms nothing (the local tier is bypassed once the bound passes); one that
 //! names another node, a role other than `master` or a changed slot map takes the channel
 //! down ([`ChannelFault::PrimaryMoved`]: flushed, bypassed until the new primary confirms)
-//! and, behind Sentinel, makes the backend look its primary up again at once.
+//! and, behind Sentinel, makes the backend look its primary up again at once. Since the near
+//! cache keeps what the backend reads, a backend that reads another node (or is looking its
+//! primary up after `READONLY` or a lost connection) takes the channel down too.
 //!
 //! # Connection generations
 //!
@@ -104,7 +106,9 @@ impl std::fmt::Debug for RecentPushes {
 
 impl RedisTracking {
     /// A channel to the server or cluster of `config` (normally the backend's own; another one
-    /// only to reach the same data by another route).
+    /// only to reach the same data by another route). Behind Sentinel, prefer
+    /// [`RedisBackend::tracking`](crate::RedisBackend::tracking), which also moves that
+    /// backend over as soon as the primary moves.
     pub fn new(config: RedisConfig) -> Self {
         RedisTracking {
             config,

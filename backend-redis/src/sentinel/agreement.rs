@@ -5,10 +5,13 @@
 //! `PING`, says `master` to `ROLE` and even takes writes for seconds, until the sentinels
 //! reconfigure it. Meanwhile any client that asks a sentinel which has switched writes to the
 //! new primary. Neither the old node's `ROLE` nor a write to it can tell; only the sentinels
-//! can. A sentinel switches its answer before it publishes `+switch-master`, so a reply to
-//! `SENTINEL GET-MASTER-ADDR-BY-NAME` sent after `t` from every sentinel of the
-//! configuration naming the tracked node proves that no client could have been sent
-//! elsewhere by them before `t`.
+//! can, and a sentinel answers `SENTINEL GET-MASTER-ADDR-BY-NAME` from the configuration it
+//! switches. So a reply sent after `t` by every sentinel of the configuration, naming the
+//! tracked node, proves that none of them had sent a client elsewhere before `t`. (A majority
+//! would not do: `SENTINEL FAILOVER` switches one sentinel without asking the others.)
+//!
+//! Cost: one such command per sentinel per sync (four per staleness bound), on a connection
+//! kept open to each.
 
 use redis::aio::MultiplexedConnection;
 
