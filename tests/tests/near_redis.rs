@@ -422,3 +422,45 @@ async fn near_reads_stay_within_the_bound_across_a_cluster_failover() {
         &stale[..stale.len().min(20)]
     );
 }
+
+/// A tracked server that becomes a replica (`REPLICAOF`: it no longer takes the writes) takes
+/// the channel down with `PrimaryMoved` at its next sync: the local tier is flushed and no
+/// read is answered from it while the node stays a replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tracked_server_turned_replica_is_no_longer_confirmed() {
+    use larder::layer::ChannelFault;
+    let server = ServerProcess::redis();
+    let other = ServerProcess::redis();
+    let redis = RedisBackend::connect(&format!("redis://{}", server.addr()))
+        .await
+        .unwrap();
+    let tracking = redis.tracking();
+    let near = tracked(redis, tracking, "tracking is up").await;
+    let stats = near.stats();
+    let k = Key::new("near-demoted").unwrap();
+    near.put(&k, Bytes::from_static(b"v"), None, PutMode::Overwrite)
+        .await
+        .unwrap();
+    until_local_hit(&near, &stats, &k).await;
+    let flushes = stats.flushes();
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", &server.port().to_string()])
+        .args(["REPLICAOF", "127.0.0.1", &other.port().to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "OK");
+    let patience = Patience::new(Duration::from_secs(5)).every(Duration::from_millis(1));
+    eventually(
+        patience,
+        "the channel goes down as primary_moved",
+        async || stats.channel_fault() == Some(ChannelFault::PrimaryMoved),
+    )
+    .await;
+    assert!(stats.flushes() > flushes, "the local tier was not flushed");
+    let hits = stats.local_hits();
+    for _ in 0..20 {
+        near.get(&k).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(stats.local_hits(), hits, "a replica's sync was counted");
+}
