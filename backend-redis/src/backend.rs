@@ -89,9 +89,11 @@ impl RedisBackend {
 
     /// This server's (or cluster's) invalidation channel, for a
     /// `larder_near::Near` cache in front of this backend: Redis client
-    /// tracking on a connection of its own per master (see [`RedisTracking`]).
+    /// tracking on a connection of its own per master (see [`RedisTracking`]). Behind
+    /// Sentinel, when the tracking learns that the primary moved, this backend looks it up
+    /// again at once, so that the near cache's reads follow as soon as its syncs stop.
     pub fn tracking(&self) -> RedisTracking {
-        RedisTracking::new(self.config.clone())
+        RedisTracking::new(self.config.clone()).following(self.core.sentinel())
     }
 }
 

@@ -74,6 +74,14 @@ impl Core {
         }
     }
 
+    /// With Sentinel: the connection that follows the primary.
+    pub(crate) fn sentinel(&self) -> Option<crate::sentinel::SentinelConn> {
+        match &self.conn {
+            Conn::Sentinel(s) => Some(s.clone()),
+            _ => None,
+        }
+    }
+
     /// Runs `cmd` within the operation deadline.
     ///
     /// The timer costs about a tenth of the throughput of 64 concurrent `get`s

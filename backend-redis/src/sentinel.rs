@@ -53,10 +53,13 @@
 //!
 //! [`discovery`] asks the sentinels and checks the primary they name; [`conn`] holds the
 //! connection in use and looks the primary up again when it fails or moves; [`errors`]
-//! tells apart what went wrong while looking.
+//! tells apart what went wrong while looking; [`agreement`] asks every sentinel whether
+//! a primary is still theirs (what a near cache's sync needs).
 
+mod agreement;
 mod conn;
 mod discovery;
 mod errors;
 
+pub(crate) use agreement::{Agreement, Witnesses};
 pub(crate) use conn::SentinelConn;

@@ -22,6 +22,22 @@
 //! a lost connection or a changed cluster topology takes the channel down; it reconnects with
 //! a capped back-off.
 //!
+//! # Confirming against the node that takes writes now
+//!
+//! A `PONG` only vouches for the node that sent it. So a sync also needs, from after `t`,
+//! `ROLE` answered `master` on the same connection (pipelined with the `PING`: no extra
+//! round trip), which catches a demoted node (a Cluster failover, `REPLICAOF`), and, behind
+//! Sentinel, every configured sentinel naming the tracked node
+//! ([`Witnesses`](crate::sentinel::Witnesses)): a primary left alive by a failover still
+//! says `master` and takes writes until the sentinels reconfigure it, seconds later, while
+//! clients that ask a switched sentinel already write to the new one. A sentinel that does
+//! not answer confirms nothing (the local tier is bypassed once the bound passes); one that
+//! names another node, a role other than `master` or a changed slot map takes the channel
+//! down ([`ChannelFault::PrimaryMoved`]: flushed, bypassed until the new primary confirms)
+//! and, behind Sentinel, makes the backend look its primary up again at once. Since the near
+//! cache keeps what the backend reads, a backend that reads another node (or is looking its
+//! primary up after `READONLY` or a lost connection) takes the channel down too.
+//!
 //! # Connection generations
 //!
 //! Each subscription (one connection per master) reports through a sink of its own
@@ -33,14 +49,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use larder_cache_api::layer::{resubscribe, InvalidationChannel, InvalidationSink, Subscription};
+use larder_cache_api::layer::{
+    resubscribe, ChannelFault, InvalidationChannel, InvalidationSink, Subscription,
+};
 use larder_cache_api::{Error, ErrorKind, Result};
 use redis::{ProtocolVersion, PushInfo, PushKind, Value};
 
 use crate::config::{RedisConfig, Topology};
 use crate::error::{self, BACKEND};
 use crate::node::{self, node_info};
-use crate::sentinel::SentinelConn;
+use crate::sentinel::{Agreement, SentinelConn, Witnesses};
 
 /// The invalidation channel of a Redis server, Cluster or Sentinel-monitored primary, for
 /// `larder_near::Near`: see [`RedisBackend::tracking`](crate::RedisBackend::tracking).
@@ -49,6 +67,8 @@ pub struct RedisTracking {
     config: RedisConfig,
     prefixes: Vec<String>,
     recent: RecentPushes,
+    /// Behind Sentinel, the backend's own connection, told when the primary moved.
+    backend: Option<SentinelConn>,
 }
 
 /// The push handlers of the last few connection generations, for the test seam
@@ -86,13 +106,22 @@ impl std::fmt::Debug for RecentPushes {
 
 impl RedisTracking {
     /// A channel to the server or cluster of `config` (normally the backend's own; another one
-    /// only to reach the same data by another route).
+    /// only to reach the same data by another route). Behind Sentinel, prefer
+    /// [`RedisBackend::tracking`](crate::RedisBackend::tracking), which also moves that
+    /// backend over as soon as the primary moves.
     pub fn new(config: RedisConfig) -> Self {
         RedisTracking {
             config,
             prefixes: Vec::new(),
             recent: RecentPushes::default(),
+            backend: None,
         }
+    }
+
+    /// Tells `backend` (the backend's Sentinel connection) when the primary moved.
+    pub(crate) fn following(mut self, backend: Option<SentinelConn>) -> Self {
+        self.backend = backend;
+        self
     }
 
     /// The newest connection generation of this channel's subscription (0 before the first
@@ -348,6 +377,7 @@ async fn session(tracking: &RedisTracking, sink: &InvalidationSink) -> Result<()
     let mut tick = tokio::time::interval(sink.sync_interval().max(Duration::from_millis(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_topology_check = Instant::now();
+    let mut witnesses = sentinel.as_ref().map(Witnesses::new);
     loop {
         tick.tick().await;
         if sink.is_closed() {
@@ -356,19 +386,21 @@ async fn session(tracking: &RedisTracking, sink: &InvalidationSink) -> Result<()
         // Every ping below is sent after `sent`, so each PONG vouches for `sent`.
         let sent = Instant::now();
         for t in &mut conns {
-            let pong = tokio::time::timeout(
-                ping_timeout,
-                redis::cmd("PING").query_async::<Value>(&mut t.conn),
-            )
-            .await
-            .map_err(|e| error::deadline("PING", ping_timeout, e))?
-            .map_err(|e| error::map("PING", e))?;
-            let _ = pong;
+            let mut p = redis::pipe();
+            p.cmd("ROLE").cmd("PING");
+            let (role, _pong): (Value, Value) =
+                tokio::time::timeout(ping_timeout, p.query_async(&mut t.conn))
+                    .await
+                    .map_err(|e| error::deadline("PING", ping_timeout, e))?
+                    .map_err(|e| error::map("PING", e))?;
             if t.lost.load(Ordering::SeqCst) {
                 return Err(
                     Error::new(ErrorKind::Unavailable, "tracking connection closed")
                         .with_backend(BACKEND),
                 );
+            }
+            if !is_master(&role) {
+                return Err(moved(sink, "a tracked node is no longer a primary"));
             }
         }
         if tracking.config.topology == Topology::Cluster
@@ -377,24 +409,67 @@ async fn session(tracking: &RedisTracking, sink: &InvalidationSink) -> Result<()
             last_topology_check = Instant::now();
             let now = slots_masters(&mut conns[0].conn, &nodes[0].0).await?;
             if now != nodes {
-                return Err(Error::new(
-                    ErrorKind::Unavailable,
+                return Err(moved(
+                    sink,
                     "cluster topology changed; tracking every master anew",
-                )
-                .with_backend(BACKEND));
+                ));
             }
         }
         // A failover moved the primary: what this connection tracked is no longer where
         // writes go, so the channel goes down (the near cache is flushed) and starts anew.
-        if let Some(s) = &sentinel {
-            if s.primary_node().as_ref() != Some(&nodes[0]) {
-                return Err(Error::new(
-                    ErrorKind::Unavailable,
-                    "the Sentinel service's primary moved; tracking the new one",
-                )
-                .with_backend(BACKEND));
+        if let (Some(s), Some(w)) = (&sentinel, &mut witnesses) {
+            match w.ask(&nodes[0]).await {
+                Agreement::Agreed if s.primary_node().as_ref() == Some(&nodes[0]) => {
+                    // The near cache keeps what the backend reads, so the backend must read
+                    // the tracked node too: one that is looking its primary up again (after
+                    // `READONLY` or a lost connection) or found another is a topology sign.
+                    if let Some(b) = &tracking.backend {
+                        match b.primary_node() {
+                            Some(p) if p == nodes[0] => {}
+                            other => {
+                                if let Some(p) = other {
+                                    b.moved_from(&p);
+                                }
+                                return Err(moved(
+                                    sink,
+                                    "the backend no longer reads the tracked primary",
+                                ));
+                            }
+                        }
+                    }
+                }
+                Agreement::Unknown => continue,
+                _ => {
+                    s.moved_from(&nodes[0]);
+                    if let Some(b) = &tracking.backend {
+                        b.moved_from(&nodes[0]);
+                    }
+                    return Err(moved(
+                        sink,
+                        "the Sentinel service's primary moved; tracking the new one",
+                    ));
+                }
             }
         }
         sink.synced(sent);
+    }
+}
+
+/// Reports the channel down because the node it confirmed against no longer takes the
+/// writes; the error ends the session.
+fn moved(sink: &InvalidationSink, what: &'static str) -> Error {
+    sink.down_because(ChannelFault::PrimaryMoved);
+    Error::new(ErrorKind::Unavailable, what).with_backend(BACKEND)
+}
+
+/// Whether a `ROLE` reply is a primary's.
+fn is_master(role: &Value) -> bool {
+    let Value::Array(items) = role else {
+        return false;
+    };
+    match items.first() {
+        Some(Value::BulkString(b)) => b == b"master",
+        Some(Value::SimpleString(s)) => s == "master",
+        _ => false,
     }
 }

@@ -1,5 +1,6 @@
-//! A real Redis Cluster of three masters on free ports, for the cluster tests, and a
-//! watchdog that stops servers held in `static`s when the test binary exits.
+//! A real Redis Cluster of three masters on free ports (replicas added on demand), for the
+//! cluster tests, and a watchdog that stops servers held in `static`s when the test binary
+//! exits.
 
 use std::net::TcpStream;
 use std::path::PathBuf;
@@ -44,6 +45,42 @@ fn redis_cli(port: u16, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Starts `redis-server --cluster-enabled yes` number `i` on a free port, its files in a
+/// directory of its own under `dir`.
+fn spawn_node(dir: &std::path::Path, i: usize) -> (u16, Child) {
+    let port = free_port();
+    // The cluster bus gets its own free port rather than the default port + 10000,
+    // which may be taken or out of range.
+    let bus = free_port();
+    let node_dir = dir.join(format!("node{i}"));
+    std::fs::create_dir_all(&node_dir).expect("node dir");
+    let child = Command::new(binary("redis-server"))
+        .args([
+            "--port",
+            &port.to_string(),
+            "--cluster-port",
+            &bus.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            &format!("nodes-{port}.conf"),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .arg("--dir")
+        .arg(&node_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server starts");
+    (port, child)
+}
+
 impl RedisCluster {
     /// Starts three masters, joins them with `redis-cli --cluster create`, and waits until
     /// every node reports `cluster_state:ok` and knows the other two.
@@ -52,36 +89,7 @@ impl RedisCluster {
         let mut ports = Vec::new();
         let mut children = Vec::new();
         for i in 0..3 {
-            let port = free_port();
-            // The cluster bus gets its own free port rather than the default port + 10000,
-            // which may be taken or out of range.
-            let bus = free_port();
-            let node_dir = dir.path().join(format!("node{i}"));
-            std::fs::create_dir_all(&node_dir).expect("node dir");
-            let child = Command::new(binary("redis-server"))
-                .args([
-                    "--port",
-                    &port.to_string(),
-                    "--cluster-port",
-                    &bus.to_string(),
-                    "--bind",
-                    "127.0.0.1",
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    &format!("nodes-{port}.conf"),
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                ])
-                .arg("--dir")
-                .arg(&node_dir)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("redis-server starts");
+            let (port, child) = spawn_node(dir.path(), i);
             ports.push(port);
             children.push(child);
         }
@@ -205,6 +213,59 @@ impl RedisCluster {
                 },
             );
         }
+    }
+
+    /// Adds a replica of the master on `master` (a new node joined with `redis-cli --cluster
+    /// add-node --cluster-slave`) and waits until it is in sync and every node knows it;
+    /// returns its port. [`ports`](Self::ports) still lists the masters only.
+    pub fn add_replica(&mut self, master: u16) -> u16 {
+        let (port, child) = spawn_node(self._dir.path(), self.children.len());
+        self.children.push(child);
+        wait_until(
+            Duration::from_secs(10),
+            format_args!("node {port} listens"),
+            || TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        );
+        let id = redis_cli(master, &["CLUSTER", "MYID"]).trim().to_owned();
+        let out = Command::new(binary("redis-cli"))
+            .args(["--cluster", "add-node"])
+            .args([format!("127.0.0.1:{port}"), format!("127.0.0.1:{master}")])
+            .args(["--cluster-slave", "--cluster-master-id", &id])
+            .stdin(Stdio::null())
+            .output()
+            .expect("redis-cli --cluster add-node runs");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster add-node failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let known = format!("cluster_known_nodes:{}", self.children.len());
+        wait_until(
+            Duration::from_secs(30),
+            format_args!("replica {port} is in sync and known to every node"),
+            || {
+                redis_cli(port, &["INFO", "replication"]).contains("master_link_status:up")
+                    && self
+                        .ports
+                        .iter()
+                        .chain([&port])
+                        .all(|p| redis_cli(*p, &["CLUSTER", "INFO"]).contains(&known))
+            },
+        );
+        port
+    }
+
+    /// `CLUSTER FAILOVER` on the replica on `replica`, its master alive (a coordinated
+    /// switch); waits until the replica reports itself master.
+    pub fn failover_to(&self, replica: u16) {
+        let out = redis_cli(replica, &["CLUSTER", "FAILOVER"]);
+        assert_eq!(out.trim(), "OK", "CLUSTER FAILOVER answered {out:?}");
+        wait_until(
+            Duration::from_secs(30),
+            format_args!("replica {replica} is a master"),
+            || redis_cli(replica, &["ROLE"]).lines().next() == Some("master"),
+        );
     }
 
     /// Kills every node when the current process exits, even if `self` is never dropped

@@ -2,7 +2,8 @@
 //! ([`server`]), a TCP proxy that cuts or stalls connections ([`proxy`]), and a backend
 //! wrapper that injects one fault at one point ([`fault`]), fault cases stamped over every
 //! networked store ([`outage`]), many periodic-task schedulers
-//! in one process, counted ([`coord_sim`]); one poll loop for waiting on anything
+//! in one process, counted ([`coord_sim`]); a counter's history across a failover, checked
+//! against a staleness bound ([`history`]); one poll loop for waiting on anything
 //! ([`eventually`], [`wait_until`]).
 //!
 //! Helpers panic with a clear message when something the tests need is missing (a server
@@ -14,6 +15,7 @@ pub mod cluster;
 pub mod coord_sim;
 pub mod db;
 pub mod fault;
+pub mod history;
 pub mod outage;
 pub mod owning;
 mod pgwire;

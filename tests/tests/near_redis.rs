@@ -352,3 +352,115 @@ async fn a_late_disconnection_of_an_old_connection_leaves_the_channel_up() {
     );
     drop(server);
 }
+
+/// The bound across a Cluster failover (`CLUSTER FAILOVER` on a replica, the old master
+/// alive): B writes a counter every ~10 ms with a fresh cluster client for each write, A
+/// reads it through `Near` every ~2 ms; no read returns a value older than a write
+/// acknowledged more than the bound before it started (see `larder_tests::history`). The
+/// tracking channel, which confirmed against the old master, goes down as it is demoted
+/// (`ChannelFault::PrimaryMoved`) and comes back on the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn near_reads_stay_within_the_bound_across_a_cluster_failover() {
+    use larder_tests::history::{reader, stale_reads, writer};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let mut cluster = RedisCluster::start();
+    let k = Key::new("near-cluster-failover").unwrap();
+    let replica = cluster.add_replica(cluster.owner_of(k.as_str()));
+    let url = format!("redis+cluster://{}", cluster.seeds());
+    let redis = RedisBackend::connect(&url).await.unwrap();
+    let tracking = redis.tracking();
+    let near = Arc::new(tracked(redis, tracking, "tracking is up").await);
+    let stats = near.stats();
+    let stop = Arc::new(AtomicBool::new(false));
+    let b_url = url.clone();
+    let b = writer(
+        move || {
+            let url = b_url.clone();
+            async move { RedisBackend::connect(&url).await }
+        },
+        |_: &RedisBackend| String::new(),
+        k.clone(),
+        Duration::from_millis(10),
+        stop.clone(),
+    );
+    let a = reader(near.clone(), k, Duration::from_millis(2), stop.clone());
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let hits_before = stats.local_hits();
+    let flushes_before = stats.flushes();
+    cluster.failover_to(replica);
+    let switched = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    stop.store(true, Ordering::SeqCst);
+    let hits_after = stats.local_hits() - hits_before;
+    let (writes, reads) = (b.await.unwrap(), a.await.unwrap());
+
+    // A coordinated failover loses no acknowledged write: every one must be seen.
+    let stale = stale_reads(&writes, &reads, DEFAULT_MAX_STALENESS, |_| true);
+    let worst = stale.iter().map(|s| s.since).max().unwrap_or_default();
+    let after = writes.iter().filter(|w| w.acked > switched).count();
+    println!(
+        "near over cluster failover: {} reads from 1 s before CLUSTER FAILOVER to 3 s after, \
+         {hits_before} local hits before, {hits_after} after; B: {} writes acknowledged, \
+         {after} after the switch; reads older than a write acknowledged \
+         {DEFAULT_MAX_STALENESS:?} before: {} (worst {worst:?})",
+        reads.len(),
+        writes.len(),
+        stale.len()
+    );
+    assert!(after > 20, "B wrote {after} times after the switch");
+    assert!(reads.len() >= 1000, "only {} reads", reads.len());
+    assert!(hits_before > 0, "the local tier was not used before");
+    assert!(
+        stats.flushes() > flushes_before,
+        "the demotion of the tracked master did not flush the local tier"
+    );
+    assert!(
+        stale.is_empty(),
+        "{} reads returned a value older than a write acknowledged more than \
+         {DEFAULT_MAX_STALENESS:?} before: {:?}",
+        stale.len(),
+        &stale[..stale.len().min(20)]
+    );
+}
+
+/// A tracked server that becomes a replica (`REPLICAOF`: it no longer takes the writes) takes
+/// the channel down with `PrimaryMoved` at its next sync: the local tier is flushed and no
+/// read is answered from it while the node stays a replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tracked_server_turned_replica_is_no_longer_confirmed() {
+    use larder::layer::ChannelFault;
+    let server = ServerProcess::redis();
+    let other = ServerProcess::redis();
+    let redis = RedisBackend::connect(&format!("redis://{}", server.addr()))
+        .await
+        .unwrap();
+    let tracking = redis.tracking();
+    let near = tracked(redis, tracking, "tracking is up").await;
+    let stats = near.stats();
+    let k = Key::new("near-demoted").unwrap();
+    near.put(&k, Bytes::from_static(b"v"), None, PutMode::Overwrite)
+        .await
+        .unwrap();
+    until_local_hit(&near, &stats, &k).await;
+    let flushes = stats.flushes();
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", &server.port().to_string()])
+        .args(["REPLICAOF", "127.0.0.1", &other.port().to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "OK");
+    let patience = Patience::new(Duration::from_secs(5)).every(Duration::from_millis(1));
+    eventually(
+        patience,
+        "the channel goes down as primary_moved",
+        async || stats.channel_fault() == Some(ChannelFault::PrimaryMoved),
+    )
+    .await;
+    assert!(stats.flushes() > flushes, "the local tier was not flushed");
+    let hits = stats.local_hits();
+    for _ in 0..20 {
+        near.get(&k).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(stats.local_hits(), hits, "a replica's sync was counted");
+}

@@ -77,6 +77,18 @@ impl SentinelConn {
         }
     }
 
+    /// How the sentinels are asked.
+    pub(super) fn discovery(&self) -> &Discovery {
+        &self.shared.discovery
+    }
+
+    /// Someone learnt that `addr` is no longer the primary (a near cache's tracking, which
+    /// asks the sentinels more often than the periodic check): if it is the one in use, the
+    /// sentinels are asked again now.
+    pub(crate) fn moved_from(&self, addr: &(String, u16)) {
+        self.start_discovery(|p| matches!(p, Phase::Ready(q) if &q.addr == addr));
+    }
+
     /// `host:port` of the primary in use, if one is known right now.
     pub(crate) fn primary_addr(&self) -> Option<String> {
         match &*self.shared.phase.borrow() {

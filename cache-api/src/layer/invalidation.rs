@@ -169,6 +169,10 @@ pub enum ChannelFault {
     TriggerMissing,
     /// PostgreSQL: the `larder_kv_notify` trigger is disabled, so writes notify nobody.
     TriggerDisabled,
+    /// The node the channel confirmed against no longer takes the writes (a failover, a
+    /// role change, a cluster topology change): what was confirmed there says nothing of
+    /// the new primary's writes.
+    PrimaryMoved,
 }
 
 impl ChannelFault {
@@ -179,6 +183,7 @@ impl ChannelFault {
             ChannelFault::Unconfirmed => "unconfirmed",
             ChannelFault::TriggerMissing => "trigger_missing",
             ChannelFault::TriggerDisabled => "trigger_disabled",
+            ChannelFault::PrimaryMoved => "primary_moved",
         }
     }
 }

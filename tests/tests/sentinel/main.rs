@@ -20,6 +20,7 @@ use larder_tests::tls::TlsRedis;
 use larder_tests::{eventually, Patience};
 
 mod bad_input;
+mod near_failover;
 mod readonly;
 
 static SET: OnceLock<SentinelSet> = OnceLock::new();
