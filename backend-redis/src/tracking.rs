@@ -378,6 +378,7 @@ async fn session(tracking: &RedisTracking, sink: &InvalidationSink) -> Result<()
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_topology_check = Instant::now();
     let mut witnesses = sentinel.as_ref().map(Witnesses::new);
+    let mut last_agreed = Instant::now();
     loop {
         tick.tick().await;
         if sink.is_closed() {
@@ -438,6 +439,17 @@ async fn session(tracking: &RedisTracking, sink: &InvalidationSink) -> Result<()
                         }
                     }
                 }
+                // A sentinel that does not answer confirms nothing: the near cache serves
+                // every read from Redis. Past a while that is a fault to report, not a
+                // silent loss of the local tier.
+                Agreement::Unknown if last_agreed.elapsed() >= UNCONFIRMED_AFTER => {
+                    sink.down_because(ChannelFault::Unconfirmed);
+                    return Err(Error::new(
+                        ErrorKind::Unavailable,
+                        "a sentinel has not confirmed the tracked primary for a second",
+                    )
+                    .with_backend(BACKEND));
+                }
                 Agreement::Unknown => continue,
                 _ => {
                     s.moved_from(&nodes[0]);
@@ -451,9 +463,14 @@ async fn session(tracking: &RedisTracking, sink: &InvalidationSink) -> Result<()
                 }
             }
         }
+        last_agreed = Instant::now();
         sink.synced(sent);
     }
 }
+
+/// How long the sentinels may leave the tracked primary unconfirmed before the channel
+/// reports [`ChannelFault::Unconfirmed`] and starts anew.
+const UNCONFIRMED_AFTER: Duration = Duration::from_secs(1);
 
 /// Reports the channel down because the node it confirmed against no longer takes the
 /// writes; the error ends the session.

@@ -142,6 +142,13 @@ impl SentinelSet {
         self.primary.stop();
     }
 
+    /// Stops sentinel `i` (of the three) with SIGKILL.
+    pub fn stop_sentinel(&mut self, i: usize) {
+        let (_, c) = &mut self.sentinels[i];
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+
     /// Asks the first sentinel for a failover now (`SENTINEL FAILOVER`), the primary alive.
     pub fn failover(&self) {
         let out = redis_cli(self.sentinels[0].0, &["SENTINEL", "FAILOVER", SERVICE]);

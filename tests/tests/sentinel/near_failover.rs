@@ -105,3 +105,50 @@ async fn near_reads_stay_within_the_bound_across_a_sentinel_failover() {
         &stale[..stale.len().min(20)]
     );
 }
+
+/// A sentinel that stops answering confirms nothing, so the local tier is bypassed; the
+/// channel says so (`ChannelFault::Unconfirmed`) instead of staying `Up` while the speed-up
+/// silently disappears, and no read is answered from the local tier meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_sentinel_is_reported_as_unconfirmed() {
+    use larder::layer::ChannelFault;
+    use larder::{Bytes, CacheBackend, PutMode};
+    let _serial = FAILOVERS.lock().await;
+    let mut set = SentinelSet::start();
+    let url = format!(
+        "redis+sentinel://{}/{SERVICE}?response_timeout_ms=300&connect_timeout_ms=300",
+        set.sentinels()
+    );
+    let redis = RedisBackend::connect(&url).await.unwrap();
+    let tracking = redis.tracking();
+    let near = Near::builder(Arc::new(redis))
+        .channel(tracking)
+        .build()
+        .unwrap();
+    let stats = near.stats();
+    let k = key("near-silent");
+    near.put(&k, Bytes::from_static(b"v"), None, PutMode::Overwrite)
+        .await
+        .unwrap();
+    let patience = Patience::new(Duration::from_secs(10)).every(Duration::from_millis(10));
+    eventually(patience, "a local hit", async || {
+        near.get(&k).await.unwrap();
+        stats.local_hits() > 0
+    })
+    .await;
+    assert_eq!(stats.channel_fault(), None);
+
+    set.stop_sentinel(2);
+    eventually(
+        Patience::new(Duration::from_secs(10)).every(Duration::from_millis(5)),
+        "the channel reports unconfirmed",
+        async || stats.channel_fault() == Some(ChannelFault::Unconfirmed),
+    )
+    .await;
+    let hits = stats.local_hits();
+    for _ in 0..20 {
+        assert_eq!(&near.get(&k).await.unwrap().unwrap().value[..], b"v");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(stats.local_hits(), hits, "an unconfirmed sync was counted");
+}
