@@ -443,7 +443,7 @@ impl<S: Outbox> CachedStore<S> {
         let key = cursor_key();
         let (stored, version) = self.read_cursor(&key).await;
         // A cursor the cache lost (evicted) is continued from memory.
-        let cursor = stored.or_else(|| self.cursor.lock().clone());
+        let cursor = stored.clone().or_else(|| self.cursor.lock().clone());
         let apply = |entry| self.apply_change(entry);
         let followed =
             outbox::follow(&self.store, cursor, Timestamp::now(), DRAIN_BATCH, apply).await?;
@@ -458,7 +458,17 @@ impl<S: Outbox> CachedStore<S> {
             );
         }
         *self.cursor.lock() = Some(followed.cursor.clone());
-        self.write_cursor(&key, &followed.cursor, version).await;
+        // Nothing new read: the stored cursor stands, refreshed only often enough that it
+        // never looks away for longer than the log's retention.
+        let refresh = outbox::millis(self.store.log_retention() / 4);
+        let unchanged = stored.is_some_and(|s| {
+            s.seq == followed.cursor.seq
+                && s.gaps == followed.cursor.gaps
+                && followed.cursor.read_at.saturating_sub(s.read_at) < refresh
+        });
+        if !unchanged {
+            self.write_cursor(&key, &followed.cursor, version).await;
+        }
         Ok(followed.applied)
     }
 
@@ -502,33 +512,52 @@ impl<S: Outbox> CachedStore<S> {
         self.evict_older(&slot, entry.version).await
     }
 
-    /// Removes the cache entry of `slot` if it holds a version older than `version` (never
-    /// a tombstone); true once the cache holds no older version.
+    /// Replaces the cache entry of `slot` by a marker of `version` unless it holds that
+    /// version or a newer one, or a tombstone; true once it does. The marker is an entry
+    /// already expired (a load passes it by and refills from the store) whose rank refuses
+    /// the fill of an older version still under way, which would otherwise put back what
+    /// the log entry removed. Absent entries get one too, for the same reason; it lives
+    /// [`GAP_GRACE`](outbox::GAP_GRACE), longer than any fill takes.
     async fn evict_older(&self, slot: &Slot, version: i64) -> bool {
+        let marker = Cached {
+            version,
+            expires_at: 0,
+            principal: None,
+            data: SessionData::new(),
+            deleted: false,
+        };
+        let (Ok(bytes), Ok(ttl)) = (
+            self.sealer.seal(&slot.key, &marker),
+            Ttl::new(outbox::GAP_GRACE.min(self.max_cache_ttl)),
+        ) else {
+            return false;
+        };
         let cas = self.cache.capabilities().cas;
         for _ in 0..3 {
             let get = self.cache.get(&slot.key);
-            let entry = match self.breaker.call("get", When::Closed, get).await {
-                Call::Done(Some(e)) => e,
+            let mode = match self.breaker.call("get", When::Closed, get).await {
+                Call::Done(Some(e)) => {
+                    if self
+                        .open(&slot.key, &e.value)
+                        .is_some_and(|c| c.deleted || c.version >= version)
+                    {
+                        return true;
+                    }
+                    if cas {
+                        PutMode::Update(e.version)
+                    } else {
+                        PutMode::Overwrite
+                    }
+                }
+                Call::Done(None) if cas => PutMode::Create,
+                // Without compare-and-swap a marker could overwrite a newer fill.
                 Call::Done(None) => return true,
                 _ => return false,
             };
-            if self
-                .open(&slot.key, &entry.value)
-                .is_some_and(|c| c.deleted || c.version >= version)
-            {
-                return true;
-            }
-            let mode = if cas {
-                DeleteMode::IfVersion(entry.version)
-            } else {
-                DeleteMode::Any
-            };
-            let delete = self.cache.delete(&slot.key, mode);
-            match self.breaker.call("delete", When::Closed, delete).await {
-                Call::Done(_) => {
-                    // The next fill must not be skipped as "already there".
-                    self.hints.remove(slot.hash.as_bytes());
+            let put = self.cache.put(&slot.key, bytes.clone(), Some(ttl), mode);
+            match self.breaker.call("put", When::Closed, put).await {
+                Call::Done(v) => {
+                    self.hints.insert(*slot.hash.as_bytes(), (marker.rank(), v));
                     WriteThroughStats::bump(&self.stats.log_evictions);
                     return true;
                 }

@@ -166,7 +166,8 @@ pub(crate) struct Followed {
     pub(crate) start: Start,
 }
 
-fn millis(d: Duration) -> i64 {
+/// `d` in milliseconds, saturating.
+pub(crate) fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
@@ -191,7 +192,9 @@ where
     let (mut cur, start) = match cursor {
         Some(c) if now.0.saturating_sub(c.read_at) <= retention => (c, Start::Continued),
         away => {
-            let seq = log.log_start(Timestamp(now.0.saturating_sub(grace))).await?;
+            let seq = log
+                .log_start(Timestamp(now.0.saturating_sub(grace)))
+                .await?;
             let start = if away.is_some() {
                 Start::Flushed
             } else {
@@ -206,7 +209,8 @@ where
         }
     };
     let mut applied = 0;
-    cur.gaps.retain(|&(_, missed)| now.0.saturating_sub(missed) < grace);
+    cur.gaps
+        .retain(|&(_, missed)| now.0.saturating_sub(missed) < grace);
     if !cur.gaps.is_empty() {
         let seqs: Vec<i64> = cur.gaps.iter().map(|&(s, _)| s).collect();
         for entry in log.log_at(&seqs).await? {
@@ -436,10 +440,16 @@ mod tests {
             .unwrap();
             assert_eq!((f.applied, calls, f.cursor.seq), (1, 2, 1));
             let mut rest = 0;
-            let g = follow(&store, Some(f.cursor), Timestamp::now(), DRAIN_BATCH, |_| {
-                rest += 1;
-                async { true }
-            })
+            let g = follow(
+                &store,
+                Some(f.cursor),
+                Timestamp::now(),
+                DRAIN_BATCH,
+                |_| {
+                    rest += 1;
+                    async { true }
+                },
+            )
             .await
             .unwrap();
             assert_eq!((g.applied, rest, g.cursor.seq), (3, 3, 4));
@@ -498,7 +508,9 @@ mod tests {
         #[tokio::test]
         async fn a_reader_without_a_cursor_or_away_too_long_starts_near_the_head() {
             let (store, _dir, _) = with_changes(2).await;
-            let now = Timestamp::now().plus(GAP_GRACE).plus(Duration::from_secs(1));
+            let now = Timestamp::now()
+                .plus(GAP_GRACE)
+                .plus(Duration::from_secs(1));
             let f = follow(&store, None, now, DRAIN_BATCH, |_| async {
                 panic!("older entries are not read")
             })

@@ -41,7 +41,8 @@ pub struct WriteThroughSnapshot {
     pub integrity_failures: u64,
     /// Change log deletions (deleted sessions) whose tombstones this store wrote.
     pub outbox_drained: u64,
-    /// Cache entries evicted because the change log named a newer saved version.
+    /// Cache entries replaced by a marker (a refill from the store on the next load)
+    /// because the change log named a newer saved version.
     pub log_evictions: u64,
     /// Times this store came back to the change log after longer than its retention and
     /// started again at its head.

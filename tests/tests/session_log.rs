@@ -56,14 +56,26 @@ async fn per_process_caches_are_coherent<S: Outbox>(a: CachedStore<S>, b: Cached
         .await
         .unwrap();
     for n in 1..=5u64 {
-        assert_eq!(b.load(&r.id).await.unwrap().map(|c| counter(&c)), Some(n - 1));
+        assert_eq!(
+            b.load(&r.id).await.unwrap().map(|c| counter(&c)),
+            Some(n - 1)
+        );
         let hits = b.stats().snapshot().hits;
-        assert_eq!(b.load(&r.id).await.unwrap().map(|c| counter(&c)), Some(n - 1));
-        assert_eq!(b.stats().snapshot().hits, hits + 1, "B answers from its cache");
+        assert_eq!(
+            b.load(&r.id).await.unwrap().map(|c| counter(&c)),
+            Some(n - 1)
+        );
+        assert_eq!(
+            b.stats().snapshot().hits,
+            hits + 1,
+            "B answers from its cache"
+        );
         r.data.insert("n", &n).unwrap();
         r = a.save(&r).await.unwrap();
         eventually(patience(), format_args!("B sees save {n}"), async || {
-            both_load(&a, &b, &r).await.is_some_and(|c| counter(&c) == n)
+            both_load(&a, &b, &r)
+                .await
+                .is_some_and(|c| counter(&c) == n)
         })
         .await;
     }
@@ -79,7 +91,11 @@ async fn per_process_caches_are_coherent<S: Outbox>(a: CachedStore<S>, b: Cached
         assert!(b.load(&r.id).await.unwrap().is_some(), "cached in B");
         let gone = match round {
             0 => a.delete(&r.id).await.unwrap(),
-            1 => !a.delete_principal(&format!("u{round}")).await.unwrap().is_empty(),
+            1 => !a
+                .delete_principal(&format!("u{round}"))
+                .await
+                .unwrap()
+                .is_empty(),
             _ => a.rotate(&r.id).await.unwrap().is_some(),
         };
         assert!(gone, "round {round}: the database changed");
@@ -127,7 +143,10 @@ async fn a_reader_away_longer_than_the_retention_starts_again_at_the_head() {
         .with_options(opts());
     let b = CachedStore::new(b_store, memory()).max_cache_ttl(Duration::from_secs(600));
     let mut r = a.create(SessionData::new(), None, later()).await.unwrap();
-    assert!(b.load(&r.id).await.unwrap().is_some(), "B read the log once");
+    assert!(
+        b.load(&r.id).await.unwrap().is_some(),
+        "B read the log once"
+    );
     // A long-lived session changes while B is away; the sweep ages the log entry out.
     r.data.insert("n", &7u64).unwrap();
     let r = a.save(&r).await.unwrap();
@@ -144,7 +163,10 @@ async fn a_reader_away_longer_than_the_retention_starts_again_at_the_head() {
     r.data.insert("n", &8u64).unwrap();
     let r = a.save(&r).await.unwrap();
     eventually(patience(), "B sees the next save", async || {
-        b.load(&r.id).await.unwrap().is_some_and(|c| counter(&c) == 8)
+        b.load(&r.id)
+            .await
+            .unwrap()
+            .is_some_and(|c| counter(&c) == 8)
     })
     .await;
     assert_eq!(b.stats().snapshot().log_flushes, 1);
@@ -188,7 +210,10 @@ async fn a_postgres_change_committed_after_a_later_position_is_not_skipped() {
         "the save's position is after the open one: {committed:?}"
     );
     eventually(patience(), "B sees the later save", async || {
-        b.load(&other.id).await.unwrap().is_some_and(|c| counter(&c) == 1)
+        b.load(&other.id)
+            .await
+            .unwrap()
+            .is_some_and(|c| counter(&c) == 1)
     })
     .await;
     assert!(
@@ -197,9 +222,11 @@ async fn a_postgres_change_committed_after_a_later_position_is_not_skipped() {
     );
 
     tx.commit().await.unwrap();
-    eventually(patience(), "B refuses the session logged out last", async || {
-        b.load(&early.id).await.unwrap().is_none()
-    })
+    eventually(
+        patience(),
+        "B refuses the session logged out last",
+        async || b.load(&early.id).await.unwrap().is_none(),
+    )
     .await;
 }
 
@@ -225,9 +252,47 @@ async fn every_reader_sees_every_entry() {
     }
     assert!(pg.delete(&r.id).await.unwrap());
     for (i, c) in readers.iter().enumerate() {
-        eventually(patience(), format_args!("reader {i} refuses it"), async || {
-            c.load(&r.id).await.unwrap().is_none()
-        })
+        eventually(
+            patience(),
+            format_args!("reader {i} refuses it"),
+            async || c.load(&r.id).await.unwrap().is_none(),
+        )
         .await;
+    }
+}
+
+/// A fill that read the database before a save made elsewhere, and writes the cache after
+/// this process applied the save's log entry, must not put the older version back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fill_racing_a_logged_save_never_puts_the_older_version_back() {
+    let (pg_a, schema) = larder_tests::db::pg_store().await;
+    let pg_b = larder_tests::db::pg_store_in(&schema).await;
+    let a = CachedStore::new(pg_a, memory());
+    let gate = larder_tests::fault::PutGate::new(memory());
+    let b = Arc::new(
+        CachedStore::new(pg_b, gate.clone())
+            .cache_timeout(Duration::from_secs(10))
+            .drain_interval(Duration::from_secs(3600)),
+    );
+    for round in 0..4u64 {
+        let mut r = a.create(SessionData::new(), None, later()).await.unwrap();
+        b.drain_outbox().await.unwrap();
+        gate.arm();
+        let (b2, id) = (b.clone(), r.id.clone());
+        let slow = tokio::spawn(async move { b2.load_authoritative(&id).await });
+        // B has read version 1 and is about to fill its cache.
+        tokio::time::timeout(Duration::from_secs(10), gate.reached())
+            .await
+            .expect("B's fill reached the cache");
+        r.data.insert("n", &1u64).unwrap();
+        let r = a.save(&r).await.unwrap();
+        b.drain_outbox().await.unwrap();
+        gate.release();
+        assert_eq!(slow.await.unwrap().unwrap().map(|c| counter(&c)), Some(0));
+        assert_eq!(
+            b.load(&r.id).await.unwrap().map(|c| counter(&c)),
+            Some(1),
+            "round {round}: B serves the version saved through A"
+        );
     }
 }

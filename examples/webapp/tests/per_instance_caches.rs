@@ -54,7 +54,11 @@ async fn per_instance_caches_on_one_postgres_see_changes_and_logouts() {
         c.login(home, &user).await;
         // Every instance serves the session, and now holds it in its own cache.
         for b in &bases {
-            assert_eq!(c.whoami(b).await["user"], user.as_str(), "round {round} on {b}");
+            assert_eq!(
+                c.whoami(b).await["user"],
+                user.as_str(),
+                "round {round} on {b}"
+            );
             assert_eq!(c.whoami(b).await["counter"], 0);
         }
         // A change on one instance is seen on the others.
