@@ -72,7 +72,7 @@ async fn per_process_caches_are_coherent<S: Outbox>(a: CachedStore<S>, b: Cached
         );
         r.data.insert("n", &n).unwrap();
         r = a.save(&r).await.unwrap();
-        eventually(patience(), format_args!("B sees save {n}"), async || {
+        eventually(patience(), format!("B sees save {n}"), async || {
             both_load(&a, &b, &r)
                 .await
                 .is_some_and(|c| counter(&c) == n)
@@ -101,7 +101,7 @@ async fn per_process_caches_are_coherent<S: Outbox>(a: CachedStore<S>, b: Cached
         assert!(gone, "round {round}: the database changed");
         eventually(
             patience(),
-            format_args!("round {round}: B refuses the old id"),
+            format!("round {round}: B refuses the old id"),
             async || both_load(&a, &b, &r).await.is_none(),
         )
         .await;
@@ -252,11 +252,9 @@ async fn every_reader_sees_every_entry() {
     }
     assert!(pg.delete(&r.id).await.unwrap());
     for (i, c) in readers.iter().enumerate() {
-        eventually(
-            patience(),
-            format_args!("reader {i} refuses it"),
-            async || c.load(&r.id).await.unwrap().is_none(),
-        )
+        eventually(patience(), format!("reader {i} refuses it"), async || {
+            c.load(&r.id).await.unwrap().is_none()
+        })
         .await;
     }
 }

@@ -68,7 +68,7 @@ async fn per_instance_caches_on_one_postgres_see_changes_and_logouts() {
             let mut probe = c.same_session();
             eventually(
                 within_two_seconds(),
-                format_args!("round {round}: {b} sees the counter moved on {home}"),
+                format!("round {round}: {b} sees the counter moved on {home}"),
                 async || probe.whoami(b).await["counter"] == 1,
             )
             .await;
@@ -80,7 +80,7 @@ async fn per_instance_caches_on_one_postgres_see_changes_and_logouts() {
         for b in &others {
             eventually(
                 within_two_seconds(),
-                format_args!("round {round}: {b} refuses the session logged out on {home}"),
+                format!("round {round}: {b} refuses the session logged out on {home}"),
                 async || with_cookie(&cookie).whoami(b).await["user"].is_null(),
             )
             .await;
