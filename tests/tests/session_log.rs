@@ -3,7 +3,9 @@
 //! database. A save through one is seen by the other, and a delete, rotation or revocation
 //! is refused by the other, within the documented bound (`drain_interval` 500 ms); a reader
 //! away longer than the log's retention starts again at its head; a PostgreSQL change whose
-//! position is lower than one already read (its transaction committed later) is not skipped.
+//! position is lower than one already read (its transaction committed later) is not skipped;
+//! a fill racing a logged save never puts the older version back; a sled cache keeps its
+//! cursor across a restart.
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
@@ -293,4 +295,43 @@ async fn a_fill_racing_a_logged_save_never_puts_the_older_version_back() {
             "round {round}: B serves the version saved through A"
         );
     }
+}
+
+/// A persistent per-process cache (sled) keeps its cursor across a restart: a save made
+/// while the process was down, older than the look-back of a fresh start, still evicts the
+/// version the cache kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persistent_cache_keeps_its_cursor_across_a_restart() {
+    use larder_backend_sled::{SledBackend, SledConfig};
+    let (a, dir) = larder_tests::db::sqlite_store().await;
+    let a = CachedStore::new(a, memory());
+    let cache_dir = tempfile::tempdir().unwrap();
+    let start_b = async || {
+        let sled = SledBackend::new(SledConfig::new(cache_dir.path()).with_sweep_interval(None))
+            .await
+            .unwrap();
+        let store = SqliteStore::open(&dir.path().join("sessions.db"))
+            .await
+            .unwrap();
+        CachedStore::new(store, Arc::new(sled))
+    };
+    let mut r = a.create(SessionData::new(), None, later()).await.unwrap();
+    {
+        let b = start_b().await;
+        assert!(b.load(&r.id).await.unwrap().is_some());
+        assert!(b.load(&r.id).await.unwrap().is_some());
+        assert_eq!(b.stats().snapshot().hits, 1, "cached in sled");
+    }
+    // While B is down: a save, recorded (as if) a minute ago, before the look-back of a
+    // reader starting afresh.
+    r.data.insert("n", &1u64).unwrap();
+    let r = a.save(&r).await.unwrap();
+    sqlx::query("UPDATE larder_session_outbox SET created_at = created_at - 60000")
+        .execute(a.store().pool())
+        .await
+        .unwrap();
+    let b = start_b().await;
+    assert_eq!(b.load(&r.id).await.unwrap().map(|c| counter(&c)), Some(1));
+    let st = b.stats().snapshot();
+    assert_eq!((st.log_evictions, st.log_flushes), (1, 0));
 }
