@@ -13,7 +13,7 @@
 //! The cache is the in-process memory backend, so the figures isolate larder's own cost
 //! over SQL; PostgreSQL is the local server (`LARDER_TEST_POSTGRES` to change it).
 //!
-//! After the Criterion groups, two `ratio sessions ...` lines (stderr), each side measured
+//! After the Criterion groups, four `ratio sessions ...` lines (stderr), each side measured
 //! alternately (`harness::alternate`, 20 rounds of 25 operations), on a fresh schema:
 //!
 //! * `tower_save/postgres/300B`: a tower-sessions save of a 300 B session through larder's
@@ -25,7 +25,12 @@
 //!   statement sent raw on the store's pool, each on sessions created beforehand. The
 //!   outbox trigger fires for both (it is on the table), so the ratio is larder's own cost.
 //!
-//! A filter no Criterion id matches (`-- peer_ratios`) runs only these two.
+//! * `logged_save/<db>/300B`: a versioned `save` (the one statement) on a database with the
+//!   change log's save trigger, against the same save on a database where that trigger is
+//!   dropped (one schema / file each): what logging every save costs, so that caches in
+//!   other processes learn of it. Each side saves its own session over and over.
+//!
+//! A filter no Criterion id matches (`-- peer_ratios`) runs only these.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -365,7 +370,51 @@ fn peer_ratios(rt: &Runtime) {
         )
         .await;
         report("sessions", "delete/postgres", delete);
+
+        let (logged, _) = larder_tests::db::pg_store().await;
+        let (unlogged, _) = larder_tests::db::pg_store().await;
+        sqlx::query("DROP TRIGGER larder_sessions_saved ON larder_sessions")
+            .execute(unlogged.pool())
+            .await
+            .expect("drop trigger");
+        logged_save_ratio("logged_save/postgres/300B", &logged, &unlogged).await;
+        let (logged, _dir) = larder_tests::db::sqlite_store().await;
+        let (unlogged, _dir2) = larder_tests::db::sqlite_store().await;
+        sqlx::query("DROP TRIGGER larder_sessions_saved")
+            .execute(unlogged.pool())
+            .await
+            .expect("drop trigger");
+        logged_save_ratio("logged_save/sqlite/300B", &logged, &unlogged).await;
     });
+}
+
+/// Saves of one 300 B session on each store, alternated: `logged` against `unlogged`.
+async fn logged_save_ratio(what: &str, logged: &dyn SessionStore, unlogged: &dyn SessionStore) {
+    let live = Timestamp::now().plus(Duration::from_secs(3600));
+    let mine = logged
+        .create(payload(300), None, live)
+        .await
+        .expect("create");
+    let theirs = unlogged
+        .create(payload(300), None, live)
+        .await
+        .expect("create");
+    let (mine, theirs) = (std::sync::Mutex::new(mine), std::sync::Mutex::new(theirs));
+    let ratio = alternate(
+        RATIO_ROUNDS,
+        RATIO_PER_ROUND,
+        |_| save_next(logged, &mine),
+        |_| save_next(unlogged, &theirs),
+    )
+    .await;
+    report("sessions", what, ratio);
+}
+
+/// Saves the record in `cur` on `on` and keeps the saved version.
+async fn save_next(on: &dyn SessionStore, cur: &std::sync::Mutex<Record>) {
+    let rec = cur.lock().expect("lock").clone();
+    let saved = on.save(&rec).await.expect("save");
+    *cur.lock().expect("lock") = saved;
 }
 
 fn main() {

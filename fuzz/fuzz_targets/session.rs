@@ -89,14 +89,20 @@ impl SessionStore for MemStore {
     }
 }
 
-/// No change log (its outbox stays empty): every delete here goes through the cache.
+/// No change log (it stays empty): every delete here goes through the cache.
 #[async_trait]
 impl Outbox for MemStore {
-    async fn outbox_pending(&self, _limit: u32) -> Result<Vec<Invalidation>> {
+    async fn log_after(&self, _after: i64, _limit: u32) -> Result<Vec<Invalidation>> {
         Ok(Vec::new())
     }
-    async fn outbox_ack(&self, _seqs: &[i64]) -> Result<()> {
-        Ok(())
+    async fn log_at(&self, _seqs: &[i64]) -> Result<Vec<Invalidation>> {
+        Ok(Vec::new())
+    }
+    async fn log_start(&self, _before: Timestamp) -> Result<i64> {
+        Ok(0)
+    }
+    fn log_retention(&self) -> std::time::Duration {
+        std::time::Duration::MAX
     }
 }
 

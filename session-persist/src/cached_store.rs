@@ -2,7 +2,7 @@
 //!
 //! This file fills and invalidates cache entries. The parts it calls are their own: the
 //! circuit breaker (`breaker.rs`), the stored form of an entry and its integrity tag
-//! (`seal.rs`), the outbox drain (`outbox.rs`) and the counters (`stats.rs`). A save runs
+//! (`seal.rs`), the change log and its cursor (`outbox.rs`) and the counters (`stats.rs`). A save runs
 //! through it once: the store's statement, then one fill of the session's cache slot.
 
 use std::collections::HashMap;
@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::breaker::{Breaker, Call, When};
 use crate::id::{IdHash, SessionId};
-use crate::outbox::{self, DrainSchedule, Invalidation, Outbox, DRAIN_BATCH};
+use crate::outbox::{self, Cursor, DrainSchedule, Invalidation, Outbox, Start, DRAIN_BATCH};
 use crate::record::{Record, SessionData, Timestamp};
 use crate::seal::{Sealer, Unsealed};
 use crate::stats::WriteThroughStats;
@@ -117,19 +117,30 @@ impl Slot {
 ///   calls. An invalidation leaves a short-lived marker carrying the newest version it knows
 ///   of, so a slower fill of an older version (read from the store before the invalidation)
 ///   is refused rather than served until `max_cache_ttl`.
-/// * **Logout is effective everywhere within a bound.** A delete, rotation or revocation
-///   writes a tombstone that outranks every version, so no fill can bring the session back.
-///   The database records the same deletion in its outbox in the same transaction, and
-///   every `CachedStore` drains the outbox (on a load, at most every `drain_interval`,
-///   default 500 ms), so a tombstone that could not be written — the cache failed at that
-///   moment, or the process died right after the commit — is written by the next instance
-///   that loads: no instance serves a deleted session from a reachable cache more than
-///   `drain_interval` + `breaker_cooldown` (1.5 s by default) after the delete returned.
+/// * **Logout and changes reach every cache within a bound, shared or per process.** A
+///   delete, rotation or revocation writes a tombstone that outranks every version, so no
+///   fill can bring the session back. The database records every change (saves with their
+///   version, and deletions) in its change log ([`Outbox`]) in the same transaction, and
+///   every `CachedStore` reads the log from its own cursor (on a load, at most every
+///   `drain_interval`, default 500 ms): a deletion becomes a tombstone, a save evicts an
+///   older version. So a tombstone that could not be written — the cache failed at that
+///   moment, or the process died right after the commit — is written by the next reader,
+///   and a cache of another process (each instance its own memory or sled cache in front of
+///   one database) learns of a change or a logout made elsewhere: no instance serves a
+///   deleted session, or a version older than one saved elsewhere, from a reachable cache
+///   more than `drain_interval` + `breaker_cooldown` (1.5 s by default) after the change
+///   returned. The cursor is kept in the cache itself (so a shared cache has one, a
+///   persistent cache keeps it across restarts, and a new memory cache starts at the log's
+///   head) and in memory. A reader away longer than the log keeps entries
+///   ([`log_retention`](Outbox::log_retention)) starts at the head; as cache entries never
+///   live longer than that (`max_cache_ttl` is capped at it), nothing it held before can
+///   still be served (counted in [`log_flushes`](crate::WriteThroughSnapshot::log_flushes)).
 /// * **Optional integrity** ([`integrity_key`](CachedStore::integrity_key)): entries carry
 ///   an HMAC-SHA256 tag; an entry that fails the check is a miss, counted and logged.
 ///
-/// Cache entries live at most `max_cache_ttl` (default 10 minutes), which bounds how long a
-/// cache that missed an invalidation during a network partition can serve old data.
+/// Cache entries live at most `max_cache_ttl` (default 10 minutes, and never longer than the
+/// store's [`log_retention`](Outbox::log_retention)), which bounds how long a cache that
+/// missed an invalidation during a network partition can serve old data.
 ///
 /// A circuit breaker keeps an outage cheap: after a cache failure, reads and fills skip the
 /// cache for `breaker_cooldown` (default 1 s), so requests pay the cache timeout once per
@@ -152,6 +163,8 @@ pub struct CachedStore<S> {
     /// Per session: the rank and cache version this process last saw in the cache, so a
     /// write can be one compare-and-swap instead of a read and a write.
     hints: quick_cache::sync::Cache<[u8; 32], (Rank, Version)>,
+    /// Where this reader is in the change log, should the cache lose its copy.
+    cursor: Mutex<Option<Cursor>>,
 }
 
 /// Most invalidations kept waiting for a cache that is down; beyond it the oldest entries
@@ -181,18 +194,20 @@ impl<S: Outbox> CachedStore<S> {
     pub fn new(store: S, cache: DynBackend) -> Self {
         let timeout = Duration::from_millis(250);
         let stats = Arc::<WriteThroughStats>::default();
+        let max_cache_ttl = Duration::from_secs(600).min(store.log_retention());
         CachedStore {
             store,
             raw_cache: cache.clone(),
             cache: Arc::new(Timeout::new(cache, timeout)),
             cache_timeout: timeout,
-            max_cache_ttl: Duration::from_secs(600),
+            max_cache_ttl,
             breaker: Breaker::new(Duration::from_secs(1), Arc::clone(&stats)),
             drains: DrainSchedule::new(Duration::from_millis(500)),
             sealer: Sealer::default(),
             stats,
             pending: Mutex::new(HashMap::new()),
             hints: quick_cache::sync::Cache::new(10_000),
+            cursor: Mutex::new(None),
         }
     }
 
@@ -203,9 +218,13 @@ impl<S: Outbox> CachedStore<S> {
         self
     }
 
-    /// Longest life of a cache entry (default 10 minutes).
+    /// Longest life of a cache entry (default 10 minutes). Capped at the store's
+    /// [`log_retention`](Outbox::log_retention): an entry must not outlive the log entry
+    /// that would evict it.
     pub fn max_cache_ttl(mut self, d: Duration) -> Self {
-        self.max_cache_ttl = d.max(Duration::from_millis(1));
+        self.max_cache_ttl = d
+            .min(self.store.log_retention())
+            .max(Duration::from_millis(1));
         self
     }
 
@@ -216,7 +235,8 @@ impl<S: Outbox> CachedStore<S> {
         self
     }
 
-    /// How often a load first drains the database's invalidation outbox (default 500 ms).
+    /// How often a load first reads the database's change log (default 500 ms): the bound
+    /// on how late a change made through another process is seen here.
     pub fn drain_interval(mut self, d: Duration) -> Self {
         self.drains.set_interval(d);
         self
@@ -464,14 +484,140 @@ impl<S: Outbox> CachedStore<S> {
         self.pending.lock().len()
     }
 
-    /// Writes every pending tombstone now; returns how many were written.
+    /// Reads the database's change log from this cache's cursor and applies what it
+    /// finds: a tombstone for each deletion, an eviction for each save of a newer version
+    /// than the cache holds. Returns how many entries were applied.
     ///
     /// Loads do this on their own every `drain_interval`; call it after a known cache
     /// outage, or from a periodic task on instances that rarely load.
     pub async fn drain_outbox(&self) -> Result<usize> {
-        let bury = |hash| async move { self.bury(&Slot::of(hash)).await };
-        outbox::drain(&self.store, DRAIN_BATCH, &self.stats.outbox_drained, bury).await
+        let key = cursor_key();
+        let (stored, version) = self.read_cursor(&key).await;
+        // A cursor the cache lost (evicted) is continued from memory.
+        let cursor = stored.clone().or_else(|| self.cursor.lock().clone());
+        let apply = |entry| self.apply_change(entry);
+        let followed =
+            outbox::follow(&self.store, cursor, Timestamp::now(), DRAIN_BATCH, apply).await?;
+        if followed.start == Start::Flushed {
+            // Entries it never applied may be gone from the log; what the cache held from
+            // before has expired (entries are capped at the log's retention).
+            WriteThroughStats::bump(&self.stats.log_flushes);
+            self.hints.clear();
+            tracing::warn!(
+                "session cache was away from the change log longer than its retention; \
+                 restarted at the log's head"
+            );
+        }
+        *self.cursor.lock() = Some(followed.cursor.clone());
+        // Nothing new read: the stored cursor stands, refreshed only often enough that it
+        // never looks away for longer than the log's retention.
+        let refresh = outbox::millis(self.store.log_retention() / 4);
+        let unchanged = stored.is_some_and(|s| {
+            s.seq == followed.cursor.seq
+                && s.gaps == followed.cursor.gaps
+                && followed.cursor.read_at.saturating_sub(s.read_at) < refresh
+        });
+        if !unchanged {
+            self.write_cursor(&key, &followed.cursor, version).await;
+        }
+        Ok(followed.applied)
     }
+
+    /// The cursor the cache holds, and its cache version; `None` if absent or unreadable.
+    async fn read_cursor(&self, key: &Key) -> (Option<Cursor>, Option<Version>) {
+        let get = self.cache.get(key);
+        match self.breaker.call("get", When::Closed, get).await {
+            Call::Done(Some(e)) => match self.sealer.open::<Cursor>(key, &e.value) {
+                Ok(c) => (Some(c), Some(e.version)),
+                Err(_) => (None, Some(e.version)),
+            },
+            _ => (None, None),
+        }
+    }
+
+    /// Stores the cursor in the cache, with no expiry. Where the cache compares versions a
+    /// cursor another reader of the same cache moved meanwhile is left as it is.
+    async fn write_cursor(&self, key: &Key, cursor: &Cursor, seen: Option<Version>) {
+        let Ok(bytes) = self.sealer.seal(key, cursor) else {
+            return;
+        };
+        let mode = match (self.cache.capabilities().cas, seen) {
+            (false, _) => PutMode::Overwrite,
+            (true, Some(v)) => PutMode::Update(v),
+            (true, None) => PutMode::Create,
+        };
+        let put = self.cache.put(key, bytes, None, mode);
+        let _ = self.breaker.call("put", When::Closed, put).await;
+    }
+
+    /// Applies one log entry; false if the cache could not be written (read again later).
+    async fn apply_change(&self, entry: Invalidation) -> bool {
+        let slot = Slot::of(entry.hash);
+        if entry.deleted {
+            let buried = self.bury(&slot).await;
+            if buried {
+                WriteThroughStats::bump(&self.stats.outbox_drained);
+            }
+            return buried;
+        }
+        self.evict_older(&slot, entry.version).await
+    }
+
+    /// Replaces the cache entry of `slot` by a marker of `version` unless it holds that
+    /// version or a newer one, or a tombstone; true once it does. The marker is an entry
+    /// already expired (a load passes it by and refills from the store) whose rank refuses
+    /// the fill of an older version still under way, which would otherwise put back what
+    /// the log entry removed. Absent entries get one too, for the same reason; it lives
+    /// [`GAP_GRACE`](outbox::GAP_GRACE), longer than any fill takes.
+    async fn evict_older(&self, slot: &Slot, version: i64) -> bool {
+        let marker = Cached::marker(version);
+        let (Ok(bytes), Ok(ttl)) = (
+            self.sealer.seal(&slot.key, &marker),
+            Ttl::new(outbox::GAP_GRACE.min(self.max_cache_ttl)),
+        ) else {
+            return false;
+        };
+        let cas = self.cache.capabilities().cas;
+        for _ in 0..3 {
+            let get = self.cache.get(&slot.key);
+            let mode = match self.breaker.call("get", When::Closed, get).await {
+                Call::Done(Some(e)) => {
+                    if self
+                        .open(&slot.key, &e.value)
+                        .is_some_and(|c| c.deleted || c.version >= version)
+                    {
+                        return true;
+                    }
+                    if cas {
+                        PutMode::Update(e.version)
+                    } else {
+                        PutMode::Overwrite
+                    }
+                }
+                Call::Done(None) if cas => PutMode::Create,
+                // Without compare-and-swap a marker could overwrite a newer fill.
+                Call::Done(None) => return true,
+                _ => return false,
+            };
+            let put = self.cache.put(&slot.key, bytes.clone(), Some(ttl), mode);
+            match self.breaker.call("put", When::Closed, put).await {
+                Call::Done(v) => {
+                    self.hints.insert(*slot.hash.as_bytes(), (marker.rank(), v));
+                    WriteThroughStats::bump(&self.stats.log_evictions);
+                    return true;
+                }
+                Call::Conflict(_) => continue,
+                Call::Failed => return false,
+            }
+        }
+        false
+    }
+}
+
+/// Where a cache keeps its reader's cursor in the change log (no session's key: those
+/// are hashes of 32-byte ids).
+fn cursor_key() -> Key {
+    Key::hashed("sess-log:cursor")
 }
 
 /// `call` without its value: whether it was done, lost a race or failed.
@@ -600,15 +746,23 @@ impl<S: Outbox> SessionStore for CachedStore<S> {
     }
 }
 
-/// The outbox of the store underneath: a `CachedStore` can itself be cached.
+/// The change log of the store underneath: a `CachedStore` can itself be cached.
 #[async_trait]
 impl<S: Outbox> Outbox for CachedStore<S> {
-    async fn outbox_pending(&self, limit: u32) -> Result<Vec<Invalidation>> {
-        self.store.outbox_pending(limit).await
+    async fn log_after(&self, after: i64, limit: u32) -> Result<Vec<Invalidation>> {
+        self.store.log_after(after, limit).await
     }
 
-    async fn outbox_ack(&self, seqs: &[i64]) -> Result<()> {
-        self.store.outbox_ack(seqs).await
+    async fn log_at(&self, seqs: &[i64]) -> Result<Vec<Invalidation>> {
+        self.store.log_at(seqs).await
+    }
+
+    async fn log_start(&self, before: Timestamp) -> Result<i64> {
+        self.store.log_start(before).await
+    }
+
+    fn log_retention(&self) -> Duration {
+        self.store.log_retention()
     }
 }
 

@@ -30,7 +30,7 @@ pub use expiry::EXPIRY_TASK;
 pub use id::{IdHash, IdSource, OsRandom, SessionId};
 #[cfg(any(feature = "tower-sessions", feature = "actix"))]
 pub use merge::RESERVED_KEY;
-pub use outbox::{Invalidation, Outbox};
+pub use outbox::{Invalidation, Outbox, GAP_GRACE};
 pub use record::{Record, SessionData, Timestamp};
 pub use session::{ConflictPolicy, Session, SessionConfig, SessionManager, ValueFormat};
 #[cfg(feature = "postgres")]

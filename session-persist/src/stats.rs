@@ -1,6 +1,6 @@
 //! The counters of the write-through layer ([`WriteThroughStats`]), shared by its parts: the
 //! breaker counts failures and skipped calls, the fills count hits and integrity failures,
-//! the outbox drain counts tombstones written.
+//! the change log's reader counts tombstones written and entries evicted.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -17,6 +17,8 @@ pub struct WriteThroughStats {
     pub(crate) skipped: AtomicU64,
     pub(crate) integrity_failures: AtomicU64,
     pub(crate) outbox_drained: AtomicU64,
+    pub(crate) log_evictions: AtomicU64,
+    pub(crate) log_flushes: AtomicU64,
     /// When an integrity failure was last logged.
     last_integrity_log: Mutex<Option<Instant>>,
 }
@@ -37,8 +39,14 @@ pub struct WriteThroughSnapshot {
     pub skipped: u64,
     /// Cache entries refused because their integrity tag did not match (counted as misses).
     pub integrity_failures: u64,
-    /// Outbox invalidations (deleted sessions) whose tombstones this store wrote.
+    /// Change log deletions (deleted sessions) whose tombstones this store wrote.
     pub outbox_drained: u64,
+    /// Cache entries replaced by a marker (a refill from the store on the next load)
+    /// because the change log named a newer saved version.
+    pub log_evictions: u64,
+    /// Times this store came back to the change log after longer than its retention and
+    /// started again at its head.
+    pub log_flushes: u64,
 }
 
 impl WriteThroughStats {
@@ -52,6 +60,8 @@ impl WriteThroughStats {
             skipped: self.skipped.load(Ordering::Relaxed),
             integrity_failures: self.integrity_failures.load(Ordering::Relaxed),
             outbox_drained: self.outbox_drained.load(Ordering::Relaxed),
+            log_evictions: self.log_evictions.load(Ordering::Relaxed),
+            log_flushes: self.log_flushes.load(Ordering::Relaxed),
         }
     }
 

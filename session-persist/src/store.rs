@@ -33,8 +33,9 @@ pub enum SaveOutcome {
 ///   deleted, expired or never existed is [`NotFound`](larder_cache_api::ErrorKind::NotFound), so a
 ///   late save cannot resurrect a logged-out session.
 /// * [`delete`](SessionStore::delete) leaves a short tombstone. A store with an
-///   [`Outbox`](crate::Outbox) records the session there in the same transaction (so do
-///   rotation and [`delete_principal`](SessionStore::delete_principal)).
+///   [`Outbox`](crate::Outbox) records the session in its change log in the same
+///   transaction (so do rotation, [`delete_principal`](SessionStore::delete_principal) and
+///   every save, with the version it wrote).
 /// * Every change of data, principal or liveness moves the version forward by one;
 ///   [`touch`](SessionStore::touch) moves only the expiry and keeps the version, so a touch
 ///   never makes a concurrent save conflict.

@@ -93,11 +93,17 @@ impl SessionStore for ObservedStore {
 
 #[async_trait]
 impl Outbox for ObservedStore {
-    async fn outbox_pending(&self, limit: u32) -> larder::Result<Vec<Invalidation>> {
-        self.timed("outbox_pending", self.inner.outbox_pending(limit))
+    async fn log_after(&self, after: i64, limit: u32) -> larder::Result<Vec<Invalidation>> {
+        self.timed("log_after", self.inner.log_after(after, limit))
             .await
     }
-    async fn outbox_ack(&self, seqs: &[i64]) -> larder::Result<()> {
-        self.timed("outbox_ack", self.inner.outbox_ack(seqs)).await
+    async fn log_at(&self, seqs: &[i64]) -> larder::Result<Vec<Invalidation>> {
+        self.timed("log_at", self.inner.log_at(seqs)).await
+    }
+    async fn log_start(&self, before: Timestamp) -> larder::Result<i64> {
+        self.timed("log_start", self.inner.log_start(before)).await
+    }
+    fn log_retention(&self) -> std::time::Duration {
+        self.inner.log_retention()
     }
 }

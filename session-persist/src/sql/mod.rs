@@ -29,7 +29,9 @@ const MAX_ID_ATTEMPTS: u32 = 8;
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct SqlOptions {
-    /// How long a deleted session's tombstone is kept.
+    /// How long a deleted session's tombstone is kept, and how long the change log keeps
+    /// its entries ([`Outbox::log_retention`](crate::Outbox::log_retention)): a
+    /// [`CachedStore`](crate::CachedStore) in front caps its entries at it.
     pub tombstone_ttl: Duration,
     /// Where new ids come from.
     pub ids: Arc<dyn IdSource>,
@@ -137,8 +139,8 @@ pub use larder_sql_common::Dialect;
 /// Sessions in an SQL database: the authority. Use it as [`PgStore`] or [`SqliteStore`].
 ///
 /// Tables: `larder_sessions` (the id stored only as its SHA-256, deleted sessions kept a
-/// while as tombstones) and `larder_session_outbox` (invalidations recorded by a trigger in
-/// the deleting transaction). Cheap to clone: clones share one connection pool.
+/// while as tombstones) and `larder_session_outbox` (the change log: saves and deletions
+/// recorded by triggers in the changing transaction, read by every cache from its own cursor). Cheap to clone: clones share one connection pool.
 pub struct SqlStore<DB: Database> {
     pub(crate) pool: Pool<DB>,
     pub(crate) options: SqlOptions,

@@ -446,16 +446,25 @@ where
                 break;
             }
         }
-        // Invalidations older than a tombstone's life are moot: every cache entry of
-        // the session has expired by then (cached stores cap entries below it).
-        sqlx::query("DELETE FROM larder_session_outbox WHERE created_at <= $1")
-            .bind(
-                Timestamp::now().0
-                    - i64::try_from(self.options.tombstone_ttl.as_millis()).unwrap_or(i64::MAX / 2),
+        // Log entries older than a tombstone's life are moot: every cache entry of the
+        // session has expired by then (cached stores cap entries at it). In batches, as
+        // saves are logged too.
+        let cutoff = Timestamp::now().0
+            - i64::try_from(self.options.tombstone_ttl.as_millis()).unwrap_or(i64::MAX / 2);
+        loop {
+            let done = sqlx::query(
+                "DELETE FROM larder_session_outbox WHERE seq IN \
+                 (SELECT seq FROM larder_session_outbox WHERE created_at <= $1 LIMIT $2)",
             )
+            .bind(cutoff)
+            .bind(batch)
             .execute(&self.pool)
             .await
             .map_err(|e| db_error(DB::BACKEND, "sweep", e))?;
+            if (DB::rows_affected(&done) as i64) < batch {
+                break;
+            }
+        }
         Ok(total)
     }
 
