@@ -118,6 +118,14 @@
 //!   `tests/tests/coord_schedules.rs` (`*_paris_2026_runs`: the exact runs of a daily, an
 //!   hourly and a half-hourly task across both 2026 changes in `Europe/Paris`, memory and
 //!   PostgreSQL), the property tests in `coord/src/zoned_cron.rs`.
+//! * **A paused task is claimed nowhere** ([`TaskAdmin::pause`]): the pause is one
+//!   compare-and-swap on the task's record and every claim decision reads it, so once it is
+//!   written no process claims a period of the task until [`TaskAdmin::resume`] (a claim
+//!   decided on the record before the pause loses its compare-and-swap). Assumes the store
+//!   keeps the record. Tests: `coord/tests/model.rs`
+//!   (`task_protocol_honours_an_operator_pause`), `tests/tests/coord_ops.rs` (five OS
+//!   processes on PostgreSQL and on Redis: no run in the three periods after a pause, a run
+//!   within a period of the resume).
 //! * **Refusal of stores that can lose records**, unless accepted: `conformance`
 //!   (`coordination_requires_durability_or_opt_in`), `tests/tests/redis.rs`
 //!   (`durability_is_measured_at_connect`: default, AOF + noeviction, allkeys-lru, INFO
@@ -224,8 +232,8 @@ pub use lease::{
 pub use misfire::{DuePeriods, MisfirePolicy};
 pub use schedule::{parse_interval, Schedule};
 pub use task::{
-    Candidacy, Claim, Heartbeat, RunContext, RunInfo, RunMode, Scheduler, SchedulerConfig,
-    TaskRecord, TaskSpec, TaskStatus, MAX_RUNS_IN_PROGRESS,
+    Candidacy, Claim, Heartbeat, Pause, RunContext, RunInfo, RunMode, Scheduler, SchedulerConfig,
+    TaskAdmin, TaskRecord, TaskSpec, TaskStatus, MAX_RUNS_IN_PROGRESS,
 };
 #[cfg(feature = "cron")]
 pub use zoned_cron::CronSchedule;

@@ -67,8 +67,12 @@
 //!   processes each believe, by their own clock, that they hold the lease, unless some
 //!   process has paused (with pauses this fails, which is why effects are fenced; the model
 //!   finds such a state, a `sometimes` property, so the fence property is not vacuous);
+//! * **no period claimed once the task is paused**: with an operator's pause (one
+//!   compare-and-swap on the record, at any moment, `task_protocol_honours_an_operator_pause`),
+//!   no claim of a period succeeds on a record that says the task is paused (a claim decided
+//!   before the pause loses its compare-and-swap to it);
 //! * `sometimes` properties that show the interesting cases are reached (a takeover, an
-//!   effect refused by the fence).
+//!   effect refused by the fence, a claim attempt that finds the task paused).
 //!
 //! Broken variants show the properties can fail: a fence that does not compare tokens, a
 //! takeover that waits less than the renew deadline, a claim written without
@@ -91,7 +95,7 @@ use std::time::{Duration, Instant};
 
 use larder_cache_api::Version;
 use larder_coord::claim_decision::{plan, DeadRuns};
-use larder_coord::{MisfirePolicy, RunInfo, RunMode, Schedule, TaskSpec};
+use larder_coord::{MisfirePolicy, Pause, RunInfo, RunMode, Schedule, TaskSpec};
 use stateright::{Checker, HasDiscoveries, Model, Property};
 
 /// Timing in ticks.
@@ -556,6 +560,8 @@ struct TaskRecord {
     running: Option<Run>,
     /// (period, token) of the last run that ended (or was abandoned).
     last_run: Option<(u8, u64)>,
+    /// Paused by an operator.
+    paused: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -608,6 +614,12 @@ struct TaskState {
     claimed_twice: bool,
     takeovers: u8,
     wipes_left: u8,
+    /// Operator pauses left to make.
+    op_pauses_left: u8,
+    /// A period was claimed while the stored record said the task was paused.
+    claimed_while_paused: bool,
+    /// A claim attempt decided on a paused record.
+    pause_seen: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -623,6 +635,9 @@ enum TaskAction {
     Step(u8),
     /// Broken store: the task record is lost.
     Wipe,
+    /// An operator pauses the task (`TaskAdmin::pause`: one compare-and-swap, retried on
+    /// conflict, so it lands atomically on whatever record is stored).
+    OperatorPause,
 }
 
 #[derive(Clone, Debug)]
@@ -640,6 +655,8 @@ struct TaskModel {
     blind_claim: bool,
     /// Broken store: it may lose the record this many times.
     wipes: u8,
+    /// How many times an operator may pause the task.
+    op_pauses: u8,
 }
 
 impl TaskModel {
@@ -658,6 +675,7 @@ impl TaskModel {
             fence: Fence::Compare,
             blind_claim: false,
             wipes: 0,
+            op_pauses: 0,
         }
     }
 
@@ -742,6 +760,10 @@ impl TaskRecord {
             last_run: self
                 .last_run
                 .map(|(period, token)| run_info(period, String::new(), token)),
+            paused: self.paused.then(|| Pause {
+                by: "operator".into(),
+                at_ms: 0,
+            }),
             ..Default::default()
         }
     }
@@ -761,6 +783,7 @@ impl TaskRecord {
                 .last_run
                 .as_ref()
                 .map(|run| (period_index(run.period), run.token)),
+            paused: r.paused.is_some(),
         }
     }
 }
@@ -795,6 +818,9 @@ impl Model for TaskModel {
             claimed_twice: false,
             takeovers: 0,
             wipes_left: self.wipes,
+            op_pauses_left: self.op_pauses,
+            claimed_while_paused: false,
+            pause_seen: false,
         }]
     }
 
@@ -805,6 +831,9 @@ impl Model for TaskModel {
         out.extend(faults.into_iter().map(TaskAction::Fault));
         if s.wipes_left > 0 && s.record.is_some() {
             out.push(TaskAction::Wipe);
+        }
+        if s.op_pauses_left > 0 && s.record.is_some() {
+            out.push(TaskAction::OperatorPause);
         }
         for (i, p) in s.procs.iter().enumerate() {
             let i = i as u8;
@@ -849,9 +878,19 @@ impl Model for TaskModel {
                 s.record = None;
                 s.wipes_left -= 1;
             }
+            TaskAction::OperatorPause => {
+                let (rec, v) = s.record.as_mut()?;
+                rec.paused = true;
+                s.world.version += 1;
+                *v = s.world.version;
+                s.op_pauses_left -= 1;
+            }
             TaskAction::Claim(i) => {
                 let p = &mut s.procs[i as usize];
                 p.next_poll = p.clock.clk + 1;
+                if s.record.as_ref().is_some_and(|(r, _)| r.paused) {
+                    s.pause_seen = true;
+                }
                 if let Some(step) = self.decide_claim(p, i, &s.record) {
                     p.step = step;
                 }
@@ -926,6 +965,9 @@ impl Model for TaskModel {
                         fresh,
                     } => {
                         if self.blind_claim || current == expect {
+                            if fresh && s.record.as_ref().is_some_and(|(r, _)| r.paused) {
+                                s.claimed_while_paused = true;
+                            }
                             s.world.version += 1;
                             s.record = Some((record, s.world.version));
                             p.run = Some(claim);
@@ -974,7 +1016,17 @@ impl Model for TaskModel {
             Property::always("fenced effects apply in token order", |_, s: &TaskState| {
                 !s.world.fence.disorder
             }),
+            Property::always(
+                "no period claimed once the task is paused",
+                |_, s: &TaskState| !s.claimed_while_paused,
+            ),
         ];
+        if self.op_pauses > 0 {
+            props.push(Property::sometimes(
+                "a claim attempt finds the task paused",
+                |_, s: &TaskState| s.pause_seen,
+            ));
+        }
         if self.mode == RunMode::AtLeastOnce && self.fence == Fence::Compare && !self.blind_claim {
             props.push(Property::sometimes(
                 "an abandoned run is taken over",
@@ -1062,6 +1114,19 @@ fn task_protocol_at_least_once_is_safe() {
 #[test]
 fn task_protocol_at_most_once_is_safe() {
     check_correct("task at-most-once", TaskModel::correct(RunMode::AtMostOnce));
+}
+
+#[test]
+fn task_protocol_honours_an_operator_pause() {
+    for mode in [RunMode::AtLeastOnce, RunMode::AtMostOnce] {
+        check_correct(
+            "task paused by an operator",
+            TaskModel {
+                op_pauses: 1,
+                ..TaskModel::correct(mode)
+            },
+        );
+    }
 }
 
 #[test]

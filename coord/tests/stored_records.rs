@@ -10,8 +10,8 @@ use larder_backend_memory::MemoryBackend;
 use larder_cache_api::codec::{Bincode, Codec, Json, Postcard};
 use larder_cache_api::{envelope, Cache, ErrorKind, Key};
 use larder_coord::{
-    Durability, Heartbeat, HolderId, LeaseRecord, RunInfo, Schedule, Scheduler, SchedulerConfig,
-    TaskRecord, TaskSpec,
+    Durability, Heartbeat, HolderId, LeaseRecord, Pause, RunInfo, Schedule, Scheduler,
+    SchedulerConfig, TaskRecord, TaskSpec,
 };
 use proptest::prelude::*;
 use serde::de::DeserializeOwned;
@@ -67,15 +67,17 @@ fn task_record() -> impl Strategy<Value = TaskRecord> {
         proptest::option::of(run_info()),
         proptest::collection::vec(run_info(), 0..3),
         proptest::collection::vec(heartbeat(), 0..3),
+        proptest::option::of((".{0,8}", any::<i64>()).prop_map(|(by, at_ms)| Pause { by, at_ms })),
     )
         .prop_map(
-            |(last_period, token, running, last_run, overlapping, heartbeats)| TaskRecord {
+            |(last_period, token, running, last_run, overlapping, heartbeats, paused)| TaskRecord {
                 last_period,
                 token,
                 running,
                 last_run,
                 overlapping,
                 heartbeats,
+                paused,
             },
         )
 }
@@ -167,8 +169,16 @@ fn four_field_record() -> TaskRecord {
         }),
         overlapping: Vec::new(),
         heartbeats: Vec::new(),
+        paused: None,
     }
 }
+
+/// The operators' sixth field: paused by "op" at 100 (the fifth field, no overlap, written
+/// as "none" before it).
+const SIX_FIELDS_OPS: &[u8] = &[
+    1, // ops: Some
+    1, 2, b'o', b'p', 0xC8, 0x01, // paused: Some(Pause { by: "op", at_ms: 100 })
+];
 
 #[test]
 fn every_earlier_task_record_layout_reads_through_the_public_type() {
@@ -209,6 +219,55 @@ fn every_earlier_task_record_layout_reads_through_the_public_type() {
     );
 }
 
+#[test]
+fn a_paused_record_adds_a_sixth_field_and_reads_back() {
+    let paused = TaskRecord {
+        paused: Some(Pause {
+            by: "op".into(),
+            at_ms: 100,
+        }),
+        ..four_field_record()
+    };
+    let bytes = [FOUR_FIELDS, &[0], SIX_FIELDS_OPS].concat();
+    assert_eq!(Postcard.decode::<TaskRecord>(&bytes).unwrap(), paused);
+    let mut written = Vec::new();
+    Postcard.encode(&paused, &mut written).unwrap();
+    assert_eq!(written, bytes);
+    // With overlapping runs too.
+    let both = TaskRecord {
+        overlapping: vec![RunInfo {
+            period: 60,
+            holder: "c".into(),
+            token: 5,
+            started_at_ms: 61,
+            finished_at_ms: None,
+            outcome: None,
+        }],
+        heartbeats: vec![Heartbeat {
+            token: 5,
+            beats: 3,
+            at_ms: 100,
+        }],
+        ..paused.clone()
+    };
+    let bytes = [FOUR_FIELDS, FIVE_FIELDS_TAIL, SIX_FIELDS_OPS].concat();
+    assert_eq!(Postcard.decode::<TaskRecord>(&bytes).unwrap(), both);
+    // Resumed, the record goes back to the layout earlier versions read.
+    let resumed = TaskRecord {
+        paused: None,
+        ..paused
+    };
+    let mut written = Vec::new();
+    Postcard.encode(&resumed, &mut written).unwrap();
+    assert_eq!(written, FOUR_FIELDS);
+    // Cut inside the sixth field: a decode error, never a record without it.
+    let full = [FOUR_FIELDS, &[0], SIX_FIELDS_OPS].concat();
+    for cut in FOUR_FIELDS.len() + 2..full.len() {
+        let e = Postcard.decode::<TaskRecord>(&full[..cut]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Decode, "cut at {cut}");
+    }
+}
+
 /// Found by fuzzing `envelope::open` (fuzz/seeds/envelope/regression-task-record-no-overlap):
 /// a record with an explicit empty fifth field opened, and sealed again as four fields it no
 /// longer opened through the public type.
@@ -234,8 +293,9 @@ fn truncated_or_corrupt_task_records_are_decode_errors() {
         let e = Postcard.decode::<TaskRecord>(&full[..cut]).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Decode, "cut at {cut}");
     }
-    // Bytes after a complete record are refused.
-    let trailing = [&full[..], &[0]].concat();
+    // Bytes after a complete record are refused (after the fifth field a "none" is the
+    // sixth, so two of them).
+    let trailing = [&full[..], &[0, 0]].concat();
     let e = Postcard.decode::<TaskRecord>(&trailing).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Decode);
     let e = Bincode.decode::<TaskRecord>(&[1, 2]).unwrap_err();

@@ -9,6 +9,8 @@
 //!   sessions revoke --principal NAME    log NAME out everywhere
 //!   tasks status [--lease NAME]... [--task NAME]... [--every DURATION | --schedule SCHEDULE]
 //!                [--from database|cache]
+//!   tasks pause NAME [--by WHO]         stop claiming periods of NAME everywhere
+//!   tasks resume NAME                   claim periods of NAME again
 //!   cache ping                          put/get/delete round trip of a scratch key
 //!   cache stats                         what the backend is and promises
 //! ```
@@ -106,6 +108,31 @@ enum SessionsCmd {
 enum TasksCmd {
     /// A table of leases and periodic tasks.
     Status(StatusArgs),
+    /// Pauses a task in every process: no period of it is claimed until it is resumed
+    /// (runs in progress go on). Idempotent.
+    Pause(PauseArgs),
+    /// Resumes a paused task in every process: its next period is claimed as usual.
+    /// Idempotent.
+    Resume(TaskArgs),
+}
+
+#[derive(Debug, Args)]
+struct TaskArgs {
+    /// The task, by the name its processes give it (an unknown name lists the known ones).
+    name: String,
+    /// Where the coordination records live (default: the database if --database-url is
+    /// given, else the cache).
+    #[arg(long, value_enum)]
+    from: Option<Source>,
+}
+
+#[derive(Debug, Args)]
+struct PauseArgs {
+    #[command(flatten)]
+    task: TaskArgs,
+    /// Who pauses it, shown wherever the task is (default: $USER, else "larder-cli").
+    #[arg(long, value_name = "WHO")]
+    by: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -216,6 +243,8 @@ async fn dispatch(cli: &Cli) -> Result<String> {
     match &cli.command {
         Command::Sessions(cmd) => sessions::run(cli, cmd).await,
         Command::Tasks(TasksCmd::Status(args)) => tasks::status(cli, args).await,
+        Command::Tasks(TasksCmd::Pause(args)) => tasks::pause(cli, args).await,
+        Command::Tasks(TasksCmd::Resume(args)) => tasks::resume(cli, args).await,
         Command::Cache(CacheCmd::Ping) => cache::ping(cli).await,
         Command::Cache(CacheCmd::Stats) => cache::stats(cli).await,
     }

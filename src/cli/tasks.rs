@@ -1,41 +1,21 @@
 //! `larder tasks status`: leases and periodic tasks, read through the coordination crate
-//! (key names and the "next due" computation are its own).
+//! (key names and the "next due" computation are its own); `larder tasks pause|resume`,
+//! through its `TaskAdmin`.
 
 use std::time::Duration;
 
-use larder_cache_api::{Cache, Result};
+use larder_cache_api::{Cache, DynBackend, Result};
 use larder_coord::{
-    check_backend, Candidacy, Durability, HolderId, Lease, LeaseRecord, Schedule, Scheduler,
-    SchedulerConfig, TaskSpec,
+    check_backend, Candidacy, Durability, HolderId, Lease, LeaseRecord, Pause, Schedule, Scheduler,
+    SchedulerConfig, TaskAdmin, TaskSpec,
 };
 use larder_session_persist::{open_existing, EXPIRY_TASK};
 
 use super::render::{now_ms, run_info, running, table, ts};
-use super::{database_url, open_cache, Cli, Source, StatusArgs};
+use super::{database_url, open_cache, Cli, PauseArgs, Source, StatusArgs, TaskArgs};
 
 pub(super) async fn status(cli: &Cli, args: &StatusArgs) -> Result<String> {
-    let has_db = cli.database_url.as_deref().is_some_and(|u| !u.is_empty());
-    let source = args.from.unwrap_or(if has_db {
-        Source::Database
-    } else {
-        Source::Cache
-    });
-    let (backend, where_) = match source {
-        Source::Database => {
-            let url = database_url(cli)?;
-            // Refuses a database without larder's tables before the store's own schema
-            // step could create anything in it.
-            open_existing(url).await?;
-            let b = crate::connect(url).await?;
-            let name = b.capabilities().name;
-            (b, format!("{name} larder_kv"))
-        }
-        Source::Cache => {
-            let b = open_cache(cli).await?;
-            let name = b.capabilities().name;
-            (b, format!("cache ({name})"))
-        }
-    };
+    let (backend, where_) = coord_backend(cli, args.from).await?;
     let cache = Cache::new(backend.clone());
     let leases = if args.leases.is_empty() {
         vec!["leader".to_owned()]
@@ -142,6 +122,7 @@ pub(super) async fn status(cli: &Cli, args: &StatusArgs) -> Result<String> {
         "RUNNING".to_owned(),
         "LAST RUN (HOLDER TOKEN START END OUTCOME)".to_owned(),
         "NEXT DUE".to_owned(),
+        "PAUSED".to_owned(),
     ]];
     let statuses = scheduler.status().await?;
     let now = now_ms();
@@ -163,8 +144,70 @@ pub(super) async fn status(cli: &Cli, args: &StatusArgs) -> Result<String> {
             running(st.running.as_ref(), &st.overlapping),
             st.last_run.as_ref().map_or("-".to_owned(), run_info),
             next,
+            st.paused.as_ref().map_or("-".to_owned(), paused),
         ]);
     }
     table(&mut out, &rows);
     Ok(out)
+}
+
+/// The store of the coordination records: the database if `--database-url` is given (or
+/// `--from database`), else the cache; with how to name it.
+async fn coord_backend(cli: &Cli, from: Option<Source>) -> Result<(DynBackend, String)> {
+    let has_db = cli.database_url.as_deref().is_some_and(|u| !u.is_empty());
+    let source = from.unwrap_or(if has_db {
+        Source::Database
+    } else {
+        Source::Cache
+    });
+    Ok(match source {
+        Source::Database => {
+            let url = database_url(cli)?;
+            // Refuses a database without larder's tables before the store's own schema
+            // step could create anything in it.
+            open_existing(url).await?;
+            let b = crate::connect(url).await?;
+            let name = b.capabilities().name;
+            (b, format!("{name} larder_kv"))
+        }
+        Source::Cache => {
+            let b = open_cache(cli).await?;
+            let name = b.capabilities().name;
+            (b, format!("cache ({name})"))
+        }
+    })
+}
+
+/// "by WHO at TIME".
+fn paused(p: &Pause) -> String {
+    format!("by {} at {}", p.by, ts(p.at_ms))
+}
+
+async fn admin(cli: &Cli, args: &TaskArgs) -> Result<TaskAdmin> {
+    let (backend, _) = coord_backend(cli, args.from).await?;
+    TaskAdmin::new(backend)
+}
+
+pub(super) async fn pause(cli: &Cli, args: &PauseArgs) -> Result<String> {
+    let by = args
+        .by
+        .clone()
+        .or_else(|| std::env::var("USER").ok())
+        .filter(|b| !b.is_empty())
+        .unwrap_or_else(|| "larder-cli".to_owned());
+    let name = &args.task.name;
+    let (p, now_paused) = admin(cli, &args.task).await?.pause(name, &by).await?;
+    Ok(if now_paused {
+        format!("paused {name} {}\n", paused(&p))
+    } else {
+        format!("{name} was already paused {}\n", paused(&p))
+    })
+}
+
+pub(super) async fn resume(cli: &Cli, args: &TaskArgs) -> Result<String> {
+    let name = &args.name;
+    Ok(match admin(cli, args).await?.resume(name).await? {
+        Some(p) => format!("resumed {name} (paused {})\n", paused(&p)),
+        None => format!("{name} was not paused\n"),
+    })
 }

@@ -24,6 +24,7 @@ use crate::lease::check_backend;
 use crate::liveness::{Look, Watcher};
 use larder_cache_api::{Cache, DynBackend, Error, ErrorKind, Key, Result, Version};
 
+mod admin;
 mod last_write;
 pub(crate) mod plan;
 mod record;
@@ -31,7 +32,8 @@ mod runner;
 mod spec;
 mod store;
 
-pub use record::{Heartbeat, RunInfo, TaskRecord, MAX_RUNS_IN_PROGRESS};
+pub use admin::TaskAdmin;
+pub use record::{Heartbeat, Pause, RunInfo, TaskRecord, MAX_RUNS_IN_PROGRESS};
 pub use spec::{Candidacy, Claim, RunContext, RunMode, SchedulerConfig, TaskSpec, TaskStatus};
 
 use last_write::LastWrite;
@@ -132,6 +134,22 @@ impl Scheduler {
         }
         self.tasks.push(task);
         Ok(self)
+    }
+
+    /// A handle that pauses and resumes this scheduler's tasks across the deployment
+    /// (every scheduler that shares the store honours it before its next claim).
+    pub fn admin(&self) -> TaskAdmin {
+        TaskAdmin::of(self)
+    }
+
+    /// Pauses task `name` everywhere ([`TaskAdmin::pause`]); `by` says who.
+    pub async fn pause(&self, name: &str, by: &str) -> Result<(Pause, bool)> {
+        self.admin().pause(name, by).await
+    }
+
+    /// Resumes task `name` everywhere ([`TaskAdmin::resume`]).
+    pub async fn resume(&self, name: &str) -> Result<Option<Pause>> {
+        self.admin().resume(name).await
     }
 
     /// This process's holder id.
@@ -307,6 +325,7 @@ impl Scheduler {
                 overlapping: rec.overlapping,
                 last_run: rec.last_run,
                 next_due_ms,
+                paused: rec.paused,
             });
         }
         Ok(out)
@@ -322,6 +341,11 @@ impl Scheduler {
         let stop = CancellationToken::new();
         let s2 = stop.clone();
         let handle = tokio::spawn(async move {
+            // So that operators' tools know the deployment's task names.
+            let names: Vec<String> = self.tasks.iter().map(|t| t.name.clone()).collect();
+            if let Err(e) = admin::register(&self.cache, &names).await {
+                tracing::warn!(error = %e, "registering the task names failed");
+            }
             let mut loops = tokio::task::JoinSet::new();
             for index in 0..self.tasks.len() {
                 if self.eligible(&self.tasks[index]) {

@@ -45,6 +45,8 @@ pub struct Decision {
     pub watch: Option<Instant>,
     /// A due period waits for runs in progress to end.
     pub blocked: bool,
+    /// The task is paused: no period is claimed.
+    pub paused: bool,
 }
 
 /// The decision about `task` for the process `holder` at `now` (its wall clock, ms) on the
@@ -64,7 +66,8 @@ pub struct Decision {
 /// * at most once, a dead run is recorded as abandoned, never run again (written only with
 ///   a claim);
 /// * no period is claimed while [`MAX_RUNS_IN_PROGRESS`] runs are in progress, or while any
-///   is unless the task allows overlap: the period is then `blocked`.
+///   is unless the task allows overlap: the period is then `blocked`;
+/// * no period is claimed while the record says the task is paused (`paused`).
 pub fn plan(
     task: &TaskSpec,
     holder: &str,
@@ -107,6 +110,12 @@ pub fn plan(
             });
         }
         rec.put_runs(alive);
+    }
+    // Paused by an operator: nothing new starts (the takeover above continues a period
+    // claimed before; an abandoned run is recorded with the next claim).
+    if rec.paused.is_some() {
+        decision.paused = true;
+        return decision;
     }
     // The oldest period the task's misfire policy still runs.
     let Some(period) = task

@@ -41,6 +41,16 @@ pub struct Heartbeat {
     pub at_ms: i64,
 }
 
+/// Who paused a task, and when: while a task's record holds one, no scheduler claims a
+/// period of it (see [`Scheduler::pause`](crate::Scheduler::pause)).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pause {
+    /// Who paused it, as the operator named themself (a CLI user, an admin account).
+    pub by: String,
+    /// When (the pausing process's clock, ms since the epoch).
+    pub at_ms: i64,
+}
+
 /// The most runs of one task in progress at once (tasks that allow overlap): no new period
 /// is claimed while this many are, so the record stays small.
 pub const MAX_RUNS_IN_PROGRESS: usize = 8;
@@ -49,9 +59,10 @@ pub const MAX_RUNS_IN_PROGRESS: usize = 8;
 ///
 /// Its serde impls are each other's inverse on every codec, self-describing (JSON) or not
 /// (postcard, bincode), and read every layout earlier versions wrote (four fields, or five
-/// when runs overlap).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-#[serde(into = "StoredTask")]
+/// when runs overlap). A sixth field, the operators' part ([`paused`](Self::paused)), is
+/// written only while it holds something, so a task nobody operates keeps the earlier
+/// layouts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TaskRecord {
     /// The highest period ever claimed (`None`: never).
     pub last_period: Option<i64>,
@@ -67,23 +78,67 @@ pub struct TaskRecord {
     /// The heartbeats of the runs in progress that have overlapped another run (every run in
     /// progress while more than one is).
     pub heartbeats: Vec<Heartbeat>,
+    /// Set while the task is paused: no period is claimed until it is resumed.
+    pub paused: Option<Pause>,
 }
 
 /// How a [`TaskRecord`] is stored: the four fields records have always had, then the
-/// overlapping runs and their heartbeats only when there are any, so that the record of a
-/// task whose runs never overlap keeps the layout that earlier versions read and write.
+/// overlapping runs and their heartbeats only when there are any or a sixth field follows,
+/// then the operators' part only when it holds something, so that the record of a task whose
+/// runs never overlap and that nobody operates keeps the layout earlier versions read and
+/// write.
 ///
 /// A codec that is not self-describing (postcard, bincode) cannot tell a missing last field
 /// from a truncated record, so the record is read by [`TaskRecord`]'s own `Deserialize`: it
-/// takes the fifth field as absent when the input ends where it would start.
-#[derive(Serialize, Deserialize)]
+/// takes the fifth and the sixth field as absent when the input ends where they would start.
+#[derive(Deserialize)]
 struct StoredTask {
     last_period: Option<i64>,
     token: u64,
     running: Option<RunInfo>,
     last_run: Option<RunInfo>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     overlap: Option<Overlap>,
+    #[serde(default)]
+    ops: Option<Ops>,
+}
+
+/// The operators' part of a record.
+#[derive(Serialize, Deserialize)]
+struct Ops {
+    paused: Option<Pause>,
+}
+
+impl Serialize for TaskRecord {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct as _;
+        let overlap =
+            (!self.overlapping.is_empty() || !self.heartbeats.is_empty()).then(|| Overlap {
+                runs: self.overlapping.clone(),
+                heartbeats: self.heartbeats.clone(),
+            });
+        let ops = self.paused.is_some().then(|| Ops {
+            paused: self.paused.clone(),
+        });
+        let fields = match (&overlap, &ops) {
+            (_, Some(_)) => 6,
+            (Some(_), None) => 5,
+            (None, None) => 4,
+        };
+        let mut st = s.serialize_struct("StoredTask", fields)?;
+        st.serialize_field("last_period", &self.last_period)?;
+        st.serialize_field("token", &self.token)?;
+        st.serialize_field("running", &self.running)?;
+        st.serialize_field("last_run", &self.last_run)?;
+        if fields >= 5 {
+            // Positional codecs need the fifth field (as "none") before a sixth.
+            st.serialize_field("overlap", &overlap)?;
+        }
+        if fields == 6 {
+            st.serialize_field("ops", &ops)?;
+        }
+        st.end()
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -92,7 +147,14 @@ struct Overlap {
     heartbeats: Vec<Heartbeat>,
 }
 
-const STORED_TASK_FIELDS: &[&str] = &["last_period", "token", "running", "last_run", "overlap"];
+const STORED_TASK_FIELDS: &[&str] = &[
+    "last_period",
+    "token",
+    "running",
+    "last_run",
+    "overlap",
+    "ops",
+];
 
 impl<'de> Deserialize<'de> for TaskRecord {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
@@ -117,44 +179,53 @@ impl<'de> serde::de::Visitor<'de> for StoredTaskVisitor {
         StoredTask::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Into::into)
     }
 
-    // Positional formats: four fields, then `overlap` if the input goes on.
+    // Positional formats: four fields, then `overlap` and `ops` if the input goes on.
     fn visit_seq<A: serde::de::SeqAccess<'de>>(
         self,
         mut seq: A,
     ) -> std::result::Result<TaskRecord, A::Error> {
         use serde::de::Error as _;
-        let missing = |i| A::Error::invalid_length(i, &"a task record of 4 or 5 fields");
+        let missing = |i| A::Error::invalid_length(i, &"a task record of 4 to 6 fields");
         let last_period = seq.next_element()?.ok_or_else(|| missing(0))?;
         let token = seq.next_element()?.ok_or_else(|| missing(1))?;
         let running = seq.next_element()?.ok_or_else(|| missing(2))?;
         let last_run = seq.next_element()?.ok_or_else(|| missing(3))?;
-        let overlap = seq.next_element_seed(TrailingOverlap)?.flatten();
+        let overlap = seq
+            .next_element_seed(Trailing(std::marker::PhantomData))?
+            .flatten();
+        let ops = seq
+            .next_element_seed(Trailing(std::marker::PhantomData))?
+            .flatten();
         Ok(StoredTask {
             last_period,
             token,
             running,
             last_run,
             overlap,
+            ops,
         }
         .into())
     }
 }
 
-/// The optional last field of a positional record. Reading it fails before its `Option` tag
-/// is seen only when no tag is there: the input ended (a four-field record) or the next byte
-/// is no tag at all (which the codec then reports as trailing input, or takes as the end).
-/// Once the tag is read, every error is the record's.
-struct TrailingOverlap;
+/// An optional last field of a positional record (`overlap`, `ops`). Reading it fails
+/// before its `Option` tag is seen only when no tag is there: the input ended (a record
+/// without the field) or the next byte is no tag at all (which the codec then reports as
+/// trailing input, or takes as the end). Once the tag is read, every error is the record's.
+struct Trailing<T>(std::marker::PhantomData<T>);
 
-impl<'de> serde::de::DeserializeSeed<'de> for TrailingOverlap {
-    type Value = Option<Overlap>;
+impl<'de, T: Deserialize<'de>> serde::de::DeserializeSeed<'de> for Trailing<T> {
+    type Value = Option<T>;
 
     fn deserialize<D: serde::Deserializer<'de>>(
         self,
         d: D,
-    ) -> std::result::Result<Option<Overlap>, D::Error> {
+    ) -> std::result::Result<Option<T>, D::Error> {
         let seen = std::cell::Cell::new(false);
-        match d.deserialize_option(OverlapTag { seen: &seen }) {
+        match d.deserialize_option(TrailingTag {
+            seen: &seen,
+            field: std::marker::PhantomData,
+        }) {
             Ok(v) => Ok(v),
             Err(_) if !seen.get() => Ok(None),
             Err(e) => Err(e),
@@ -162,15 +233,16 @@ impl<'de> serde::de::DeserializeSeed<'de> for TrailingOverlap {
     }
 }
 
-struct OverlapTag<'a> {
+struct TrailingTag<'a, T> {
     seen: &'a std::cell::Cell<bool>,
+    field: std::marker::PhantomData<T>,
 }
 
-impl<'de> serde::de::Visitor<'de> for OverlapTag<'_> {
-    type Value = Option<Overlap>;
+impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for TrailingTag<'_, T> {
+    type Value = Option<T>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("the overlapping runs of a task record, or none")
+        f.write_str("an optional last field of a task record")
     }
 
     fn visit_none<E: serde::de::Error>(self) -> std::result::Result<Self::Value, E> {
@@ -188,7 +260,7 @@ impl<'de> serde::de::Visitor<'de> for OverlapTag<'_> {
         d: D,
     ) -> std::result::Result<Self::Value, D::Error> {
         self.seen.set(true);
-        Overlap::deserialize(d).map(Some)
+        T::deserialize(d).map(Some)
     }
 }
 
@@ -205,22 +277,7 @@ impl From<StoredTask> for TaskRecord {
             last_run: s.last_run,
             overlapping,
             heartbeats,
-        }
-    }
-}
-
-impl From<TaskRecord> for StoredTask {
-    fn from(r: TaskRecord) -> Self {
-        let overlap = (!r.overlapping.is_empty() || !r.heartbeats.is_empty()).then_some(Overlap {
-            runs: r.overlapping,
-            heartbeats: r.heartbeats,
-        });
-        StoredTask {
-            last_period: r.last_period,
-            token: r.token,
-            running: r.running,
-            last_run: r.last_run,
-            overlap,
+            paused: s.ops.and_then(|o| o.paused),
         }
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::record::RunInfo;
+use super::record::{Pause, RunInfo};
 use crate::lease::{Durability, LeaseConfig};
 use crate::misfire::MisfirePolicy;
 use crate::schedule::Schedule;
@@ -274,4 +274,6 @@ pub struct TaskStatus {
     pub last_run: Option<RunInfo>,
     /// When the next period starts (ms since the epoch).
     pub next_due_ms: Option<i64>,
+    /// Who paused the task and when, while it is paused.
+    pub paused: Option<Pause>,
 }

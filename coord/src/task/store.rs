@@ -8,7 +8,7 @@ use super::last_write::LastWrite;
 use super::record::{decode, Heartbeat, RunInfo, TaskRecord};
 use super::spec::Claim;
 use super::Scheduler;
-use larder_cache_api::{Error, ErrorKind, Key, Result, Version};
+use larder_cache_api::{Cache, Error, ErrorKind, Key, Result, Version};
 
 /// The retries of a read-and-compare-and-swap on a task record that lost a race.
 fn cas_retries() -> larder_cache_api::retry::Backoff {
@@ -25,7 +25,7 @@ pub(super) fn lost_races(task: &str, what: &str) -> Error {
 }
 
 /// A record as stored, or `None` (absent) with no version.
-type Stored = (TaskRecord, Option<Version>);
+pub(super) type Stored = (TaskRecord, Option<Version>);
 
 /// What an edit of a task record does on the record it is given.
 enum Edit<T> {
@@ -43,7 +43,15 @@ impl Scheduler {
 
     /// The record of a task with its version.
     pub(super) async fn load(&self, key: &Key) -> Result<Option<(TaskRecord, Version)>> {
-        let Some(entry) = self.cache.backend().get(key).await? else {
+        Self::load_from(&self.cache, key).await
+    }
+
+    /// [`load`](Self::load) from `cache` (the operators' handle has no scheduler).
+    pub(super) async fn load_from(
+        cache: &Cache,
+        key: &Key,
+    ) -> Result<Option<(TaskRecord, Version)>> {
+        let Some(entry) = cache.backend().get(key).await? else {
             return Ok(None);
         };
         Ok(Some((decode(&entry)?, entry.version)))
@@ -58,9 +66,19 @@ impl Scheduler {
         rec: &TaskRecord,
         version: Option<Version>,
     ) -> Result<std::result::Result<Version, Stored>> {
+        Self::put_to(&self.cache, key, rec, version).await
+    }
+
+    /// [`put`](Self::put) to `cache`.
+    pub(super) async fn put_to(
+        cache: &Cache,
+        key: &Key,
+        rec: &TaskRecord,
+        version: Option<Version>,
+    ) -> Result<std::result::Result<Version, Stored>> {
         let res = match version {
-            None => self.cache.create(key, rec, None).await,
-            Some(v) => self.cache.replace(key, rec, None, v).await,
+            None => cache.create(key, rec, None).await,
+            Some(v) => cache.replace(key, rec, None, v).await,
         };
         match res {
             Ok(v) => Ok(Ok(v)),

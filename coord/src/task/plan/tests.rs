@@ -221,6 +221,23 @@ proptest! {
     }
 
     #[test]
+    fn a_paused_task_claims_no_period_and_keeps_its_pause(c in case()) {
+        let mut c = c;
+        c.rec.paused = Some(crate::task::record::Pause { by: "op".into(), at_ms: 1 });
+        let d = decide(&c);
+        prop_assert!(d.paused || d.write.as_ref().is_some_and(|w| w.takeover));
+        if let Some(w) = d.write {
+            // Only the takeover of a dead at-least-once run, claimed before the pause.
+            prop_assert!(w.takeover);
+            prop_assert_eq!(w.record.last_period, c.rec.last_period);
+            prop_assert_eq!(&w.record.paused, &c.rec.paused);
+        }
+        // Unpaused, the same case decides as before pauses existed.
+        c.rec.paused = None;
+        prop_assert!(!decide(&c).paused);
+    }
+
+    #[test]
     fn records_keep_their_shape(c in case()) {
         let Some(w) = decide(&c).write else { return Ok(()) };
         let runs: Vec<_> = w.record.runs_in_progress().collect();

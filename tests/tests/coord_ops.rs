@@ -1,0 +1,220 @@
+//! What an operator does to periodic tasks across a deployment, with five `coord_ops_node`
+//! OS processes on PostgreSQL's `larder_kv` and on a redis-server with an append-only file
+//! fsynced on every write, driven through the `larder` command line (in-process): pause
+//! (no run starts in the next three periods on any process), resume (runs start again
+//! within one period), and an unknown task name (an error listing the known ones).
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use larder::ErrorKind;
+use larder_tests::db;
+use larder_tests::server::ServerProcess;
+use parking_lot::Mutex;
+
+const NODES: usize = 5;
+const TASK: &str = "ops-tick";
+const PERIOD_MS: i64 = 1000;
+/// The most a claim waits past the start of its period: the scheduler's jitter, at most a
+/// tenth of the period.
+const JITTER_MS: i64 = PERIOD_MS / 10;
+/// Time between a claim's compare-and-swap and the job's first line, and the clocks'
+/// reading of it (one machine).
+const SLACK_MS: i64 = 300;
+const RUN_MS: u64 = 100;
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+async fn cli(args: &[&str]) -> larder::Result<String> {
+    larder::cli::run(std::iter::once("larder").chain(args.iter().copied())).await
+}
+
+/// A run start a node printed.
+#[derive(Debug, Clone)]
+struct Start {
+    node: usize,
+    token: u64,
+    at_ms: i64,
+}
+
+/// The nodes, and the run starts they printed so far.
+struct Nodes {
+    children: Vec<(Child, ChildStdin)>,
+    starts: Arc<Mutex<Vec<Start>>>,
+}
+
+impl Nodes {
+    fn start(url: &str) -> Self {
+        let starts = Arc::new(Mutex::new(Vec::new()));
+        let mut children = Vec::new();
+        for node in 0..NODES {
+            let mut child = Command::new(env!("CARGO_BIN_EXE_coord_ops_node"))
+                .args([
+                    url,
+                    &format!("ops-{node}"),
+                    TASK,
+                    &PERIOD_MS.to_string(),
+                    &RUN_MS.to_string(),
+                ])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let stdin = child.stdin.take().unwrap();
+            let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+            let first = lines.next().unwrap().unwrap();
+            assert_eq!(first, "ready", "node {node}");
+            let starts = starts.clone();
+            std::thread::spawn(move || {
+                for line in lines.map_while(|l| l.ok()) {
+                    let words: Vec<&str> = line.split_whitespace().collect();
+                    if let ["start", token, _period, at] = words[..] {
+                        starts.lock().push(Start {
+                            node,
+                            token: token.parse().unwrap(),
+                            at_ms: at.parse().unwrap(),
+                        });
+                    }
+                }
+            });
+            children.push((child, stdin));
+        }
+        Nodes { children, starts }
+    }
+
+    fn starts_since(&self, ms: i64) -> Vec<Start> {
+        self.starts
+            .lock()
+            .iter()
+            .filter(|s| s.at_ms >= ms)
+            .cloned()
+            .collect()
+    }
+
+    /// Waits (up to `limit_ms`) for a run that starts at or after `ms`.
+    async fn first_start_since(&self, ms: i64, limit_ms: i64) -> Option<Start> {
+        let give_up = now_ms() + limit_ms;
+        while now_ms() < give_up {
+            if let Some(s) = self.starts_since(ms).into_iter().next() {
+                return Some(s);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+}
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        for (child, _) in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Pause, then resume, the task of five nodes through the command line with `store`
+/// (`--database-url URL` or `--cache-url URL`).
+async fn pause_and_resume(node_url: &str, store: &[&str]) {
+    let nodes = Nodes::start(node_url);
+    // Running: a few periods run, each once.
+    let warm = now_ms();
+    let first = nodes
+        .first_start_since(warm, 5 * PERIOD_MS)
+        .await
+        .expect("the task runs");
+    eprintln!("first run: {first:?}");
+    tokio::time::sleep(Duration::from_millis(2 * PERIOD_MS as u64)).await;
+    let before = nodes.starts_since(warm);
+    assert!(before.len() >= 2, "{before:?}");
+
+    // An unknown name lists the known ones (the nodes registered theirs).
+    let e = cli(&[store, &["tasks", "pause", "ops-tock"]].concat())
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound);
+    assert!(
+        e.message().contains("no task \"ops-tock\"") && e.message().contains("\"ops-tick\""),
+        "{e}"
+    );
+
+    let out = cli(&[store, &["tasks", "pause", TASK, "--by", "ops-test"]].concat())
+        .await
+        .unwrap();
+    let paused_at = now_ms();
+    assert!(out.starts_with("paused ops-tick by ops-test at "), "{out}");
+    // Again: idempotent, the first pause stays.
+    let again = cli(&[store, &["tasks", "pause", TASK, "--by", "someone-else"]].concat())
+        .await
+        .unwrap();
+    assert!(
+        again.starts_with("ops-tick was already paused by ops-test"),
+        "{again}"
+    );
+    let status = cli(&[store, &["tasks", "status", "--task", TASK]].concat())
+        .await
+        .unwrap();
+    assert!(status.contains("by ops-test at "), "{status}");
+
+    // Three periods and their claims' jitter: no run starts on any process.
+    tokio::time::sleep(Duration::from_millis((3 * PERIOD_MS + JITTER_MS) as u64)).await;
+    let during = nodes.starts_since(paused_at);
+    assert!(during.is_empty(), "runs started while paused: {during:?}");
+
+    let resumed_at = now_ms();
+    let out = cli(&[store, &["tasks", "resume", TASK]].concat())
+        .await
+        .unwrap();
+    assert!(
+        out.starts_with("resumed ops-tick (paused by ops-test at "),
+        "{out}"
+    );
+    let next = nodes
+        .first_start_since(resumed_at, 3 * PERIOD_MS)
+        .await
+        .expect("runs start again after resume");
+    assert!(
+        next.at_ms - resumed_at <= PERIOD_MS + JITTER_MS + SLACK_MS,
+        "first run {} ms after resume: {next:?}",
+        next.at_ms - resumed_at
+    );
+    // And go on, once per period: distinct tokens.
+    tokio::time::sleep(Duration::from_millis(2 * PERIOD_MS as u64)).await;
+    let after = nodes.starts_since(resumed_at);
+    let mut tokens: Vec<u64> = after.iter().map(|s| s.token).collect();
+    tokens.dedup();
+    assert!(after.len() >= 2, "{after:?}");
+    assert_eq!(tokens.len(), after.len(), "a token ran twice: {after:?}");
+    let out = cli(&[store, &["tasks", "resume", TASK]].concat())
+        .await
+        .unwrap();
+    assert_eq!(out, "ops-tick was not paused\n");
+    let nodes_seen: std::collections::HashSet<usize> =
+        nodes.starts.lock().iter().map(|s| s.node).collect();
+    eprintln!("runs by nodes {nodes_seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_pause_stops_every_process_and_resume_restarts_them() {
+    // The command line's --database-url wants larder's tables: the session store's, and
+    // the compare-and-swap store's beside them.
+    let (store, schema) = db::pg_store().await;
+    db::pg_kv_beside(&store).await;
+    let url = db::schema_url(&schema);
+    pause_and_resume(&url, &["--database-url", &url]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_pause_stops_every_process_and_resume_restarts_them() {
+    let server = ServerProcess::redis_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let url = format!("redis://{}", server.addr());
+    pause_and_resume(&url, &["--cache-url", &url]).await;
+}
