@@ -232,8 +232,9 @@ pub use lease::{
 pub use misfire::{DuePeriods, MisfirePolicy};
 pub use schedule::{parse_interval, Schedule};
 pub use task::{
-    Candidacy, Claim, Heartbeat, Pause, RunContext, RunInfo, RunMode, Scheduler, SchedulerConfig,
-    TaskAdmin, TaskRecord, TaskSpec, TaskStatus, MAX_RUNS_IN_PROGRESS,
+    Candidacy, Claim, Heartbeat, Pause, RunContext, RunInfo, RunMode, RunRequest, Scheduler,
+    SchedulerConfig, TaskAdmin, TaskRecord, TaskSpec, TaskStatus, MAX_REMEMBERED_REQUESTS,
+    MAX_REQUEST_ID, MAX_RUNS_IN_PROGRESS, MAX_WAITING_REQUESTS,
 };
 #[cfg(feature = "cron")]
 pub use zoned_cron::CronSchedule;

@@ -10,7 +10,7 @@ use larder_backend_memory::MemoryBackend;
 use larder_cache_api::codec::{Bincode, Codec, Json, Postcard};
 use larder_cache_api::{envelope, Cache, ErrorKind, Key};
 use larder_coord::{
-    Durability, Heartbeat, HolderId, LeaseRecord, Pause, RunInfo, Schedule, Scheduler,
+    Durability, Heartbeat, HolderId, LeaseRecord, Pause, RunInfo, RunRequest, Schedule, Scheduler,
     SchedulerConfig, TaskRecord, TaskSpec,
 };
 use proptest::prelude::*;
@@ -51,6 +51,23 @@ fn run_info() -> impl Strategy<Value = RunInfo> {
         )
 }
 
+fn run_request() -> impl Strategy<Value = RunRequest> {
+    (
+        ".{0,8}",
+        ".{0,8}",
+        any::<i64>(),
+        any::<bool>(),
+        any::<Option<u64>>(),
+    )
+        .prop_map(|(id, by, at_ms, forced, token)| RunRequest {
+            id,
+            by,
+            at_ms,
+            forced,
+            token,
+        })
+}
+
 fn heartbeat() -> impl Strategy<Value = Heartbeat> {
     (any::<u64>(), any::<u64>(), any::<i64>()).prop_map(|(token, beats, at_ms)| Heartbeat {
         token,
@@ -68,16 +85,20 @@ fn task_record() -> impl Strategy<Value = TaskRecord> {
         proptest::collection::vec(run_info(), 0..3),
         proptest::collection::vec(heartbeat(), 0..3),
         proptest::option::of((".{0,8}", any::<i64>()).prop_map(|(by, at_ms)| Pause { by, at_ms })),
+        proptest::collection::vec(run_request(), 0..3),
     )
         .prop_map(
-            |(last_period, token, running, last_run, overlapping, heartbeats, paused)| TaskRecord {
-                last_period,
-                token,
-                running,
-                last_run,
-                overlapping,
-                heartbeats,
-                paused,
+            |(last_period, token, running, last_run, overlapping, heartbeats, paused, requests)| {
+                TaskRecord {
+                    last_period,
+                    token,
+                    running,
+                    last_run,
+                    overlapping,
+                    heartbeats,
+                    paused,
+                    requests,
+                }
             },
         )
 }
@@ -170,14 +191,24 @@ fn four_field_record() -> TaskRecord {
         overlapping: Vec::new(),
         heartbeats: Vec::new(),
         paused: None,
+        requests: Vec::new(),
     }
 }
 
-/// The operators' sixth field: paused by "op" at 100 (the fifth field, no overlap, written
-/// as "none" before it).
+/// The operators' sixth field: paused by "op" at 100, no run-now request (the fifth field,
+/// no overlap, written as "none" before it).
 const SIX_FIELDS_OPS: &[u8] = &[
     1, // ops: Some
     1, 2, b'o', b'p', 0xC8, 0x01, // paused: Some(Pause { by: "op", at_ms: 100 })
+    0,    // requests: []
+];
+
+/// A sixth field with one run-now request ("r1" by "op" at 100, not forced, claimed under
+/// token 9) and no pause.
+const SIX_FIELDS_REQUEST: &[u8] = &[
+    1, // ops: Some
+    0, // paused: None
+    1, 2, b'r', b'1', 2, b'o', b'p', 0xC8, 0x01, 0, 1, 9, // requests: [request]
 ];
 
 #[test]
@@ -260,6 +291,22 @@ fn a_paused_record_adds_a_sixth_field_and_reads_back() {
     let mut written = Vec::new();
     Postcard.encode(&resumed, &mut written).unwrap();
     assert_eq!(written, FOUR_FIELDS);
+    // A run-now request alone.
+    let requested = TaskRecord {
+        requests: vec![RunRequest {
+            id: "r1".into(),
+            by: "op".into(),
+            at_ms: 100,
+            forced: false,
+            token: Some(9),
+        }],
+        ..four_field_record()
+    };
+    let bytes = [FOUR_FIELDS, &[0], SIX_FIELDS_REQUEST].concat();
+    assert_eq!(Postcard.decode::<TaskRecord>(&bytes).unwrap(), requested);
+    let mut written = Vec::new();
+    Postcard.encode(&requested, &mut written).unwrap();
+    assert_eq!(written, bytes);
     // Cut inside the sixth field: a decode error, never a record without it.
     let full = [FOUR_FIELDS, &[0], SIX_FIELDS_OPS].concat();
     for cut in FOUR_FIELDS.len() + 2..full.len() {

@@ -11,6 +11,8 @@
 //!                [--from database|cache]
 //!   tasks pause NAME [--by WHO]         stop claiming periods of NAME everywhere
 //!   tasks resume NAME                   claim periods of NAME again
+//!   tasks run NAME [--request-id ID] [--force] [--by WHO]
+//!                                       run NAME once now, across the deployment
 //!   cache ping                          put/get/delete round trip of a scratch key
 //!   cache stats                         what the backend is and promises
 //! ```
@@ -114,6 +116,25 @@ enum TasksCmd {
     /// Resumes a paused task in every process: its next period is claimed as usual.
     /// Idempotent.
     Resume(TaskArgs),
+    /// Runs a task once now, across the deployment: a process claims it within its
+    /// schedulers' request check (3 s by default), after the run in progress unless the task
+    /// allows overlap. A retry with the same --request-id never runs it twice.
+    Run(RunArgs),
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    #[command(flatten)]
+    task: TaskArgs,
+    /// The request's id: a request repeated with the same id runs once (default: a new one).
+    #[arg(long, value_name = "ID")]
+    request_id: Option<String>,
+    /// Run even if the task is paused (otherwise refused).
+    #[arg(long)]
+    force: bool,
+    /// Who asks (default: $USER, else "larder-cli").
+    #[arg(long, value_name = "WHO")]
+    by: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -245,6 +266,7 @@ async fn dispatch(cli: &Cli) -> Result<String> {
         Command::Tasks(TasksCmd::Status(args)) => tasks::status(cli, args).await,
         Command::Tasks(TasksCmd::Pause(args)) => tasks::pause(cli, args).await,
         Command::Tasks(TasksCmd::Resume(args)) => tasks::resume(cli, args).await,
+        Command::Tasks(TasksCmd::Run(args)) => tasks::run_now(cli, args).await,
         Command::Cache(CacheCmd::Ping) => cache::ping(cli).await,
         Command::Cache(CacheCmd::Stats) => cache::stats(cli).await,
     }

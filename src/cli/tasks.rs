@@ -1,5 +1,5 @@
 //! `larder tasks status`: leases and periodic tasks, read through the coordination crate
-//! (key names and the "next due" computation are its own); `larder tasks pause|resume`,
+//! (key names and the "next due" computation are its own); `larder tasks pause|resume|run`,
 //! through its `TaskAdmin`.
 
 use std::time::Duration;
@@ -12,7 +12,7 @@ use larder_coord::{
 use larder_session_persist::{open_existing, EXPIRY_TASK};
 
 use super::render::{now_ms, run_info, running, table, ts};
-use super::{database_url, open_cache, Cli, PauseArgs, Source, StatusArgs, TaskArgs};
+use super::{database_url, open_cache, Cli, PauseArgs, RunArgs, Source, StatusArgs, TaskArgs};
 
 pub(super) async fn status(cli: &Cli, args: &StatusArgs) -> Result<String> {
     let (backend, where_) = coord_backend(cli, args.from).await?;
@@ -188,13 +188,41 @@ async fn admin(cli: &Cli, args: &TaskArgs) -> Result<TaskAdmin> {
     TaskAdmin::new(backend)
 }
 
-pub(super) async fn pause(cli: &Cli, args: &PauseArgs) -> Result<String> {
-    let by = args
-        .by
-        .clone()
+/// Who acts: `--by`, else `$USER`, else "larder-cli".
+fn who(by: &Option<String>) -> String {
+    by.clone()
         .or_else(|| std::env::var("USER").ok())
         .filter(|b| !b.is_empty())
-        .unwrap_or_else(|| "larder-cli".to_owned());
+        .unwrap_or_else(|| "larder-cli".to_owned())
+}
+
+pub(super) async fn run_now(cli: &Cli, args: &RunArgs) -> Result<String> {
+    let name = &args.task.name;
+    let id = args
+        .request_id
+        .clone()
+        .unwrap_or_else(|| format!("cli-{}", HolderId::generate().as_str()));
+    let (request, made) = admin(cli, &args.task)
+        .await?
+        .run_now(name, &id, &who(&args.by), args.force)
+        .await?;
+    let state = match request.token {
+        Some(token) => format!("claimed, token {token}"),
+        None => "waiting for a process".to_owned(),
+    };
+    Ok(if made {
+        format!("requested a run of {name} (request {id}): {state}\n")
+    } else {
+        format!(
+            "request {id} for {name} was already made by {} at {}: {state}\n",
+            request.by,
+            ts(request.at_ms)
+        )
+    })
+}
+
+pub(super) async fn pause(cli: &Cli, args: &PauseArgs) -> Result<String> {
+    let by = who(&args.by);
     let name = &args.task.name;
     let (p, now_paused) = admin(cli, &args.task).await?.pause(name, &by).await?;
     Ok(if now_paused {

@@ -2,7 +2,9 @@
 //! OS processes on PostgreSQL's `larder_kv` and on a redis-server with an append-only file
 //! fsynced on every write, driven through the `larder` command line (in-process): pause
 //! (no run starts in the next three periods on any process), resume (runs start again
-//! within one period), and an unknown task name (an error listing the known ones).
+//! within one period), an unknown task name (an error listing the known ones), and run now
+//! (ten concurrent requests with one id run once; with ten ids, ten runs one after another;
+//! a paused task's request refused unless forced).
 #![allow(clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader};
@@ -43,17 +45,21 @@ struct Start {
     node: usize,
     token: u64,
     at_ms: i64,
+    /// The run-now request it answers.
+    trigger: Option<String>,
 }
 
-/// The nodes, and the run starts they printed so far.
+/// The nodes, and the run starts and ends (token, ms) they printed so far.
 struct Nodes {
     children: Vec<(Child, ChildStdin)>,
     starts: Arc<Mutex<Vec<Start>>>,
+    ends: Arc<Mutex<Vec<(u64, i64)>>>,
 }
 
 impl Nodes {
-    fn start(url: &str) -> Self {
+    fn start(url: &str, period_ms: i64) -> Self {
         let starts = Arc::new(Mutex::new(Vec::new()));
+        let ends = Arc::new(Mutex::new(Vec::new()));
         let mut children = Vec::new();
         for node in 0..NODES {
             let mut child = Command::new(env!("CARGO_BIN_EXE_coord_ops_node"))
@@ -61,7 +67,7 @@ impl Nodes {
                     url,
                     &format!("ops-{node}"),
                     TASK,
-                    &PERIOD_MS.to_string(),
+                    &period_ms.to_string(),
                     &RUN_MS.to_string(),
                 ])
                 .stdin(Stdio::piped())
@@ -72,22 +78,50 @@ impl Nodes {
             let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
             let first = lines.next().unwrap().unwrap();
             assert_eq!(first, "ready", "node {node}");
-            let starts = starts.clone();
+            let (starts, ends) = (starts.clone(), ends.clone());
             std::thread::spawn(move || {
                 for line in lines.map_while(|l| l.ok()) {
                     let words: Vec<&str> = line.split_whitespace().collect();
-                    if let ["start", token, _period, at] = words[..] {
-                        starts.lock().push(Start {
+                    match words[..] {
+                        ["start", token, _period, at, trigger] => starts.lock().push(Start {
                             node,
                             token: token.parse().unwrap(),
                             at_ms: at.parse().unwrap(),
-                        });
+                            trigger: (trigger != "-").then(|| trigger.to_owned()),
+                        }),
+                        ["end", token, at] => ends
+                            .lock()
+                            .push((token.parse().unwrap(), at.parse().unwrap())),
+                        _ => {}
                     }
                 }
             });
             children.push((child, stdin));
         }
-        Nodes { children, starts }
+        Nodes {
+            children,
+            starts,
+            ends,
+        }
+    }
+
+    /// The starts of runs that answer run-now requests.
+    fn triggered(&self) -> Vec<Start> {
+        self.starts
+            .lock()
+            .iter()
+            .filter(|s| s.trigger.is_some())
+            .cloned()
+            .collect()
+    }
+
+    /// Waits (up to `limit_ms`) until `n` runs answered run-now requests.
+    async fn wait_triggered(&self, n: usize, limit_ms: i64) -> Vec<Start> {
+        let give_up = now_ms() + limit_ms;
+        while self.triggered().len() < n && now_ms() < give_up {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.triggered()
     }
 
     fn starts_since(&self, ms: i64) -> Vec<Start> {
@@ -124,7 +158,7 @@ impl Drop for Nodes {
 /// Pause, then resume, the task of five nodes through the command line with `store`
 /// (`--database-url URL` or `--cache-url URL`).
 async fn pause_and_resume(node_url: &str, store: &[&str]) {
-    let nodes = Nodes::start(node_url);
+    let nodes = Nodes::start(node_url, PERIOD_MS);
     // Running: a few periods run, each once.
     let warm = now_ms();
     let first = nodes
@@ -200,6 +234,136 @@ async fn pause_and_resume(node_url: &str, store: &[&str]) {
     let nodes_seen: std::collections::HashSet<usize> =
         nodes.starts.lock().iter().map(|s| s.node).collect();
     eprintln!("runs by nodes {nodes_seen:?}");
+}
+
+/// `n` concurrent `larder tasks run` calls, the i-th with the request id `id(i)`; their
+/// outputs.
+async fn run_concurrently(store: &[&str], n: usize, id: impl Fn(usize) -> String) -> Vec<String> {
+    let calls: Vec<_> = (0..n)
+        .map(|i| {
+            let args: Vec<String> = store
+                .iter()
+                .map(|s| s.to_string())
+                .chain(["tasks", "run", TASK, "--request-id", &id(i)].map(String::from))
+                .collect();
+            tokio::spawn(async move {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                cli(&args).await.unwrap()
+            })
+        })
+        .collect();
+    let mut outs = Vec::new();
+    for c in calls {
+        outs.push(c.await.unwrap());
+    }
+    outs
+}
+
+/// Run now on five nodes whose task's period (a minute) leaves the runs to the requests.
+async fn run_now(node_url: &str, store: &[&str]) {
+    let nodes = Nodes::start(node_url, 60_000);
+    nodes
+        .first_start_since(0, 5 * PERIOD_MS)
+        .await
+        .expect("the current period runs at start");
+
+    // Ten concurrent requests with one id: one request, one run.
+    let asked = now_ms();
+    let outs = run_concurrently(store, 10, |_| "same".to_owned()).await;
+    let made = outs
+        .iter()
+        .filter(|o| o.starts_with("requested a run"))
+        .count();
+    assert_eq!(made, 1, "{outs:#?}");
+    let ran = nodes.wait_triggered(1, 10 * PERIOD_MS).await;
+    assert_eq!(ran.len(), 1, "{ran:?}");
+    eprintln!(
+        "run-now delay: {} ms (doorbell read every 200 ms)",
+        ran[0].at_ms - asked
+    );
+    // Retried later, still one run.
+    let again = run_concurrently(store, 3, |_| "same".to_owned()).await;
+    assert!(
+        again.iter().all(|o| o.contains("was already made")),
+        "{again:#?}"
+    );
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(nodes.triggered().len(), 1, "{:?}", nodes.triggered());
+
+    // Ten distinct ids: ten runs, each once, never two at once (no overlap).
+    let outs = run_concurrently(store, 10, |i| format!("id-{i}")).await;
+    assert!(
+        outs.iter().all(|o| o.starts_with("requested a run")),
+        "{outs:#?}"
+    );
+    let ran = nodes.wait_triggered(11, 30 * PERIOD_MS).await;
+    assert_eq!(ran.len(), 11, "{ran:?}");
+    let mut ids: Vec<&str> = ran.iter().filter_map(|s| s.trigger.as_deref()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 11, "a request ran twice: {ran:?}");
+    tokio::time::sleep(Duration::from_millis(RUN_MS + 200)).await;
+    let ends = nodes.ends.lock().clone();
+    let mut spans: Vec<(i64, i64)> = nodes
+        .starts
+        .lock()
+        .iter()
+        .map(|s| {
+            let end = ends.iter().find(|(t, _)| *t == s.token).map(|e| e.1);
+            (s.at_ms, end.expect("every run ended"))
+        })
+        .collect();
+    spans.sort_unstable();
+    for w in spans.windows(2) {
+        assert!(w[0].1 <= w[1].0, "two runs at once: {w:?}");
+    }
+    let tokens: Vec<u64> = {
+        let mut by_start = nodes.triggered();
+        by_start.sort_by_key(|s| s.at_ms);
+        by_start.iter().map(|s| s.token).collect()
+    };
+    assert!(tokens.windows(2).all(|t| t[0] < t[1]), "{tokens:?}");
+
+    // Paused: refused, unless forced.
+    cli(&[store, &["tasks", "pause", TASK]].concat())
+        .await
+        .unwrap();
+    let e = cli(&[store, &["tasks", "run", TASK, "--request-id", "late"]].concat())
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput);
+    assert!(e.message().contains("is paused"), "{e}");
+    let out = cli(&[
+        store,
+        &["tasks", "run", TASK, "--request-id", "late", "--force"],
+    ]
+    .concat())
+    .await
+    .unwrap();
+    assert!(out.starts_with("requested a run"), "{out}");
+    let ran = nodes.wait_triggered(12, 10 * PERIOD_MS).await;
+    assert_eq!(
+        ran.iter()
+            .filter(|s| s.trigger.as_deref() == Some("late"))
+            .count(),
+        1,
+        "{ran:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_run_now_runs_once_per_request_id() {
+    let (store, schema) = db::pg_store().await;
+    db::pg_kv_beside(&store).await;
+    let url = db::schema_url(&schema);
+    run_now(&url, &["--database-url", &url]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_run_now_runs_once_per_request_id() {
+    let server = ServerProcess::redis_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let url = format!("redis://{}", server.addr());
+    run_now(&url, &["--cache-url", &url]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,5 @@
 //! What an operator does to tasks across the deployment, through their stored records:
-//! pause and resume. Every change is one compare-and-swap on the task's record, so it is
+//! pause and resume, run now. Every change is one compare-and-swap on the task's record, so it is
 //! ordered with the claims: a claim planned on the record before a pause loses its
 //! compare-and-swap to the pause and is planned again on the paused record.
 
@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use larder_cache_api::{Cache, DynBackend, Error, ErrorKind, Key, Result};
 
-use super::record::{Pause, TaskRecord};
+use super::record::{Pause, RunRequest, TaskRecord, MAX_REMEMBERED_REQUESTS, MAX_WAITING_REQUESTS};
 use super::Scheduler;
 use crate::clock::{Clock, SystemClock};
 use crate::token;
@@ -16,6 +16,13 @@ use crate::token;
 /// The key of the list of task names the schedulers of the deployment have registered
 /// (what [`TaskAdmin::known`] reads; never under `larder:task:`, where records live).
 const REGISTRY: &str = "larder:tasks";
+
+/// The key of the deployment's doorbell: a counter each run-now request adds one to, which
+/// spawned schedulers read every [`request_check`](crate::SchedulerConfig::request_check).
+const DOORBELL: &str = "larder:tasks:doorbell";
+
+/// The longest request id accepted (characters).
+pub const MAX_REQUEST_ID: usize = 128;
 
 /// The most names the registry keeps (beyond it, the first in order go), so it stays one
 /// small record.
@@ -149,6 +156,100 @@ impl TaskAdmin {
         .await
     }
 
+    /// Requests one run of task `name` now, across the deployment, under `request_id`: a
+    /// request with an id already made (a retry, from any process) is the same request and
+    /// never runs twice; requests with distinct ids each run once, one after another unless
+    /// the task allows overlap ([`TaskSpec::allow_overlap`](crate::TaskSpec::allow_overlap)).
+    /// The run is fenced like a period's (a token above every earlier one; at most or at
+    /// least once per the task's [`RunMode`](crate::RunMode)); its
+    /// [`RunContext::trigger`](crate::RunContext::trigger) is the id.
+    ///
+    /// When: each spawned scheduler reads the deployment's doorbell every
+    /// [`request_check`](crate::SchedulerConfig::request_check) (3 s by default), so a
+    /// process claims the request within that (plus the end of a run in progress, if the
+    /// task does not allow overlap); a scheduler's [`tick`](Scheduler::tick) claims it too.
+    ///
+    /// Refused: a paused task unless `force` ([`ErrorKind::InvalidInput`], saying it is
+    /// paused, by whom and since when); an id empty, over [`MAX_REQUEST_ID`] characters or
+    /// with control characters ([`ErrorKind::InvalidInput`]); more than
+    /// [`MAX_WAITING_REQUESTS`] waiting ([`ErrorKind::Unavailable`]). Returns the request as
+    /// stored and whether this call made it (`false`: a retry of a request already made;
+    /// `token` says whether it has been claimed). Ids are remembered for the last
+    /// [`MAX_REMEMBERED_REQUESTS`] requests of the task.
+    pub async fn run_now(
+        &self,
+        name: &str,
+        request_id: &str,
+        by: &str,
+        force: bool,
+    ) -> Result<(RunRequest, bool)> {
+        if request_id.is_empty()
+            || request_id.chars().count() > MAX_REQUEST_ID
+            || request_id.chars().any(char::is_control)
+        {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "a request id is 1 to {MAX_REQUEST_ID} characters without control characters"
+                ),
+            ));
+        }
+        let request = RunRequest {
+            id: request_id.to_owned(),
+            by: by.to_owned(),
+            at_ms: self.clock.now_ms(),
+            forced: force,
+            token: None,
+        };
+        let made = self
+            .edit(name, |rec| {
+                if let Some(r) = rec.requests.iter().find(|r| r.id == request_id) {
+                    return (false, Ok((r.clone(), false)));
+                }
+                if let (Some(p), false) = (&rec.paused, force) {
+                    return (
+                        false,
+                        Err(Error::new(
+                            ErrorKind::InvalidInput,
+                            format!(
+                                "task {name:?} is paused (by {} at {} ms): resume it, or force the run",
+                                p.by, p.at_ms
+                            ),
+                        )),
+                    );
+                }
+                let waiting = rec.requests.iter().filter(|r| r.token.is_none()).count();
+                if waiting >= MAX_WAITING_REQUESTS {
+                    return (
+                        false,
+                        Err(Error::new(
+                            ErrorKind::Unavailable,
+                            format!(
+                                "task {name:?} has {waiting} run-now requests waiting already; try again after they ran"
+                            ),
+                        )),
+                    );
+                }
+                rec.requests.push(request.clone());
+                // Forget the oldest claimed requests beyond the bound.
+                while rec.requests.len() > MAX_REMEMBERED_REQUESTS {
+                    match rec.requests.iter().position(|r| r.token.is_some()) {
+                        Some(i) => {
+                            rec.requests.remove(i);
+                        }
+                        None => break,
+                    }
+                }
+                (true, Ok((request.clone(), true)))
+            })
+            .await??;
+        // Rung again by a retry too (the first ring may be what failed).
+        if made.0.token.is_none() {
+            ring(&self.cache).await?;
+        }
+        Ok(made)
+    }
+
     /// Reads the record of `name` and applies `change` (`true`: write the changed record)
     /// by compare-and-swap, retried on conflict. A record created here starts at a
     /// time-based token, as one created by a claim would (tokens only grow across the loss
@@ -213,6 +314,33 @@ impl TaskAdmin {
 
 fn registry_key() -> Result<Key> {
     Key::new(REGISTRY)
+}
+
+pub(super) fn doorbell_key() -> Result<Key> {
+    Key::new(DOORBELL)
+}
+
+/// Adds one to the doorbell (created at 1), by compare-and-swap.
+async fn ring(cache: &Cache) -> Result<()> {
+    let key = doorbell_key()?;
+    let mut tries =
+        larder_cache_api::retry::Backoff::new(Duration::from_millis(1), Duration::from_millis(50))
+            .max_attempts(32);
+    while tries.next_attempt().await {
+        let res = match cache.get_versioned::<u64>(&key).await? {
+            Some((n, v)) => cache.replace(&key, &n.wrapping_add(1), None, v).await,
+            None => cache.create(&key, &1u64, None).await,
+        };
+        match res {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == ErrorKind::Conflict => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(super::store::lost_races(
+        "*",
+        "ringing the run-now doorbell",
+    ))
 }
 
 /// Adds `names` to the deployment's registry of task names, if any is missing: one read,

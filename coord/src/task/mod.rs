@@ -33,7 +33,11 @@ mod spec;
 mod store;
 
 pub use admin::TaskAdmin;
-pub use record::{Heartbeat, Pause, RunInfo, TaskRecord, MAX_RUNS_IN_PROGRESS};
+pub use admin::MAX_REQUEST_ID;
+pub use record::{
+    Heartbeat, Pause, RunInfo, RunRequest, TaskRecord, MAX_REMEMBERED_REQUESTS,
+    MAX_RUNS_IN_PROGRESS, MAX_WAITING_REQUESTS,
+};
 pub use spec::{Candidacy, Claim, RunContext, RunMode, SchedulerConfig, TaskSpec, TaskStatus};
 
 use last_write::LastWrite;
@@ -150,6 +154,18 @@ impl Scheduler {
     /// Resumes task `name` everywhere ([`TaskAdmin::resume`]).
     pub async fn resume(&self, name: &str) -> Result<Option<Pause>> {
         self.admin().resume(name).await
+    }
+
+    /// Requests one run of task `name` now, across the deployment
+    /// ([`TaskAdmin::run_now`]).
+    pub async fn run_now(
+        &self,
+        name: &str,
+        request_id: &str,
+        by: &str,
+        force: bool,
+    ) -> Result<(RunRequest, bool)> {
+        self.admin().run_now(name, request_id, by, force).await
     }
 
     /// This process's holder id.
@@ -347,10 +363,16 @@ impl Scheduler {
                 tracing::warn!(error = %e, "registering the task names failed");
             }
             let mut loops = tokio::task::JoinSet::new();
+            let mut bells = Vec::new();
             for index in 0..self.tasks.len() {
                 if self.eligible(&self.tasks[index]) {
-                    loops.spawn(self.clone().task_loop(index, s2.clone()));
+                    let bell = Arc::new(tokio::sync::Notify::new());
+                    bells.push(bell.clone());
+                    loops.spawn(self.clone().task_loop(index, bell, s2.clone()));
                 }
+            }
+            if !bells.is_empty() {
+                loops.spawn(self.clone().doorbell(bells, s2.clone()));
             }
             while loops.join_next().await.is_some() {}
         });

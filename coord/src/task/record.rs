@@ -51,6 +51,31 @@ pub struct Pause {
     pub at_ms: i64,
 }
 
+/// A request to run a task now, once across the deployment
+/// ([`TaskAdmin::run_now`](crate::TaskAdmin::run_now)), kept in the task's record from the
+/// moment it is made: waiting until a process claims it, then remembered (by its id) so
+/// that a retried request does not run again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunRequest {
+    /// The id the requester gave it: a request with the same id is the same request.
+    pub id: String,
+    /// Who asked.
+    pub by: String,
+    /// When (the requesting process's clock, ms since the epoch).
+    pub at_ms: i64,
+    /// Run even while the task is paused.
+    pub forced: bool,
+    /// The token of its run once a process claimed it (`None`: waiting).
+    pub token: Option<u64>,
+}
+
+/// The most run-now requests of one task waiting at once; more are refused.
+pub const MAX_WAITING_REQUESTS: usize = 16;
+
+/// How many run-now requests of one task are remembered, waiting or claimed: a retry of one
+/// of them is recognised, never run again (the oldest claimed ones are forgotten first).
+pub const MAX_REMEMBERED_REQUESTS: usize = 64;
+
 /// The most runs of one task in progress at once (tasks that allow overlap): no new period
 /// is claimed while this many are, so the record stays small.
 pub const MAX_RUNS_IN_PROGRESS: usize = 8;
@@ -80,6 +105,9 @@ pub struct TaskRecord {
     pub heartbeats: Vec<Heartbeat>,
     /// Set while the task is paused: no period is claimed until it is resumed.
     pub paused: Option<Pause>,
+    /// Run-now requests: those waiting, then the last ones claimed (at most
+    /// [`MAX_REMEMBERED_REQUESTS`]), oldest first.
+    pub requests: Vec<RunRequest>,
 }
 
 /// How a [`TaskRecord`] is stored: the four fields records have always had, then the
@@ -107,6 +135,7 @@ struct StoredTask {
 #[derive(Serialize, Deserialize)]
 struct Ops {
     paused: Option<Pause>,
+    requests: Vec<RunRequest>,
 }
 
 impl Serialize for TaskRecord {
@@ -117,8 +146,9 @@ impl Serialize for TaskRecord {
                 runs: self.overlapping.clone(),
                 heartbeats: self.heartbeats.clone(),
             });
-        let ops = self.paused.is_some().then(|| Ops {
+        let ops = (self.paused.is_some() || !self.requests.is_empty()).then(|| Ops {
             paused: self.paused.clone(),
+            requests: self.requests.clone(),
         });
         let fields = match (&overlap, &ops) {
             (_, Some(_)) => 6,
@@ -277,7 +307,8 @@ impl From<StoredTask> for TaskRecord {
             last_run: s.last_run,
             overlapping,
             heartbeats,
-            paused: s.ops.and_then(|o| o.paused),
+            paused: s.ops.as_ref().and_then(|o| o.paused.clone()),
+            requests: s.ops.map(|o| o.requests).unwrap_or_default(),
         }
     }
 }

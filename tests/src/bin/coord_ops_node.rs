@@ -1,9 +1,10 @@
 //! One process of the operations test (`tests/coord_ops.rs`). Not a user tool.
 //!
 //! It runs a spawned [`Scheduler`] with one task `<task>` every `<period ms>`, whose job
-//! prints `start <token> <period> <ms>` when it begins, sleeps `<run ms>`, and prints
-//! `end <token> <ms>` (wall-clock milliseconds since the epoch), on the store at `<url>`
-//! (anything `larder::connect` opens; the test prepared it).
+//! prints `start <token> <period> <ms> <request id or ->` when it begins, sleeps
+//! `<run ms>`, and prints `end <token> <ms>` (wall-clock milliseconds since the epoch), on
+//! the store at `<url>` (anything `larder::connect` opens; the test prepared it). It reads
+//! the run-now doorbell every 200 ms.
 //!
 //! Arguments: `<url> <node name> <task> <period ms> <run ms>`. Prints `ready` once started;
 //! runs until killed, or until its standard input closes.
@@ -13,6 +14,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use larder::coord::{HolderId, LeaseConfig, Schedule, Scheduler, SchedulerConfig, TaskSpec};
+
+/// How often the doorbell is read.
+const REQUEST_CHECK_MS: u64 = 200;
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -55,7 +59,13 @@ fn main() {
             task,
             Schedule::Every(Duration::from_millis(period)),
             move |ctx| async move {
-                say(&format!("start {} {} {}", ctx.token, ctx.period, now_ms()));
+                let trigger = ctx.trigger.as_deref().unwrap_or("-");
+                say(&format!(
+                    "start {} {} {} {trigger}",
+                    ctx.token,
+                    ctx.period,
+                    now_ms()
+                ));
                 tokio::time::sleep(Duration::from_millis(run)).await;
                 say(&format!("end {} {}", ctx.token, now_ms()));
                 Ok(())
@@ -66,7 +76,8 @@ fn main() {
             HolderId::named(name),
             SchedulerConfig::default()
                 .process_name(name.as_str())
-                .lease(lease),
+                .lease(lease)
+                .request_check(Some(Duration::from_millis(REQUEST_CHECK_MS))),
         )
         .expect("scheduler")
         .with_task(job)
