@@ -121,8 +121,8 @@ pub(super) async fn status(cli: &Cli, args: &StatusArgs) -> Result<String> {
         "LAST PERIOD".to_owned(),
         "RUNNING".to_owned(),
         "LAST RUN (HOLDER TOKEN START END OUTCOME)".to_owned(),
-        "NEXT DUE".to_owned(),
         "PAUSED".to_owned(),
+        "NEXT DUE".to_owned(),
     ]];
     let statuses = scheduler.status().await?;
     let now = now_ms();
@@ -143,8 +143,8 @@ pub(super) async fn status(cli: &Cli, args: &StatusArgs) -> Result<String> {
             st.last_period.map_or("never".to_owned(), ts),
             running(st.running.as_ref(), &st.overlapping),
             st.last_run.as_ref().map_or("-".to_owned(), run_info),
-            next,
             st.paused.as_ref().map_or("-".to_owned(), paused),
+            next,
         ]);
     }
     table(&mut out, &rows);
