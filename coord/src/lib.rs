@@ -151,7 +151,9 @@
 //!   process that wrote the record last (normally the one that ran the last period); if it
 //!   is gone, the first process to read finds the period free and claims it;
 //! * **one write that records the end of the run**, plus one heartbeat write per retry
-//!   period while the run lasts ([`LeaseConfig::retry_period`], 2 s by default);
+//!   period while the run lasts ([`LeaseConfig::retry_period`], 2 s by default), and one
+//!   write of the task's run history ([`TaskSpec::history`]; a read too when another
+//!   process wrote it last);
 //! * failed compare-and-swaps only where processes look at the same instant; each loser
 //!   learns the new record from the conflict and does not try that period again (on
 //!   PostgreSQL a failed compare-and-swap is two statements: the refused `UPDATE` and the
@@ -232,9 +234,10 @@ pub use lease::{
 pub use misfire::{DuePeriods, MisfirePolicy};
 pub use schedule::{parse_interval, Schedule};
 pub use task::{
-    Candidacy, Claim, Heartbeat, Pause, RunContext, RunInfo, RunMode, RunRequest, Scheduler,
-    SchedulerConfig, TaskAdmin, TaskRecord, TaskSpec, TaskStatus, MAX_REMEMBERED_REQUESTS,
-    MAX_REQUEST_ID, MAX_RUNS_IN_PROGRESS, MAX_WAITING_REQUESTS,
+    Candidacy, Claim, Heartbeat, HistoryEntry, Outcome, Pause, RunContext, RunInfo, RunMode,
+    RunRequest, Scheduler, SchedulerConfig, TaskAdmin, TaskRecord, TaskSpec, TaskStatus,
+    DEFAULT_HISTORY, MAX_ERROR_CHARS, MAX_HISTORY, MAX_REMEMBERED_REQUESTS, MAX_REQUEST_ID,
+    MAX_RUNS_IN_PROGRESS, MAX_WAITING_REQUESTS,
 };
 #[cfg(feature = "cron")]
 pub use zoned_cron::CronSchedule;

@@ -10,8 +10,8 @@ use larder_backend_memory::MemoryBackend;
 use larder_cache_api::codec::{Bincode, Codec, Json, Postcard};
 use larder_cache_api::{envelope, Cache, ErrorKind, Key};
 use larder_coord::{
-    Durability, Heartbeat, HolderId, LeaseRecord, Pause, RunInfo, RunRequest, Schedule, Scheduler,
-    SchedulerConfig, TaskRecord, TaskSpec,
+    Durability, Heartbeat, HistoryEntry, HolderId, LeaseRecord, Outcome, Pause, RunInfo,
+    RunRequest, Schedule, Scheduler, SchedulerConfig, TaskRecord, TaskSpec,
 };
 use proptest::prelude::*;
 use serde::de::DeserializeOwned;
@@ -66,6 +66,37 @@ fn run_request() -> impl Strategy<Value = RunRequest> {
             forced,
             token,
         })
+}
+
+fn history_entry() -> impl Strategy<Value = HistoryEntry> {
+    (
+        proptest::option::of(".{0,8}"),
+        any::<i64>(),
+        ".{0,8}",
+        any::<u64>(),
+        any::<i64>(),
+        any::<i64>(),
+        prop_oneof![
+            Just(Outcome::Ok),
+            ".{0,12}".prop_map(Outcome::Error),
+            Just(Outcome::Cancelled),
+            Just(Outcome::TakenOver),
+            Just(Outcome::Abandoned),
+        ],
+    )
+        .prop_map(
+            |(trigger, period, holder, token, started_at_ms, finished_at_ms, outcome)| {
+                HistoryEntry {
+                    trigger,
+                    period,
+                    holder,
+                    token,
+                    started_at_ms,
+                    finished_at_ms,
+                    outcome,
+                }
+            },
+        )
 }
 
 fn heartbeat() -> impl Strategy<Value = Heartbeat> {
@@ -130,6 +161,11 @@ proptest! {
     #[test]
     fn task_records_open_as_sealed_on_every_codec(r in task_record()) {
         every_codec(&r);
+    }
+
+    #[test]
+    fn histories_open_as_sealed_on_every_codec(h in proptest::collection::vec(history_entry(), 0..4)) {
+        every_codec(&h);
     }
 
     #[test]
@@ -210,6 +246,10 @@ const SIX_FIELDS_REQUEST: &[u8] = &[
     0, // paused: None
     1, 2, b'r', b'1', 2, b'o', b'p', 0xC8, 0x01, 0, 1, 9, // requests: [request]
 ];
+
+/// A task's history (its own record) of one entry: period 60 by "b", token 6, from 61 to
+/// 62, failed with "x" (`Outcome` as its variant index, then the text).
+const HISTORY: &[u8] = &[1, 0, 0x78, 1, b'b', 6, 0x7A, 0x7C, 1, 1, b'x'];
 
 #[test]
 fn every_earlier_task_record_layout_reads_through_the_public_type() {
@@ -307,6 +347,23 @@ fn a_paused_record_adds_a_sixth_field_and_reads_back() {
     let mut written = Vec::new();
     Postcard.encode(&requested, &mut written).unwrap();
     assert_eq!(written, bytes);
+    // A history, in its own record.
+    let history = vec![HistoryEntry {
+        trigger: None,
+        period: 60,
+        holder: "b".into(),
+        token: 6,
+        started_at_ms: 61,
+        finished_at_ms: 62,
+        outcome: Outcome::Error("x".into()),
+    }];
+    assert_eq!(
+        Postcard.decode::<Vec<HistoryEntry>>(HISTORY).unwrap(),
+        history
+    );
+    let mut written = Vec::new();
+    Postcard.encode(&history, &mut written).unwrap();
+    assert_eq!(written, HISTORY);
     // Cut inside the sixth field: a decode error, never a record without it.
     let full = [FOUR_FIELDS, &[0], SIX_FIELDS_OPS].concat();
     for cut in FOUR_FIELDS.len() + 2..full.len() {

@@ -13,6 +13,7 @@
 //!   tasks resume NAME                   claim periods of NAME again
 //!   tasks run NAME [--request-id ID] [--force] [--by WHO]
 //!                                       run NAME once now, across the deployment
+//!   tasks history NAME [--json]         the last runs of NAME that ended
 //!   cache ping                          put/get/delete round trip of a scratch key
 //!   cache stats                         what the backend is and promises
 //! ```
@@ -117,9 +118,21 @@ enum TasksCmd {
     /// Idempotent.
     Resume(TaskArgs),
     /// Runs a task once now, across the deployment: a process claims it within its
-    /// schedulers' request check (3 s by default), after the run in progress unless the task
+    /// schedulers' request check (5 s by default), after the run in progress unless the task
     /// allows overlap. A retry with the same --request-id never runs it twice.
     Run(RunArgs),
+    /// The last runs of a task that ended (the task's history bound, 50 by default):
+    /// period or request, holder, token, start, end, outcome.
+    History(HistoryArgs),
+}
+
+#[derive(Debug, Args)]
+struct HistoryArgs {
+    #[command(flatten)]
+    task: TaskArgs,
+    /// One JSON array of runs, oldest first, instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -267,6 +280,7 @@ async fn dispatch(cli: &Cli) -> Result<String> {
         Command::Tasks(TasksCmd::Pause(args)) => tasks::pause(cli, args).await,
         Command::Tasks(TasksCmd::Resume(args)) => tasks::resume(cli, args).await,
         Command::Tasks(TasksCmd::Run(args)) => tasks::run_now(cli, args).await,
+        Command::Tasks(TasksCmd::History(args)) => tasks::history(cli, args).await,
         Command::Cache(CacheCmd::Ping) => cache::ping(cli).await,
         Command::Cache(CacheCmd::Stats) => cache::stats(cli).await,
     }

@@ -1,18 +1,20 @@
 //! `larder tasks status`: leases and periodic tasks, read through the coordination crate
-//! (key names and the "next due" computation are its own); `larder tasks pause|resume|run`,
-//! through its `TaskAdmin`.
+//! (key names and the "next due" computation are its own); `larder tasks
+//! pause|resume|run|history`, through its `TaskAdmin`.
 
 use std::time::Duration;
 
 use larder_cache_api::{Cache, DynBackend, Result};
 use larder_coord::{
-    check_backend, Candidacy, Durability, HolderId, Lease, LeaseRecord, Pause, Schedule, Scheduler,
-    SchedulerConfig, TaskAdmin, TaskSpec,
+    check_backend, Candidacy, Durability, HolderId, Lease, LeaseRecord, Outcome, Pause, Schedule,
+    Scheduler, SchedulerConfig, TaskAdmin, TaskSpec,
 };
 use larder_session_persist::{open_existing, EXPIRY_TASK};
 
 use super::render::{now_ms, run_info, running, table, ts};
-use super::{database_url, open_cache, Cli, PauseArgs, RunArgs, Source, StatusArgs, TaskArgs};
+use super::{
+    database_url, open_cache, Cli, HistoryArgs, PauseArgs, RunArgs, Source, StatusArgs, TaskArgs,
+};
 
 pub(super) async fn status(cli: &Cli, args: &StatusArgs) -> Result<String> {
     let (backend, where_) = coord_backend(cli, args.from).await?;
@@ -238,4 +240,57 @@ pub(super) async fn resume(cli: &Cli, args: &TaskArgs) -> Result<String> {
         Some(p) => format!("resumed {name} (paused {})\n", paused(&p)),
         None => format!("{name} was not paused\n"),
     })
+}
+
+pub(super) async fn history(cli: &Cli, args: &HistoryArgs) -> Result<String> {
+    let name = &args.task.name;
+    let runs = admin(cli, &args.task).await?.history(name).await?;
+    if args.json {
+        let list: Vec<serde_json::Value> = runs
+            .iter()
+            .map(|h| {
+                serde_json::json!({
+                    "trigger": h.trigger.as_ref().map_or("period", |_| "request"),
+                    "request_id": h.trigger,
+                    "period_ms": h.period,
+                    "holder": h.holder,
+                    "token": h.token,
+                    "started_at_ms": h.started_at_ms,
+                    "finished_at_ms": h.finished_at_ms,
+                    "outcome": h.outcome.name(),
+                    "error": match &h.outcome {
+                        Outcome::Error(e) => Some(e.as_str()),
+                        _ => None,
+                    },
+                })
+            })
+            .collect();
+        return Ok(format!("{}\n", serde_json::Value::Array(list)));
+    }
+    let mut rows = vec![["TRIGGER", "HOLDER", "TOKEN", "START", "END", "OUTCOME"]
+        .map(str::to_owned)
+        .to_vec()];
+    for h in &runs {
+        let outcome = match &h.outcome {
+            Outcome::Error(e) => format!(
+                "error: {}",
+                e.split_whitespace().collect::<Vec<_>>().join(" ")
+            ),
+            o => o.name().to_owned(),
+        };
+        rows.push(vec![
+            h.trigger.as_ref().map_or_else(
+                || format!("period {}", ts(h.period)),
+                |id| format!("request {id}"),
+            ),
+            h.holder.clone(),
+            h.token.to_string(),
+            ts(h.started_at_ms),
+            ts(h.finished_at_ms),
+            outcome,
+        ]);
+    }
+    let mut out = format!("{} runs of {name}, oldest first\n", runs.len());
+    table(&mut out, &rows);
+    Ok(out)
 }

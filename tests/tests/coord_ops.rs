@@ -349,6 +349,44 @@ async fn run_now(node_url: &str, store: &[&str]) {
         1,
         "{ran:?}"
     );
+
+    // The history has every run the nodes printed, once, with its trigger and outcome.
+    tokio::time::sleep(Duration::from_millis(RUN_MS + 500)).await;
+    let json = cli(&[store, &["tasks", "history", TASK, "--json"]].concat())
+        .await
+        .unwrap();
+    let history: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap();
+    let starts = nodes.starts.lock().clone();
+    assert_eq!(history.len(), starts.len(), "{json}\n{starts:?}");
+    for s in &starts {
+        let entry: Vec<&serde_json::Value> = history
+            .iter()
+            .filter(|h| h["token"].as_u64() == Some(s.token))
+            .collect();
+        assert_eq!(entry.len(), 1, "run {s:?} in {json}");
+        let h = entry[0];
+        assert_eq!(h["outcome"], "ok", "{h}");
+        assert_eq!(
+            h["holder"].as_str().map(|x| x.starts_with("ops-")),
+            Some(true),
+            "{h}"
+        );
+        match &s.trigger {
+            Some(id) => {
+                assert_eq!(h["trigger"], "request", "{h}");
+                assert_eq!(h["request_id"].as_str(), Some(id.as_str()), "{h}");
+            }
+            None => assert_eq!(h["trigger"], "period", "{h}"),
+        }
+        assert!(
+            h["finished_at_ms"].as_i64() >= h["started_at_ms"].as_i64(),
+            "{h}"
+        );
+    }
+    let table = cli(&[store, &["tasks", "history", TASK]].concat())
+        .await
+        .unwrap();
+    assert!(table.contains("request late"), "{table}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -381,4 +419,57 @@ async fn redis_pause_stops_every_process_and_resume_restarts_them() {
     let server = ServerProcess::redis_with(&["--appendonly", "yes", "--appendfsync", "always"]);
     let url = format!("redis://{}", server.addr());
     pause_and_resume(&url, &["--cache-url", &url]).await;
+}
+
+/// The history keeps the task's bound, cuts errors, and its bound is checked.
+#[tokio::test]
+async fn history_is_bounded_and_its_bound_checked() {
+    use larder::coord::{
+        Durability, HolderId, ManualClock, Outcome, Schedule, Scheduler, SchedulerConfig, TaskSpec,
+        MAX_ERROR_CHARS, MAX_HISTORY,
+    };
+    let backend: larder::DynBackend = Arc::new(larder::backends::memory::MemoryBackend::default());
+    let config = SchedulerConfig::default().durability(Durability::AcceptLoss);
+    let every = Schedule::Every(Duration::from_secs(60));
+    let failing = |bound: usize| {
+        TaskSpec::new("failing", every.clone(), |ctx| async move {
+            Err(format!("{} {}", ctx.token, "x".repeat(1000)))
+        })
+        .history(bound)
+    };
+    for bad in [0, MAX_HISTORY + 1] {
+        let e = Scheduler::new(backend.clone(), HolderId::named("a"), config.clone())
+            .unwrap()
+            .with_task(failing(bad))
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Config, "{bad}");
+        assert!(e.message().contains(&format!("1 to {MAX_HISTORY}")), "{e}");
+    }
+    let clock = Arc::new(ManualClock::new(60_000));
+    let s = Scheduler::new(backend, HolderId::named("a"), config)
+        .unwrap()
+        .with_clock(clock.clone())
+        .with_task(failing(3))
+        .unwrap();
+    let mut tokens = Vec::new();
+    for _ in 0..5 {
+        let claims = s.tick().await.unwrap();
+        assert_eq!(claims.len(), 1);
+        tokens.push(claims[0].token);
+        clock.advance(60_000);
+    }
+    let history = s.history("failing").await.unwrap();
+    let kept: Vec<u64> = history.iter().map(|h| h.token).collect();
+    assert_eq!(kept, tokens[2..], "the last three, oldest first");
+    for h in &history {
+        match &h.outcome {
+            Outcome::Error(e) => {
+                assert_eq!(e.chars().count(), MAX_ERROR_CHARS);
+                assert!(e.starts_with(&h.token.to_string()));
+            }
+            o => panic!("{o:?}"),
+        }
+    }
+    let e = s.history("nope").await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound);
 }

@@ -120,6 +120,14 @@ impl TaskAdmin {
         Ok(found.map(|(rec, _)| rec))
     }
 
+    /// The last runs of task `name` that ended, oldest first (at most its
+    /// [`history`](crate::TaskSpec::history) bound): two reads (the task's record, to check
+    /// the name, and its history).
+    pub async fn history(&self, name: &str) -> Result<Vec<super::record::HistoryEntry>> {
+        self.record(name).await?;
+        super::history::read(&self.cache, name).await
+    }
+
     /// Pauses task `name` everywhere: from this write on, no scheduler claims a period of it
     /// (runs in progress go on; a dead at-least-once run is still taken over, since its
     /// period was claimed before). Periods that start while it is paused are missed periods
@@ -165,7 +173,7 @@ impl TaskAdmin {
     /// [`RunContext::trigger`](crate::RunContext::trigger) is the id.
     ///
     /// When: each spawned scheduler reads the deployment's doorbell every
-    /// [`request_check`](crate::SchedulerConfig::request_check) (3 s by default), so a
+    /// [`request_check`](crate::SchedulerConfig::request_check) (5 s by default), so a
     /// process claims the request within that (plus the end of a run in progress, if the
     /// task does not allow overlap); a scheduler's [`tick`](Scheduler::tick) claims it too.
     ///

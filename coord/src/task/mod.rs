@@ -25,6 +25,7 @@ use crate::liveness::{Look, Watcher};
 use larder_cache_api::{Cache, DynBackend, Error, ErrorKind, Key, Result, Version};
 
 mod admin;
+mod history;
 mod last_write;
 pub(crate) mod plan;
 mod record;
@@ -35,8 +36,9 @@ mod store;
 pub use admin::TaskAdmin;
 pub use admin::MAX_REQUEST_ID;
 pub use record::{
-    Heartbeat, Pause, RunInfo, RunRequest, TaskRecord, MAX_REMEMBERED_REQUESTS,
-    MAX_RUNS_IN_PROGRESS, MAX_WAITING_REQUESTS,
+    Heartbeat, HistoryEntry, Outcome, Pause, RunInfo, RunRequest, TaskRecord, DEFAULT_HISTORY,
+    MAX_ERROR_CHARS, MAX_HISTORY, MAX_REMEMBERED_REQUESTS, MAX_RUNS_IN_PROGRESS,
+    MAX_WAITING_REQUESTS,
 };
 pub use spec::{Candidacy, Claim, RunContext, RunMode, SchedulerConfig, TaskSpec, TaskStatus};
 
@@ -90,6 +92,8 @@ pub struct Scheduler {
     seen: Mutex<Watcher<(String, u64), Sign>>,
     /// The runs going on in this process (task, token): never judged dead by it.
     here: Mutex<HashSet<(String, u64)>>,
+    /// The run history of each task as this process last wrote it.
+    history: history::LastHistory,
 }
 
 impl fmt::Debug for Scheduler {
@@ -116,6 +120,7 @@ impl Scheduler {
             tasks: Vec::new(),
             seen: Mutex::new(Watcher::default()),
             here: Mutex::new(HashSet::new()),
+            history: history::LastHistory::default(),
         })
     }
 
@@ -129,6 +134,17 @@ impl Scheduler {
     pub fn with_task(mut self, task: TaskSpec) -> Result<Self> {
         task.schedule.check()?;
         task.misfire.check()?;
+        if task.history == 0 || task.history > record::MAX_HISTORY {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "task {:?}: a history of {} runs; it keeps 1 to {} runs",
+                    task.name,
+                    task.history,
+                    record::MAX_HISTORY
+                ),
+            ));
+        }
         Key::new(format!("larder:task:{}", task.name))?;
         if self.tasks.iter().any(|t| t.name == task.name) {
             return Err(Error::new(
@@ -149,6 +165,11 @@ impl Scheduler {
     /// Pauses task `name` everywhere ([`TaskAdmin::pause`]); `by` says who.
     pub async fn pause(&self, name: &str, by: &str) -> Result<(Pause, bool)> {
         self.admin().pause(name, by).await
+    }
+
+    /// The last runs of task `name` that ended, oldest first ([`TaskAdmin::history`]).
+    pub async fn history(&self, name: &str) -> Result<Vec<HistoryEntry>> {
+        self.admin().history(name).await
     }
 
     /// Resumes task `name` everywhere ([`TaskAdmin::resume`]).
@@ -243,6 +264,7 @@ impl Scheduler {
             let Some(plan::Write {
                 record: next,
                 claim,
+                ended,
                 ..
             }) = decision.write
             else {
@@ -254,6 +276,7 @@ impl Scheduler {
                 Ok(Ok(v)) => {
                     last.set(next, v);
                     self.here.lock().insert((claim.task.clone(), claim.token));
+                    self.add_history(&task.name, ended).await;
                     step.claim = Some((claim, claimed_at));
                     break;
                 }
@@ -296,7 +319,8 @@ impl Scheduler {
         claim: &Claim,
         outcome: std::result::Result<(), String>,
     ) -> Result<bool> {
-        self.record_end(claim, outcome, &LastWrite::default()).await
+        self.record_end(claim, outcome, false, &LastWrite::default())
+            .await
     }
     /// Proves a run is alive (changes its record; while runs overlap, counts a heartbeat of
     /// this run in it) if it is still in progress as ours; `false` if another process has

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use larder_cache_api::Version;
 
-use super::record::{RunInfo, TaskRecord, MAX_RUNS_IN_PROGRESS};
+use super::record::{HistoryEntry, Outcome, RunInfo, TaskRecord, MAX_RUNS_IN_PROGRESS};
 use super::spec::{Claim, RunMode, TaskSpec};
 use crate::token;
 
@@ -33,6 +33,9 @@ pub struct Write {
     /// `true`: a dead run taken over (same period, higher token; at-least-once only);
     /// `false`: a period claimed for the first time.
     pub takeover: bool,
+    /// The runs this write ends (taken over, or recorded as abandoned), for the task's
+    /// history once the write succeeded.
+    pub ended: Vec<HistoryEntry>,
 }
 
 /// The decision about one task on one view of its record.
@@ -85,6 +88,7 @@ pub fn plan(
         ..Decision::default()
     };
     let is_dead = |r: &RunInfo| dead.tokens.contains(&r.token);
+    let mut ended = Vec::new();
     if rec.runs_in_progress().any(is_dead) {
         let mut runs = rec.take_runs();
         if task.mode == RunMode::AtLeastOnce {
@@ -92,6 +96,7 @@ pub fn plan(
             // untouched.
             let i = runs.iter().position(is_dead).unwrap_or_default();
             let old = runs[i].token;
+            let ended = vec![rec.history_entry(&runs[i], Outcome::TakenOver, now)];
             rec.token = token::after(rec.token);
             // A run-now request's run is taken over as its request's.
             let trigger = rec
@@ -110,12 +115,15 @@ pub fn plan(
                 trigger,
             };
             runs[i] = started(claim.period, holder, &claim, now);
-            decision.write = Some(Write::of(rec, runs, claim, true));
+            let mut write = Write::of(rec, runs, claim, true);
+            write.ended = ended;
+            decision.write = Some(write);
             return decision;
         }
         // At most once: a dead run is recorded as abandoned, never repeated.
         let (gone, alive): (Vec<RunInfo>, Vec<RunInfo>) = runs.into_iter().partition(is_dead);
         for run in gone {
+            ended.push(rec.history_entry(&run, Outcome::Abandoned, now));
             rec.set_last_run(RunInfo {
                 finished_at_ms: None,
                 outcome: Some(Err("abandoned: its process stopped heartbeating".into())),
@@ -167,7 +175,9 @@ pub fn plan(
         };
         let mut runs = rec.take_runs();
         runs.push(started(now, holder, &claim, now));
-        decision.write = Some(Write::of(rec, runs, claim, false));
+        let mut write = Write::of(rec, runs, claim, false);
+        write.ended = ended;
+        decision.write = Some(write);
         return decision;
     };
     rec.last_period = Some(period);
@@ -180,7 +190,9 @@ pub fn plan(
     };
     let mut runs = rec.take_runs();
     runs.push(started(period, holder, &claim, now));
-    decision.write = Some(Write::of(rec, runs, claim, false));
+    let mut write = Write::of(rec, runs, claim, false);
+    write.ended = ended;
+    decision.write = Some(write);
     decision
 }
 
@@ -207,6 +219,7 @@ impl Write {
             record: rec,
             claim,
             takeover,
+            ended: Vec::new(),
         }
     }
 }

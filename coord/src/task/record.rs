@@ -69,6 +69,65 @@ pub struct RunRequest {
     pub token: Option<u64>,
 }
 
+/// How a run ended, as its history keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// The job returned `Ok`.
+    Ok,
+    /// The job returned an error: its text, cut to [`MAX_ERROR_CHARS`] characters.
+    Error(String),
+    /// The job returned after its run was cancelled (its scheduler was stopped).
+    Cancelled,
+    /// Its process stopped heartbeating and another took the run over (at least once).
+    TakenOver,
+    /// Its process stopped heartbeating and another recorded it as abandoned, not to be run
+    /// again (at most once).
+    Abandoned,
+}
+
+impl Outcome {
+    /// A short name: `ok`, `error`, `cancelled`, `taken over`, `abandoned`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Error(_) => "error",
+            Outcome::Cancelled => "cancelled",
+            Outcome::TakenOver => "taken over",
+            Outcome::Abandoned => "abandoned",
+        }
+    }
+}
+
+/// One ended run of a task, in its bounded history ([`TaskAdmin::history`](crate::TaskAdmin::history)).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// The run-now request it answered (`None`: a period of the schedule).
+    pub trigger: Option<String>,
+    /// The period (its start, ms; a requested run: when it was claimed).
+    pub period: i64,
+    /// Who ran it.
+    pub holder: String,
+    /// Its fencing token.
+    pub token: u64,
+    /// Start (the runner's clock, ms).
+    pub started_at_ms: i64,
+    /// End (the clock of the process that recorded it, ms); for a run taken over or
+    /// abandoned, when another process found it dead.
+    pub finished_at_ms: i64,
+    /// How it ended.
+    pub outcome: Outcome,
+}
+
+/// The most characters of an error kept in a history entry.
+pub const MAX_ERROR_CHARS: usize = 200;
+
+/// The default bound of a task's history ([`TaskSpec::history`](crate::TaskSpec::history)).
+pub const DEFAULT_HISTORY: usize = 50;
+
+/// The largest bound of a task's history: every write of it carries all of it (about 80
+/// bytes a run, more with long errors), so it stays well under the stores' value limits.
+pub const MAX_HISTORY: usize = 500;
+
 /// The most run-now requests of one task waiting at once; more are refused.
 pub const MAX_WAITING_REQUESTS: usize = 16;
 
@@ -347,6 +406,36 @@ impl TaskRecord {
         self.overlapping = runs;
     }
 
+    /// The history entry of `run`, one of this record's runs, ended at `at_ms` with
+    /// `outcome` (an error cut to [`MAX_ERROR_CHARS`]).
+    pub(super) fn history_entry(
+        &self,
+        run: &RunInfo,
+        outcome: Outcome,
+        at_ms: i64,
+    ) -> HistoryEntry {
+        let outcome = match outcome {
+            Outcome::Error(e) if e.chars().count() > MAX_ERROR_CHARS => {
+                Outcome::Error(e.chars().take(MAX_ERROR_CHARS).collect())
+            }
+            o => o,
+        };
+        let trigger = self
+            .requests
+            .iter()
+            .find(|r| r.token == Some(run.token))
+            .map(|r| r.id.clone());
+        HistoryEntry {
+            trigger,
+            period: run.period,
+            holder: run.holder.clone(),
+            token: run.token,
+            started_at_ms: run.started_at_ms,
+            finished_at_ms: at_ms,
+            outcome,
+        }
+    }
+
     /// Records `run` as the last run that ended, unless a later period has already ended.
     pub(super) fn set_last_run(&mut self, run: RunInfo) {
         if self
@@ -362,4 +451,24 @@ impl TaskRecord {
 /// A stored task record, in any layout a version of larder wrote.
 pub(super) fn decode(entry: &Entry) -> Result<TaskRecord> {
     envelope::open::<_, TaskRecord>(&Postcard, &entry.value)
+}
+
+/// Adds `entries` to a task's stored history (oldest first), keeping the last `bound`; an
+/// entry for a run already in it replaces its entry (a run recorded as abandoned that did
+/// end after all says how, once).
+pub(super) fn append_history(
+    history: &mut Vec<HistoryEntry>,
+    entries: &[HistoryEntry],
+    bound: usize,
+) {
+    for entry in entries {
+        match history.iter_mut().find(|h| h.token == entry.token) {
+            Some(h) => *h = entry.clone(),
+            None => history.push(entry.clone()),
+        }
+    }
+    if history.len() > bound {
+        let extra = history.len() - bound;
+        history.drain(..extra);
+    }
 }

@@ -153,7 +153,10 @@ impl Scheduler {
         if let Err(e) = &outcome {
             tracing::warn!(task = %claim.task, period = claim.period, error = %e, "task run failed");
         }
-        self.finish_retrying(claim, outcome, last).await
+        // A job that returns once its run was cancelled (the scheduler stopping) is
+        // recorded as cancelled in the history.
+        self.finish_retrying(claim, outcome, cancel.is_cancelled(), last)
+            .await
     }
 
     /// [`finish`](Scheduler::finish), retried with backoff until the end is recorded (`true`),
@@ -162,6 +165,7 @@ impl Scheduler {
         &self,
         claim: &Claim,
         outcome: std::result::Result<(), String>,
+        cancelled: bool,
         last: &LastWrite,
     ) -> Result<bool> {
         let timing = self.config.lease;
@@ -170,7 +174,10 @@ impl Scheduler {
                 .deadline(timing.lease);
         let mut failure = None;
         while tries.next_attempt().await {
-            match self.record_end(claim, outcome.clone(), last).await {
+            match self
+                .record_end(claim, outcome.clone(), cancelled, last)
+                .await
+            {
                 Ok(true) => return Ok(true),
                 Ok(false) => {
                     tracing::warn!(task = %claim.task, period = claim.period, token = claim.token,

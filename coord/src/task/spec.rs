@@ -98,6 +98,7 @@ pub struct TaskSpec {
     pub(crate) misfire: MisfirePolicy,
     pub(crate) allow_overlap: bool,
     pub(crate) pinned_to: Option<Vec<String>>,
+    pub(crate) history: usize,
     pub(crate) job: Job,
 }
 
@@ -110,6 +111,7 @@ impl fmt::Debug for TaskSpec {
             .field("misfire", &self.misfire)
             .field("allow_overlap", &self.allow_overlap)
             .field("pinned_to", &self.pinned_to)
+            .field("history", &self.history)
             .finish()
     }
 }
@@ -129,6 +131,7 @@ impl TaskSpec {
             misfire: MisfirePolicy::default(),
             allow_overlap: false,
             pinned_to: None,
+            history: super::record::DEFAULT_HISTORY,
             job: Arc::new(move |ctx| Box::pin(job(ctx))),
         }
     }
@@ -152,6 +155,17 @@ impl TaskSpec {
     /// new period is claimed while [`MAX_RUNS_IN_PROGRESS`](crate::MAX_RUNS_IN_PROGRESS) runs are in progress.
     pub fn allow_overlap(mut self, yes: bool) -> Self {
         self.allow_overlap = yes;
+        self
+    }
+
+    /// How many ended runs the task's record keeps ([`TaskRecord::history`](crate::TaskRecord::history);
+    /// default [`DEFAULT_HISTORY`](crate::DEFAULT_HISTORY)): 1 to
+    /// [`MAX_HISTORY`](crate::MAX_HISTORY), else [`Scheduler::with_task`](crate::Scheduler::with_task)
+    /// refuses the task with a `Config` error. The history is written with the writes the
+    /// runs make anyway (the end of a run; a takeover, an abandoned run with the next
+    /// claim): no extra write, a larger record.
+    pub fn history(mut self, runs: usize) -> Self {
+        self.history = runs;
         self
     }
 
@@ -200,9 +214,9 @@ pub struct SchedulerConfig {
     /// store.
     pub lease: LeaseConfig,
     /// How often a [`spawn`](crate::Scheduler::spawn)ed scheduler reads the deployment's
-    /// run-now doorbell (default 3 s; `None`: never, and run-now requests wait for the next
+    /// run-now doorbell (default 5 s; `None`: never, and run-now requests wait for the next
     /// period). The delay of a run-now request; it costs one read per process per check,
-    /// whatever the number of tasks (20 processes at 3 s: 6.7 reads a second).
+    /// whatever the number of tasks (20 processes at 5 s: 4 reads a second).
     pub request_check: Option<Duration>,
 }
 
@@ -214,7 +228,7 @@ impl Default for SchedulerConfig {
             poll: Duration::from_millis(500),
             jitter: Duration::from_millis(250),
             lease: LeaseConfig::default(),
-            request_check: Some(Duration::from_secs(3)),
+            request_check: Some(Duration::from_secs(5)),
         }
     }
 }

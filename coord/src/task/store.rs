@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use super::last_write::LastWrite;
-use super::record::{decode, Heartbeat, RunInfo, TaskRecord};
+use super::record::{decode, Heartbeat, Outcome, RunInfo, TaskRecord};
 use super::spec::Claim;
 use super::Scheduler;
 use larder_cache_api::{Cache, Error, ErrorKind, Key, Result, Version};
@@ -139,9 +139,16 @@ impl Scheduler {
         &self,
         claim: &Claim,
         outcome: std::result::Result<(), String>,
+        cancelled: bool,
         last: &LastWrite,
     ) -> Result<bool> {
         let key = Self::key(&claim.task)?;
+        let ended = match (&outcome, cancelled) {
+            (_, true) => Outcome::Cancelled,
+            (Ok(()), false) => Outcome::Ok,
+            (Err(e), false) => Outcome::Error(e.clone()),
+        };
+
         let mine = RunInfo {
             period: claim.period,
             holder: self.holder.as_str().to_owned(),
@@ -150,6 +157,7 @@ impl Scheduler {
             finished_at_ms: Some(self.clock.now_ms()),
             outcome: Some(outcome),
         };
+        let mut entry = None;
         let recorded = self
             .edit(
                 &key,
@@ -184,11 +192,21 @@ impl Scheduler {
                             _ => {}
                         }
                     }
+                    entry = Some(rec.history_entry(
+                        &mine,
+                        ended.clone(),
+                        mine.finished_at_ms.unwrap_or(mine.started_at_ms),
+                    ));
                     rec.set_last_run(mine.clone());
                     Edit::Write(true)
                 },
             )
             .await?;
+        if recorded == Some(true) {
+            if let Some(entry) = entry {
+                self.add_history(&claim.task, vec![entry]).await;
+            }
+        }
         Ok(recorded.unwrap_or(false))
     }
 

@@ -375,4 +375,16 @@ fn a_dead_requested_run_is_taken_over_as_its_request() {
     assert_eq!((w.claim.period, w.claim.token), (2500, 13));
     assert_eq!(w.claim.trigger.as_deref(), Some("r1"));
     assert_eq!(w.record.requests[0].token, Some(13));
+    // For the history: the first run was taken over, for its request.
+    let h = &w.ended;
+    assert_eq!(h.len(), 1);
+    assert_eq!(
+        (h[0].token, &h[0].outcome),
+        (12, &crate::task::record::Outcome::TakenOver)
+    );
+    assert_eq!(
+        (h[0].holder.as_str(), h[0].trigger.as_deref()),
+        ("other", Some("r1"))
+    );
+    assert_eq!(h[0].finished_at_ms, 2600);
 }
