@@ -175,7 +175,7 @@
 //! |---|---|
 //! | 1,000 schedulers × 10 tasks × 100 periods on memory, one `ManualClock` (`tests/tests/coord_scale.rs`) | 0.999 reads per scheduler, task and period (999 per task and period), 2 successful writes and no failed one per task and period after the first; every period run once |
 //! | 30 schedulers × 10 tasks × 100 periods on PostgreSQL (same test) | 29 reads and 2 writes per task and period after the first (`P - 1 + 2`); every period run once |
-//! | 20 OS processes × 2 tasks every second on PostgreSQL (`tests/tests/coord_load.rs`), poll 50 ms and 1 s | 43.2 and 42.7 commits/s for `P × T / period` = 40/s (1.08×, 1.07×); earlier versions: about 10 per process per second at a poll of 100 ms |
+//! | 20 OS processes × 2 tasks every second on PostgreSQL (`tests/tests/coord_load.rs`), poll 50 ms and 1 s | 43.2 and 42.7 commits/s for `P × T / period` = 40/s (1.08×, 1.07×); earlier versions: about 10 per process per second at a poll of 100 ms. With the run history (one more write per run) and run-now requests: 45.2 and 44.1 commits/s (1.13×, 1.10× of 40/s; 1.05×, 1.03× of the figures before) |
 //! | 9 `Elector` followers, renew deadline 400 ms, 3 s (`coord_scale.rs`) | 72 reads (looking every retry period: about 245) |
 //! | N = 10, 100, 1,000 schedulers × 10 tasks on memory, simulated (bench `benches/benches/coord.rs`) | 11, 101, 1,001 operations per task and period; the poll-driven loop of earlier versions, 10 polls a period: 102, 1,002, 10,002 (9.3×, 9.9×, 10.0×); 2 polls: 22, 202, 2,002 |
 //!

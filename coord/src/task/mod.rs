@@ -194,6 +194,19 @@ impl Scheduler {
         &self.holder
     }
 
+    /// Whether `task`'s current period is longer than the run-now request check.
+    fn rarer_than_request_check(&self, task: &TaskSpec) -> bool {
+        let Some(check) = self.config.request_check else {
+            return false;
+        };
+        let now = self.clock.now_ms();
+        let period = task
+            .schedule
+            .period_at(now)
+            .and_then(|p| task.schedule.next(p).map(|n| n.saturating_sub(p)));
+        period.is_none_or(|ms| ms > check.as_millis() as i64)
+    }
+
     fn eligible(&self, task: &TaskSpec) -> bool {
         self.config.candidacy == Candidacy::Always
             && task
@@ -391,7 +404,11 @@ impl Scheduler {
             for index in 0..self.tasks.len() {
                 if self.eligible(&self.tasks[index]) {
                     let bell = Arc::new(tokio::sync::Notify::new());
-                    bells.push(bell.clone());
+                    // A task whose periods come at least as often as the doorbell would be
+                    // read finds its requests at its next period's read anyway.
+                    if self.rarer_than_request_check(&self.tasks[index]) {
+                        bells.push(bell.clone());
+                    }
                     loops.spawn(self.clone().task_loop(index, bell, s2.clone()));
                 }
             }

@@ -216,7 +216,9 @@ pub struct SchedulerConfig {
     /// How often a [`spawn`](crate::Scheduler::spawn)ed scheduler reads the deployment's
     /// run-now doorbell (default 5 s; `None`: never, and run-now requests wait for the next
     /// period). The delay of a run-now request; it costs one read per process per check,
-    /// whatever the number of tasks (20 processes at 5 s: 4 reads a second).
+    /// whatever the number of tasks (20 processes at 5 s: 4 reads a second), and only
+    /// processes with a task whose period is longer than the check read it (a task with
+    /// shorter periods finds its requests at its next period's claim attempt).
     pub request_check: Option<Duration>,
 }
 
