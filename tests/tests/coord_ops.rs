@@ -58,6 +58,11 @@ struct Nodes {
 
 impl Nodes {
     fn start(url: &str, period_ms: i64) -> Self {
+        Self::start_with(url, TASK, period_ms, RUN_MS, None)
+    }
+
+    /// Five nodes of `task` whose runs last `run_ms`, with an extra argument (the run mode).
+    fn start_with(url: &str, task: &str, period_ms: i64, run_ms: u64, extra: Option<&str>) -> Self {
         let starts = Arc::new(Mutex::new(Vec::new()));
         let ends = Arc::new(Mutex::new(Vec::new()));
         let mut children = Vec::new();
@@ -66,10 +71,11 @@ impl Nodes {
                 .args([
                     url,
                     &format!("ops-{node}"),
-                    TASK,
+                    task,
                     &period_ms.to_string(),
-                    &RUN_MS.to_string(),
+                    &run_ms.to_string(),
                 ])
+                .args(extra)
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .spawn()
@@ -113,6 +119,15 @@ impl Nodes {
             .filter(|s| s.trigger.is_some())
             .cloned()
             .collect()
+    }
+
+    /// Waits (up to `limit_ms`) until the run with `token` printed its end.
+    async fn wait_ended(&self, token: u64, limit_ms: i64) {
+        let give_up = now_ms() + limit_ms;
+        while !self.ends.lock().iter().any(|(t, _)| *t == token) {
+            assert!(now_ms() < give_up, "run {token} did not end");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Waits (up to `limit_ms`) until `n` runs answered run-now requests.
@@ -356,8 +371,16 @@ async fn run_now(node_url: &str, store: &[&str]) {
         .await
         .unwrap();
     let history: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap();
-    let starts = nodes.starts.lock().clone();
-    assert_eq!(history.len(), starts.len(), "{json}\n{starts:?}");
+    let ends = nodes.ends.lock().clone();
+    let starts: Vec<Start> = nodes
+        .starts
+        .lock()
+        .iter()
+        .filter(|s| ends.iter().any(|(t, _)| *t == s.token))
+        .cloned()
+        .collect();
+    // (A period may start at the minute meanwhile: counted once it ended.)
+    assert!(history.len() >= starts.len(), "{json}\n{starts:?}");
     for s in &starts {
         let entry: Vec<&serde_json::Value> = history
             .iter()
@@ -387,6 +410,118 @@ async fn run_now(node_url: &str, store: &[&str]) {
         .await
         .unwrap();
     assert!(table.contains("request late"), "{table}");
+}
+
+/// A requested run whose process is SIGKILLed mid-run: taken over and run again (at least
+/// once) or recorded abandoned and not repeated (at most once), and the history says so.
+async fn killed_runner(node_url: &str, store: &[&str], at_least_once: bool) {
+    let task = if at_least_once {
+        "kill-alo"
+    } else {
+        "kill-amo"
+    };
+    let mut nodes = Nodes::start_with(
+        node_url,
+        task,
+        60_000,
+        1500,
+        at_least_once.then_some("at-least-once"),
+    );
+    let first = nodes
+        .first_start_since(0, 5 * PERIOD_MS)
+        .await
+        .expect("the current period runs at start");
+    nodes.wait_ended(first.token, 10 * PERIOD_MS).await;
+    let out = cli(&[store, &["tasks", "run", task, "--request-id", "victim"]].concat())
+        .await
+        .unwrap();
+    assert!(out.starts_with("requested a run"), "{out}");
+    let victim = nodes.wait_triggered(1, 10 * PERIOD_MS).await[0].clone();
+    // Mid-run: the node that runs it dies.
+    nodes.children[victim.node].0.kill().unwrap();
+    let killed_at = now_ms();
+    if at_least_once {
+        // Another node takes it over after a lease (2 s), for the same request.
+        let again = nodes.wait_triggered(2, 15 * PERIOD_MS).await;
+        assert_eq!(again.len(), 2, "{again:?}");
+        assert_ne!(again[1].node, victim.node);
+        assert_eq!(again[1].trigger.as_deref(), Some("victim"));
+        assert!(again[1].token > victim.token);
+        assert!(again[1].at_ms - killed_at >= 1000, "{again:?}");
+        nodes.wait_ended(again[1].token, 10 * PERIOD_MS).await;
+    } else {
+        // Not repeated; the next claim (another request) records it abandoned.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        cli(&[store, &["tasks", "run", task, "--request-id", "after"]].concat())
+            .await
+            .unwrap();
+        let next = nodes.wait_triggered(2, 15 * PERIOD_MS).await;
+        assert_eq!(next.len(), 2, "{next:?}");
+        assert_eq!(next[1].trigger.as_deref(), Some("after"), "not run again");
+        nodes.wait_ended(next[1].token, 10 * PERIOD_MS).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let json = cli(&[store, &["tasks", "history", task, "--json"]].concat())
+        .await
+        .unwrap();
+    let history: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap();
+    let dead: Vec<&serde_json::Value> = history
+        .iter()
+        .filter(|h| h["token"].as_u64() == Some(victim.token))
+        .collect();
+    assert_eq!(dead.len(), 1, "{json}");
+    let expected = if at_least_once {
+        "taken over"
+    } else {
+        "abandoned"
+    };
+    assert_eq!(dead[0]["outcome"], expected, "{json}");
+    assert_eq!(dead[0]["request_id"], "victim", "{json}");
+    let victim_holder = format!("ops-{}@", victim.node);
+    assert_eq!(
+        dead[0]["holder"]
+            .as_str()
+            .map(|h| h.starts_with(&victim_holder)),
+        Some(true),
+        "{json}"
+    );
+    // Every run that ended, and the dead one, is in the history once; nothing else is (a
+    // period may start meanwhile, at the minute: in once it ends).
+    let ends = nodes.ends.lock().clone();
+    let starts = nodes.starts.lock().clone();
+    for s in &starts {
+        let ended = ends.iter().any(|(t, _)| *t == s.token);
+        let n = history
+            .iter()
+            .filter(|h| h["token"].as_u64() == Some(s.token))
+            .count();
+        if ended || s.token == victim.token {
+            assert_eq!(n, 1, "{s:?} in {json}");
+        }
+    }
+    assert!(
+        history
+            .iter()
+            .all(|h| starts.iter().any(|s| h["token"].as_u64() == Some(s.token))),
+        "{json}\n{starts:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_killed_runner_is_taken_over_or_abandoned_as_its_history_says() {
+    let (store, schema) = db::pg_store().await;
+    db::pg_kv_beside(&store).await;
+    let url = db::schema_url(&schema);
+    killed_runner(&url, &["--database-url", &url], true).await;
+    killed_runner(&url, &["--database-url", &url], false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_a_killed_runner_is_taken_over_or_abandoned_as_its_history_says() {
+    let server = ServerProcess::redis_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let url = format!("redis://{}", server.addr());
+    killed_runner(&url, &["--cache-url", &url], true).await;
+    killed_runner(&url, &["--cache-url", &url], false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

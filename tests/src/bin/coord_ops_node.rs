@@ -6,14 +6,17 @@
 //! the store at `<url>` (anything `larder::connect` opens; the test prepared it). It reads
 //! the run-now doorbell every 200 ms.
 //!
-//! Arguments: `<url> <node name> <task> <period ms> <run ms>`. Prints `ready` once started;
-//! runs until killed, or until its standard input closes.
+//! Arguments: `<url> <node name> <task> <period ms> <run ms> [at-least-once]` (default: at
+//! most once). Prints `ready` once started; runs until killed, or until its standard input
+//! closes.
 
 use std::io::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use larder::coord::{HolderId, LeaseConfig, Schedule, Scheduler, SchedulerConfig, TaskSpec};
+use larder::coord::{
+    HolderId, LeaseConfig, RunMode, Schedule, Scheduler, SchedulerConfig, TaskSpec,
+};
 
 /// How often the doorbell is read.
 const REQUEST_CHECK_MS: u64 = 200;
@@ -34,8 +37,14 @@ fn say(line: &str) {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [url, name, task, period_ms, run_ms] = &args[..] else {
-        eprintln!("usage: coord_ops_node <url> <node name> <task> <period ms> <run ms>");
+    let (args, mode) = match &args[..] {
+        [head @ .., last] if last == "at-least-once" => (head, RunMode::AtLeastOnce),
+        all => (all, RunMode::AtMostOnce),
+    };
+    let [url, name, task, period_ms, run_ms] = args else {
+        eprintln!(
+            "usage: coord_ops_node <url> <node name> <task> <period ms> <run ms> [at-least-once]"
+        );
         std::process::exit(2);
     };
     let number = |s: &str| -> u64 {
@@ -70,7 +79,8 @@ fn main() {
                 say(&format!("end {} {}", ctx.token, now_ms()));
                 Ok(())
             },
-        );
+        )
+        .mode(mode);
         let scheduler = Scheduler::new(
             backend,
             HolderId::named(name),
