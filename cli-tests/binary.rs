@@ -191,3 +191,24 @@ fn help_shows_no_value_from_the_environment() {
         "larder",
     );
 }
+
+#[test]
+fn pausing_an_unknown_task_is_one_line_naming_it() {
+    for cmd in ["pause", "resume", "run"] {
+        let out = larder(&["--cache-url", "memory://", "tasks", cmd, "nightly"]);
+        assert_eq!(out.status.code(), Some(1), "{cmd}");
+        let err = text(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{cmd}: {err}");
+        assert!(
+            err.contains("no task \"nightly\"; known tasks: none registered yet"),
+            "{cmd}: {err}"
+        );
+    }
+    let out = larder(&["tasks", "--help"]);
+    assert_eq!(out.status.code(), Some(0));
+    for cmd in ["pause", "resume", "run"] {
+        assert!(text(&out.stdout).contains(cmd), "{cmd}");
+    }
+    let out = larder(&["tasks", "run", "--help"]);
+    assert!(text(&out.stdout).contains("--request-id"));
+}

@@ -118,6 +118,14 @@
 //!   `tests/tests/coord_schedules.rs` (`*_paris_2026_runs`: the exact runs of a daily, an
 //!   hourly and a half-hourly task across both 2026 changes in `Europe/Paris`, memory and
 //!   PostgreSQL), the property tests in `coord/src/zoned_cron.rs`.
+//! * **A paused task is claimed nowhere** ([`TaskAdmin::pause`]): the pause is one
+//!   compare-and-swap on the task's record and every claim decision reads it, so once it is
+//!   written no process claims a period of the task until [`TaskAdmin::resume`] (a claim
+//!   decided on the record before the pause loses its compare-and-swap). Assumes the store
+//!   keeps the record. Tests: `coord/tests/model.rs`
+//!   (`task_protocol_honours_an_operator_pause`), `tests/tests/coord_ops.rs` (five OS
+//!   processes on PostgreSQL and on Redis: no run in the three periods after a pause, a run
+//!   within a period of the resume).
 //! * **Refusal of stores that can lose records**, unless accepted: `conformance`
 //!   (`coordination_requires_durability_or_opt_in`), `tests/tests/redis.rs`
 //!   (`durability_is_measured_at_connect`: default, AOF + noeviction, allkeys-lru, INFO
@@ -143,7 +151,9 @@
 //!   process that wrote the record last (normally the one that ran the last period); if it
 //!   is gone, the first process to read finds the period free and claims it;
 //! * **one write that records the end of the run**, plus one heartbeat write per retry
-//!   period while the run lasts ([`LeaseConfig::retry_period`], 2 s by default);
+//!   period while the run lasts ([`LeaseConfig::retry_period`], 2 s by default), and one
+//!   write of the task's run history ([`TaskSpec::history`]; a read too when another
+//!   process wrote it last);
 //! * failed compare-and-swaps only where processes look at the same instant; each loser
 //!   learns the new record from the conflict and does not try that period again (on
 //!   PostgreSQL a failed compare-and-swap is two statements: the refused `UPDATE` and the
@@ -165,7 +175,7 @@
 //! |---|---|
 //! | 1,000 schedulers × 10 tasks × 100 periods on memory, one `ManualClock` (`tests/tests/coord_scale.rs`) | 0.999 reads per scheduler, task and period (999 per task and period), 2 successful writes and no failed one per task and period after the first; every period run once |
 //! | 30 schedulers × 10 tasks × 100 periods on PostgreSQL (same test) | 29 reads and 2 writes per task and period after the first (`P - 1 + 2`); every period run once |
-//! | 20 OS processes × 2 tasks every second on PostgreSQL (`tests/tests/coord_load.rs`), poll 50 ms and 1 s | 43.2 and 42.7 commits/s for `P × T / period` = 40/s (1.08×, 1.07×); earlier versions: about 10 per process per second at a poll of 100 ms |
+//! | 20 OS processes × 2 tasks every second on PostgreSQL (`tests/tests/coord_load.rs`), poll 50 ms and 1 s | 43.2 and 42.7 commits/s for `P × T / period` = 40/s (1.08×, 1.07×); earlier versions: about 10 per process per second at a poll of 100 ms. With the run history (one more write per run) and run-now requests: 45.2 and 44.1 commits/s (1.13×, 1.10× of 40/s; 1.05×, 1.03× of the figures before) |
 //! | 9 `Elector` followers, renew deadline 400 ms, 3 s (`coord_scale.rs`) | 72 reads (looking every retry period: about 245) |
 //! | N = 10, 100, 1,000 schedulers × 10 tasks on memory, simulated (bench `benches/benches/coord.rs`) | 11, 101, 1,001 operations per task and period; the poll-driven loop of earlier versions, 10 polls a period: 102, 1,002, 10,002 (9.3×, 9.9×, 10.0×); 2 polls: 22, 202, 2,002 |
 //!
@@ -224,8 +234,10 @@ pub use lease::{
 pub use misfire::{DuePeriods, MisfirePolicy};
 pub use schedule::{parse_interval, Schedule};
 pub use task::{
-    Candidacy, Claim, Heartbeat, RunContext, RunInfo, RunMode, Scheduler, SchedulerConfig,
-    TaskRecord, TaskSpec, TaskStatus, MAX_RUNS_IN_PROGRESS,
+    Candidacy, Claim, Heartbeat, HistoryEntry, Outcome, Pause, RunContext, RunInfo, RunMode,
+    RunRequest, Scheduler, SchedulerConfig, TaskAdmin, TaskRecord, TaskSpec, TaskStatus,
+    DEFAULT_HISTORY, MAX_ERROR_CHARS, MAX_HISTORY, MAX_REMEMBERED_REQUESTS, MAX_REQUEST_ID,
+    MAX_RUNS_IN_PROGRESS, MAX_WAITING_REQUESTS,
 };
 #[cfg(feature = "cron")]
 pub use zoned_cron::CronSchedule;

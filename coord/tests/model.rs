@@ -67,8 +67,16 @@
 //!   processes each believe, by their own clock, that they hold the lease, unless some
 //!   process has paused (with pauses this fails, which is why effects are fenced; the model
 //!   finds such a state, a `sometimes` property, so the fence property is not vacuous);
+//! * **no period claimed once the task is paused**: with an operator's pause (one
+//!   compare-and-swap on the record, at any moment, `task_protocol_honours_an_operator_pause`),
+//!   no claim of a period succeeds on a record that says the task is paused (a claim decided
+//!   before the pause loses its compare-and-swap to it);
+//! * **each run-now request is claimed once** (a takeover of its run aside): with an
+//!   operator's request (one compare-and-swap adding it to the record, at any moment,
+//!   `task_protocol_runs_a_request_once`; a claim without compare-and-swap breaks it);
 //! * `sometimes` properties that show the interesting cases are reached (a takeover, an
-//!   effect refused by the fence).
+//!   effect refused by the fence, a claim attempt that finds the task paused, a request
+//!   run).
 //!
 //! Broken variants show the properties can fail: a fence that does not compare tokens, a
 //! takeover that waits less than the renew deadline, a claim written without
@@ -91,7 +99,7 @@ use std::time::{Duration, Instant};
 
 use larder_cache_api::Version;
 use larder_coord::claim_decision::{plan, DeadRuns};
-use larder_coord::{MisfirePolicy, RunInfo, RunMode, Schedule, TaskSpec};
+use larder_coord::{MisfirePolicy, Pause, RunInfo, RunMode, RunRequest, Schedule, TaskSpec};
 use stateright::{Checker, HasDiscoveries, Model, Property};
 
 /// Timing in ticks.
@@ -556,6 +564,10 @@ struct TaskRecord {
     running: Option<Run>,
     /// (period, token) of the last run that ended (or was abandoned).
     last_run: Option<(u8, u64)>,
+    /// Paused by an operator.
+    paused: bool,
+    /// Run-now requests: their id and, once claimed, their run's token.
+    requests: Vec<(u8, Option<u64>)>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -574,6 +586,8 @@ enum TaskStep {
         record: TaskRecord,
         claim: Claim,
         fresh: bool,
+        /// The claim answers a run-now request.
+        trigger: bool,
     },
     BeatCas {
         expect: u8,
@@ -608,6 +622,16 @@ struct TaskState {
     claimed_twice: bool,
     takeovers: u8,
     wipes_left: u8,
+    /// Operator pauses left to make.
+    op_pauses_left: u8,
+    /// A period was claimed while the stored record said the task was paused.
+    claimed_while_paused: bool,
+    /// A claim attempt decided on a paused record.
+    pause_seen: bool,
+    /// Operator run-now requests left to make (each with a new id).
+    op_requests_left: u8,
+    /// Successful claims of a run-now request that were not takeovers.
+    request_claims: u8,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -623,6 +647,11 @@ enum TaskAction {
     Step(u8),
     /// Broken store: the task record is lost.
     Wipe,
+    /// An operator pauses the task (`TaskAdmin::pause`: one compare-and-swap, retried on
+    /// conflict, so it lands atomically on whatever record is stored).
+    OperatorPause,
+    /// An operator requests a run now (`TaskAdmin::run_now`, likewise).
+    OperatorRequest,
 }
 
 #[derive(Clone, Debug)]
@@ -640,6 +669,10 @@ struct TaskModel {
     blind_claim: bool,
     /// Broken store: it may lose the record this many times.
     wipes: u8,
+    /// How many times an operator may pause the task.
+    op_pauses: u8,
+    /// How many run-now requests an operator may make.
+    op_requests: u8,
 }
 
 impl TaskModel {
@@ -658,6 +691,8 @@ impl TaskModel {
             fence: Fence::Compare,
             blind_claim: false,
             wipes: 0,
+            op_pauses: 0,
+            op_requests: 0,
         }
     }
 
@@ -698,6 +733,7 @@ impl TaskModel {
                 token: write.claim.token,
             },
             fresh: !write.takeover,
+            trigger: write.claim.trigger.is_some(),
         })
     }
 }
@@ -742,6 +778,21 @@ impl TaskRecord {
             last_run: self
                 .last_run
                 .map(|(period, token)| run_info(period, String::new(), token)),
+            paused: self.paused.then(|| Pause {
+                by: "operator".into(),
+                at_ms: 0,
+            }),
+            requests: self
+                .requests
+                .iter()
+                .map(|&(id, token)| RunRequest {
+                    id: format!("r{id}"),
+                    by: "operator".into(),
+                    at_ms: 0,
+                    forced: false,
+                    token,
+                })
+                .collect(),
             ..Default::default()
         }
     }
@@ -761,6 +812,12 @@ impl TaskRecord {
                 .last_run
                 .as_ref()
                 .map(|run| (period_index(run.period), run.token)),
+            paused: r.paused.is_some(),
+            requests: r
+                .requests
+                .iter()
+                .map(|q| (q.id[1..].parse().unwrap(), q.token))
+                .collect(),
         }
     }
 }
@@ -795,6 +852,11 @@ impl Model for TaskModel {
             claimed_twice: false,
             takeovers: 0,
             wipes_left: self.wipes,
+            op_pauses_left: self.op_pauses,
+            claimed_while_paused: false,
+            pause_seen: false,
+            op_requests_left: self.op_requests,
+            request_claims: 0,
         }]
     }
 
@@ -805,6 +867,12 @@ impl Model for TaskModel {
         out.extend(faults.into_iter().map(TaskAction::Fault));
         if s.wipes_left > 0 && s.record.is_some() {
             out.push(TaskAction::Wipe);
+        }
+        if s.op_pauses_left > 0 && s.record.is_some() {
+            out.push(TaskAction::OperatorPause);
+        }
+        if s.op_requests_left > 0 && s.record.is_some() {
+            out.push(TaskAction::OperatorRequest);
         }
         for (i, p) in s.procs.iter().enumerate() {
             let i = i as u8;
@@ -849,9 +917,26 @@ impl Model for TaskModel {
                 s.record = None;
                 s.wipes_left -= 1;
             }
+            TaskAction::OperatorPause => {
+                let (rec, v) = s.record.as_mut()?;
+                rec.paused = true;
+                s.world.version += 1;
+                *v = s.world.version;
+                s.op_pauses_left -= 1;
+            }
+            TaskAction::OperatorRequest => {
+                let (rec, v) = s.record.as_mut()?;
+                rec.requests.push((s.op_requests_left, None));
+                s.world.version += 1;
+                *v = s.world.version;
+                s.op_requests_left -= 1;
+            }
             TaskAction::Claim(i) => {
                 let p = &mut s.procs[i as usize];
                 p.next_poll = p.clock.clk + 1;
+                if s.record.as_ref().is_some_and(|(r, _)| r.paused) {
+                    s.pause_seen = true;
+                }
                 if let Some(step) = self.decide_claim(p, i, &s.record) {
                     p.step = step;
                 }
@@ -924,13 +1009,19 @@ impl Model for TaskModel {
                         record,
                         claim,
                         fresh,
+                        trigger,
                     } => {
                         if self.blind_claim || current == expect {
+                            if fresh && s.record.as_ref().is_some_and(|(r, _)| r.paused) {
+                                s.claimed_while_paused = true;
+                            }
                             s.world.version += 1;
                             s.record = Some((record, s.world.version));
                             p.run = Some(claim);
                             p.next_beat = p.clock.clk + RETRY;
-                            if fresh {
+                            if fresh && trigger {
+                                s.request_claims += 1;
+                            } else if fresh {
                                 let bit = 1u32 << claim.period;
                                 if s.claimed & bit != 0 {
                                     s.claimed_twice = true;
@@ -974,8 +1065,34 @@ impl Model for TaskModel {
             Property::always("fenced effects apply in token order", |_, s: &TaskState| {
                 !s.world.fence.disorder
             }),
+            Property::always(
+                "no period claimed once the task is paused",
+                |_, s: &TaskState| !s.claimed_while_paused,
+            ),
         ];
-        if self.mode == RunMode::AtLeastOnce && self.fence == Fence::Compare && !self.blind_claim {
+        if self.op_requests > 0 {
+            props.push(Property::always(
+                "each run-now request is claimed once (takeovers aside)",
+                |m: &TaskModel, s: &TaskState| {
+                    s.request_claims <= m.op_requests - s.op_requests_left
+                },
+            ));
+            props.push(Property::sometimes(
+                "a run-now request runs",
+                |_, s: &TaskState| s.request_claims > 0,
+            ));
+        }
+        if self.op_pauses > 0 {
+            props.push(Property::sometimes(
+                "a claim attempt finds the task paused",
+                |_, s: &TaskState| s.pause_seen,
+            ));
+        }
+        if self.mode == RunMode::AtLeastOnce
+            && self.fence == Fence::Compare
+            && !self.blind_claim
+            && self.effects > 0
+        {
             props.push(Property::sometimes(
                 "an abandoned run is taken over",
                 |_, s: &TaskState| s.takeovers > 0,
@@ -1065,6 +1182,35 @@ fn task_protocol_at_most_once_is_safe() {
 }
 
 #[test]
+fn task_protocol_honours_an_operator_pause() {
+    for mode in [RunMode::AtLeastOnce, RunMode::AtMostOnce] {
+        check_correct(
+            "task paused by an operator",
+            // Without fenced effects (checked above), so the check stays quick.
+            TaskModel {
+                op_pauses: 1,
+                effects: 0,
+                ..TaskModel::correct(mode)
+            },
+        );
+    }
+}
+
+#[test]
+fn task_protocol_runs_a_request_once() {
+    for mode in [RunMode::AtLeastOnce, RunMode::AtMostOnce] {
+        check_correct(
+            "task with a run-now request",
+            TaskModel {
+                op_requests: 1,
+                effects: 0,
+                ..TaskModel::correct(mode)
+            },
+        );
+    }
+}
+
+#[test]
 fn a_fence_that_does_not_compare_tokens_is_caught() {
     let n = check_broken(
         "lease, blind fence",
@@ -1110,6 +1256,21 @@ fn a_claim_without_compare_and_swap_is_caught() {
             ..TaskModel::correct(RunMode::AtMostOnce)
         },
         "no period claimed twice while the store keeps its data",
+    );
+    assert!(n > 0);
+}
+
+#[test]
+fn a_request_claimed_without_compare_and_swap_runs_twice() {
+    let n = check_broken(
+        "task with a run-now request, claim without compare-and-swap",
+        TaskModel {
+            blind_claim: true,
+            op_requests: 1,
+            effects: 0,
+            ..TaskModel::correct(RunMode::AtMostOnce)
+        },
+        "each run-now request is claimed once (takeovers aside)",
     );
     assert!(n > 0);
 }

@@ -10,8 +10,8 @@ use larder_backend_memory::MemoryBackend;
 use larder_cache_api::codec::{Bincode, Codec, Json, Postcard};
 use larder_cache_api::{envelope, Cache, ErrorKind, Key};
 use larder_coord::{
-    Durability, Heartbeat, HolderId, LeaseRecord, RunInfo, Schedule, Scheduler, SchedulerConfig,
-    TaskRecord, TaskSpec,
+    Durability, Heartbeat, HistoryEntry, HolderId, LeaseRecord, Outcome, Pause, RunInfo,
+    RunRequest, Schedule, Scheduler, SchedulerConfig, TaskRecord, TaskSpec,
 };
 use proptest::prelude::*;
 use serde::de::DeserializeOwned;
@@ -51,6 +51,54 @@ fn run_info() -> impl Strategy<Value = RunInfo> {
         )
 }
 
+fn run_request() -> impl Strategy<Value = RunRequest> {
+    (
+        ".{0,8}",
+        ".{0,8}",
+        any::<i64>(),
+        any::<bool>(),
+        any::<Option<u64>>(),
+    )
+        .prop_map(|(id, by, at_ms, forced, token)| RunRequest {
+            id,
+            by,
+            at_ms,
+            forced,
+            token,
+        })
+}
+
+fn history_entry() -> impl Strategy<Value = HistoryEntry> {
+    (
+        proptest::option::of(".{0,8}"),
+        any::<i64>(),
+        ".{0,8}",
+        any::<u64>(),
+        any::<i64>(),
+        any::<i64>(),
+        prop_oneof![
+            Just(Outcome::Ok),
+            ".{0,12}".prop_map(Outcome::Error),
+            Just(Outcome::Cancelled),
+            Just(Outcome::TakenOver),
+            Just(Outcome::Abandoned),
+        ],
+    )
+        .prop_map(
+            |(trigger, period, holder, token, started_at_ms, finished_at_ms, outcome)| {
+                HistoryEntry {
+                    trigger,
+                    period,
+                    holder,
+                    token,
+                    started_at_ms,
+                    finished_at_ms,
+                    outcome,
+                }
+            },
+        )
+}
+
 fn heartbeat() -> impl Strategy<Value = Heartbeat> {
     (any::<u64>(), any::<u64>(), any::<i64>()).prop_map(|(token, beats, at_ms)| Heartbeat {
         token,
@@ -67,15 +115,21 @@ fn task_record() -> impl Strategy<Value = TaskRecord> {
         proptest::option::of(run_info()),
         proptest::collection::vec(run_info(), 0..3),
         proptest::collection::vec(heartbeat(), 0..3),
+        proptest::option::of((".{0,8}", any::<i64>()).prop_map(|(by, at_ms)| Pause { by, at_ms })),
+        proptest::collection::vec(run_request(), 0..3),
     )
         .prop_map(
-            |(last_period, token, running, last_run, overlapping, heartbeats)| TaskRecord {
-                last_period,
-                token,
-                running,
-                last_run,
-                overlapping,
-                heartbeats,
+            |(last_period, token, running, last_run, overlapping, heartbeats, paused, requests)| {
+                TaskRecord {
+                    last_period,
+                    token,
+                    running,
+                    last_run,
+                    overlapping,
+                    heartbeats,
+                    paused,
+                    requests,
+                }
             },
         )
 }
@@ -107,6 +161,11 @@ proptest! {
     #[test]
     fn task_records_open_as_sealed_on_every_codec(r in task_record()) {
         every_codec(&r);
+    }
+
+    #[test]
+    fn histories_open_as_sealed_on_every_codec(h in proptest::collection::vec(history_entry(), 0..4)) {
+        every_codec(&h);
     }
 
     #[test]
@@ -167,8 +226,30 @@ fn four_field_record() -> TaskRecord {
         }),
         overlapping: Vec::new(),
         heartbeats: Vec::new(),
+        paused: None,
+        requests: Vec::new(),
     }
 }
+
+/// The operators' sixth field: paused by "op" at 100, no run-now request (the fifth field,
+/// no overlap, written as "none" before it).
+const SIX_FIELDS_OPS: &[u8] = &[
+    1, // ops: Some
+    1, 2, b'o', b'p', 0xC8, 0x01, // paused: Some(Pause { by: "op", at_ms: 100 })
+    0,    // requests: []
+];
+
+/// A sixth field with one run-now request ("r1" by "op" at 100, not forced, claimed under
+/// token 9) and no pause.
+const SIX_FIELDS_REQUEST: &[u8] = &[
+    1, // ops: Some
+    0, // paused: None
+    1, 2, b'r', b'1', 2, b'o', b'p', 0xC8, 0x01, 0, 1, 9, // requests: [request]
+];
+
+/// A task's history (its own record) of one entry: period 60 by "b", token 6, from 61 to
+/// 62, failed with "x" (`Outcome` as its variant index, then the text).
+const HISTORY: &[u8] = &[1, 0, 0x78, 1, b'b', 6, 0x7A, 0x7C, 1, 1, b'x'];
 
 #[test]
 fn every_earlier_task_record_layout_reads_through_the_public_type() {
@@ -209,6 +290,88 @@ fn every_earlier_task_record_layout_reads_through_the_public_type() {
     );
 }
 
+#[test]
+fn a_paused_record_adds_a_sixth_field_and_reads_back() {
+    let paused = TaskRecord {
+        paused: Some(Pause {
+            by: "op".into(),
+            at_ms: 100,
+        }),
+        ..four_field_record()
+    };
+    let bytes = [FOUR_FIELDS, &[0], SIX_FIELDS_OPS].concat();
+    assert_eq!(Postcard.decode::<TaskRecord>(&bytes).unwrap(), paused);
+    let mut written = Vec::new();
+    Postcard.encode(&paused, &mut written).unwrap();
+    assert_eq!(written, bytes);
+    // With overlapping runs too.
+    let both = TaskRecord {
+        overlapping: vec![RunInfo {
+            period: 60,
+            holder: "c".into(),
+            token: 5,
+            started_at_ms: 61,
+            finished_at_ms: None,
+            outcome: None,
+        }],
+        heartbeats: vec![Heartbeat {
+            token: 5,
+            beats: 3,
+            at_ms: 100,
+        }],
+        ..paused.clone()
+    };
+    let bytes = [FOUR_FIELDS, FIVE_FIELDS_TAIL, SIX_FIELDS_OPS].concat();
+    assert_eq!(Postcard.decode::<TaskRecord>(&bytes).unwrap(), both);
+    // Resumed, the record goes back to the layout earlier versions read.
+    let resumed = TaskRecord {
+        paused: None,
+        ..paused
+    };
+    let mut written = Vec::new();
+    Postcard.encode(&resumed, &mut written).unwrap();
+    assert_eq!(written, FOUR_FIELDS);
+    // A run-now request alone.
+    let requested = TaskRecord {
+        requests: vec![RunRequest {
+            id: "r1".into(),
+            by: "op".into(),
+            at_ms: 100,
+            forced: false,
+            token: Some(9),
+        }],
+        ..four_field_record()
+    };
+    let bytes = [FOUR_FIELDS, &[0], SIX_FIELDS_REQUEST].concat();
+    assert_eq!(Postcard.decode::<TaskRecord>(&bytes).unwrap(), requested);
+    let mut written = Vec::new();
+    Postcard.encode(&requested, &mut written).unwrap();
+    assert_eq!(written, bytes);
+    // A history, in its own record.
+    let history = vec![HistoryEntry {
+        trigger: None,
+        period: 60,
+        holder: "b".into(),
+        token: 6,
+        started_at_ms: 61,
+        finished_at_ms: 62,
+        outcome: Outcome::Error("x".into()),
+    }];
+    assert_eq!(
+        Postcard.decode::<Vec<HistoryEntry>>(HISTORY).unwrap(),
+        history
+    );
+    let mut written = Vec::new();
+    Postcard.encode(&history, &mut written).unwrap();
+    assert_eq!(written, HISTORY);
+    // Cut inside the sixth field: a decode error, never a record without it.
+    let full = [FOUR_FIELDS, &[0], SIX_FIELDS_OPS].concat();
+    for cut in FOUR_FIELDS.len() + 2..full.len() {
+        let e = Postcard.decode::<TaskRecord>(&full[..cut]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Decode, "cut at {cut}");
+    }
+}
+
 /// Found by fuzzing `envelope::open` (fuzz/seeds/envelope/regression-task-record-no-overlap):
 /// a record with an explicit empty fifth field opened, and sealed again as four fields it no
 /// longer opened through the public type.
@@ -234,8 +397,9 @@ fn truncated_or_corrupt_task_records_are_decode_errors() {
         let e = Postcard.decode::<TaskRecord>(&full[..cut]).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Decode, "cut at {cut}");
     }
-    // Bytes after a complete record are refused.
-    let trailing = [&full[..], &[0]].concat();
+    // Bytes after a complete record are refused (after the fifth field a "none" is the
+    // sixth, so two of them).
+    let trailing = [&full[..], &[0, 0]].concat();
     let e = Postcard.decode::<TaskRecord>(&trailing).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Decode);
     let e = Bincode.decode::<TaskRecord>(&[1, 2]).unwrap_err();

@@ -9,6 +9,11 @@
 //!   sessions revoke --principal NAME    log NAME out everywhere
 //!   tasks status [--lease NAME]... [--task NAME]... [--every DURATION | --schedule SCHEDULE]
 //!                [--from database|cache]
+//!   tasks pause NAME [--by WHO]         stop claiming periods of NAME everywhere
+//!   tasks resume NAME                   claim periods of NAME again
+//!   tasks run NAME [--request-id ID] [--force] [--by WHO]
+//!                                       run NAME once now, across the deployment
+//!   tasks history NAME [--json]         the last runs of NAME that ended
 //!   cache ping                          put/get/delete round trip of a scratch key
 //!   cache stats                         what the backend is and promises
 //! ```
@@ -106,6 +111,62 @@ enum SessionsCmd {
 enum TasksCmd {
     /// A table of leases and periodic tasks.
     Status(StatusArgs),
+    /// Pauses a task in every process: no period of it is claimed until it is resumed
+    /// (runs in progress go on). Idempotent.
+    Pause(PauseArgs),
+    /// Resumes a paused task in every process: its next period is claimed as usual.
+    /// Idempotent.
+    Resume(TaskArgs),
+    /// Runs a task once now, across the deployment: a process claims it within its
+    /// schedulers' request check (5 s by default), after the run in progress unless the task
+    /// allows overlap. A retry with the same --request-id never runs it twice.
+    Run(RunArgs),
+    /// The last runs of a task that ended (the task's history bound, 50 by default):
+    /// period or request, holder, token, start, end, outcome.
+    History(HistoryArgs),
+}
+
+#[derive(Debug, Args)]
+struct HistoryArgs {
+    #[command(flatten)]
+    task: TaskArgs,
+    /// One JSON array of runs, oldest first, instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    #[command(flatten)]
+    task: TaskArgs,
+    /// The request's id: a request repeated with the same id runs once (default: a new one).
+    #[arg(long, value_name = "ID")]
+    request_id: Option<String>,
+    /// Run even if the task is paused (otherwise refused).
+    #[arg(long)]
+    force: bool,
+    /// Who asks (default: $USER, else "larder-cli").
+    #[arg(long, value_name = "WHO")]
+    by: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct TaskArgs {
+    /// The task, by the name its processes give it (an unknown name lists the known ones).
+    name: String,
+    /// Where the coordination records live (default: the database if --database-url is
+    /// given, else the cache).
+    #[arg(long, value_enum)]
+    from: Option<Source>,
+}
+
+#[derive(Debug, Args)]
+struct PauseArgs {
+    #[command(flatten)]
+    task: TaskArgs,
+    /// Who pauses it, shown wherever the task is (default: $USER, else "larder-cli").
+    #[arg(long, value_name = "WHO")]
+    by: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -216,6 +277,10 @@ async fn dispatch(cli: &Cli) -> Result<String> {
     match &cli.command {
         Command::Sessions(cmd) => sessions::run(cli, cmd).await,
         Command::Tasks(TasksCmd::Status(args)) => tasks::status(cli, args).await,
+        Command::Tasks(TasksCmd::Pause(args)) => tasks::pause(cli, args).await,
+        Command::Tasks(TasksCmd::Resume(args)) => tasks::resume(cli, args).await,
+        Command::Tasks(TasksCmd::Run(args)) => tasks::run_now(cli, args).await,
+        Command::Tasks(TasksCmd::History(args)) => tasks::history(cli, args).await,
         Command::Cache(CacheCmd::Ping) => cache::ping(cli).await,
         Command::Cache(CacheCmd::Stats) => cache::stats(cli).await,
     }

@@ -1,41 +1,23 @@
 //! `larder tasks status`: leases and periodic tasks, read through the coordination crate
-//! (key names and the "next due" computation are its own).
+//! (key names and the "next due" computation are its own); `larder tasks
+//! pause|resume|run|history`, through its `TaskAdmin`.
 
 use std::time::Duration;
 
-use larder_cache_api::{Cache, Result};
+use larder_cache_api::{Cache, DynBackend, Result};
 use larder_coord::{
-    check_backend, Candidacy, Durability, HolderId, Lease, LeaseRecord, Schedule, Scheduler,
-    SchedulerConfig, TaskSpec,
+    check_backend, Candidacy, Durability, HolderId, Lease, LeaseRecord, Outcome, Pause, Schedule,
+    Scheduler, SchedulerConfig, TaskAdmin, TaskSpec,
 };
 use larder_session_persist::{open_existing, EXPIRY_TASK};
 
 use super::render::{now_ms, run_info, running, table, ts};
-use super::{database_url, open_cache, Cli, Source, StatusArgs};
+use super::{
+    database_url, open_cache, Cli, HistoryArgs, PauseArgs, RunArgs, Source, StatusArgs, TaskArgs,
+};
 
 pub(super) async fn status(cli: &Cli, args: &StatusArgs) -> Result<String> {
-    let has_db = cli.database_url.as_deref().is_some_and(|u| !u.is_empty());
-    let source = args.from.unwrap_or(if has_db {
-        Source::Database
-    } else {
-        Source::Cache
-    });
-    let (backend, where_) = match source {
-        Source::Database => {
-            let url = database_url(cli)?;
-            // Refuses a database without larder's tables before the store's own schema
-            // step could create anything in it.
-            open_existing(url).await?;
-            let b = crate::connect(url).await?;
-            let name = b.capabilities().name;
-            (b, format!("{name} larder_kv"))
-        }
-        Source::Cache => {
-            let b = open_cache(cli).await?;
-            let name = b.capabilities().name;
-            (b, format!("cache ({name})"))
-        }
-    };
+    let (backend, where_) = coord_backend(cli, args.from).await?;
     let cache = Cache::new(backend.clone());
     let leases = if args.leases.is_empty() {
         vec!["leader".to_owned()]
@@ -141,6 +123,7 @@ pub(super) async fn status(cli: &Cli, args: &StatusArgs) -> Result<String> {
         "LAST PERIOD".to_owned(),
         "RUNNING".to_owned(),
         "LAST RUN (HOLDER TOKEN START END OUTCOME)".to_owned(),
+        "PAUSED".to_owned(),
         "NEXT DUE".to_owned(),
     ]];
     let statuses = scheduler.status().await?;
@@ -162,9 +145,152 @@ pub(super) async fn status(cli: &Cli, args: &StatusArgs) -> Result<String> {
             st.last_period.map_or("never".to_owned(), ts),
             running(st.running.as_ref(), &st.overlapping),
             st.last_run.as_ref().map_or("-".to_owned(), run_info),
+            st.paused.as_ref().map_or("-".to_owned(), paused),
             next,
         ]);
     }
+    table(&mut out, &rows);
+    Ok(out)
+}
+
+/// The store of the coordination records: the database if `--database-url` is given (or
+/// `--from database`), else the cache; with how to name it.
+async fn coord_backend(cli: &Cli, from: Option<Source>) -> Result<(DynBackend, String)> {
+    let has_db = cli.database_url.as_deref().is_some_and(|u| !u.is_empty());
+    let source = from.unwrap_or(if has_db {
+        Source::Database
+    } else {
+        Source::Cache
+    });
+    Ok(match source {
+        Source::Database => {
+            let url = database_url(cli)?;
+            // Refuses a database without larder's tables before the store's own schema
+            // step could create anything in it.
+            open_existing(url).await?;
+            let b = crate::connect(url).await?;
+            let name = b.capabilities().name;
+            (b, format!("{name} larder_kv"))
+        }
+        Source::Cache => {
+            let b = open_cache(cli).await?;
+            let name = b.capabilities().name;
+            (b, format!("cache ({name})"))
+        }
+    })
+}
+
+/// "by WHO at TIME".
+fn paused(p: &Pause) -> String {
+    format!("by {} at {}", p.by, ts(p.at_ms))
+}
+
+async fn admin(cli: &Cli, args: &TaskArgs) -> Result<TaskAdmin> {
+    let (backend, _) = coord_backend(cli, args.from).await?;
+    TaskAdmin::new(backend)
+}
+
+/// Who acts: `--by`, else `$USER`, else "larder-cli".
+fn who(by: &Option<String>) -> String {
+    by.clone()
+        .or_else(|| std::env::var("USER").ok())
+        .filter(|b| !b.is_empty())
+        .unwrap_or_else(|| "larder-cli".to_owned())
+}
+
+pub(super) async fn run_now(cli: &Cli, args: &RunArgs) -> Result<String> {
+    let name = &args.task.name;
+    let id = args
+        .request_id
+        .clone()
+        .unwrap_or_else(|| format!("cli-{}", HolderId::generate().as_str()));
+    let (request, made) = admin(cli, &args.task)
+        .await?
+        .run_now(name, &id, &who(&args.by), args.force)
+        .await?;
+    let state = match request.token {
+        Some(token) => format!("claimed, token {token}"),
+        None => "waiting for a process".to_owned(),
+    };
+    Ok(if made {
+        format!("requested a run of {name} (request {id}): {state}\n")
+    } else {
+        format!(
+            "request {id} for {name} was already made by {} at {}: {state}\n",
+            request.by,
+            ts(request.at_ms)
+        )
+    })
+}
+
+pub(super) async fn pause(cli: &Cli, args: &PauseArgs) -> Result<String> {
+    let by = who(&args.by);
+    let name = &args.task.name;
+    let (p, now_paused) = admin(cli, &args.task).await?.pause(name, &by).await?;
+    Ok(if now_paused {
+        format!("paused {name} {}\n", paused(&p))
+    } else {
+        format!("{name} was already paused {}\n", paused(&p))
+    })
+}
+
+pub(super) async fn resume(cli: &Cli, args: &TaskArgs) -> Result<String> {
+    let name = &args.name;
+    Ok(match admin(cli, args).await?.resume(name).await? {
+        Some(p) => format!("resumed {name} (paused {})\n", paused(&p)),
+        None => format!("{name} was not paused\n"),
+    })
+}
+
+pub(super) async fn history(cli: &Cli, args: &HistoryArgs) -> Result<String> {
+    let name = &args.task.name;
+    let runs = admin(cli, &args.task).await?.history(name).await?;
+    if args.json {
+        let list: Vec<serde_json::Value> = runs
+            .iter()
+            .map(|h| {
+                serde_json::json!({
+                    "trigger": h.trigger.as_ref().map_or("period", |_| "request"),
+                    "request_id": h.trigger,
+                    "period_ms": h.period,
+                    "holder": h.holder,
+                    "token": h.token,
+                    "started_at_ms": h.started_at_ms,
+                    "finished_at_ms": h.finished_at_ms,
+                    "outcome": h.outcome.name(),
+                    "error": match &h.outcome {
+                        Outcome::Error(e) => Some(e.as_str()),
+                        _ => None,
+                    },
+                })
+            })
+            .collect();
+        return Ok(format!("{}\n", serde_json::Value::Array(list)));
+    }
+    let mut rows = vec![["TRIGGER", "HOLDER", "TOKEN", "START", "END", "OUTCOME"]
+        .map(str::to_owned)
+        .to_vec()];
+    for h in &runs {
+        let outcome = match &h.outcome {
+            Outcome::Error(e) => format!(
+                "error: {}",
+                e.split_whitespace().collect::<Vec<_>>().join(" ")
+            ),
+            o => o.name().to_owned(),
+        };
+        rows.push(vec![
+            h.trigger.as_ref().map_or_else(
+                || format!("period {}", ts(h.period)),
+                |id| format!("request {id}"),
+            ),
+            h.holder.clone(),
+            h.token.to_string(),
+            ts(h.started_at_ms),
+            ts(h.finished_at_ms),
+            outcome,
+        ]);
+    }
+    let mut out = format!("{} runs of {name}, oldest first\n", runs.len());
     table(&mut out, &rows);
     Ok(out)
 }

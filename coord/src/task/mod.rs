@@ -24,6 +24,8 @@ use crate::lease::check_backend;
 use crate::liveness::{Look, Watcher};
 use larder_cache_api::{Cache, DynBackend, Error, ErrorKind, Key, Result, Version};
 
+mod admin;
+mod history;
 mod last_write;
 pub(crate) mod plan;
 mod record;
@@ -31,7 +33,13 @@ mod runner;
 mod spec;
 mod store;
 
-pub use record::{Heartbeat, RunInfo, TaskRecord, MAX_RUNS_IN_PROGRESS};
+pub use admin::TaskAdmin;
+pub use admin::MAX_REQUEST_ID;
+pub use record::{
+    Heartbeat, HistoryEntry, Outcome, Pause, RunInfo, RunRequest, TaskRecord, DEFAULT_HISTORY,
+    MAX_ERROR_CHARS, MAX_HISTORY, MAX_REMEMBERED_REQUESTS, MAX_RUNS_IN_PROGRESS,
+    MAX_WAITING_REQUESTS,
+};
 pub use spec::{Candidacy, Claim, RunContext, RunMode, SchedulerConfig, TaskSpec, TaskStatus};
 
 use last_write::LastWrite;
@@ -84,6 +92,8 @@ pub struct Scheduler {
     seen: Mutex<Watcher<(String, u64), Sign>>,
     /// The runs going on in this process (task, token): never judged dead by it.
     here: Mutex<HashSet<(String, u64)>>,
+    /// The run history of each task as this process last wrote it.
+    history: history::LastHistory,
 }
 
 impl fmt::Debug for Scheduler {
@@ -110,6 +120,7 @@ impl Scheduler {
             tasks: Vec::new(),
             seen: Mutex::new(Watcher::default()),
             here: Mutex::new(HashSet::new()),
+            history: history::LastHistory::default(),
         })
     }
 
@@ -123,6 +134,17 @@ impl Scheduler {
     pub fn with_task(mut self, task: TaskSpec) -> Result<Self> {
         task.schedule.check()?;
         task.misfire.check()?;
+        if task.history == 0 || task.history > record::MAX_HISTORY {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "task {:?}: a history of {} runs; it keeps 1 to {} runs",
+                    task.name,
+                    task.history,
+                    record::MAX_HISTORY
+                ),
+            ));
+        }
         Key::new(format!("larder:task:{}", task.name))?;
         if self.tasks.iter().any(|t| t.name == task.name) {
             return Err(Error::new(
@@ -134,9 +156,55 @@ impl Scheduler {
         Ok(self)
     }
 
+    /// A handle that pauses and resumes this scheduler's tasks across the deployment
+    /// (every scheduler that shares the store honours it before its next claim).
+    pub fn admin(&self) -> TaskAdmin {
+        TaskAdmin::of(self)
+    }
+
+    /// Pauses task `name` everywhere ([`TaskAdmin::pause`]); `by` says who.
+    pub async fn pause(&self, name: &str, by: &str) -> Result<(Pause, bool)> {
+        self.admin().pause(name, by).await
+    }
+
+    /// The last runs of task `name` that ended, oldest first ([`TaskAdmin::history`]).
+    pub async fn history(&self, name: &str) -> Result<Vec<HistoryEntry>> {
+        self.admin().history(name).await
+    }
+
+    /// Resumes task `name` everywhere ([`TaskAdmin::resume`]).
+    pub async fn resume(&self, name: &str) -> Result<Option<Pause>> {
+        self.admin().resume(name).await
+    }
+
+    /// Requests one run of task `name` now, across the deployment
+    /// ([`TaskAdmin::run_now`]).
+    pub async fn run_now(
+        &self,
+        name: &str,
+        request_id: &str,
+        by: &str,
+        force: bool,
+    ) -> Result<(RunRequest, bool)> {
+        self.admin().run_now(name, request_id, by, force).await
+    }
+
     /// This process's holder id.
     pub fn holder(&self) -> &HolderId {
         &self.holder
+    }
+
+    /// Whether `task`'s current period is longer than the run-now request check.
+    fn rarer_than_request_check(&self, task: &TaskSpec) -> bool {
+        let Some(check) = self.config.request_check else {
+            return false;
+        };
+        let now = self.clock.now_ms();
+        let period = task
+            .schedule
+            .period_at(now)
+            .and_then(|p| task.schedule.next(p).map(|n| n.saturating_sub(p)));
+        period.is_none_or(|ms| ms > check.as_millis() as i64)
     }
 
     fn eligible(&self, task: &TaskSpec) -> bool {
@@ -209,6 +277,7 @@ impl Scheduler {
             let Some(plan::Write {
                 record: next,
                 claim,
+                ended,
                 ..
             }) = decision.write
             else {
@@ -220,6 +289,7 @@ impl Scheduler {
                 Ok(Ok(v)) => {
                     last.set(next, v);
                     self.here.lock().insert((claim.task.clone(), claim.token));
+                    self.add_history(&task.name, ended).await;
                     step.claim = Some((claim, claimed_at));
                     break;
                 }
@@ -262,7 +332,8 @@ impl Scheduler {
         claim: &Claim,
         outcome: std::result::Result<(), String>,
     ) -> Result<bool> {
-        self.record_end(claim, outcome, &LastWrite::default()).await
+        self.record_end(claim, outcome, false, &LastWrite::default())
+            .await
     }
     /// Proves a run is alive (changes its record; while runs overlap, counts a heartbeat of
     /// this run in it) if it is still in progress as ours; `false` if another process has
@@ -307,6 +378,7 @@ impl Scheduler {
                 overlapping: rec.overlapping,
                 last_run: rec.last_run,
                 next_due_ms,
+                paused: rec.paused,
             });
         }
         Ok(out)
@@ -322,11 +394,26 @@ impl Scheduler {
         let stop = CancellationToken::new();
         let s2 = stop.clone();
         let handle = tokio::spawn(async move {
+            // So that operators' tools know the deployment's task names.
+            let names: Vec<String> = self.tasks.iter().map(|t| t.name.clone()).collect();
+            if let Err(e) = admin::register(&self.cache, &names).await {
+                tracing::warn!(error = %e, "registering the task names failed");
+            }
             let mut loops = tokio::task::JoinSet::new();
+            let mut bells = Vec::new();
             for index in 0..self.tasks.len() {
                 if self.eligible(&self.tasks[index]) {
-                    loops.spawn(self.clone().task_loop(index, s2.clone()));
+                    let bell = Arc::new(tokio::sync::Notify::new());
+                    // A task whose periods come at least as often as the doorbell would be
+                    // read finds its requests at its next period's read anyway.
+                    if self.rarer_than_request_check(&self.tasks[index]) {
+                        bells.push(bell.clone());
+                    }
+                    loops.spawn(self.clone().task_loop(index, bell, s2.clone()));
                 }
+            }
+            if !bells.is_empty() {
+                loops.spawn(self.clone().doorbell(bells, s2.clone()));
             }
             while loops.join_next().await.is_some() {}
         });

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use larder_cache_api::Version;
 
-use super::record::{RunInfo, TaskRecord, MAX_RUNS_IN_PROGRESS};
+use super::record::{HistoryEntry, Outcome, RunInfo, TaskRecord, MAX_RUNS_IN_PROGRESS};
 use super::spec::{Claim, RunMode, TaskSpec};
 use crate::token;
 
@@ -33,6 +33,9 @@ pub struct Write {
     /// `true`: a dead run taken over (same period, higher token; at-least-once only);
     /// `false`: a period claimed for the first time.
     pub takeover: bool,
+    /// The runs this write ends (taken over, or recorded as abandoned), for the task's
+    /// history once the write succeeded.
+    pub ended: Vec<HistoryEntry>,
 }
 
 /// The decision about one task on one view of its record.
@@ -45,6 +48,8 @@ pub struct Decision {
     pub watch: Option<Instant>,
     /// A due period waits for runs in progress to end.
     pub blocked: bool,
+    /// The task is paused: no period is claimed.
+    pub paused: bool,
 }
 
 /// The decision about `task` for the process `holder` at `now` (its wall clock, ms) on the
@@ -64,7 +69,10 @@ pub struct Decision {
 /// * at most once, a dead run is recorded as abandoned, never run again (written only with
 ///   a claim);
 /// * no period is claimed while [`MAX_RUNS_IN_PROGRESS`] runs are in progress, or while any
-///   is unless the task allows overlap: the period is then `blocked`.
+///   is unless the task allows overlap: the period (or request) is then `blocked`;
+/// * no period is claimed while the record says the task is paused (`paused`);
+/// * with no period due, the oldest run-now request waiting is claimed (while paused, only a
+///   forced one), as a run of its own: `last_period` is unchanged, the run's period is `now`.
 pub fn plan(
     task: &TaskSpec,
     holder: &str,
@@ -80,26 +88,42 @@ pub fn plan(
         ..Decision::default()
     };
     let is_dead = |r: &RunInfo| dead.tokens.contains(&r.token);
+    let mut ended = Vec::new();
     if rec.runs_in_progress().any(is_dead) {
         let mut runs = rec.take_runs();
         if task.mode == RunMode::AtLeastOnce {
             // Take the oldest dead run over: same period, higher token. The live runs go on
             // untouched.
             let i = runs.iter().position(is_dead).unwrap_or_default();
+            let old = runs[i].token;
+            let ended = vec![rec.history_entry(&runs[i], Outcome::TakenOver, now)];
             rec.token = token::after(rec.token);
+            // A run-now request's run is taken over as its request's.
+            let trigger = rec
+                .requests
+                .iter_mut()
+                .find(|r| r.token == Some(old))
+                .map(|r| {
+                    r.token = Some(rec.token);
+                    r.id.clone()
+                });
             let claim = Claim {
                 task: task.name.clone(),
                 period: runs[i].period,
                 token: rec.token,
                 started_at_ms: now,
+                trigger,
             };
             runs[i] = started(claim.period, holder, &claim, now);
-            decision.write = Some(Write::of(rec, runs, claim, true));
+            let mut write = Write::of(rec, runs, claim, true);
+            write.ended = ended;
+            decision.write = Some(write);
             return decision;
         }
         // At most once: a dead run is recorded as abandoned, never repeated.
         let (gone, alive): (Vec<RunInfo>, Vec<RunInfo>) = runs.into_iter().partition(is_dead);
         for run in gone {
+            ended.push(rec.history_entry(&run, Outcome::Abandoned, now));
             rec.set_last_run(RunInfo {
                 finished_at_ms: None,
                 outcome: Some(Err("abandoned: its process stopped heartbeating".into())),
@@ -108,14 +132,24 @@ pub fn plan(
         }
         rec.put_runs(alive);
     }
-    // The oldest period the task's misfire policy still runs.
-    let Some(period) = task
+    // Paused by an operator: no period starts (the takeover above continues a period
+    // claimed before; an abandoned run is recorded with the next claim), only a forced
+    // run-now request.
+    decision.paused = rec.paused.is_some();
+    // The oldest period the task's misfire policy still runs, else the oldest run-now
+    // request waiting: a period is due at a time, a request can wait.
+    let period = task
         .misfire
         .periods_to_claim(&task.schedule, rec.last_period, now)
         .next()
-    else {
+        .filter(|_| !decision.paused);
+    let request = rec
+        .requests
+        .iter()
+        .position(|r| r.token.is_none() && (r.forced || !decision.paused));
+    if period.is_none() && request.is_none() {
         return decision;
-    };
+    }
     let in_progress = rec.runs_in_progress().count();
     // (Dead runs recorded as abandoned above are written only with a claim; until then
     // every process sees them as they are.)
@@ -124,19 +158,41 @@ pub fn plan(
         decision.watch = dead.recheck;
         return decision;
     }
-    rec.last_period = Some(period);
     // A record created now (first claim, or the store lost it) starts at a time-based
     // token, above every token of a lost record (see `token`).
     rec.token = token::next(version.map(|_| rec.token), now);
+    let Some(period) = period else {
+        // A run-now request: a run of its own, named by the time it starts; the schedule's
+        // periods are untouched.
+        let r = &mut rec.requests[request.unwrap_or_default()];
+        r.token = Some(rec.token);
+        let claim = Claim {
+            task: task.name.clone(),
+            period: now,
+            token: rec.token,
+            started_at_ms: now,
+            trigger: Some(r.id.clone()),
+        };
+        let mut runs = rec.take_runs();
+        runs.push(started(now, holder, &claim, now));
+        let mut write = Write::of(rec, runs, claim, false);
+        write.ended = ended;
+        decision.write = Some(write);
+        return decision;
+    };
+    rec.last_period = Some(period);
     let claim = Claim {
         task: task.name.clone(),
         period,
         token: rec.token,
         started_at_ms: now,
+        trigger: None,
     };
     let mut runs = rec.take_runs();
     runs.push(started(period, holder, &claim, now));
-    decision.write = Some(Write::of(rec, runs, claim, false));
+    let mut write = Write::of(rec, runs, claim, false);
+    write.ended = ended;
+    decision.write = Some(write);
     decision
 }
 
@@ -163,6 +219,7 @@ impl Write {
             record: rec,
             claim,
             takeover,
+            ended: Vec::new(),
         }
     }
 }

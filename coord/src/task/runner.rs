@@ -10,6 +10,7 @@ use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use super::last_write::LastWrite;
+use super::record::MAX_WAITING_REQUESTS;
 use super::spec::{Claim, RunContext, TaskSpec};
 use super::store::lost_races;
 use super::{Scheduler, Step};
@@ -54,8 +55,10 @@ impl Scheduler {
         let mut done = Vec::new();
         for task in &self.tasks {
             let last = LastWrite::default();
-            // The misfire policy may leave several due periods: claim them one by one.
-            for _ in 0..task.misfire.claims_per_pass() {
+            // The misfire policy may leave several due periods, and run-now requests may be
+            // waiting: claim them one by one.
+            let most = task.misfire.claims_per_pass() as usize + MAX_WAITING_REQUESTS;
+            for _ in 0..most {
                 let Some((claim, claimed_at)) = self.step(task, &last).await?.claim else {
                     break;
                 };
@@ -93,6 +96,7 @@ impl Scheduler {
             task: claim.task.clone(),
             period: claim.period,
             token: claim.token,
+            trigger: claim.trigger.clone(),
             cancel: cancel.clone(),
         };
         let timing = self.config.lease;
@@ -149,7 +153,10 @@ impl Scheduler {
         if let Err(e) = &outcome {
             tracing::warn!(task = %claim.task, period = claim.period, error = %e, "task run failed");
         }
-        self.finish_retrying(claim, outcome, last).await
+        // A job that returns once its run was cancelled (the scheduler stopping) is
+        // recorded as cancelled in the history.
+        self.finish_retrying(claim, outcome, cancel.is_cancelled(), last)
+            .await
     }
 
     /// [`finish`](Scheduler::finish), retried with backoff until the end is recorded (`true`),
@@ -158,6 +165,7 @@ impl Scheduler {
         &self,
         claim: &Claim,
         outcome: std::result::Result<(), String>,
+        cancelled: bool,
         last: &LastWrite,
     ) -> Result<bool> {
         let timing = self.config.lease;
@@ -166,7 +174,10 @@ impl Scheduler {
                 .deadline(timing.lease);
         let mut failure = None;
         while tries.next_attempt().await {
-            match self.record_end(claim, outcome.clone(), last).await {
+            match self
+                .record_end(claim, outcome.clone(), cancelled, last)
+                .await
+            {
                 Ok(true) => return Ok(true),
                 Ok(false) => {
                     tracing::warn!(task = %claim.task, period = claim.period, token = claim.token,
@@ -183,8 +194,52 @@ impl Scheduler {
         Err(failure.unwrap_or_else(|| lost_races(&claim.task, "recording the end of a run")))
     }
 
-    /// The loop of the task at `index`.
-    pub(super) async fn task_loop(self: Arc<Self>, index: usize, stop: CancellationToken) {
+    /// Reads the deployment's run-now doorbell every
+    /// [`request_check`](crate::SchedulerConfig::request_check) and rings `bells` (one per
+    /// task loop) when it changed (and at the first read: a request made before it).
+    pub(super) async fn doorbell(
+        self: Arc<Self>,
+        bells: Vec<Arc<tokio::sync::Notify>>,
+        stop: CancellationToken,
+    ) {
+        let Some(every) = self.config.request_check else {
+            return;
+        };
+        let key = match super::admin::doorbell_key() {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::warn!(error = %e, "no run-now doorbell");
+                return;
+            }
+        };
+        let mut seen = None;
+        loop {
+            match self.cache.get::<u64>(&key).await {
+                Ok(now) => {
+                    let now = now.unwrap_or(0);
+                    if seen != Some(now) {
+                        seen = Some(now);
+                        for bell in &bells {
+                            bell.notify_one();
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "reading the run-now doorbell failed"),
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+        }
+    }
+
+    /// The loop of the task at `index`; `bell` rings when run-now requests may be waiting.
+    pub(super) async fn task_loop(
+        self: Arc<Self>,
+        index: usize,
+        bell: Arc<tokio::sync::Notify>,
+        stop: CancellationToken,
+    ) {
         let task = &self.tasks[index];
         let last = Arc::new(LastWrite::default());
         let mut runs = tokio::task::JoinSet::new();
@@ -197,6 +252,7 @@ impl Scheduler {
                     biased;
                     _ = stop.cancelled() => break,
                     _ = self.until(wake) => {}
+                    _ = bell.notified() => {}
                     ended = runs.join_next(), if !runs.is_empty() => {
                         if let Some(Err(e)) = ended {
                             tracing::warn!(task = %task.name, error = %e, "a run panicked");

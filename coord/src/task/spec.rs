@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::record::RunInfo;
+use super::record::{Pause, RunInfo};
 use crate::lease::{Durability, LeaseConfig};
 use crate::misfire::MisfirePolicy;
 use crate::schedule::Schedule;
@@ -62,6 +62,9 @@ pub struct RunContext {
     /// The fencing token of this run: pass it to fenced writes. It grows with every claim of
     /// the task, so a later run always carries a larger one.
     pub token: u64,
+    /// The id of the run-now request this run answers (`None`: a period of the schedule;
+    /// then `period` is the time the request was claimed).
+    pub trigger: Option<String>,
     /// Cancelled when this process may lose the run, before anyone else can take it over:
     /// when no heartbeat of the run has succeeded for the lease's `renew_deadline` (from the
     /// start of the last one that did, or of the claim), or a heartbeat finds that another
@@ -95,6 +98,7 @@ pub struct TaskSpec {
     pub(crate) misfire: MisfirePolicy,
     pub(crate) allow_overlap: bool,
     pub(crate) pinned_to: Option<Vec<String>>,
+    pub(crate) history: usize,
     pub(crate) job: Job,
 }
 
@@ -107,6 +111,7 @@ impl fmt::Debug for TaskSpec {
             .field("misfire", &self.misfire)
             .field("allow_overlap", &self.allow_overlap)
             .field("pinned_to", &self.pinned_to)
+            .field("history", &self.history)
             .finish()
     }
 }
@@ -126,6 +131,7 @@ impl TaskSpec {
             misfire: MisfirePolicy::default(),
             allow_overlap: false,
             pinned_to: None,
+            history: super::record::DEFAULT_HISTORY,
             job: Arc::new(move |ctx| Box::pin(job(ctx))),
         }
     }
@@ -149,6 +155,17 @@ impl TaskSpec {
     /// new period is claimed while [`MAX_RUNS_IN_PROGRESS`](crate::MAX_RUNS_IN_PROGRESS) runs are in progress.
     pub fn allow_overlap(mut self, yes: bool) -> Self {
         self.allow_overlap = yes;
+        self
+    }
+
+    /// How many ended runs the task's record keeps ([`TaskRecord::history`](crate::TaskRecord::history);
+    /// default [`DEFAULT_HISTORY`](crate::DEFAULT_HISTORY)): 1 to
+    /// [`MAX_HISTORY`](crate::MAX_HISTORY), else [`Scheduler::with_task`](crate::Scheduler::with_task)
+    /// refuses the task with a `Config` error. The history is written with the writes the
+    /// runs make anyway (the end of a run; a takeover, an abandoned run with the next
+    /// claim): no extra write, a larger record.
+    pub fn history(mut self, runs: usize) -> Self {
+        self.history = runs;
         self
     }
 
@@ -196,6 +213,13 @@ pub struct SchedulerConfig {
     /// stay unchanged before it counts as abandoned), and the [`Durability`] required of the
     /// store.
     pub lease: LeaseConfig,
+    /// How often a [`spawn`](crate::Scheduler::spawn)ed scheduler reads the deployment's
+    /// run-now doorbell (default 5 s; `None`: never, and run-now requests wait for the next
+    /// period). The delay of a run-now request; it costs one read per process per check,
+    /// whatever the number of tasks (20 processes at 5 s: 4 reads a second), and only
+    /// processes with a task whose period is longer than the check read it (a task with
+    /// shorter periods finds its requests at its next period's claim attempt).
+    pub request_check: Option<Duration>,
 }
 
 impl Default for SchedulerConfig {
@@ -206,6 +230,7 @@ impl Default for SchedulerConfig {
             poll: Duration::from_millis(500),
             jitter: Duration::from_millis(250),
             lease: LeaseConfig::default(),
+            request_check: Some(Duration::from_secs(5)),
         }
     }
 }
@@ -236,6 +261,11 @@ impl SchedulerConfig {
         self.lease = l;
         self
     }
+    /// Sets how often the run-now doorbell is read (`None`: never).
+    pub fn request_check(mut self, every: Option<Duration>) -> Self {
+        self.request_check = every;
+        self
+    }
     /// Sets the [`Durability`] required of the store (kept in [`lease`](Self::lease)).
     pub fn durability(mut self, d: Durability) -> Self {
         self.lease.durability = d;
@@ -254,6 +284,8 @@ pub struct Claim {
     pub token: u64,
     /// When it was claimed (this process's clock, ms).
     pub started_at_ms: i64,
+    /// The run-now request it answers (`None`: a period of the schedule).
+    pub trigger: Option<String>,
 }
 
 /// The status of a task, for operators.
@@ -274,4 +306,6 @@ pub struct TaskStatus {
     pub last_run: Option<RunInfo>,
     /// When the next period starts (ms since the epoch).
     pub next_due_ms: Option<i64>,
+    /// Who paused the task and when, while it is paused.
+    pub paused: Option<Pause>,
 }

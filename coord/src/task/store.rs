@@ -5,10 +5,10 @@
 use std::time::Duration;
 
 use super::last_write::LastWrite;
-use super::record::{decode, Heartbeat, RunInfo, TaskRecord};
+use super::record::{decode, Heartbeat, Outcome, RunInfo, TaskRecord};
 use super::spec::Claim;
 use super::Scheduler;
-use larder_cache_api::{Error, ErrorKind, Key, Result, Version};
+use larder_cache_api::{Cache, Error, ErrorKind, Key, Result, Version};
 
 /// The retries of a read-and-compare-and-swap on a task record that lost a race.
 fn cas_retries() -> larder_cache_api::retry::Backoff {
@@ -25,7 +25,7 @@ pub(super) fn lost_races(task: &str, what: &str) -> Error {
 }
 
 /// A record as stored, or `None` (absent) with no version.
-type Stored = (TaskRecord, Option<Version>);
+pub(super) type Stored = (TaskRecord, Option<Version>);
 
 /// What an edit of a task record does on the record it is given.
 enum Edit<T> {
@@ -43,7 +43,15 @@ impl Scheduler {
 
     /// The record of a task with its version.
     pub(super) async fn load(&self, key: &Key) -> Result<Option<(TaskRecord, Version)>> {
-        let Some(entry) = self.cache.backend().get(key).await? else {
+        Self::load_from(&self.cache, key).await
+    }
+
+    /// [`load`](Self::load) from `cache` (the operators' handle has no scheduler).
+    pub(super) async fn load_from(
+        cache: &Cache,
+        key: &Key,
+    ) -> Result<Option<(TaskRecord, Version)>> {
+        let Some(entry) = cache.backend().get(key).await? else {
             return Ok(None);
         };
         Ok(Some((decode(&entry)?, entry.version)))
@@ -58,9 +66,19 @@ impl Scheduler {
         rec: &TaskRecord,
         version: Option<Version>,
     ) -> Result<std::result::Result<Version, Stored>> {
+        Self::put_to(&self.cache, key, rec, version).await
+    }
+
+    /// [`put`](Self::put) to `cache`.
+    pub(super) async fn put_to(
+        cache: &Cache,
+        key: &Key,
+        rec: &TaskRecord,
+        version: Option<Version>,
+    ) -> Result<std::result::Result<Version, Stored>> {
         let res = match version {
-            None => self.cache.create(key, rec, None).await,
-            Some(v) => self.cache.replace(key, rec, None, v).await,
+            None => cache.create(key, rec, None).await,
+            Some(v) => cache.replace(key, rec, None, v).await,
         };
         match res {
             Ok(v) => Ok(Ok(v)),
@@ -121,9 +139,16 @@ impl Scheduler {
         &self,
         claim: &Claim,
         outcome: std::result::Result<(), String>,
+        cancelled: bool,
         last: &LastWrite,
     ) -> Result<bool> {
         let key = Self::key(&claim.task)?;
+        let ended = match (&outcome, cancelled) {
+            (_, true) => Outcome::Cancelled,
+            (Ok(()), false) => Outcome::Ok,
+            (Err(e), false) => Outcome::Error(e.clone()),
+        };
+
         let mine = RunInfo {
             period: claim.period,
             holder: self.holder.as_str().to_owned(),
@@ -132,6 +157,7 @@ impl Scheduler {
             finished_at_ms: Some(self.clock.now_ms()),
             outcome: Some(outcome),
         };
+        let mut entry = None;
         let recorded = self
             .edit(
                 &key,
@@ -166,11 +192,21 @@ impl Scheduler {
                             _ => {}
                         }
                     }
+                    entry = Some(rec.history_entry(
+                        &mine,
+                        ended.clone(),
+                        mine.finished_at_ms.unwrap_or(mine.started_at_ms),
+                    ));
                     rec.set_last_run(mine.clone());
                     Edit::Write(true)
                 },
             )
             .await?;
+        if recorded == Some(true) {
+            if let Some(entry) = entry {
+                self.add_history(&claim.task, vec![entry]).await;
+            }
+        }
         Ok(recorded.unwrap_or(false))
     }
 

@@ -734,7 +734,32 @@ fn task_json(t: &TaskStatus) -> Value {
         "running": t.running.as_ref().map(run),
         "last_run": t.last_run.as_ref().map(run),
         "next_due_ms": t.next_due_ms,
+        "paused": t.paused.as_ref().map(|p| json!({ "by": p.by, "at_ms": p.at_ms })),
     })
+}
+
+/// How many of a task's last runs the status shows.
+const STATUS_HISTORY: usize = 10;
+
+/// The last runs of a task, oldest first, as the status shows them.
+fn history_json(h: &[larder::coord::HistoryEntry]) -> Value {
+    let from = h.len().saturating_sub(STATUS_HISTORY);
+    Value::Array(
+        h[from..]
+            .iter()
+            .map(|r| {
+                json!({
+                    "request_id": r.trigger,
+                    "period": r.period,
+                    "holder": r.holder,
+                    "token": r.token,
+                    "started_at_ms": r.started_at_ms,
+                    "finished_at_ms": r.finished_at_ms,
+                    "outcome": r.outcome.name(),
+                })
+            })
+            .collect(),
+    )
 }
 
 async fn status_value(s: &Shared) -> Value {
@@ -754,7 +779,18 @@ async fn status_value(s: &Shared) -> Value {
         Err(e) => json!({ "error": e.to_string() }),
     };
     let tasks = match s.scheduler.status().await {
-        Ok(ts) => Value::Array(ts.iter().map(task_json).collect()),
+        Ok(ts) => {
+            let mut list = Vec::new();
+            for t in &ts {
+                let mut v = task_json(t);
+                v["history"] = match s.scheduler.history(&t.name).await {
+                    Ok(h) => history_json(&h),
+                    Err(e) => json!({ "error": e.to_string() }),
+                };
+                list.push(v);
+            }
+            Value::Array(list)
+        }
         Err(e) => json!({ "error": e.to_string() }),
     };
     let is_leader = matches!(&*s.role.borrow(), Role::Leader(_));

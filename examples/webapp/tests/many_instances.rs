@@ -162,6 +162,23 @@ async fn three_instances_share_sessions_and_coordinate() {
         runs1 += n;
         runners += u64::from(n > 0);
     }
+    // The task's history (the status shows its last ten runs) has each run seen, once.
+    let history = task_of(&c.status(&bases[0]).await)["history"].clone();
+    let history = history.as_array().expect("a history").clone();
+    for (period, (token, holder)) in &seen {
+        let found: Vec<_> = history
+            .iter()
+            .filter(|h| h["token"].as_u64() == Some(*token))
+            .collect();
+        if history.len() == 10 && found.is_empty() {
+            continue; // older than the ten shown
+        }
+        assert_eq!(found.len(), 1, "period {period} in {history:?}");
+        assert_eq!(found[0]["period"].as_i64(), Some(*period));
+        assert_eq!(found[0]["holder"].as_str(), Some(holder.as_str()));
+        assert_eq!(found[0]["outcome"], "ok");
+    }
+    assert!(task_of(&c.status(&bases[0]).await)["paused"].is_null());
     let claims = token1 - token0;
     let periods = elapsed.as_secs() + 2;
     assert!(

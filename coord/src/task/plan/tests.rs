@@ -221,6 +221,23 @@ proptest! {
     }
 
     #[test]
+    fn a_paused_task_claims_no_period_and_keeps_its_pause(c in case()) {
+        let mut c = c;
+        c.rec.paused = Some(crate::task::record::Pause { by: "op".into(), at_ms: 1 });
+        let d = decide(&c);
+        prop_assert!(d.paused || d.write.as_ref().is_some_and(|w| w.takeover));
+        if let Some(w) = d.write {
+            // Only the takeover of a dead at-least-once run, claimed before the pause.
+            prop_assert!(w.takeover);
+            prop_assert_eq!(w.record.last_period, c.rec.last_period);
+            prop_assert_eq!(&w.record.paused, &c.rec.paused);
+        }
+        // Unpaused, the same case decides as before pauses existed.
+        c.rec.paused = None;
+        prop_assert!(!decide(&c).paused);
+    }
+
+    #[test]
     fn records_keep_their_shape(c in case()) {
         let Some(w) = decide(&c).write else { return Ok(()) };
         let runs: Vec<_> = w.record.runs_in_progress().collect();
@@ -276,4 +293,98 @@ fn a_taken_over_run_keeps_its_period_and_the_live_one_goes_on() {
         .map(|r| (r.period, r.token))
         .collect();
     assert_eq!(runs, vec![(1000, 12), (2000, 11)]);
+}
+
+/// A run-now request waiting on a record whose period is claimed.
+fn requested(forced: bool, paused: bool) -> TaskRecord {
+    TaskRecord {
+        last_period: Some(2000),
+        token: 11,
+        paused: paused.then(|| crate::task::record::Pause {
+            by: "op".into(),
+            at_ms: 1,
+        }),
+        requests: vec![crate::task::record::RunRequest {
+            id: "r1".into(),
+            by: "op".into(),
+            at_ms: 2100,
+            forced,
+            token: None,
+        }],
+        ..TaskRecord::default()
+    }
+}
+
+#[test]
+fn a_run_now_request_is_claimed_as_a_run_of_its_own_unless_paused() {
+    let t = task(1000, MisfirePolicy::RunLatest, RunMode::AtMostOnce, false);
+    let v = Some(Version::from_raw(1));
+    let none = DeadRuns::default();
+    let d = plan(&t, ME, 2500, requested(false, false), v, &none);
+    let w = d.write.expect("the request is claimed");
+    assert_eq!(w.claim.trigger.as_deref(), Some("r1"));
+    assert_eq!((w.claim.period, w.claim.token), (2500, 12));
+    assert_eq!(
+        w.record.last_period,
+        Some(2000),
+        "the schedule is untouched"
+    );
+    assert_eq!(w.record.requests[0].token, Some(12));
+    assert_eq!(w.record.running.as_ref().map(|r| r.token), Some(12));
+    // Claimed: nothing more is due until the next period.
+    let mut ended = w.record;
+    ended.running = None;
+    assert!(plan(&t, ME, 2600, ended, v, &none).write.is_none());
+    // A due period goes first; the request waits for its run (no overlap).
+    let d = plan(&t, ME, 3100, requested(false, false), v, &none);
+    let w = d.write.expect("the period");
+    assert_eq!((w.claim.period, w.claim.trigger), (3000, None));
+    let d = plan(&t, ME, 3200, w.record, v, &none);
+    assert!(d.write.is_none() && d.blocked, "{d:?}");
+    // Paused: only a forced request runs.
+    let d = plan(&t, ME, 2500, requested(false, true), v, &none);
+    assert!(d.write.is_none() && d.paused);
+    let d = plan(&t, ME, 3100, requested(true, true), v, &none);
+    let w = d.write.expect("the forced request");
+    assert_eq!(w.claim.trigger.as_deref(), Some("r1"));
+    assert_eq!(w.record.last_period, Some(2000), "no period while paused");
+}
+
+#[test]
+fn a_dead_requested_run_is_taken_over_as_its_request() {
+    let t = task(1000, MisfirePolicy::RunLatest, RunMode::AtLeastOnce, false);
+    let v = Some(Version::from_raw(1));
+    let w = plan(
+        &t,
+        "other",
+        2500,
+        requested(false, false),
+        v,
+        &DeadRuns::default(),
+    )
+    .write
+    .expect("claimed");
+    let dead = DeadRuns {
+        tokens: vec![12],
+        recheck: None,
+    };
+    let w = plan(&t, ME, 2600, w.record, v, &dead)
+        .write
+        .expect("taken over");
+    assert!(w.takeover);
+    assert_eq!((w.claim.period, w.claim.token), (2500, 13));
+    assert_eq!(w.claim.trigger.as_deref(), Some("r1"));
+    assert_eq!(w.record.requests[0].token, Some(13));
+    // For the history: the first run was taken over, for its request.
+    let h = &w.ended;
+    assert_eq!(h.len(), 1);
+    assert_eq!(
+        (h[0].token, &h[0].outcome),
+        (12, &crate::task::record::Outcome::TakenOver)
+    );
+    assert_eq!(
+        (h[0].holder.as_str(), h[0].trigger.as_deref()),
+        ("other", Some("r1"))
+    );
+    assert_eq!(h[0].finished_at_ms, 2600);
 }
