@@ -128,8 +128,10 @@ impl FaultProxy {
     /// On a proxy from [`start_postgres`](Self::start_postgres): from now on, every
     /// `every`-th execution of a statement whose text contains `needle` (a prepared one
     /// executed by name, or a simple query) has its reply lost as with
-    /// [`lose_reply_to`](Self::lose_reply_to), at most `limit` times in all. Replaces the
-    /// previous rule, and starts counting anew.
+    /// [`lose_reply_to`](Self::lose_reply_to), at most `limit` times in all. On a proxy from
+    /// [`start`](Self::start), every `every`-th read from a client that contains `needle`
+    /// (one request, or several pipelined ones). Replaces the previous rule, and starts
+    /// counting anew.
     pub fn lose_statement_replies(&self, needle: &[u8], every: usize, limit: usize) {
         *self.lose.statements.lock() = Some(Arc::new(Rule::new(needle, every, limit)));
     }
@@ -221,6 +223,11 @@ async fn pump(
             Tap::Request { lose, cut, pg } => {
                 if let Some(frames) = pg {
                     if frames.feed(&buf[..n], &lose.statements) {
+                        cut.store(true, Ordering::SeqCst);
+                    }
+                } else {
+                    let rule = lose.statements.lock().clone();
+                    if rule.is_some_and(|r| r.matches(&buf[..n]) && r.draw()) {
                         cut.store(true, Ordering::SeqCst);
                     }
                 }
