@@ -12,7 +12,7 @@ use crate::connect::{self, Conn};
 use crate::error::{self, map};
 use crate::layout::{decode, new_version, optional_entry, Stored};
 use crate::scripts::{self, ttl_arg, Lua, Scripts};
-use crate::slot::marker_key;
+use crate::slot::{marker_key, writes_key};
 
 /// The connection plus what every operation needs.
 pub(crate) struct Core {
@@ -193,9 +193,16 @@ impl Core {
     ) -> Result<Version> {
         let version = new_version(None);
         let reply = self
-            .eval("create", &self.scripts.create, &[key.as_bytes()], |c| {
-                c.arg(Stored { version, value }).arg(ttl_arg(ttl));
-            })
+            .eval(
+                "create",
+                &self.scripts.create,
+                &[key.as_bytes(), &writes_key(key.as_bytes())],
+                |c| {
+                    c.arg(Stored { version, value })
+                        .arg(ttl_arg(ttl))
+                        .arg(self.marker_ttl_ms);
+                },
+            )
             .await?;
         match reply {
             Value::Int(1) => Ok(Version::from_raw(version)),
@@ -214,11 +221,17 @@ impl Core {
         let expected = expected.into_raw();
         let version = new_version(Some(expected));
         let reply = self
-            .eval("update", &self.scripts.update, &[key.as_bytes()], |c| {
-                c.arg(&expected.to_be_bytes()[..])
-                    .arg(Stored { version, value })
-                    .arg(ttl_arg(ttl));
-            })
+            .eval(
+                "update",
+                &self.scripts.update,
+                &[key.as_bytes(), &writes_key(key.as_bytes())],
+                |c| {
+                    c.arg(&expected.to_be_bytes()[..])
+                        .arg(Stored { version, value })
+                        .arg(ttl_arg(ttl))
+                        .arg(self.marker_ttl_ms);
+                },
+            )
             .await?;
         match reply {
             Value::Int(1) => Ok(Version::from_raw(version)),

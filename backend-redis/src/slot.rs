@@ -35,6 +35,16 @@ pub(crate) fn marker_key(key: &[u8]) -> Vec<u8> {
     m
 }
 
+/// The name of `key`'s write history (the versions of its last conditional writes, see
+/// `scripts`): its delete marker's name and ` w`, so in the same hash slot (the tag, if
+/// any, comes first and is kept), never a valid [`Key`](larder_cache_api::Key) (spaces),
+/// and never another key's marker or history (no marker ends in ` w`).
+pub(crate) fn writes_key(key: &[u8]) -> Vec<u8> {
+    let mut w = marker_key(key);
+    w.extend_from_slice(b" w");
+    w
+}
+
 /// The hash tag of `key`, as Redis Cluster defines it.
 fn hash_tag(key: &[u8]) -> Option<&[u8]> {
     let open = key.iter().position(|b| *b == b'{')?;
@@ -134,10 +144,11 @@ mod tests {
         ];
         let mut seen = std::collections::HashSet::new();
         for k in keys {
-            let m = marker_key(k);
-            assert_eq!(slot(&m), slot(k), "{:?}", String::from_utf8_lossy(k));
-            assert!(m.contains(&b' '), "not a valid larder key");
-            assert!(seen.insert(m), "{:?}", String::from_utf8_lossy(k));
+            for m in [marker_key(k), writes_key(k)] {
+                assert_eq!(slot(&m), slot(k), "{:?}", String::from_utf8_lossy(k));
+                assert!(m.contains(&b' '), "not a valid larder key");
+                assert!(seen.insert(m), "{:?}", String::from_utf8_lossy(k));
+            }
         }
     }
 

@@ -56,7 +56,8 @@ pub async fn run(b: DynBackend, key: &Key, n: usize, at_once: usize) -> Counted 
                             acknowledged.fetch_add(1, Ordering::SeqCst);
                         }
                         Err(e) if e.kind() == ErrorKind::Conflict => continue,
-                        Err(_) => {
+                        Err(e) => {
+                            eprintln!("increment failed: {e}");
                             failed.fetch_add(1, Ordering::SeqCst);
                         }
                     }

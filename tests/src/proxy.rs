@@ -46,6 +46,8 @@ struct LoseReply {
     fired: AtomicUsize,
     /// On a PostgreSQL proxy: which statement executions lose their reply.
     statements: Mutex<Option<Arc<Rule>>>,
+    /// Reads from clients forwarded so far (see [`FaultProxy::client_flights`]).
+    flights: AtomicUsize,
 }
 
 impl FaultProxy {
@@ -146,6 +148,13 @@ impl FaultProxy {
             .map_or(0, |rule| rule.lost())
     }
 
+    /// How many reads from its clients the proxy has forwarded so far, on all connections:
+    /// for a client that sends a request and waits for its reply (a PostgreSQL statement
+    /// on a connection, say), its round trips.
+    pub fn client_flights(&self) -> usize {
+        self.lose.flights.load(Ordering::SeqCst)
+    }
+
     /// How many replies [`lose_reply_to`](Self::lose_reply_to) has dropped so far.
     pub fn replies_lost(&self) -> usize {
         self.lose.fired.load(Ordering::SeqCst)
@@ -221,6 +230,7 @@ async fn pump(
         }
         match &mut tap {
             Tap::Request { lose, cut, pg } => {
+                lose.flights.fetch_add(1, Ordering::SeqCst);
                 if let Some(frames) = pg {
                     if frames.feed(&buf[..n], &lose.statements) {
                         cut.store(true, Ordering::SeqCst);
