@@ -184,8 +184,11 @@ impl Statements {
                  WHERE expires_at IS NOT NULL AND expires_at < {now} LIMIT $1)"
             ),
             clock: format!("SELECT {now}"),
-            put_written: "SELECT write_ids FROM larder_kv WHERE key = $1".into(),
-            delete_written: "SELECT 1 FROM larder_kv_deleted WHERE write_id = $1".into(),
+            // As bytes and a BIGINT: the types every other statement reads.
+            put_written: "SELECT convert_to(COALESCE(write_ids, ''), 'UTF8') FROM larder_kv \
+                          WHERE key = $1"
+                .into(),
+            delete_written: "SELECT deleted_at FROM larder_kv_deleted WHERE write_id = $1".into(),
         }
     }
 }
@@ -269,9 +272,7 @@ where
     for<'q> &'q [u8]: Encode<'q, DB> + Type<DB>,
     for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     for<'q> Option<i64>: Encode<'q, DB>,
-    for<'q> i32: Decode<'q, DB> + Type<DB>,
     for<'r> Vec<u8>: Decode<'r, DB> + Type<DB>,
-    for<'r> String: Decode<'r, DB> + Type<DB>,
     usize: ColumnIndex<DB::Row>,
 {
     pub(crate) async fn migrate(&self) -> Result<()> {
@@ -308,19 +309,19 @@ where
     /// The version the put `own` wrote, if it committed (and fewer than
     /// [`KEPT`](write_id::KEPT) writes to `key` followed it).
     async fn put_written(&self, key: &Key, own: &str) -> Result<Option<Version>> {
-        let row: Option<(Option<String>,)> = statement!(self, |conn| {
+        let row: Option<(Vec<u8>,)> = statement!(self, |conn| {
             sqlx::query_as(statements::<DB>().put_written.as_str())
                 .bind(key.as_str())
                 .fetch_optional(conn)
         })
         .await
         .map_err(|e| db_error(DB::BACKEND, "put", e))?;
-        Ok(row.and_then(|(ids,)| write_id::written(ids.as_deref(), own)))
+        Ok(row.and_then(|(ids,)| write_id::written(&ids, own)))
     }
 
     /// Whether the delete `own` committed.
     async fn delete_written(&self, own: &str) -> Result<bool> {
-        let row: Option<(i32,)> = statement!(self, |conn| {
+        let row: Option<(i64,)> = statement!(self, |conn| {
             sqlx::query_as(statements::<DB>().delete_written.as_str())
                 .bind(own)
                 .fetch_optional(conn)

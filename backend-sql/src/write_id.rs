@@ -46,10 +46,10 @@ pub(crate) fn fresh() -> Result<String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// The version the write `own` wrote, if `ids` (a row's `write_ids`) holds it.
-pub(crate) fn written(ids: Option<&str>, own: &str) -> Option<Version> {
-    ids?.as_bytes()
-        .chunks_exact(ENTRY_LEN)
+/// The version the write `own` wrote, if `ids` (a row's `write_ids`; empty for rows written
+/// before the column existed) holds it.
+pub(crate) fn written(ids: &[u8], own: &str) -> Option<Version> {
+    ids.chunks_exact(ENTRY_LEN)
         .find(|e| &e[..ID_LEN] == own.as_bytes())
         .and_then(|e| std::str::from_utf8(&e[ID_LEN..]).ok())
         .and_then(|hex| u64::from_str_radix(hex, 16).ok())
@@ -70,10 +70,11 @@ mod tests {
             row = format!("{id}{v:016x}{row}");
             row.truncate(KEPT * ENTRY_LEN);
         }
-        assert_eq!(written(Some(&row), &ids[KEPT]), Some(Version::from_raw(16)));
-        assert_eq!(written(Some(&row), &ids[1]), Some(Version::from_raw(1)));
-        assert_eq!(written(Some(&row), &ids[0]), None, "pushed out by later writes");
-        assert_eq!(written(None, &ids[1]), None);
+        let row = row.as_bytes();
+        assert_eq!(written(row, &ids[KEPT]), Some(Version::from_raw(16)));
+        assert_eq!(written(row, &ids[1]), Some(Version::from_raw(1)));
+        assert_eq!(written(row, &ids[0]), None, "pushed out by later writes");
+        assert_eq!(written(b"", &ids[1]), None);
     }
 
     #[test]

@@ -51,7 +51,10 @@ impl Fixture {
         let mut opts: PgConnectOptions = postgres_url().parse().expect("url");
         opts = opts.options([("search_path", schema)]);
         if let Some(port) = port {
-            opts = opts.host("127.0.0.1").port(port).ssl_mode(PgSslMode::Disable);
+            opts = opts
+                .host("127.0.0.1")
+                .port(port)
+                .ssl_mode(PgSslMode::Disable);
         }
         let kv = PgKv::from_pool(
             PgKv::pool_options()
@@ -61,7 +64,9 @@ impl Fixture {
                 .expect("store pool"),
         );
         kv.migrate().await.expect("migrations");
-        let conn = PgConnection::connect_with(&opts).await.expect("raw connection");
+        let conn = PgConnection::connect_with(&opts)
+            .await
+            .expect("raw connection");
         let pool = PgPoolOptions::new()
             .max_connections(4)
             .connect_with(opts)

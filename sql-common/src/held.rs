@@ -118,11 +118,7 @@ impl<DB: Database> Held<DB> {
     /// A connection for one statement, in turn: a fresh kept one, else one from sqlx's
     /// pool. `checked` (a retry after a lost connection) gives every kept connection back
     /// and takes one from sqlx.
-    pub async fn take(
-        &self,
-        pool: &Pool<DB>,
-        checked: bool,
-    ) -> Result<Lent<DB>, sqlx::Error> {
+    pub async fn take(&self, pool: &Pool<DB>, checked: bool) -> Result<Lent<DB>, sqlx::Error> {
         let turn = match &self.turns {
             // The semaphore is never closed.
             Some(turns) => Some(

@@ -49,7 +49,12 @@ pub async fn run(b: DynBackend, key: &Key, n: usize, at_once: usize) -> Counted 
                     };
                     let bumped = (decode(&current.value) + 1).to_string();
                     let put = b
-                        .put(&key, Bytes::from(bumped), None, PutMode::Update(current.version))
+                        .put(
+                            &key,
+                            Bytes::from(bumped),
+                            None,
+                            PutMode::Update(current.version),
+                        )
                         .await;
                     match put {
                         Ok(_) => {
@@ -69,7 +74,11 @@ pub async fn run(b: DynBackend, key: &Key, n: usize, at_once: usize) -> Counted 
     for t in tasks {
         t.await.expect("a counting task");
     }
-    let stored = b.get(key).await.expect("read the counter").expect("present");
+    let stored = b
+        .get(key)
+        .await
+        .expect("read the counter")
+        .expect("present");
     Counted {
         stored: decode(&stored.value),
         acknowledged: acknowledged.load(Ordering::SeqCst),

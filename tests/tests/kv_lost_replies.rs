@@ -44,7 +44,10 @@ async fn kv_behind_proxy() -> (PgKv, FaultProxy) {
     kv.migrate().await.unwrap();
     let warm = Key::new("warm").unwrap();
     let v = kv.put(&warm, b("0"), None, PutMode::Create).await.unwrap();
-    let v = kv.put(&warm, b("1"), None, PutMode::Update(v)).await.unwrap();
+    let v = kv
+        .put(&warm, b("1"), None, PutMode::Update(v))
+        .await
+        .unwrap();
     assert!(kv.delete(&warm, DeleteMode::IfVersion(v)).await.unwrap());
     (kv, proxy)
 }
@@ -80,12 +83,19 @@ async fn lost_create_reply_answers_created() {
     let k = Key::new("made").unwrap();
     proxy.lose_statement_replies(INSERT, 1, 1);
     let v = kv.put(&k, b("first"), None, PutMode::Create).await.unwrap();
-    assert_eq!(proxy.stop_losing_statement_replies(), 1, "the reply was lost");
+    assert_eq!(
+        proxy.stop_losing_statement_replies(),
+        1,
+        "the reply was lost"
+    );
     let e = kv.get(&k).await.unwrap().unwrap();
     assert_eq!((&e.value[..], e.version), (&b"first"[..], v));
 
     proxy.lose_statement_replies(INSERT, 1, 1);
-    let v2 = kv.put(&k, b("second"), None, PutMode::Overwrite).await.unwrap();
+    let v2 = kv
+        .put(&k, b("second"), None, PutMode::Overwrite)
+        .await
+        .unwrap();
     assert_eq!(proxy.stop_losing_statement_replies(), 1);
     let e = kv.get(&k).await.unwrap().unwrap();
     assert_eq!((&e.value[..], e.version), (&b"second"[..], v2));
@@ -108,7 +118,10 @@ async fn lost_cas_reply_answers_its_version() {
     let e = kv.get(&k).await.unwrap().unwrap();
     assert_eq!((&e.value[..], e.version), (&b"2"[..], v2));
     // A stale caller still conflicts.
-    let e = kv.put(&k, b("3"), None, PutMode::Update(v1)).await.unwrap_err();
+    let e = kv
+        .put(&k, b("3"), None, PutMode::Update(v1))
+        .await
+        .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Conflict);
     assert_eq!(e.current().unwrap().version, v2);
 }

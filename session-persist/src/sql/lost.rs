@@ -7,9 +7,9 @@
 
 use std::future::Future;
 
-pub(crate) use larder_sql_common::lost::{is_lost, note};
 #[cfg(feature = "postgres")]
 pub(crate) use larder_sql_common::lost::recently;
+pub(crate) use larder_sql_common::lost::{is_lost, note};
 
 /// Runs `statement` (one that takes its connection from the pool itself: the start of a
 /// transaction), and once more if its connection turned out to be dead (the second run takes
