@@ -4,9 +4,10 @@
 //!
 //! # Stored layout
 //!
-//! One row per key in `larder_kv (key, value, version, expires_at)`; `expires_at` is in
-//! milliseconds since the Unix epoch by the **database** clock (`NULL`: never), so every
-//! process agrees on expiry whatever its own clock says. An expired row is absent for every
+//! One row per key in `larder_kv (key, value, version, expires_at, write_ids)` (`write_ids`:
+//! see "Resent writes"); `expires_at` is in milliseconds since the Unix epoch by the
+//! **database** clock (`NULL`: never), so every process agrees on expiry whatever its own
+//! clock says. An expired row is absent for every
 //! operation; [`SqlKv::purge_expired`](crate::SqlKv::purge_expired) removes such rows.
 //!
 //! # Expiry is never early
@@ -32,6 +33,13 @@
 //! created again never reuses one. SQLite has no sequences and no writes inside
 //! expressions: a version is 63 random bits, and a repeat for one key has odds of 2^-63 per
 //! write.
+//!
+//! # Resent writes
+//!
+//! On PostgreSQL every write carries a write id stored in the same statement, so that a
+//! write whose connection died after it was sent (the reply of a commit may be what was
+//! lost) learns whether it committed before it is sent again: see [`write_id`]. SQLite runs
+//! in the process: no reply is lost, nothing is resent.
 //!
 //! # Schema
 //!

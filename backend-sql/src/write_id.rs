@@ -9,7 +9,8 @@
 //! conflict with itself; a create that applied answers created; a delete answers deleted.
 //!
 //! A put is recognised as long as fewer than [`KEPT`] other writes to the key followed it
-//! before the resend (and the row was not deleted in between); a delete for ten minutes.
+//! before the resend and the row was not deleted in between (a resent create then creates
+//! the entry again, a resent update finds it absent); a delete for ten minutes.
 
 use larder_cache_api::{Error, ErrorKind, Result, Version};
 

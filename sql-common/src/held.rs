@@ -9,8 +9,8 @@
 //!
 //! The store runs at most half as many statements at once as the pool has connections
 //! (others wait their turn, first come first served), so the pool's other users always find
-//! connections; a kept connection unused for [`FRESH`] goes back to sqlx (which checks it),
-//! within [`REAP_EVERY`] even when the store is idle; a closed pool gets its connections
+//! connections; a kept connection unused for a second goes back to sqlx (which checks it),
+//! within a quarter of a second even when the store is idle; a closed pool gets its connections
 //! back at once. A statement that failed or was cancelled never comes back here: sqlx's own
 //! release (which drains and checks the connection) handles it.
 
