@@ -14,7 +14,7 @@
 //!   front of the server (`FaultProxy::client_flights`), for the store, the raw statement on
 //!   its connection, and the raw statement on a default pool.
 
-use std::cell::Cell;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use criterion::Criterion;
@@ -37,9 +37,9 @@ struct Fixture {
     pool: PgPool,
     value: Bytes,
     /// The version each client last wrote, per key.
-    larder_v: Cell<Version>,
-    conn_v: Cell<i64>,
-    pool_v: Cell<i64>,
+    larder_v: AtomicU64,
+    conn_v: AtomicI64,
+    pool_v: AtomicI64,
 }
 
 fn key(name: &str) -> Key {
@@ -78,18 +78,18 @@ impl Fixture {
             conn: Mutex::new(conn),
             pool,
             value,
-            larder_v: Cell::new(Version::from_raw(0)),
-            conn_v: Cell::new(0),
-            pool_v: Cell::new(0),
+            larder_v: AtomicU64::new(0),
+            conn_v: AtomicI64::new(0),
+            pool_v: AtomicI64::new(0),
         };
         let (l, c, p) = (
             f.create("larder").await,
             f.create("conn").await,
             f.create("pool").await,
         );
-        f.larder_v = Cell::new(l);
-        f.conn_v = Cell::new(c.into_raw() as i64);
-        f.pool_v = Cell::new(p.into_raw() as i64);
+        f.larder_v = AtomicU64::new(l.into_raw());
+        f.conn_v = AtomicI64::new(c.into_raw() as i64);
+        f.pool_v = AtomicI64::new(p.into_raw() as i64);
         f
     }
 
@@ -107,11 +107,11 @@ impl Fixture {
                 &key("larder"),
                 self.value.clone(),
                 None,
-                PutMode::Update(self.larder_v.get()),
+                PutMode::Update(Version::from_raw(self.larder_v.load(Ordering::Relaxed))),
             )
             .await
             .expect("larder CAS");
-        self.larder_v.set(v);
+        self.larder_v.store(v.into_raw(), Ordering::Relaxed);
     }
 
     async fn raw_conn_cas(&self) {
@@ -119,22 +119,22 @@ impl Fixture {
         let (v,): (i64,) = sqlx::query_as(RAW_CAS)
             .bind("conn")
             .bind(&self.value[..])
-            .bind(self.conn_v.get())
+            .bind(self.conn_v.load(Ordering::Relaxed))
             .fetch_one(&mut *conn)
             .await
             .expect("raw CAS");
-        self.conn_v.set(v);
+        self.conn_v.store(v, Ordering::Relaxed);
     }
 
     async fn raw_pool_cas(&self) {
         let (v,): (i64,) = sqlx::query_as(RAW_CAS)
             .bind("pool")
             .bind(&self.value[..])
-            .bind(self.pool_v.get())
+            .bind(self.pool_v.load(Ordering::Relaxed))
             .fetch_one(&self.pool)
             .await
             .expect("raw CAS on the pool");
-        self.pool_v.set(v);
+        self.pool_v.store(v, Ordering::Relaxed);
     }
 }
 
