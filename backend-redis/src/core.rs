@@ -12,14 +12,14 @@ use crate::connect::{self, Conn};
 use crate::error::{self, map};
 use crate::layout::{decode, new_version, optional_entry, Stored};
 use crate::scripts::{self, ttl_arg, Lua, Scripts};
-use crate::slot::{create_marker_key, marker_key};
+use crate::slot::{marker_key, writes_key};
 
 /// The connection plus what every operation needs.
 pub(crate) struct Core {
     conn: Conn,
     scripts: Scripts,
     deadline: std::time::Duration,
-    /// Lifetime of a delete or create marker, in milliseconds.
+    /// Lifetime of a delete marker and of a write history, in milliseconds.
     marker_ttl_ms: u64,
 }
 
@@ -200,12 +200,11 @@ impl Core {
         ttl: Option<Ttl>,
     ) -> Result<Version> {
         let version = new_version(None);
-        let marker = create_marker_key(key.as_bytes());
         let reply = self
             .eval(
                 "create",
                 &self.scripts.create,
-                &[key.as_bytes(), &marker],
+                &[key.as_bytes(), &writes_key(key.as_bytes())],
                 |c| {
                     c.arg(Stored { version, value })
                         .arg(ttl_arg(ttl))
@@ -230,11 +229,17 @@ impl Core {
         let expected = expected.into_raw();
         let version = new_version(Some(expected));
         let reply = self
-            .eval("update", &self.scripts.update, &[key.as_bytes()], |c| {
-                c.arg(&expected.to_be_bytes()[..])
-                    .arg(Stored { version, value })
-                    .arg(ttl_arg(ttl));
-            })
+            .eval(
+                "update",
+                &self.scripts.update,
+                &[key.as_bytes(), &writes_key(key.as_bytes())],
+                |c| {
+                    c.arg(&expected.to_be_bytes()[..])
+                        .arg(Stored { version, value })
+                        .arg(ttl_arg(ttl))
+                        .arg(self.marker_ttl_ms);
+                },
+            )
             .await?;
         match reply {
             Value::Int(1) => Ok(Version::from_raw(version)),

@@ -10,20 +10,21 @@
 //! second time (a counter goes up by 2). So every conditional write is idempotent:
 //!
 //! * **Create and update:** the new version the client drew doubles as the request id (64
-//!   random bits drawn once per call, sent unchanged by every retry). When the stored
-//!   version is not the expected one (or, for a create, the key is present) but *is* the
-//!   new version, the write already happened: the script answers success, and the caller
-//!   gets the version stored. This costs nothing on the common path and changes nothing in
-//!   the stored layout. The check sees the current record only: if another client
-//!   overwrote the entry between the lost reply and the retry, the retry reports the
-//!   conflict it finds (the first write did take effect, and was replaced since).
-//! * **Create after a delete:** a create retried after its entry was deleted (or expired)
-//!   would find the key absent and write it again, bringing back what the delete removed.
-//!   So a create also leaves a create marker (a small key in the entry's slot, see
-//!   [`create_marker_key`](crate::slot::create_marker_key)) naming the versions of the
-//!   key's latest creates, for as long as a delete marker lives; a create that finds its
-//!   own version there reports success and writes nothing. One `GET` and one `SET` more
-//!   inside the script; no extra round trip.
+//!   random bits drawn once per call, sent unchanged by every retry). Each write also
+//!   pushes that version onto the entry's write history: a list next to the entry
+//!   (same hash slot, a name no valid [`Key`](larder_cache_api::Key) can take, see
+//!   [`writes_key`](crate::slot::writes_key)) holding the versions of its last
+//!   1024 conditional writes (`LTRIM`), for as long as a delete marker lives: a resend is
+//!   recognised while fewer writes than that followed it (a few hundred milliseconds of a
+//!   key written by many clients at once). When the stored
+//!   version is not the expected one (or, for a create, the key is present or absent) but
+//!   the new version *is* the stored one or in the history, the write already happened:
+//!   the script answers success, and the caller gets its version. So a resend recognises
+//!   its own write even when other clients wrote the entry, or deleted it, between the lost
+//!   reply and the resend (a counter incremented by many clients stays exact), and a resent
+//!   create never re-creates an entry deleted since. An `LPUSH`, `LTRIM` and `PEXPIRE`
+//!   more inside the same script (an `LPOS` on a refusal); no extra round trip. Needs
+//!   Redis 6.0.6 or later (`LPOS`).
 //! * **Delete-if-version:** once the key is gone there is no record left to carry an id,
 //!   so the script leaves a marker: a small key next to the entry (same hash slot, a name
 //!   no valid [`Key`](larder_cache_api::Key) can take, see
@@ -39,47 +40,49 @@ use redis::{Cmd, Value};
 use crate::connect::Conn;
 use crate::error::{self, map};
 
-/// Set-if-absent. `KEYS[2]` is the entry's create marker (the versions of the key's eight
-/// latest creates, 64 bytes at most: a resend is recognised even if that many creates and
-/// deletes came between it and its lost reply), `ARGV[3]` its lifetime in milliseconds. Replies 1 when written (or when this very write, retried, is the stored
-/// entry or is named by the marker: its version is the one in `ARGV[1]`), else the stored
-/// string.
+/// Set-if-absent. `KEYS[2]` is the entry's write history (a list, newest first), `ARGV[3]`
+/// its lifetime in milliseconds. Replies 1 when written (or when this very write is stored
+/// or in the history, retried: its version is the one in `ARGV[1]`), else the stored string.
 const CREATE: &str = r"
-local v = string.sub(ARGV[1], 1, 8)
+local own = string.sub(ARGV[1], 1, 8)
+if redis.call('LPOS', KEYS[2], own) then return 1 end
 local cur = redis.call('GET', KEYS[1])
 if cur then
-  if string.sub(cur, 1, 8) == v then return 1 end
+  if string.sub(cur, 1, 8) == own then return 1 end
   return cur
-end
-local seen = redis.call('GET', KEYS[2]) or ''
-for i = 1, #seen - 7, 8 do
-  if string.sub(seen, i, i + 7) == v then return 1 end
 end
 if ARGV[2] == '0' then
   redis.call('SET', KEYS[1], ARGV[1])
 else
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 end
-redis.call('SET', KEYS[2], string.sub(v .. seen, 1, 64), 'PX', ARGV[3])
+redis.call('LPUSH', KEYS[2], own)
+redis.call('LTRIM', KEYS[2], 0, 1023)
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
 return 1
 ";
 
-/// Set-if-version. Replies 1 when written (or when the stored entry is this very write,
-/// retried), 0 when absent, else the stored string.
+/// Set-if-version. `KEYS[2]` is the entry's write history, `ARGV[4]` its lifetime in
+/// milliseconds. Replies 1 when written (or when this very write is stored or in the
+/// history, retried), 0 when absent, else the stored string.
 const UPDATE: &str = r"
+local own = string.sub(ARGV[2], 1, 8)
 local cur = redis.call('GET', KEYS[1])
+if cur and string.sub(cur, 1, 8) == ARGV[1] then
+  if ARGV[3] == '0' then
+    redis.call('SET', KEYS[1], ARGV[2])
+  else
+    redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  end
+  redis.call('LPUSH', KEYS[2], own)
+  redis.call('LTRIM', KEYS[2], 0, 1023)
+  redis.call('PEXPIRE', KEYS[2], ARGV[4])
+  return 1
+end
+if cur and string.sub(cur, 1, 8) == own then return 1 end
+if redis.call('LPOS', KEYS[2], own) then return 1 end
 if not cur then return 0 end
-local v = string.sub(cur, 1, 8)
-if v ~= ARGV[1] then
-  if v == string.sub(ARGV[2], 1, 8) then return 1 end
-  return cur
-end
-if ARGV[3] == '0' then
-  redis.call('SET', KEYS[1], ARGV[2])
-else
-  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-end
-return 1
+return cur
 ";
 
 /// Delete-if-version. `KEYS[2]` is the entry's delete marker, `ARGV[2]` the caller's request id,
@@ -97,8 +100,10 @@ redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 return 1
 ";
 
-/// How many times [`eval`] sends a script whose reply may have been lost.
-const SCRIPT_ATTEMPTS: u32 = 3;
+/// How many times [`eval`] sends a script whose reply may have been lost: the pauses
+/// between them (10, 20, 40, 80 ms) give a dropped connection time to be replaced, so that
+/// a write whose reply was lost learns its outcome instead of reporting an error.
+const SCRIPT_ATTEMPTS: u32 = 5;
 
 /// The shortest life of a delete marker (see the module docs): longer than any resend of
 /// the delete can come late.
@@ -203,7 +208,8 @@ pub(crate) async fn eval(
                     // A dropped single-server connection is being replaced by the
                     // manager; the next query waits for it. A short pause spares a
                     // server that is not back yet a burst of attempts.
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    let pause = 10u64 << (sent - 2);
+                    tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
                 }
                 r => return r,
             }
@@ -228,6 +234,14 @@ fn may_have_lost_reply(e: &redis::RedisError) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn history_keeps_its_entries() {
+        // Both scripts trim the history to the 1024 entries the module docs promise.
+        for script in [CREATE, UPDATE] {
+            assert!(script.contains("LTRIM', KEYS[2], 0, 1023)"));
+        }
+    }
 
     #[test]
     fn scripts_have_distinct_hashes() {

@@ -1,6 +1,6 @@
-//! Redis Cluster hash slots: the slot of a key, and names in a key's slot for its delete
-//! and create markers (the keys the conditional scripts leave behind with their request
-//! ids, so that a resent delete or create can recognise its own success).
+//! Redis Cluster hash slots: the slot of a key, and a name in a key's slot for its delete
+//! marker (the key a delete-if-version script leaves behind with its request id, so that a
+//! resent delete can recognise its own success).
 
 /// The name of `key`'s delete marker: in the same Redis Cluster hash
 /// slot as `key`, so that one script can touch both, and never a valid
@@ -13,40 +13,36 @@
 /// * a key without one and without `}`: `{key}␠larder:del:w` (the whole key becomes the tag);
 /// * otherwise: `{t}␠larder:del:s␠key`, where `t` is a short tag of the key's slot.
 pub(crate) fn marker_key(key: &[u8]) -> Vec<u8> {
-    marker_named(key, b"del")
-}
-
-/// The name of `key`'s create marker (the key a create-if-absent script leaves behind with
-/// the versions it wrote, so that a resent create can recognise its own write even after
-/// the entry was deleted): as [`marker_key`], with `new` in place of `del`.
-pub(crate) fn create_marker_key(key: &[u8]) -> Vec<u8> {
-    marker_named(key, b"new")
-}
-
-/// [`marker_key`]'s three shapes, for the marker kind `kind`.
-fn marker_named(key: &[u8], kind: &[u8]) -> Vec<u8> {
+    const TAGGED: &[u8] = b" larder:del";
+    const WRAPPED: &[u8] = b" larder:del:w";
+    const SLOTTED: &[u8] = b" larder:del:s ";
     let mut m = Vec::with_capacity(key.len() + 24);
-    let suffix = |m: &mut Vec<u8>, shape: &[u8]| {
-        m.extend_from_slice(b" larder:");
-        m.extend_from_slice(kind);
-        m.extend_from_slice(shape);
-    };
     if hash_tag(key).is_some() {
         m.extend_from_slice(key);
-        suffix(&mut m, b"");
+        m.extend_from_slice(TAGGED);
     } else if !key.contains(&b'}') {
         m.push(b'{');
         m.extend_from_slice(key);
         m.push(b'}');
-        suffix(&mut m, b":w");
+        m.extend_from_slice(WRAPPED);
     } else {
         m.push(b'{');
         m.extend_from_slice(slot_tag(slot(key)));
         m.push(b'}');
-        suffix(&mut m, b":s ");
+        m.extend_from_slice(SLOTTED);
         m.extend_from_slice(key);
     }
     m
+}
+
+/// The name of `key`'s write history (the versions of its last conditional writes, see
+/// `scripts`): its delete marker's name and ` w`, so in the same hash slot (the tag, if
+/// any, comes first and is kept), never a valid [`Key`](larder_cache_api::Key) (spaces),
+/// and never another key's marker or history (no marker ends in ` w`).
+pub(crate) fn writes_key(key: &[u8]) -> Vec<u8> {
+    let mut w = marker_key(key);
+    w.extend_from_slice(b" w");
+    w
 }
 
 /// The hash tag of `key`, as Redis Cluster defines it.
@@ -148,15 +144,12 @@ mod tests {
         ];
         let mut seen = std::collections::HashSet::new();
         for k in keys {
-            for m in [marker_key(k), create_marker_key(k)] {
+            for m in [marker_key(k), writes_key(k)] {
                 assert_eq!(slot(&m), slot(k), "{:?}", String::from_utf8_lossy(k));
                 assert!(m.contains(&b' '), "not a valid larder key");
                 assert!(seen.insert(m), "{:?}", String::from_utf8_lossy(k));
             }
         }
-        // The delete marker's names are the ones earlier releases wrote.
-        assert_eq!(marker_key(b"plain"), b"{plain} larder:del:w");
-        assert_eq!(marker_key(b"{t}x"), b"{t}x larder:del");
     }
 
     #[cfg(feature = "cluster")]
@@ -173,7 +166,6 @@ mod tests {
         ] {
             assert_eq!(Slot::for_key(k), Slot::new(slot(k)).unwrap());
             assert_eq!(Slot::for_key(marker_key(k)), Slot::for_key(k));
-            assert_eq!(Slot::for_key(create_marker_key(k)), Slot::for_key(k));
         }
     }
 }

@@ -66,6 +66,12 @@ where
 {
     /// Uses an existing pool (for instance the one the application's sessions use); run
     /// [`migrate`](Self::migrate) once before use.
+    ///
+    /// The store runs at most half as many statements at once as the pool has connections
+    /// (the others wait their turn) and keeps the connection of a successful statement for
+    /// the next one; a kept connection unused for a second goes back to the pool, as do all
+    /// of them when the pool closes; a pool of one connection is never kept from its other
+    /// users.
     pub fn from_pool(pool: Pool<DB>) -> Self {
         let mut caps = Capabilities::full(DB::BACKEND);
         // The database keeps every row until it expires or is deleted, for every process.
@@ -75,7 +81,7 @@ where
         caps.invalidation_channel = DB::NOTIFIES; // `notify()`
         caps.max_value_size = MAX_VALUE_SIZE;
         SqlKv {
-            core: Core { pool },
+            core: Core::new(pool),
             caps,
         }
     }
@@ -128,6 +134,33 @@ impl SqlKv<sqlx::Postgres> {
         Self::new(crate::SqlConfig::from_url(url)?).await
     }
 
+    /// The pool settings [`new`](Self::new) starts from; use them for a pool of your own
+    /// given to [`from_pool`](Self::from_pool).
+    ///
+    /// A connection idle for less than a second is handed out without a liveness check
+    /// (sqlx's default checks before every use, a round trip). The store keeps the connection
+    /// of a successful statement for the next one (sparing sqlx's check of every connection
+    /// it gets back, another round trip), so a compare-and-swap is one round trip. A
+    /// connection that the server ended in between costs a write one look at its write id
+    /// and one resend on a checked connection, not an error; for a few seconds after that
+    /// every connection is checked.
+    pub fn pool_options() -> sqlx::postgres::PgPoolOptions {
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(crate::DEFAULT_MAX_CONNECTIONS)
+            .acquire_timeout(std::time::Duration::from_secs(5))
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= std::time::Duration::from_secs(1)
+                        || larder_sql_common::lost::recently()
+                    {
+                        sqlx::Connection::ping(conn).await?;
+                    }
+                    Ok(true)
+                })
+            })
+    }
+
     /// Connects with `config` (a PostgreSQL one) and runs the migrations.
     pub async fn new(config: crate::SqlConfig) -> Result<Self> {
         if config.database != crate::SqlDatabase::Postgres {
@@ -136,7 +169,7 @@ impl SqlKv<sqlx::Postgres> {
                 config.redacted_url()
             )));
         }
-        let pool = sqlx::postgres::PgPoolOptions::new()
+        let pool = Self::pool_options()
             .max_connections(config.max_connections)
             .acquire_timeout(config.acquire_timeout)
             .connect_with(config.pg_options()?)

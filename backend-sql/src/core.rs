@@ -4,9 +4,10 @@
 //!
 //! # Stored layout
 //!
-//! One row per key in `larder_kv (key, value, version, expires_at)`; `expires_at` is in
-//! milliseconds since the Unix epoch by the **database** clock (`NULL`: never), so every
-//! process agrees on expiry whatever its own clock says. An expired row is absent for every
+//! One row per key in `larder_kv (key, value, version, expires_at, write_ids)` (`write_ids`:
+//! see "Resent writes"); `expires_at` is in milliseconds since the Unix epoch by the
+//! **database** clock (`NULL`: never), so every process agrees on expiry whatever its own
+//! clock says. An expired row is absent for every
 //! operation; [`SqlKv::purge_expired`](crate::SqlKv::purge_expired) removes such rows.
 //!
 //! # Expiry is never early
@@ -33,6 +34,13 @@
 //! expressions: a version is 63 random bits, and a repeat for one key has odds of 2^-63 per
 //! write.
 //!
+//! # Resent writes
+//!
+//! On PostgreSQL every write carries a write id stored in the same statement, so that a
+//! write whose connection died after it was sent (the reply of a commit may be what was
+//! lost) learns whether it committed before it is sent again: see [`write_id`]. SQLite runs
+//! in the process: no reply is lost, nothing is resent.
+//!
 //! # Schema
 //!
 //! [`SqlKv::migrate`](crate::SqlKv::migrate) runs this crate's own migrations, tracked in
@@ -41,14 +49,16 @@
 //! created with `IF NOT EXISTS`: databases where an earlier `larder-session-persist` created
 //! `larder_kv` and `larder_fences` keep them, rows included.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use larder_cache_api::{Bytes, Entry, Error, ErrorKind, Key, PutMode, Result, Ttl, Version};
-use larder_sql_common::{Dialect, SqlDatabase};
+use larder_sql_common::held::Held;
+use larder_sql_common::{lost, Dialect, SqlDatabase};
 use sqlx::migrate::Migrator;
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, Pool, Type};
 
 use crate::error::{conflict, db_error};
+use crate::write_id;
 
 /// The table in which this crate's migrations are tracked.
 pub const MIGRATIONS_TABLE: &str = "_larder_kv_migrations";
@@ -83,6 +93,10 @@ fn statements<D: Dialect>() -> &'static Statements {
 }
 
 /// The SQL of every operation for one dialect. Parameters are `$n` in both databases.
+///
+/// On PostgreSQL every write also carries a write id (see [`write_id`]): the last parameter
+/// of `overwrite`, `create`, `update`, `delete` and `delete_if`. SQLite runs in the process:
+/// no reply is ever lost, no write is resent, and its statements carry none.
 #[derive(Debug)]
 struct Statements {
     get: String,
@@ -94,6 +108,10 @@ struct Statements {
     touch: String,
     purge: String,
     clock: String,
+    /// The row's write ids (PostgreSQL).
+    put_written: String,
+    /// Whether a delete's write id is recorded (PostgreSQL).
+    delete_written: String,
 }
 
 impl Statements {
@@ -103,11 +121,57 @@ impl Statements {
         // up (see the module docs: never early).
         let live = format!("(expires_at IS NULL OR expires_at >= {now})");
         let expiry = format!("CASE WHEN $3 IS NULL THEN NULL ELSE {base} + $3 END");
-        let insert = format!(
-            "INSERT INTO larder_kv (key, value, version, expires_at) VALUES ($1, $2, {next}, \
-             {expiry}) ON CONFLICT (key) DO UPDATE SET value = excluded.value, \
-             version = excluded.version, expires_at = excluded.expires_at"
-        );
+        let postgres = D::DATABASE == SqlDatabase::Postgres;
+        let insert = if postgres {
+            // One version drawn for the row and its write id entry ($4).
+            format!(
+                "INSERT INTO larder_kv (key, value, version, expires_at, write_ids) \
+                 SELECT $1, $2, n.v, {expiry}, {entry} FROM (SELECT {next} AS v) n \
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value, \
+                 version = excluded.version, expires_at = excluded.expires_at, \
+                 write_ids = {kept}",
+                entry = write_id::entry(4, "n.v"),
+                kept = write_id::kept("excluded.write_ids || COALESCE(larder_kv.write_ids, '')"),
+            )
+        } else {
+            format!(
+                "INSERT INTO larder_kv (key, value, version, expires_at) VALUES ($1, $2, {next}, \
+                 {expiry}) ON CONFLICT (key) DO UPDATE SET value = excluded.value, \
+                 version = excluded.version, expires_at = excluded.expires_at"
+            )
+        };
+        let update = if postgres {
+            format!(
+                "UPDATE larder_kv SET value = $2, version = n.v, expires_at = {expiry}, \
+                 write_ids = {kept} FROM (SELECT {next} AS v) n \
+                 WHERE key = $1 AND version = $4 AND {live} RETURNING n.v",
+                kept = write_id::kept(&format!(
+                    "{} || COALESCE(write_ids, '')",
+                    write_id::entry(5, "n.v")
+                )),
+            )
+        } else {
+            format!(
+                "UPDATE larder_kv SET value = $2, version = {next}, expires_at = {expiry} \
+                 WHERE key = $1 AND version = $4 AND {live} RETURNING version"
+            )
+        };
+        // A delete records its write id (the last parameter) in the same statement, and
+        // clears a few ids past their ten minutes.
+        let delete = |condition: &str, id: u8| {
+            if postgres {
+                format!(
+                    "WITH gone AS (DELETE FROM larder_kv WHERE {condition} RETURNING key), \
+                     aged AS (DELETE FROM larder_kv_deleted WHERE write_id IN \
+                     (SELECT write_id FROM larder_kv_deleted WHERE deleted_at < {now} - 600000 \
+                     ORDER BY deleted_at LIMIT 4 FOR UPDATE SKIP LOCKED)) \
+                     INSERT INTO larder_kv_deleted (write_id, deleted_at) \
+                     SELECT ${id}, {now} FROM gone"
+                )
+            } else {
+                format!("DELETE FROM larder_kv WHERE {condition}")
+            }
+        };
         Statements {
             get: format!("SELECT value, version FROM larder_kv WHERE key = $1 AND {live}"),
             overwrite: format!("{insert} RETURNING version"),
@@ -116,12 +180,9 @@ impl Statements {
                 "{insert} WHERE larder_kv.expires_at IS NOT NULL \
                  AND larder_kv.expires_at < {now} RETURNING version"
             ),
-            update: format!(
-                "UPDATE larder_kv SET value = $2, version = {next}, expires_at = {expiry} \
-                 WHERE key = $1 AND version = $4 AND {live} RETURNING version"
-            ),
-            delete: format!("DELETE FROM larder_kv WHERE key = $1 AND {live}"),
-            delete_if: format!("DELETE FROM larder_kv WHERE key = $1 AND version = $2 AND {live}"),
+            update,
+            delete: delete(&format!("key = $1 AND {live}"), 2),
+            delete_if: delete(&format!("key = $1 AND version = $2 AND {live}"), 3),
             touch: format!(
                 "UPDATE larder_kv SET expires_at = CASE WHEN $1 IS NULL THEN NULL ELSE {base} + $1 END \
                  WHERE key = $2 AND {live}"
@@ -131,22 +192,74 @@ impl Statements {
                  WHERE expires_at IS NOT NULL AND expires_at < {now} LIMIT $1)"
             ),
             clock: format!("SELECT {now}"),
+            // As bytes and a BIGINT: the types every other statement reads.
+            put_written: "SELECT convert_to(COALESCE(write_ids, ''), 'UTF8') FROM larder_kv \
+                          WHERE key = $1"
+                .into(),
+            delete_written: "SELECT deleted_at FROM larder_kv_deleted WHERE write_id = $1".into(),
         }
     }
 }
 
-/// The connection pool and one method per statement, for any [`Dialect`].
+/// The connection pool, the connections kept between statements, and one method per
+/// statement, for any [`Dialect`].
 #[derive(Debug)]
 pub(crate) struct Core<DB: Database> {
     pub(crate) pool: Pool<DB>,
+    /// Connections kept between statements (shared by clones): a statement is one round
+    /// trip, without sqlx's check of every connection it gets back.
+    held: Arc<Held<DB>>,
 }
 
 impl<DB: Database> Clone for Core<DB> {
     fn clone(&self) -> Self {
         Core {
             pool: self.pool.clone(),
+            held: Arc::clone(&self.held),
         }
     }
+}
+
+impl<DB: Database> Core<DB> {
+    pub(crate) fn new(pool: Pool<DB>) -> Self {
+        Core {
+            held: Held::new(&pool),
+            pool,
+        }
+    }
+}
+
+/// Runs one statement (`$statement`, an sqlx query executed on `$conn`) once on a connection
+/// from [`Held::take`] (`$checked`: one from sqlx's pool, checked) and keeps the connection
+/// after a success. Evaluates to a future of `Result<_, sqlx::Error>`.
+macro_rules! once {
+    ($core:expr, $checked:expr, |$conn:ident| $statement:expr) => {
+        async {
+            let mut lent = $core.held.take(&$core.pool, $checked).await?;
+            let $conn = &mut *lent;
+            let done = $statement.await;
+            if done.is_ok() {
+                $core.held.give(&$core.pool, lent);
+            }
+            done
+        }
+    };
+}
+
+/// [`once!`], and once more on a checked connection if the first one turned out dead: for
+/// statements whose repetition is harmless (reads, `touch`, purges).
+macro_rules! statement {
+    ($core:expr, |$conn:ident| $statement:expr) => {
+        async {
+            match once!($core, false, |$conn| $statement).await {
+                Err(e) if lost::is_lost(&e) => {
+                    lost::note();
+                    once!($core, true, |$conn| $statement).await
+                }
+                done => done,
+            }
+        }
+    };
 }
 
 /// A TTL as the milliseconds the SQL adds to the database clock.
@@ -182,12 +295,48 @@ where
     }
 
     pub(crate) async fn get(&self, key: &Key) -> Result<Option<Entry>> {
-        let row: Option<(Vec<u8>, i64)> = sqlx::query_as(statements::<DB>().get.as_str())
-            .bind(key.as_str())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|e| db_error(DB::BACKEND, "get", e))?;
+        let row: Option<(Vec<u8>, i64)> = statement!(self, |conn| {
+            sqlx::query_as(statements::<DB>().get.as_str())
+                .bind(key.as_str())
+                .fetch_optional(conn)
+        })
+        .await
+        .map_err(|e| db_error(DB::BACKEND, "get", e))?;
         Ok(row.map(|(value, v)| Entry::new(value, version(v))))
+    }
+
+    /// A fresh write id for a write that may be resent (PostgreSQL), `None` for SQLite (see
+    /// [`Statements`]).
+    fn write_id() -> Result<Option<String>> {
+        match DB::DATABASE {
+            SqlDatabase::Postgres => write_id::fresh().map(Some),
+            SqlDatabase::Sqlite => Ok(None),
+        }
+    }
+
+    /// The version the put `own` wrote, if it committed (and fewer than
+    /// [`KEPT`](write_id::KEPT) writes to `key` followed it).
+    async fn put_written(&self, key: &Key, own: &str) -> Result<Option<Version>> {
+        let row: Option<(Vec<u8>,)> = statement!(self, |conn| {
+            sqlx::query_as(statements::<DB>().put_written.as_str())
+                .bind(key.as_str())
+                .fetch_optional(conn)
+        })
+        .await
+        .map_err(|e| db_error(DB::BACKEND, "put", e))?;
+        Ok(row.and_then(|(ids,)| write_id::written(&ids, own)))
+    }
+
+    /// Whether the delete `own` committed.
+    async fn delete_written(&self, own: &str) -> Result<bool> {
+        let row: Option<(i64,)> = statement!(self, |conn| {
+            sqlx::query_as(statements::<DB>().delete_written.as_str())
+                .bind(own)
+                .fetch_optional(conn)
+        })
+        .await
+        .map_err(|e| db_error(DB::BACKEND, "delete", e))?;
+        Ok(row.is_some())
     }
 
     /// One statement writes or refuses; a refusal reads what is stored to put it in the
@@ -199,6 +348,10 @@ where
     /// would say "absent", which no order of the operations explains (a create loses only to
     /// a present entry). The create is then simply tried again; it can only go round while
     /// deletes keep landing between the two statements.
+    ///
+    /// A write whose connection died (PostgreSQL) may have committed with its reply lost: its
+    /// write id tells. It is sent again on a checked connection only if it did not commit,
+    /// and a refused resend looks once more (the first attempt may have committed meanwhile).
     pub(crate) async fn put(
         &self,
         key: &Key,
@@ -208,26 +361,54 @@ where
     ) -> Result<Version> {
         const CREATE_ATTEMPTS: u32 = 8;
         let sql = statements::<DB>();
+        let own = Self::write_id()?;
+        let mut resent = false;
         let mut attempt = 1;
         loop {
-            let query = match mode {
-                PutMode::Overwrite => sqlx::query_as(sql.overwrite.as_str()),
-                PutMode::Create => sqlx::query_as(sql.create.as_str()),
-                PutMode::Update(_) => sqlx::query_as(sql.update.as_str()),
+            let written: sqlx::Result<Option<(i64,)>> = once!(self, resent, |conn| {
+                let query = match mode {
+                    PutMode::Overwrite => sqlx::query_as(sql.overwrite.as_str()),
+                    PutMode::Create => sqlx::query_as(sql.create.as_str()),
+                    PutMode::Update(_) => sqlx::query_as(sql.update.as_str()),
+                }
+                .bind(key.as_str())
+                .bind(&value[..])
+                .bind(ttl_ms(ttl));
+                let query = match mode {
+                    PutMode::Update(expected) => query.bind(expected.into_raw() as i64),
+                    PutMode::Overwrite | PutMode::Create => query,
+                };
+                match &own {
+                    Some(own) => query.bind(own.as_str()),
+                    None => query,
+                }
+                .fetch_optional(conn)
+            })
+            .await;
+            match (written, &own) {
+                (Ok(Some((v,))), _) => return Ok(version(v)),
+                (Ok(None), _) => {}
+                (Err(e), Some(own)) if !resent && lost::is_lost(&e) => {
+                    lost::note();
+                    resent = true;
+                    match self.put_written(key, own).await? {
+                        Some(v) => return Ok(v),
+                        None => continue,
+                    }
+                }
+                // The resend's reply was lost too: one more look (`None` if that fails).
+                (Err(e), Some(own)) if resent && lost::is_lost(&e) => {
+                    if let Ok(Some(v)) = self.put_written(key, own).await {
+                        return Ok(v);
+                    }
+                    return Err(db_error(DB::BACKEND, "put", e));
+                }
+                (Err(e), _) => return Err(db_error(DB::BACKEND, "put", e)),
             }
-            .bind(key.as_str())
-            .bind(&value[..])
-            .bind(ttl_ms(ttl));
-            let query = match mode {
-                PutMode::Update(expected) => query.bind(expected.into_raw() as i64),
-                PutMode::Overwrite | PutMode::Create => query,
-            };
-            let written: Option<(i64,)> = query
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(|e| db_error(DB::BACKEND, "put", e))?;
-            if let Some((v,)) = written {
-                return Ok(version(v));
+            if let (true, Some(own)) = (resent, &own) {
+                if let Some(v) = self.put_written(key, own).await? {
+                    return Ok(v);
+                }
             }
             let current = self.get(key).await?;
             let create = matches!(mode, PutMode::Create);
@@ -239,35 +420,70 @@ where
         }
     }
 
+    /// Deletes the live row of `key` (at version `expected` if given): whether one was
+    /// deleted. A delete whose connection died is sent again only if its write id says it
+    /// did not commit (PostgreSQL; see [`put`](Self::put)).
+    async fn remove(&self, key: &Key, expected: Option<Version>) -> Result<bool> {
+        let sql = statements::<DB>();
+        let own = Self::write_id()?;
+        let mut resent = false;
+        loop {
+            let done = once!(self, resent, |conn| {
+                let query = match expected {
+                    Some(v) => sqlx::query(sql.delete_if.as_str())
+                        .bind(key.as_str())
+                        .bind(v.into_raw() as i64),
+                    None => sqlx::query(sql.delete.as_str()).bind(key.as_str()),
+                };
+                match &own {
+                    Some(own) => query.bind(own.as_str()),
+                    None => query,
+                }
+                .execute(conn)
+            })
+            .await;
+            match (done, &own) {
+                (Ok(done), _) if DB::rows_affected(&done) > 0 => return Ok(true),
+                (Ok(_), Some(own)) if resent => return self.delete_written(own).await,
+                (Ok(_), _) => return Ok(false),
+                (Err(e), Some(own)) if !resent && lost::is_lost(&e) => {
+                    lost::note();
+                    resent = true;
+                    if self.delete_written(own).await? {
+                        return Ok(true);
+                    }
+                }
+                (Err(e), Some(own)) if resent && lost::is_lost(&e) => {
+                    if let Ok(true) = self.delete_written(own).await {
+                        return Ok(true);
+                    }
+                    return Err(db_error(DB::BACKEND, "delete", e));
+                }
+                (Err(e), _) => return Err(db_error(DB::BACKEND, "delete", e)),
+            }
+        }
+    }
+
     pub(crate) async fn delete(&self, key: &Key) -> Result<bool> {
-        let done = sqlx::query(statements::<DB>().delete.as_str())
-            .bind(key.as_str())
-            .execute(&self.pool)
-            .await
-            .map_err(|e| db_error(DB::BACKEND, "delete", e))?;
-        Ok(DB::rows_affected(&done) > 0)
+        self.remove(key, None).await
     }
 
     pub(crate) async fn delete_if(&self, key: &Key, expected: Version) -> Result<bool> {
-        let done = sqlx::query(statements::<DB>().delete_if.as_str())
-            .bind(key.as_str())
-            .bind(expected.into_raw() as i64)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| db_error(DB::BACKEND, "delete", e))?;
-        if DB::rows_affected(&done) > 0 {
+        if self.remove(key, Some(expected)).await? {
             return Ok(true);
         }
         Err(conflict(DB::BACKEND, false, self.get(key).await?))
     }
 
     pub(crate) async fn touch(&self, key: &Key, ttl: Option<Ttl>) -> Result<bool> {
-        let done = sqlx::query(statements::<DB>().touch.as_str())
-            .bind(ttl_ms(ttl))
-            .bind(key.as_str())
-            .execute(&self.pool)
-            .await
-            .map_err(|e| db_error(DB::BACKEND, "touch", e))?;
+        let done = statement!(self, |conn| {
+            sqlx::query(statements::<DB>().touch.as_str())
+                .bind(ttl_ms(ttl))
+                .bind(key.as_str())
+                .execute(conn)
+        })
+        .await
+        .map_err(|e| db_error(DB::BACKEND, "touch", e))?;
         Ok(DB::rows_affected(&done) > 0)
     }
 
@@ -275,11 +491,13 @@ where
         let batch = u64::from(batch.max(1));
         let mut total = 0;
         loop {
-            let done = sqlx::query(statements::<DB>().purge.as_str())
-                .bind(batch as i64)
-                .execute(&self.pool)
-                .await
-                .map_err(|e| db_error(DB::BACKEND, "purge", e))?;
+            let done = statement!(self, |conn| {
+                sqlx::query(statements::<DB>().purge.as_str())
+                    .bind(batch as i64)
+                    .execute(conn)
+            })
+            .await
+            .map_err(|e| db_error(DB::BACKEND, "purge", e))?;
             let n = DB::rows_affected(&done);
             total += n;
             if n < batch {
@@ -289,10 +507,11 @@ where
     }
 
     pub(crate) async fn now_ms(&self) -> Result<i64> {
-        let (now,): (i64,) = sqlx::query_as(statements::<DB>().clock.as_str())
-            .fetch_one(&self.pool)
-            .await
-            .map_err(|e| db_error(DB::BACKEND, "clock", e))?;
+        let (now,): (i64,) = statement!(self, |conn| {
+            sqlx::query_as(statements::<DB>().clock.as_str()).fetch_one(conn)
+        })
+        .await
+        .map_err(|e| db_error(DB::BACKEND, "clock", e))?;
         Ok(now)
     }
 }

@@ -13,6 +13,7 @@ mod error;
 mod fence;
 #[cfg(feature = "postgres")]
 mod notify;
+mod write_id;
 
 pub use crate::core::MIGRATIONS_TABLE;
 #[cfg(feature = "postgres")]

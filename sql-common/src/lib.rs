@@ -3,6 +3,8 @@
 
 mod dialect;
 mod error;
+pub mod held;
+pub mod lost;
 
 pub use dialect::{Dialect, SqlDatabase};
 pub use error::{db_error, error_kind};

@@ -3,13 +3,15 @@
 //! wrapper that injects one fault at one point ([`fault`]), fault cases stamped over every
 //! networked store ([`outage`]), many periodic-task schedulers
 //! in one process, counted ([`coord_sim`]); a counter's history across a failover, checked
-//! against a staleness bound ([`history`]); one poll loop for waiting on anything
+//! against a staleness bound ([`history`]); a compare-and-swap counter whose increments are
+//! counted ([`cas_counter`]); one poll loop for waiting on anything
 //! ([`eventually`], [`wait_until`]).
 //!
 //! Helpers panic with a clear message when something the tests need is missing (a server
 //! binary, a free port): in CI a missing server is a failure, never a skip.
 #![allow(clippy::unwrap_used)]
 
+pub mod cas_counter;
 pub mod child;
 pub mod cluster;
 pub mod coord_sim;

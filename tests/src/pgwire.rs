@@ -42,12 +42,12 @@ impl Rule {
         }
     }
 
-    fn matches(&self, text: &[u8]) -> bool {
+    pub(crate) fn matches(&self, text: &[u8]) -> bool {
         text.windows(self.needle.len()).any(|w| w == self.needle)
     }
 
     /// Counts one matching execution: whether its reply is to be lost.
-    fn draw(&self) -> bool {
+    pub(crate) fn draw(&self) -> bool {
         let n = self.seen.fetch_add(1, Ordering::SeqCst) + 1;
         if n % self.every != 0 {
             return false;

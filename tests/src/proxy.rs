@@ -49,6 +49,8 @@ struct LoseReply {
     /// Armed with [`FaultProxy::lose_reply_then_hold`]: the proxy's mode, set to
     /// [`Mode::Stall`] once the reply is lost.
     hold: Mutex<Option<Arc<watch::Sender<Mode>>>>,
+    /// Reads from clients forwarded so far (see [`FaultProxy::client_flights`]).
+    flights: AtomicUsize,
 }
 
 impl FaultProxy {
@@ -141,8 +143,10 @@ impl FaultProxy {
     /// On a proxy from [`start_postgres`](Self::start_postgres): from now on, every
     /// `every`-th execution of a statement whose text contains `needle` (a prepared one
     /// executed by name, or a simple query) has its reply lost as with
-    /// [`lose_reply_to`](Self::lose_reply_to), at most `limit` times in all. Replaces the
-    /// previous rule, and starts counting anew.
+    /// [`lose_reply_to`](Self::lose_reply_to), at most `limit` times in all. On a proxy from
+    /// [`start`](Self::start), every `every`-th read from a client that contains `needle`
+    /// (one request, or several pipelined ones). Replaces the previous rule, and starts
+    /// counting anew.
     pub fn lose_statement_replies(&self, needle: &[u8], every: usize, limit: usize) {
         *self.lose.statements.lock() = Some(Arc::new(Rule::new(needle, every, limit)));
     }
@@ -155,6 +159,13 @@ impl FaultProxy {
             .lock()
             .take()
             .map_or(0, |rule| rule.lost())
+    }
+
+    /// How many reads from its clients the proxy has forwarded so far, on all connections:
+    /// for a client that sends a request and waits for its reply (a PostgreSQL statement
+    /// on a connection, say), its round trips.
+    pub fn client_flights(&self) -> usize {
+        self.lose.flights.load(Ordering::SeqCst)
     }
 
     /// How many replies [`lose_reply_to`](Self::lose_reply_to) has dropped so far.
@@ -232,8 +243,14 @@ async fn pump(
         }
         match &mut tap {
             Tap::Request { lose, cut, pg } => {
+                lose.flights.fetch_add(1, Ordering::SeqCst);
                 if let Some(frames) = pg {
                     if frames.feed(&buf[..n], &lose.statements) {
+                        cut.store(true, Ordering::SeqCst);
+                    }
+                } else {
+                    let rule = lose.statements.lock().clone();
+                    if rule.is_some_and(|r| r.matches(&buf[..n]) && r.draw()) {
                         cut.store(true, Ordering::SeqCst);
                     }
                 }

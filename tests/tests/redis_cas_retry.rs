@@ -172,7 +172,7 @@ async fn cluster_lost_cas_replies_are_own_success() {
 }
 
 /// A create whose reply is lost, then its entry deleted by another client before the resend
-/// arrives: the resend recognises its own write (the create marker) and reports success
+/// arrives: the resend recognises its own write (the write history) and reports success
 /// without writing the key again, for a delete-if-version and for a plain `DEL`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resent_create_after_a_delete_leaves_the_key_deleted() {
@@ -238,4 +238,32 @@ async fn resent_create_after_a_delete_leaves_the_key_deleted() {
             .await
             .unwrap();
     }
+}
+
+/// 1000 compare-and-swap increments, 4 at a time, with the connection cut after every tenth
+/// script's reply came back from the server: the counter ends at exactly the number of
+/// acknowledged increments (a resent script recognises its own request id).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_server_lost_cas_replies_keep_a_counter_exact() {
+    const N: usize = 1000;
+    let srv = ServerProcess::redis();
+    let proxy = FaultProxy::start(&srv.addr()).await;
+    let b: DynBackend = Arc::new(
+        RedisBackend::connect(&format!("redis://{}", proxy.addr()))
+            .await
+            .unwrap(),
+    );
+    let counter = key("exact");
+    // The scripts loaded first (a lost NOSCRIPT answer would test nothing).
+    larder_tests::cas_counter::run(b.clone(), &counter, 10, 1).await;
+    proxy.lose_statement_replies(b"EVALSHA", 10, usize::MAX);
+    let counted = larder_tests::cas_counter::run(b, &counter, N, 4).await;
+    let lost = proxy.stop_losing_statement_replies();
+    eprintln!("{N} increments, {lost} CAS replies lost: {counted:?}");
+    assert!(lost >= N / 20, "the proxy lost too few replies: {lost}");
+    assert_eq!(
+        counted.stored, counted.acknowledged,
+        "the counter must move by exactly the acknowledged increments"
+    );
+    assert_eq!(counted.acknowledged + counted.failed, N as u64);
 }
