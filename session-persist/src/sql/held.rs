@@ -4,14 +4,18 @@
 
 pub(crate) use larder_sql_common::held::Held;
 
+/// How many times a statement whose connection was lost is sent again.
+pub(crate) const RESENDS: u32 = 3;
+
 /// Runs one statement (`$statement`, an sqlx query executed on `$conn`) on a connection
 /// from [`Held::take`], gives the connection back after a success, and runs the statement
-/// once more on a checked connection if the first one turned out dead (see `lost`).
+/// again on a checked connection, up to [`RESENDS`] times, if the connection turned out
+/// dead (see `lost`).
 /// Evaluates to a future of `Result<_, sqlx::Error>`. Only for statements whose repetition
 /// is harmless: reads, versioned or conditional writes, and inserts of a fresh id.
 ///
 /// The form `statement!(store, resent = flag, |conn| …)` also sets the caller's `flag` when
-/// the statement was sent a second time: the first may have committed with its reply lost,
+/// the statement was sent again: an earlier attempt may have committed with its reply lost,
 /// so a write that then finds nothing to do checks whether it was its own (see `write_id`).
 macro_rules! statement {
     ($store:expr, resent = $resent:ident, |$conn:ident| $statement:expr) => {
@@ -26,8 +30,9 @@ macro_rules! statement {
         }
     };
     (@run $store:expr, $resent:ident, |$conn:ident| $statement:expr) => {{
-        let mut checked = false;
+        let mut resends = 0u32;
         loop {
+            let checked = resends > 0;
             let mut lent = match $store.held.take(&$store.pool, checked).await {
                 Ok(conn) => conn,
                 Err(e) => break Err(e),
@@ -38,9 +43,14 @@ macro_rules! statement {
                     $store.held.give(&$store.pool, lent);
                     break Ok(done);
                 }
-                Err(e) if !checked && ::larder_sql_common::lost::is_lost(&e) => {
+                // The statement carries its write id, so a resend that finds its own
+                // committed write answers what the first attempt would have: resending
+                // again after a resend's reply was lost too is as safe as the first time.
+                Err(e) if resends < $crate::sql::held::RESENDS
+                    && ::larder_sql_common::lost::is_lost(&e) =>
+                {
                     ::larder_sql_common::lost::note();
-                    checked = true;
+                    resends += 1;
                     $resent = true;
                 }
                 Err(e) => break Err(e),
