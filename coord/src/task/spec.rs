@@ -158,12 +158,12 @@ impl TaskSpec {
         self
     }
 
-    /// How many ended runs the task's record keeps ([`TaskRecord::history`](crate::TaskRecord::history);
+    /// How many ended runs the task's history keeps ([`Scheduler::history`](crate::Scheduler::history);
     /// default [`DEFAULT_HISTORY`](crate::DEFAULT_HISTORY)): 1 to
     /// [`MAX_HISTORY`](crate::MAX_HISTORY), else [`Scheduler::with_task`](crate::Scheduler::with_task)
-    /// refuses the task with a `Config` error. The history is written with the writes the
-    /// runs make anyway (the end of a run; a takeover, an abandoned run with the next
-    /// claim): no extra write, a larger record.
+    /// refuses the task with a `Config` error. The history is a record of its own beside the
+    /// task's (so versions that read only the task record keep reading it), appended after
+    /// the write that ends a run: one read and one write more per run.
     pub fn history(mut self, runs: usize) -> Self {
         self.history = runs;
         self
