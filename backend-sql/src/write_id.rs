@@ -12,7 +12,7 @@
 //! before the resend and the row was not deleted in between (a resent create then creates
 //! the entry again, a resent update finds it absent); a delete for ten minutes.
 
-use larder_cache_api::{Error, ErrorKind, Result, Version};
+use larder_cache_api::Version;
 
 /// How many writes' ids a row keeps.
 pub(crate) const KEPT: usize = 16;
@@ -34,18 +34,7 @@ pub(crate) fn kept(ids: &str) -> String {
     format!("substr({ids}, 1, {})", KEPT * ENTRY_LEN)
 }
 
-/// A fresh write id (8 random bytes, as hex: ample to tell one write among the few a row
-/// keeps, or among the deletes of ten minutes).
-pub(crate) fn fresh() -> Result<String> {
-    let mut bytes = [0u8; 8];
-    getrandom::fill(&mut bytes).map_err(|e| {
-        Error::new(
-            ErrorKind::Backend,
-            format!("the OS random source failed: {e}"),
-        )
-    })?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
+pub(crate) use larder_sql_common::write_id::fresh;
 
 /// The version the write `own` wrote, if `ids` (a row's `write_ids`; empty for rows written
 /// before the column existed) holds it.

@@ -5,6 +5,7 @@ mod dialect;
 mod error;
 pub mod held;
 pub mod lost;
+pub mod write_id;
 
 pub use dialect::{Dialect, SqlDatabase};
 pub use error::{db_error, error_kind};

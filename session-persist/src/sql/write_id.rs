@@ -7,8 +7,6 @@
 //! for its id in the row before answering, and answers what the first attempt did instead
 //! of a conflict with itself (which would have the session handle apply its changes twice).
 
-use larder_cache_api::{Error, ErrorKind, Result};
-
 /// How many writes' ids a row keeps: a resent write is recognised as long as fewer than this
 /// many other writes followed it in between.
 pub(crate) const KEPT: usize = 32;
@@ -32,18 +30,7 @@ macro_rules! push {
 }
 pub(crate) use push;
 
-/// A fresh write id (8 random bytes, as hex: ample to tell one write among the few a row
-/// keeps).
-pub(crate) fn fresh() -> Result<String> {
-    let mut bytes = [0u8; 8];
-    getrandom::fill(&mut bytes).map_err(|e| {
-        Error::new(
-            ErrorKind::Backend,
-            format!("the OS random source failed: {e}"),
-        )
-    })?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
+pub(crate) use larder_sql_common::write_id::fresh;
 
 /// Whether `ids` (a row's `write_ids`; `None` for rows written before the column existed)
 /// holds `own`.
