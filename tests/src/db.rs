@@ -117,3 +117,24 @@ fn rand_u64() -> u64 {
 pub async fn pg_store_in(schema: &str) -> PgStore {
     PgStore::from_pool(pg_session_pool_in(schema).await)
 }
+
+/// A pool (made from `options`, at most 10 connections) on a new schema, whose connections
+/// go through a PostgreSQL-aware [`FaultProxy`](crate::proxy::FaultProxy) that can lose the
+/// replies of chosen statements.
+pub async fn pg_pool_behind_proxy(options: PgPoolOptions) -> (PgPool, crate::proxy::FaultProxy) {
+    let opts: PgConnectOptions = postgres_url().parse().expect("a PostgreSQL URL");
+    let upstream = format!("{}:{}", opts.get_host(), opts.get_port());
+    let proxy = crate::proxy::FaultProxy::start_postgres(&upstream).await;
+    let schema = pg_schema().await;
+    let pool = options
+        .max_connections(10)
+        .connect_with(
+            opts.host("127.0.0.1")
+                .port(proxy.port())
+                .ssl_mode(sqlx::postgres::PgSslMode::Disable)
+                .options([("search_path", schema.as_str())]),
+        )
+        .await
+        .expect("connect through the proxy");
+    (pool, proxy)
+}

@@ -13,9 +13,8 @@ use std::sync::Arc;
 use larder::{Bytes, CacheBackend, DeleteMode, DynBackend, ErrorKind, Key, PutMode};
 use larder_backend_sql::PgKv;
 use larder_tests::cas_counter;
-use larder_tests::db::{pg_schema, postgres_url};
+use larder_tests::db::pg_pool_behind_proxy;
 use larder_tests::proxy::FaultProxy;
-use sqlx::postgres::{PgConnectOptions, PgSslMode};
 
 /// The text of a compare-and-swap, of a create or overwrite, of a delete.
 const CAS: &[u8] = b"UPDATE larder_kv SET value";
@@ -26,20 +25,7 @@ const DELETE: &[u8] = b"DELETE FROM larder_kv WHERE key";
 /// every kind of write run once (so that connections have them prepared, as a running
 /// store's have).
 async fn kv_behind_proxy() -> (PgKv, FaultProxy) {
-    let opts: PgConnectOptions = postgres_url().parse().unwrap();
-    let upstream = format!("{}:{}", opts.get_host(), opts.get_port());
-    let proxy = FaultProxy::start_postgres(&upstream).await;
-    let schema = pg_schema().await;
-    let pool = PgKv::pool_options()
-        .max_connections(10)
-        .connect_with(
-            opts.host("127.0.0.1")
-                .port(proxy.port())
-                .ssl_mode(PgSslMode::Disable)
-                .options([("search_path", schema.as_str())]),
-        )
-        .await
-        .unwrap();
+    let (pool, proxy) = pg_pool_behind_proxy(PgKv::pool_options()).await;
     let kv = PgKv::from_pool(pool);
     kv.migrate().await.unwrap();
     let warm = Key::new("warm").unwrap();

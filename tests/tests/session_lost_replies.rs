@@ -15,29 +15,15 @@ use std::time::Duration;
 use larder_session_persist::{
     PgStore, Record, SaveOutcome, SessionData, SessionManager, SessionStore, Timestamp,
 };
-use larder_tests::db::{pg_schema, postgres_url};
+use larder_tests::db::pg_pool_behind_proxy;
 use larder_tests::proxy::FaultProxy;
-use sqlx::postgres::{PgConnectOptions, PgSslMode};
 
 /// The text of the versioned save (`save_or_current`) and the locked one (`save_locked`).
 const SAVE: &[u8] = b"UPDATE larder_sessions SET principal = $1";
 
 /// A store on a new schema whose connections go through a PostgreSQL-aware proxy.
 async fn store_behind_proxy() -> (PgStore, FaultProxy) {
-    let opts: PgConnectOptions = postgres_url().parse().unwrap();
-    let upstream = format!("{}:{}", opts.get_host(), opts.get_port());
-    let proxy = FaultProxy::start_postgres(&upstream).await;
-    let schema = pg_schema().await;
-    let pool = PgStore::pool_options()
-        .max_connections(10)
-        .connect_with(
-            opts.host("127.0.0.1")
-                .port(proxy.port())
-                .ssl_mode(PgSslMode::Disable)
-                .options([("search_path", schema.as_str())]),
-        )
-        .await
-        .unwrap();
+    let (pool, proxy) = pg_pool_behind_proxy(PgStore::pool_options()).await;
     let store = PgStore::from_pool(pool);
     store.migrate().await.unwrap();
     (store, proxy)
